@@ -1,0 +1,49 @@
+# hyperrec — the front door. `make help` lists the verbs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HYPERREC := $(VENV)/bin/hyperrec
+UV_VERSION := 0.13.9
+# The stamp changes whenever the lock or the project metadata does, so `make` reinstalls
+# exactly then and is a no-op otherwise.
+STAMP := $(VENV)/.installed
+export TF_USE_LEGACY_KERAS := 1
+export DO_NOT_TRACK := true
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lock lint clean-data clean
+
+help: ## list the verbs
+	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip sync --python $(PY) requirements.lock
+	$(VENV)/bin/uv pip install --python $(PY) --no-deps -e .
+	@touch $@
+
+install: $(STAMP) ## create .venv and install the locked dependency set (idempotent)
+
+demo: $(STAMP) ## generate a world, train through kfp.local, register in MLflow, serve, recommend
+	$(HYPERREC) demo
+
+test: $(STAMP) ## run the whole test suite (unit + integration on real servers)
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## unit tests only (skips the slow end-to-end tests)
+	$(PY) -m pytest -m "not slow"
+
+lock: ## re-resolve requirements.lock from pyproject.toml
+	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check hyperrec components pipelines serving monitoring feature_repo tests
+
+clean-data: ## remove generated data, registry and run artifacts (keeps .venv)
+	rm -rf var/
+
+clean: clean-data ## remove everything generated, the venv included
+	rm -rf $(VENV) .pytest_cache

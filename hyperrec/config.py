@@ -1,0 +1,73 @@
+"""Settings: typed, checked where they enter, environment read in one function.
+
+Everything a run writes lives under one home directory (`HYPERREC_HOME`, default `./var`):
+data, the Feast registry and online store, MLflow's SQLite database and artifacts, and
+kfp.local outputs. Tests point it at a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+
+
+class Settings(BaseModel):
+    """Deployment settings for one workspace (embedded mode by default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path = Field(description="root of everything a run writes")
+    tracking_uri: str = Field(description="MLflow tracking URI")
+    model_name: str = "hyperrec-retrieval"
+    server_port: int = Field(8080, ge=1, le=65535)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Parquet tables behind Feast's file offline store."""
+        return self.feast_dir / "offline"
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.home / "pipeline_runs"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+
+def load_settings(home: str | Path | None = None) -> Settings:
+    """Read settings from the environment; the only function that does.
+
+    `HYPERREC_HOME` (default `./var`), `MLFLOW_TRACKING_URI` (default: SQLite inside home),
+    `HYPERREC_MODEL_NAME`, `HYPERREC_PORT`.
+    """
+    root = Path(home or os.environ.get("HYPERREC_HOME") or Path.cwd() / "var").resolve()
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    values: dict = {"home": root, "tracking_uri": tracking}
+    if name := os.environ.get("HYPERREC_MODEL_NAME"):
+        values["model_name"] = name
+    if port := os.environ.get("HYPERREC_PORT"):
+        values["server_port"] = int(port)
+    return Settings(**values)
+
+
+def export_env(settings: Settings) -> dict[str, str]:
+    """Environment for child processes (feast CLI, kfp.local tasks, model server)."""
+    env = dict(os.environ)
+    env["HYPERREC_HOME"] = str(settings.home)
+    env["MLFLOW_TRACKING_URI"] = settings.tracking_uri
+    env["HYPERREC_MODEL_NAME"] = settings.model_name
+    return env

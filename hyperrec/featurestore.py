@@ -1,0 +1,70 @@
+"""Feast operations the CLI, components and server share: write the offline tables, apply
+the repo, materialize, build point-in-time training sets, read online user features."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from hyperrec.config import FEATURE_REPO, Settings, export_env
+from hyperrec.data.world import World
+from hyperrec.features import FEATURE_VIEWS, OFFLINE_TABLES, USER_VIEWS, fill_missing, refs
+
+
+def write_offline_tables(world: World, settings: Settings) -> dict[str, int]:
+    """Write the parquet tables behind each feature view; return their row counts."""
+    settings.offline_dir.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name, build in OFFLINE_TABLES.items():
+        table = build(world)
+        table.to_parquet(settings.offline_dir / f"{name}.parquet", index=False)
+        counts[name] = len(table)
+    return counts
+
+
+def apply_repo(settings: Settings) -> None:
+    """`feast apply` on feature_repo/, in a child process (it chdirs and imports the repo)."""
+    feast = Path(sys.executable).with_name("feast")
+    result = subprocess.run([str(feast), "-c", str(FEATURE_REPO), "apply"], env=export_env(settings),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"feast apply failed:\n{result.stdout}\n{result.stderr}")
+
+
+def open_store(settings: Settings):
+    """A FeatureStore for this workspace. Feast expands ${HYPERREC_HOME} in
+    feature_store.yaml from the process environment, so it is set here first."""
+    from feast import FeatureStore
+
+    os.environ["HYPERREC_HOME"] = str(settings.home)
+    return FeatureStore(repo_path=str(FEATURE_REPO))
+
+
+def materialize(settings: Settings, start: datetime, end: datetime) -> None:
+    """Load the latest feature values stamped in [start, end] into the online store.
+
+    The first load is a backfill over the whole history; later loads can use Feast's
+    `materialize_incremental`, which starts where the previous one ended."""
+    open_store(settings).materialize(start_date=start, end_date=end)
+
+
+def training_set(settings: Settings, labels: pd.DataFrame, views=FEATURE_VIEWS) -> pd.DataFrame:
+    """Point-in-time join of the views' features onto `labels` (entity keys + event_timestamp):
+    each row sees only feature values stamped at or before its own timestamp, within TTL."""
+    store = open_store(settings)
+    keys = [k for k in ("user_id", "item_id") if k in labels]
+    labels = labels.astype({k: object for k in keys})  # Feast merges on object dtype
+    job = store.get_historical_features(entity_df=labels, features=refs(views))
+    return fill_missing(job.to_df(), views)
+
+
+def online_user_features(store, user_ids: list[str]) -> pd.DataFrame:
+    """Fresh user features from the online store (missing or expired values get defaults)."""
+    resp = store.get_online_features(features=refs(USER_VIEWS),
+                                     entity_rows=[{"user_id": u} for u in user_ids])
+    return fill_missing(resp.to_df(), USER_VIEWS)

@@ -1,0 +1,30 @@
+"""Implicit feedback: which events count as positive, and the per-user temporal split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+POSITIVE_TYPES = ("click", "add_to_cart", "purchase")
+POSITIVE_RATING = 4.0  # explicit ratings at or above this count as positive
+
+
+def positives(events: pd.DataFrame) -> pd.DataFrame:
+    """Positive (user, item, ts) interactions, first occurrence per pair."""
+    is_pos = events["event_type"].isin(POSITIVE_TYPES) | (
+        (events["event_type"] == "rating") & (events["rating"] >= POSITIVE_RATING))
+    pos = events.loc[is_pos, ["user_id", "item_id", "ts"]].sort_values("ts", kind="stable")
+    return pos.drop_duplicates(["user_id", "item_id"], keep="first").reset_index(drop=True)
+
+
+def temporal_split(pos: pd.DataFrame, test_share: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per user, the latest `test_share` of interactions (at least one, when the user has
+    two or more) form the test set; items never seen in train are dropped from test."""
+    pos = pos.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    n = pos.groupby("user_id")["item_id"].transform("size").to_numpy()
+    rank = pos.groupby("user_id").cumcount().to_numpy()
+    n_test = np.where(n >= 2, np.maximum(1, np.floor(n * test_share)), 0)
+    is_test = rank >= n - n_test
+    train, test = pos[~is_test], pos[is_test]
+    test = test[test["item_id"].isin(set(train["item_id"]))]
+    return train.reset_index(drop=True), test.reset_index(drop=True)

@@ -1,0 +1,40 @@
+"""The prediction path shared by offline evaluation and the model server: user features in,
+top-k items out, the user's already-seen items excluded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hyperrec.metrics import top_k_excluding
+from hyperrec.models.two_tower import USER_INPUTS, tensors
+
+
+class Recommender:
+    """A trained two-tower model loaded from its exported folder."""
+
+    def __init__(self, model_dir: Path):
+        import tensorflow as tf
+
+        self.model_dir = Path(model_dir)
+        self.user_tower = tf.keras.models.load_model(self.model_dir / "user_tower", compile=False)
+        with np.load(self.model_dir / "candidates.npz", allow_pickle=False) as z:
+            self.item_ids = z["item_ids"].astype(str)
+            self.item_embeddings = z["embeddings"].astype(np.float32)
+        self.item_index = {item: i for i, item in enumerate(self.item_ids)}
+        meta = self.model_dir / "metadata.json"
+        self.metadata = json.loads(meta.read_text()) if meta.exists() else {}
+
+    def user_embeddings(self, users: pd.DataFrame) -> np.ndarray:
+        return self.user_tower.predict(tensors(users, USER_INPUTS), batch_size=4096, verbose=0)
+
+    def recommend(self, users: pd.DataFrame, k: int, seen: list[set[str]] | None = None):
+        """Top-k (item ids, scores) per row of `users` (a frame with every user tower input)."""
+        scores = self.user_embeddings(users) @ self.item_embeddings.T
+        exclude = [{self.item_index[i] for i in s if i in self.item_index} for s in (seen or [set()] * len(users))]
+        ranked = top_k_excluding(scores, self.item_ids, exclude, k)
+        lookup = [scores[row, [self.item_index[i] for i in items]] for row, items in enumerate(ranked)]
+        return ranked, lookup

@@ -1,0 +1,1 @@
+"""Pipeline wiring (`training.py`) and the ways to run it (`run.py`)."""
