@@ -12,6 +12,7 @@ DEFAULTS = {
     "TF_CPP_MIN_LOG_LEVEL": "2",  # keep TF's C++ banner out of CLI output
     "DO_NOT_TRACK": "true",  # mlflow and the Evidently UI honour it: no telemetry
     "MLFLOW_ENABLE_TELEMETRY": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "FEAST_USAGE": "False",
 }
 

@@ -1,2 +1,129 @@
-def app():
-    pass
+"""`hyperrec`: one command line in front of the whole platform (the Makefile calls it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+import hyperrec  # noqa: F401  (environment first)
+from hyperrec.config import load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Generate, load and validate data.")
+features_app = typer.Typer(no_args_is_help=True, help="Feast: build tables, apply, materialize.")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Run or compile the training pipeline.")
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+app.add_typer(pipeline_app, name="pipeline")
+console = Console()
+
+HomeOpt = typer.Option(None, "--home", help="workspace directory (default $HYPERREC_HOME or ./var)")
+
+
+def _world_dir(home: Optional[Path], world: Optional[Path]) -> Path:
+    return world or load_settings(home).data_dir / "world"
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Optional[Path] = typer.Option(None, help="output folder (default HOME/data/world)"),
+    users: int = 2_000, items: int = 1_000, days: int = 30,
+    events: int = typer.Option(200_000, help="approximate number of events"),
+    seed: int = 42, home: Optional[Path] = HomeOpt,
+):
+    """Write a synthetic world (users, items, events, ground-truth tastes), deterministic by seed."""
+    from hyperrec.steps import generate_step
+
+    world = generate_step(load_settings(home), out or _world_dir(home, None), console,
+                          users=users, items=items, days=days, events=events, seed=seed)
+    console.print(f"{len(world.users):,} users, {len(world.items):,} items, {len(world.events):,} events")
+
+
+@data_app.command("load-movielens")
+def data_load_movielens(path: Path, out: Optional[Path] = typer.Option(None), home: Optional[Path] = HomeOpt):
+    """Read MovieLens (100K or latest format) into the hyperrec schemas."""
+    from hyperrec.data.movielens import load_movielens
+    from hyperrec.data.world import save_world
+
+    world = load_movielens(path)
+    dest = save_world(world, out or _world_dir(home, None))
+    console.print(f"{world.meta['source']}: {len(world.users):,} users, {len(world.items):,} items, "
+                  f"{len(world.events):,} events -> {dest}")
+
+
+@data_app.command("validate")
+def data_validate(world: Optional[Path] = typer.Option(None), home: Optional[Path] = HomeOpt):
+    """Check every table of a world against the schemas; exit 1 naming each bad row."""
+    from hyperrec.data.world import load_world
+    from hyperrec.schemas import SchemaError
+
+    try:
+        w = load_world(_world_dir(home, world))
+    except SchemaError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1)
+    console.print(f"ok: {len(w.users):,} users, {len(w.items):,} items, {len(w.events):,} events")
+
+
+@features_app.command("build")
+def features_build(world: Optional[Path] = typer.Option(None), home: Optional[Path] = HomeOpt):
+    """Write offline feature tables, `feast apply`, and materialize to the online store."""
+    from hyperrec.steps import feature_step
+
+    feature_step(load_settings(home), _world_dir(home, world), console)
+
+
+@pipeline_app.command("run")
+def pipeline_run(world: Optional[Path] = typer.Option(None), epochs: int = 5, k: int = 20,
+                 home: Optional[Path] = HomeOpt):
+    """Run the training pipeline through kfp.local (SubprocessRunner, this venv)."""
+    from pipelines.run import run_local
+
+    version = run_local(load_settings(home), _world_dir(home, world), epochs=epochs, k=k)
+    console.print(f"registered version {version}")
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(out: Path = typer.Option(Path("var/pipeline.yaml"))):
+    """Compile the training pipeline to KFP IR YAML (what a Kubeflow cluster runs)."""
+    from pipelines.run import compile_pipeline
+
+    console.print(f"wrote {compile_pipeline(out)}")
+
+
+@app.command()
+def serve(port: int = 8080, home: Optional[Path] = HomeOpt):
+    """Run the KServe model server in the foreground (Ctrl-C stops it)."""
+    import os
+    import sys
+
+    settings = load_settings(home)
+    args = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(port)]
+    os.execv(sys.executable, args)
+
+
+@app.command()
+def recommend(user_ids: list[str], k: int = 10, port: int = 8080):
+    """Ask a running server for recommendations (v1 protocol) and print them as JSON."""
+    from serving.launch import recommend as ask
+
+    console.print_json(json.dumps(ask(port, user_ids, k)))
+
+
+@app.command()
+def demo(users: int = 2_000, items: int = 1_000, days: int = 30, events: int = 200_000,
+         epochs: int = 5, port: int = 8765, home: Optional[Path] = HomeOpt):
+    """The walking skeleton end to end: data -> Feast -> kfp.local training -> MLflow ->
+    KServe -> recommendations over HTTP."""
+    from hyperrec.demo import run_demo
+
+    run_demo(load_settings(home), console, users=users, items=items, days=days, events=events,
+             epochs=epochs, port=port)
+
+
+if __name__ == "__main__":
+    app()

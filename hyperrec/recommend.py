@@ -3,7 +3,6 @@ top-k items out, the user's already-seen items excluded."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,7 @@ class Recommender:
             self.item_ids = z["item_ids"].astype(str)
             self.item_embeddings = z["embeddings"].astype(np.float32)
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
-        meta = self.model_dir / "metadata.json"
-        self.metadata = json.loads(meta.read_text()) if meta.exists() else {}
+        self.catalog = pd.read_parquet(self.model_dir / "items.parquet").set_index("item_id")
 
     def user_embeddings(self, users: pd.DataFrame) -> np.ndarray:
         return self.user_tower.predict(tensors(users, USER_INPUTS), batch_size=4096, verbose=0)

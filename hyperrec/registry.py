@@ -51,7 +51,7 @@ def register_model(settings: Settings, model_dir: Path, params: dict, metrics: d
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags or {})
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=RetrievalPyfunc(),
+            name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
             artifacts={"model_dir": str(model_dir)},
             pip_requirements=["hyperrec"],  # the project's own locked environment
             registered_model_name=settings.model_name,

@@ -30,6 +30,7 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path) -> di
     cutoff = train["ts"].max()
     catalog = world.items[world.items["created_ts"] <= cutoff][["item_id"]].assign(event_timestamp=cutoff)
     items_fs = training_set(settings, catalog, views=(ITEM_METADATA,))
+    items_fs = items_fs.merge(world.items[["item_id", "title"]].astype({"item_id": object}), on="item_id")
     items_fs.to_parquet(out_dir / "items.parquet", index=False)
     sizes = {"train_rows": len(train_fs), "test_rows": len(test), "items": len(items_fs),
              "users": int(train["user_id"].nunique())}

@@ -95,11 +95,13 @@ def embed(tower: tf.keras.Model, frame: pd.DataFrame, spec: dict[str, str]) -> n
 
 
 def export(model: TwoTower, items: pd.DataFrame, cfg: TwoTowerConfig, out: Path) -> Path:
-    """Write user_tower/ and item_tower/ SavedModels plus candidates.npz (ids, embeddings)."""
+    """Write user_tower/ and item_tower/ SavedModels, candidates.npz (ids, embeddings) and
+    items.parquet (the catalog's display fields, versioned with the model)."""
     out.mkdir(parents=True, exist_ok=True)
     model.user_tower.save(out / "user_tower", save_format="tf")
     model.item_tower.save(out / "item_tower", save_format="tf")
     np.savez(out / "candidates.npz", item_ids=items["item_id"].to_numpy().astype(str),
              embeddings=embed(model.item_tower, items, ITEM_INPUTS))
+    items[["item_id", "title", *ITEM_METADATA.features]].to_parquet(out / "items.parquet", index=False)
     pd.Series(asdict(cfg)).to_json(out / "config.json")
     return out

@@ -1,0 +1,73 @@
+"""The platform's setup steps with progress shown: shared by the CLI verbs and the demo."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hyperrec.config import Settings, export_env
+from hyperrec.data.generate import WorldConfig, generate_world
+from hyperrec.data.world import World, load_world, save_world
+
+TRAINING_TASKS = ["build-training-set", "train-retrieval", "evaluate-retrieval", "register-model"]
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), console=console)
+
+
+def generate_step(settings: Settings, out: Path, console: Console, **sizes) -> World:
+    cfg = WorldConfig(**sizes)
+    with _progress(console) as bar:
+        task = bar.add_task("generate world (impressions)", total=None)
+        world = generate_world(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    save_world(world, out)
+    return world
+
+
+def feature_step(settings: Settings, world_dir: Path, console: Console) -> dict[str, int]:
+    """Offline tables -> `feast apply` -> materialize the whole history online."""
+    from hyperrec.featurestore import apply_repo, materialize, write_offline_tables
+
+    world = load_world(world_dir)
+    with console.status("feast: writing offline tables"):
+        counts = write_offline_tables(world, settings)
+    with console.status("feast apply"):
+        apply_repo(settings)
+    end = pd.Timestamp(world.events["ts"].max()).to_pydatetime()
+    start = pd.Timestamp(min(world.users["signup_ts"].min(), world.items["created_ts"].min())).to_pydatetime()
+    with console.status("feast materialize -> SQLite online store"):
+        materialize(settings, start, end)
+    console.print("feast: " + ", ".join(f"{k} {v:,} rows" for k, v in counts.items()))
+    return counts
+
+
+def training_step(settings: Settings, world_dir: Path, console: Console, epochs: int) -> int:
+    """Run the kfp.local pipeline in a child process, its log to a file, progress per task."""
+    log_path = settings.home / "logs" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(Path(sys.executable).with_name("hyperrec")), "pipeline", "run", "--home", str(settings.home),
+           "--world", str(world_dir), "--epochs", str(epochs)]
+    finished = re.compile(r"Task .*?'([a-z-]+)'.*? finished with status .*?(SUCCESS|FAILURE)")
+    with open(log_path, "w") as log, _progress(console) as bar:
+        proc = subprocess.Popen(cmd, env=export_env(settings), stdout=log, stderr=subprocess.STDOUT)
+        task = bar.add_task(f"kfp.local pipeline: {TRAINING_TASKS[0]}", total=len(TRAINING_TASKS))
+        while proc.poll() is None:
+            time.sleep(0.5)
+            done = [m.group(1) for m in finished.finditer(log_path.read_text(errors="replace"))]
+            remaining = [t for t in TRAINING_TASKS if t not in done]
+            label = remaining[0] if remaining else "done"
+            bar.update(task, completed=len(TRAINING_TASKS) - len(remaining),
+                       description=f"kfp.local pipeline: {label}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"training pipeline failed (exit {proc.returncode}); log: {log_path}")
+    version = re.findall(r"registered version (\d+)", log_path.read_text())
+    return int(version[-1])

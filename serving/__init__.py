@@ -1,0 +1,1 @@
+"""KServe model server: request/response schemas, the recommender Model, the entry point."""

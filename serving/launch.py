@@ -1,0 +1,53 @@
+"""Start and stop the model server as a child process (used by the CLI, demo and tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from hyperrec.config import Settings, export_env
+
+
+def start_server(settings: Settings, port: int, log_path: Path | None = None) -> subprocess.Popen:
+    """Launch `python -m serving` on 127.0.0.1:`port`; output goes to `log_path` if given."""
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    cmd = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(port)]
+    return subprocess.Popen(cmd, env=export_env(settings), stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(proc: subprocess.Popen, port: int, timeout_s: float = 180.0) -> float:
+    """Block until /v2/health/ready answers 200; return seconds waited. Fails fast if the
+    process dies (a broken model must not look like a slow one)."""
+    started = time.monotonic()
+    url = f"http://127.0.0.1:{port}/v2/health/ready"
+    while time.monotonic() - started < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"model server exited with code {proc.returncode} before ready")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return time.monotonic() - started
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"model server not ready after {timeout_s:.0f}s")
+
+
+def stop_server(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def recommend(port: int, user_ids: list[str], k: int = 10) -> list[dict]:
+    """Ask the running server for recommendations over the v1 protocol."""
+    body = {"instances": [{"user_id": u, "k": k} for u in user_ids]}
+    resp = requests.post(f"http://127.0.0.1:{port}/v1/models/recommender:predict", json=body, timeout=30)
+    resp.raise_for_status()
+    return resp.json()["predictions"]
