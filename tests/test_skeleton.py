@@ -8,6 +8,7 @@ import requests
 from rich.console import Console
 
 from hyperrec.features import user_activity_table
+from hyperrec.interactions import positives, temporal_split
 from hyperrec.registry import configure
 from hyperrec.steps import feature_step, generate_step
 from pipelines.run import compile_pipeline, run_local
@@ -50,6 +51,8 @@ def test_training_rows_carry_point_in_time_features(trained):
     settings, world, _ = trained
     run_dirs = sorted(settings.pipeline_root.glob("hyperrec-training-*/build-training-set/training_set"))
     train = pd.read_parquet(run_dirs[-1] / "train.parquet")
+    split_train, _ = temporal_split(positives(world.events))
+    assert len(train) == len(split_train)  # no label row lost in the join
     snaps = user_activity_table(world.events).sort_values("event_timestamp")
     expected = pd.merge_asof(
         train.sort_values("event_timestamp")[["user_id", "event_timestamp"]].astype({"user_id": str}),
