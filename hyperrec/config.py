@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +26,14 @@ class Settings(BaseModel):
     tracking_uri: str = Field(description="MLflow tracking URI")
     model_name: str = "hyperrec-retrieval"
     server_port: int = Field(8080, ge=1, le=65535)
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = Field("127.0.0.1:6379", description="Feast connection_string (host:port[,db=N])")
+
+    @property
+    def feature_store_yaml(self) -> Path:
+        """The Feast config for this mode: feature_store.yaml (SQLite) or feature_store.redis.yaml."""
+        name = "feature_store.yaml" if self.online_store == "sqlite" else f"feature_store.{self.online_store}.yaml"
+        return FEATURE_REPO / name
 
     @property
     def data_dir(self) -> Path:
@@ -52,7 +61,8 @@ def load_settings(home: str | Path | None = None) -> Settings:
     """Read settings from the environment; the only function that does.
 
     `HYPERREC_HOME` (default `./var`), `MLFLOW_TRACKING_URI` (default: SQLite inside home),
-    `HYPERREC_MODEL_NAME`, `HYPERREC_PORT`.
+    `HYPERREC_MODEL_NAME`, `HYPERREC_PORT`, `HYPERREC_ONLINE_STORE` (sqlite|redis),
+    `HYPERREC_REDIS` (host:port).
     """
     root = Path(home or os.environ.get("HYPERREC_HOME") or Path.cwd() / "var").resolve()
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
@@ -61,6 +71,10 @@ def load_settings(home: str | Path | None = None) -> Settings:
         values["model_name"] = name
     if port := os.environ.get("HYPERREC_PORT"):
         values["server_port"] = int(port)
+    if store := os.environ.get("HYPERREC_ONLINE_STORE"):
+        values["online_store"] = store
+    if redis_url := os.environ.get("HYPERREC_REDIS"):
+        values["redis_url"] = redis_url
     return Settings(**values)
 
 
@@ -70,4 +84,6 @@ def export_env(settings: Settings) -> dict[str, str]:
     env["HYPERREC_HOME"] = str(settings.home)
     env["MLFLOW_TRACKING_URI"] = settings.tracking_uri
     env["HYPERREC_MODEL_NAME"] = settings.model_name
+    env["HYPERREC_ONLINE_STORE"] = settings.online_store
+    env["HYPERREC_REDIS"] = settings.redis_url
     return env

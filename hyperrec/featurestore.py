@@ -31,19 +31,20 @@ def write_offline_tables(world: World, settings: Settings) -> dict[str, int]:
 def apply_repo(settings: Settings) -> None:
     """`feast apply` on feature_repo/, in a child process (it chdirs and imports the repo)."""
     feast = Path(sys.executable).with_name("feast")
-    result = subprocess.run([str(feast), "-c", str(FEATURE_REPO), "apply"], env=export_env(settings),
-                            capture_output=True, text=True)
+    cmd = [str(feast), "-c", str(FEATURE_REPO), "-f", str(settings.feature_store_yaml), "apply"]
+    result = subprocess.run(cmd, env=export_env(settings), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"feast apply failed:\n{result.stdout}\n{result.stderr}")
 
 
 def open_store(settings: Settings):
-    """A FeatureStore for this workspace. Feast expands ${HYPERREC_HOME} in
-    feature_store.yaml from the process environment, so it is set here first."""
+    """A FeatureStore for this workspace and online-store mode. Feast expands ${HYPERREC_HOME}
+    and ${HYPERREC_REDIS} in the yaml from the process environment, so they are set here first."""
     from feast import FeatureStore
 
     os.environ["HYPERREC_HOME"] = str(settings.home)
-    return FeatureStore(repo_path=str(FEATURE_REPO))
+    os.environ["HYPERREC_REDIS"] = settings.redis_url
+    return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=settings.feature_store_yaml)
 
 
 def materialize(settings: Settings, start: datetime, end: datetime) -> None:

@@ -123,13 +123,13 @@ def _impressions(cfg, rng, truth: Truth, item_cat, centroids, activity, n: int):
     cat_p = np.exp(cat_logits - cat_logits.max(axis=1, keepdims=True))
     cat_p /= cat_p.sum(axis=1, keepdims=True)
     by_taste = (cat_p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
-    cat = np.where(rng.random(n) < 0.6, by_taste, rng.integers(0, n_cat, n))
+    cat = np.where(rng.random(n) < 0.7, by_taste, rng.integers(0, n_cat, n))
     # items sorted by (category, appearance day): those available on `day` form a prefix
     order = np.lexsort((truth.item_created_day, item_cat))
     key = item_cat[order] * (cfg.days + 400.0) + truth.item_created_day[order]
     cat_start = np.searchsorted(key, np.arange(n_cat) * (cfg.days + 400.0) - 366)
     n_avail = np.searchsorted(key, cat * (cfg.days + 400.0) + day, side="right") - cat_start[cat]
-    pick = np.floor(n_avail * rng.random(n) ** 1.6).astype(np.int64)  # older items more popular
+    pick = np.floor(n_avail * rng.random(n) ** 1.3).astype(np.int64)  # older items more popular
     return user, order[cat_start[cat] + pick], day
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-CLICK_SLOPE = 5.0  # how sharply click probability rises with taste affinity
-CLICK_BIAS = -3.0  # sets the base click-through rate (about 8% on the generated feed)
+CLICK_SLOPE = 8.0  # how sharply click probability rises with taste affinity
+CLICK_BIAS = -4.5  # sets the base click-through rate (about 10% on the generated feed)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
