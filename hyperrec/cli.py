@@ -96,14 +96,15 @@ def pipeline_compile(out: Path = typer.Option(Path("var/pipeline.yaml"))):
 
 
 @app.command()
-def serve(port: int = 8080, home: Optional[Path] = HomeOpt):
+def serve(port: int = 8080, home: Optional[Path] = HomeOpt,
+          as_of: Optional[str] = typer.Option(None, help="ISO time to judge feature freshness at (simulated worlds)")):
     """Run the KServe model server in the foreground (Ctrl-C stops it)."""
     import os
     import sys
 
     settings = load_settings(home)
     args = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(port)]
-    os.execv(sys.executable, args)
+    os.execv(sys.executable, args + (["--as_of", as_of] if as_of else []))
 
 
 @app.command()

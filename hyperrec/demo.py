@@ -50,7 +50,8 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     console.rule("[bold]4. serving: KServe ModelServer, v1 protocol over HTTP")
     t = time.monotonic()
     log_path = settings.home / "logs" / "server.log"
-    proc = start_server(settings, port, log_path)
+    world_now = world.events["ts"].max().to_pydatetime()  # serve as of the simulated clock
+    proc = start_server(settings, port, log_path, as_of=world_now)
     try:
         with console.status(f"starting model server on :{port} (loads the champion from MLflow)"):
             ready_s = wait_ready(proc, port)

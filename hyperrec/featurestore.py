@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,9 @@ import pandas as pd
 from hyperrec.config import FEATURE_REPO, Settings, export_env
 from hyperrec.data.world import World
 from hyperrec.features import FEATURE_VIEWS, OFFLINE_TABLES, USER_VIEWS, fill_missing, refs
+
+
+TS_SUFFIX = "__ts"  # Feast's suffix for a value's event timestamp in online responses
 
 
 def write_offline_tables(world: World, settings: Settings) -> dict[str, int]:
@@ -75,8 +78,24 @@ def training_set(settings: Settings, labels: pd.DataFrame, views=FEATURE_VIEWS) 
     return fill_missing(out, views)
 
 
-def online_user_features(store, user_ids: list[str]) -> pd.DataFrame:
-    """Fresh user features from the online store (missing or expired values get defaults)."""
-    resp = store.get_online_features(features=refs(USER_VIEWS),
-                                     entity_rows=[{"user_id": u} for u in user_ids])
-    return fill_missing(resp.to_df(), USER_VIEWS)
+def online_features(store, views, key: str, ids: list[str], now: datetime | None = None) -> pd.DataFrame:
+    """Online feature values for `ids`, with values older than their view's TTL as missing.
+
+    Feast 0.67 serves online values past the TTL as if present (checked here: a two-day TTL
+    value ten months old came back), so each value's event timestamp is checked against
+    `now` and stale ones are blanked before the typed defaults are filled in."""
+    resp = store.get_online_features(features=refs(views), entity_rows=[{key: i} for i in ids])
+    df = resp.to_df(include_event_timestamps=True)
+    now_s = (now or datetime.now(timezone.utc)).timestamp()
+    for view in views:
+        if not view.ttl:
+            continue
+        for f in view.features:
+            ts = df.pop(f + TS_SUFFIX).to_numpy(dtype="float64")
+            df[f] = df[f].where(ts >= now_s - view.ttl.total_seconds())
+    return fill_missing(df.drop(columns=[c for c in df if c.endswith(TS_SUFFIX)]), views)
+
+
+def online_user_features(store, user_ids: list[str], now: datetime | None = None) -> pd.DataFrame:
+    """Fresh user features for serving (missing or expired values get typed defaults)."""
+    return online_features(store, USER_VIEWS, "user_id", user_ids, now)

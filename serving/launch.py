@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import requests
@@ -12,10 +13,14 @@ import requests
 from hyperrec.config import Settings, export_env
 
 
-def start_server(settings: Settings, port: int, log_path: Path | None = None) -> subprocess.Popen:
-    """Launch `python -m serving` on 127.0.0.1:`port`; output goes to `log_path` if given."""
+def start_server(settings: Settings, port: int, log_path: Path | None = None,
+                 as_of: datetime | None = None) -> subprocess.Popen:
+    """Launch `python -m serving` on 127.0.0.1:`port`; output goes to `log_path` if given;
+    `as_of` sets the clock feature freshness is judged by (default: wall clock)."""
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     cmd = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(port)]
+    if as_of is not None:
+        cmd += ["--as_of", as_of.isoformat()]
     return subprocess.Popen(cmd, env=export_env(settings), stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import kserve
 
 from hyperrec.config import Settings
@@ -11,9 +13,12 @@ from serving.protocol import Recommendation, ScoredItem, parse_instances
 
 
 class RecommenderModel(kserve.Model):
-    def __init__(self, name: str, settings: Settings):
+    def __init__(self, name: str, settings: Settings, as_of: datetime | None = None):
+        """`as_of` fixes the clock feature TTLs are judged by (a simulated world's "now");
+        None means the wall clock."""
         super().__init__(name)
         self.settings = settings
+        self.as_of = as_of
         self.recommender = None
         self.version = None
         self.store = None
@@ -27,7 +32,7 @@ class RecommenderModel(kserve.Model):
         return self.ready
 
     def _recommend(self, user_ids: list[str], ks: list[int]) -> list[Recommendation]:
-        features = online_user_features(self.store, user_ids)
+        features = online_user_features(self.store, user_ids, now=self.as_of)
         ranked, scores = self.recommender.recommend(features, k=max(ks))
         catalog = self.recommender.catalog
         out = []
