@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -24,16 +23,16 @@ console = Console()
 HomeOpt = typer.Option(None, "--home", help="workspace directory (default $HYPERREC_HOME or ./var)")
 
 
-def _world_dir(home: Optional[Path], world: Optional[Path]) -> Path:
+def _world_dir(home: Path | None, world: Path | None) -> Path:
     return world or load_settings(home).data_dir / "world"
 
 
 @data_app.command("generate")
 def data_generate(
-    out: Optional[Path] = typer.Option(None, help="output folder (default HOME/data/world)"),
+    out: Path | None = typer.Option(None, help="output folder (default HOME/data/world)"),
     users: int = 2_000, items: int = 1_000, days: int = 30,
     events: int = typer.Option(200_000, help="approximate number of events"),
-    seed: int = 42, home: Optional[Path] = HomeOpt,
+    seed: int = 42, home: Path | None = HomeOpt,
 ):
     """Write a synthetic world (users, items, events, ground-truth tastes), deterministic by seed."""
     from hyperrec.steps import generate_step
@@ -44,7 +43,7 @@ def data_generate(
 
 
 @data_app.command("load-movielens")
-def data_load_movielens(path: Path, out: Optional[Path] = typer.Option(None), home: Optional[Path] = HomeOpt):
+def data_load_movielens(path: Path, out: Path | None = typer.Option(None), home: Path | None = HomeOpt):
     """Read MovieLens (100K or latest format) into the hyperrec schemas."""
     from hyperrec.data.movielens import load_movielens
     from hyperrec.data.world import save_world
@@ -56,7 +55,7 @@ def data_load_movielens(path: Path, out: Optional[Path] = typer.Option(None), ho
 
 
 @data_app.command("validate")
-def data_validate(world: Optional[Path] = typer.Option(None), home: Optional[Path] = HomeOpt):
+def data_validate(world: Path | None = typer.Option(None), home: Path | None = HomeOpt):
     """Check every table of a world against the schemas; exit 1 naming each bad row."""
     from hyperrec.data.world import load_world
     from hyperrec.schemas import SchemaError
@@ -65,12 +64,12 @@ def data_validate(world: Optional[Path] = typer.Option(None), home: Optional[Pat
         w = load_world(_world_dir(home, world))
     except SchemaError as exc:
         console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     console.print(f"ok: {len(w.users):,} users, {len(w.items):,} items, {len(w.events):,} events")
 
 
 @features_app.command("build")
-def features_build(world: Optional[Path] = typer.Option(None), home: Optional[Path] = HomeOpt):
+def features_build(world: Path | None = typer.Option(None), home: Path | None = HomeOpt):
     """Write offline feature tables, `feast apply`, and materialize to the online store."""
     from hyperrec.steps import feature_step
 
@@ -78,8 +77,8 @@ def features_build(world: Optional[Path] = typer.Option(None), home: Optional[Pa
 
 
 @pipeline_app.command("run")
-def pipeline_run(world: Optional[Path] = typer.Option(None), epochs: int = 5, k: int = 20,
-                 home: Optional[Path] = HomeOpt):
+def pipeline_run(world: Path | None = typer.Option(None), epochs: int = 5, k: int = 20,
+                 home: Path | None = HomeOpt):
     """Run the training pipeline through kfp.local (SubprocessRunner, this venv)."""
     from pipelines.run import run_local
 
@@ -96,8 +95,8 @@ def pipeline_compile(out: Path = typer.Option(Path("var/pipeline.yaml"))):
 
 
 @app.command()
-def serve(port: int = 8080, home: Optional[Path] = HomeOpt,
-          as_of: Optional[str] = typer.Option(None, help="ISO time to judge feature freshness at (simulated worlds)")):
+def serve(port: int = 8080, home: Path | None = HomeOpt,
+          as_of: str | None = typer.Option(None, help="ISO time to judge feature freshness at (simulated worlds)")):
     """Run the KServe model server in the foreground (Ctrl-C stops it)."""
     import os
     import sys
@@ -117,7 +116,7 @@ def recommend(user_ids: list[str], k: int = 10, port: int = 8080):
 
 @app.command()
 def demo(users: int = 2_000, items: int = 1_000, days: int = 30, events: int = 200_000,
-         epochs: int = 5, port: int = 8765, home: Optional[Path] = HomeOpt):
+         epochs: int = 5, port: int = 8765, home: Path | None = HomeOpt):
     """The walking skeleton end to end: data -> Feast -> kfp.local training -> MLflow ->
     KServe -> recommendations over HTTP."""
     from hyperrec.demo import run_demo

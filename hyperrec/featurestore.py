@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,6 @@ import pandas as pd
 from hyperrec.config import FEATURE_REPO, Settings, export_env
 from hyperrec.data.world import World
 from hyperrec.features import FEATURE_VIEWS, OFFLINE_TABLES, USER_VIEWS, fill_missing, refs
-
 
 TS_SUFFIX = "__ts"  # Feast's suffix for a value's event timestamp in online responses
 
@@ -86,7 +85,7 @@ def online_features(store, views, key: str, ids: list[str], now: datetime | None
     `now` and stale ones are blanked before the typed defaults are filled in."""
     resp = store.get_online_features(features=refs(views), entity_rows=[{key: i} for i in ids])
     df = resp.to_df(include_event_timestamps=True)
-    now_s = (now or datetime.now(timezone.utc)).timestamp()
+    now_s = (now or datetime.now(UTC)).timestamp()
     for view in views:
         if not view.ttl:
             continue

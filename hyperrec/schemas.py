@@ -12,7 +12,7 @@ import datetime as dt
 import types
 import typing
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal, Optional
+from typing import Annotated, ClassVar, Literal
 
 import annotated_types
 import numpy as np
@@ -52,10 +52,10 @@ class Event(Record):
     item_id: Id
     event_type: EventType
     ts: dt.datetime
-    dwell_s: Optional[Annotated[float, Field(ge=0, le=86_400)]] = None
-    rating: Optional[Annotated[float, Field(ge=0.5, le=5.0)]] = None
-    session_id: Optional[str] = None
-    device: Optional[str] = None
+    dwell_s: Annotated[float, Field(ge=0, le=86400)] | None = None
+    rating: Annotated[float, Field(ge=0.5, le=5.0)] | None = None
+    session_id: str | None = None
+    device: str | None = None
 
     required_when: ClassVar[dict[str, str]] = {"click": "dwell_s", "rating": "rating"}
     kind_field: ClassVar[str | None] = "event_type"
@@ -65,8 +65,8 @@ class User(Record):
     """A CRM profile with per-purpose consent (recorded with its time)."""
 
     user_id: Id
-    email: Optional[str] = None
-    name: Optional[str] = None
+    email: str | None = None
+    name: str | None = None
     age_band: AgeBand = "unknown"
     region: str = "unknown"
     signup_ts: dt.datetime
@@ -81,8 +81,8 @@ class Item(Record):
     item_id: Id
     title: str
     category: str
-    brand: Optional[str] = None
-    price: Optional[Annotated[float, Field(ge=0)]] = None
+    brand: str | None = None
+    price: Annotated[float, Field(ge=0)] | None = None
     description: str = ""
     created_ts: dt.datetime
 
@@ -147,6 +147,9 @@ def _field_specs(model: type[BaseModel]) -> list[_Spec]:
     return specs
 
 
+_BOOL_WORDS = {"true": True, "1": True, "1.0": True, "false": False, "0": False, "0.0": False}
+
+
 def _row_errors(mask: np.ndarray, field: str, message: str) -> list[FieldError]:
     return [FieldError(int(i), field, message) for i in np.flatnonzero(mask)]
 
@@ -162,7 +165,7 @@ def _check_column(col: pd.Series, spec: _Spec) -> tuple[pd.Series, list[FieldErr
     elif spec.base in (float, int):
         out = pd.to_numeric(col, errors="coerce")
     elif spec.base is bool:
-        out = col.map({True: True, False: False, 1: True, 0: False, "true": True, "false": False})
+        out = col.map(lambda v: _BOOL_WORDS.get(str(v).strip().lower()))
     else:
         out = col.astype("string")
     bad_type = out.isna().to_numpy() & ~null

@@ -21,9 +21,8 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path) -> di
     every example; writes train/test/items parquet and returns their sizes."""
     world = load_world(world_dir)
     train, test = temporal_split(positives(world.events))
-    labels = lambda df: df.rename(columns={"ts": "event_timestamp"})  # noqa: E731
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_fs = training_set(settings, labels(train))
+    train_fs = training_set(settings, train.rename(columns={"ts": "event_timestamp"}))
     train_fs.to_parquet(out_dir / "train.parquet", index=False)
     test.to_parquet(out_dir / "test.parquet", index=False)
     # candidate features as of the end of training data (the catalog a model would index)

@@ -3,10 +3,10 @@
 import argparse
 from datetime import datetime
 
-import hyperrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before kserve/TF load)
 import kserve
 from kserve import model_server
 
+import hyperrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before kserve/TF load)
 from hyperrec.config import load_settings
 from serving.recommender import RecommenderModel
 

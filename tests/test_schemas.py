@@ -68,6 +68,6 @@ def test_user_and_item_defaults_and_bounds():
     typed = validate_frame(users, User)
     assert typed.loc[0, "age_band"] == "unknown" and typed.loc[0, "region"] == "unknown"
     items = pd.DataFrame({"item_id": ["i1"], "title": ["t"], "category": ["c"], "price": [-1.0],
-                          "created_ts": [dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)]})
+                          "created_ts": [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]})
     _, errors = check_frame(items, Item)
     assert [(e.row, e.field) for e in errors] == [(0, "price")]

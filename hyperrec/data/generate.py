@@ -7,7 +7,6 @@ several million take seconds. The same seed and flags give the same world, byte 
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -102,8 +101,8 @@ def _make_users(cfg: WorldConfig, rng, centroids: np.ndarray, start: pd.Timestam
     signup = start - pd.to_timedelta(rng.integers(1, 3 * 365, cfg.users), unit="D")
     users = pd.DataFrame({
         "user_id": [f"u{u:06d}" for u in range(cfg.users)],
-        "email": [f"{f}.{l}{u}@example.com" for u, (f, l) in enumerate(zip(first, last))],
-        "name": [f"{f.title()} {l.title()}" for f, l in zip(first, last)],
+        "email": [f"{f}.{s}{u}@example.com" for u, (f, s) in enumerate(zip(first, last))],
+        "name": [f"{f.title()} {s.title()}" for f, s in zip(first, last)],
         "age_band": bands[band], "region": np.array(REGIONS)[region],
         "signup_ts": signup,
         "consent_personalization": rng.random(cfg.users) < 0.92,
@@ -197,8 +196,3 @@ def generate_world(cfg: WorldConfig, progress=None) -> World:
             "horizon_end": str(start + pd.Timedelta(days=cfg.days))}
     return World(validate_frame(users, User, "users"), validate_frame(items, Item, "items"),
                  validate_frame(events, Event, "events"), truth, meta)
-
-
-def day_of(ts: pd.Series | dt.datetime, start: str) -> np.ndarray:
-    """Fractional simulated day of timestamps, for asking the truth about real events."""
-    return ((pd.to_datetime(ts, utc=True) - pd.Timestamp(start, tz="UTC")) / pd.Timedelta(days=1))

@@ -50,6 +50,6 @@ class Truth:
         np.savez_compressed(path, **{f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
-    def load(cls, path: Path) -> "Truth":
+    def load(cls, path: Path) -> Truth:
         with np.load(path) as z:
             return cls(**{f.name: z[f.name] for f in fields(cls)})
