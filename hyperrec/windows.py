@@ -1,0 +1,198 @@
+"""Windowed features from the event stream: counts per event type over 30 min / 1 day /
+7 days, dwell and CTR, and each user's recent items.
+
+Two implementations of one definition: `StreamFolds` folds one event at a time (the
+stream processor, pushing online), `replay` computes the same snapshots for a whole
+history at once (the offline tables, vectorized: ~50x faster). A test holds them equal,
+so training and serving cannot disagree on what a feature means.
+
+A snapshot is stamped 1 ms after the event it includes, so a point-in-time join for a
+label event sees the state just *before* that event, never the label itself.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+WINDOWS_S = {"30m": 1800, "1d": 86_400, "7d": 7 * 86_400}
+COUNTED = ("view", "click", "add_to_cart", "purchase")
+POSITIVE = ("click", "add_to_cart", "purchase")
+RECENT_N = 20
+STAMP_DELAY = pd.Timedelta(milliseconds=1)
+
+
+@dataclass
+class _Window:
+    span_ms: int
+    events: deque = field(default_factory=deque)  # (ts_ms, type, dwell)
+    counts: dict = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
+    dwell_sum: float = 0.0
+
+    def add(self, ts_ms: int, kind: str, dwell: float) -> None:
+        self.events.append((ts_ms, kind, dwell))
+        self.counts[kind] += 1
+        self.dwell_sum += dwell
+
+    def expire(self, ts_ms: int) -> None:
+        """Drop events that left the window by `ts_ms`."""
+        while self.events and self.events[0][0] <= ts_ms - self.span_ms:
+            _, old_kind, old_dwell = self.events.popleft()
+            self.counts[old_kind] -= 1
+            self.dwell_sum -= old_dwell
+
+
+class WindowFolder:
+    """Per-entity sliding-window counters (amortized O(1) per event)."""
+
+    def __init__(self, prefix_types: dict[str, str], windows: dict[str, int] = WINDOWS_S):
+        self.prefix_types = prefix_types  # event type -> feature prefix, e.g. "click" -> "clicks"
+        self.windows = windows
+        self.state: dict[str, dict[str, _Window]] = {}
+        self.last_ts: dict[str, int] = {}
+
+    def fold(self, key: str, ts_ms: int, kind: str, dwell: float) -> dict:
+        """Add one event for `key` and return its feature snapshot."""
+        wins = self.state.get(key)
+        if wins is None:
+            wins = self.state[key] = {w: _Window(s * 1000) for w, s in self.windows.items()}
+        for win in wins.values():
+            win.expire(ts_ms)
+            if kind in COUNTED:
+                win.add(ts_ms, kind, dwell)
+        self.last_ts[key] = ts_ms
+        row = {"last_event_ts": ts_ms // 1000}
+        for w, win in wins.items():
+            for kind_name, prefix in self.prefix_types.items():
+                row[f"{prefix}_{w}"] = win.counts[kind_name]
+            clicks = win.counts["click"]
+            row[f"mean_dwell_{w}"] = win.dwell_sum / clicks if clicks else 0.0
+            row[f"ctr_{w}"] = clicks / win.counts["view"] if win.counts["view"] else 0.0
+        return row
+
+
+class RecentItems:
+    """The last RECENT_N positively engaged items per user, newest first."""
+
+    def __init__(self, n: int = RECENT_N):
+        self.n = n
+        self.state: dict[str, deque] = {}
+
+    def fold(self, user: str, item: str, ts_ms: int) -> dict:
+        recent = self.state.setdefault(user, deque(maxlen=self.n))
+        recent.appendleft((item, ts_ms // 1000))
+        return {"recent_items": [i for i, _ in recent], "recent_items_ts": [t for _, t in recent]}
+
+
+USER_TYPES = {"view": "views", "click": "clicks", "add_to_cart": "carts", "purchase": "purchases"}
+ITEM_TYPES = {"view": "views", "click": "clicks"}
+
+
+@dataclass
+class StreamFolds:
+    """All the folds the platform keeps, fed by one event at a time."""
+
+    users: WindowFolder = field(default_factory=lambda: WindowFolder(USER_TYPES))
+    items: WindowFolder = field(default_factory=lambda: WindowFolder(ITEM_TYPES, {"1d": 86_400, "7d": 7 * 86_400}))
+    recent: RecentItems = field(default_factory=RecentItems)
+
+    def fold_frame(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Fold events (in time order) and return snapshots per table: user_activity,
+        item_popularity, user_recent_items; each row stamped 1 ms after its event."""
+        events = events.sort_values("ts", kind="stable")
+        ts_ms = (events["ts"].astype("int64") // 1_000_000).to_numpy()  # ns -> ms
+        dwell = events["dwell_s"].fillna(0.0).to_numpy() if "dwell_s" in events else np.zeros(len(events))
+        rating = events["rating"].to_numpy() if "rating" in events else np.full(len(events), np.nan)
+        rows = {"user_activity": [], "item_popularity": [], "user_recent_items": []}
+        for user, item, kind, t, d, r in zip(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
+                                             events["event_type"].to_numpy(), ts_ms, dwell, rating):
+            d = float(d) if kind == "click" else 0.0
+            rows["user_activity"].append({"user_id": user, "ts_ms": t, **self.users.fold(user, t, kind, d)})
+            rows["item_popularity"].append({"item_id": item, "ts_ms": t, **self.items.fold(item, t, kind, d)})
+            if kind in POSITIVE or (kind == "rating" and r >= 4.0):
+                rows["user_recent_items"].append({"user_id": user, "ts_ms": t, **self.recent.fold(user, item, t)})
+        return {name: _stamp(pd.DataFrame(r)) for name, r in rows.items()}
+
+
+def _stamp(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return df
+    df["event_timestamp"] = pd.to_datetime(df.pop("ts_ms"), unit="ms", utc=True) + STAMP_DELAY
+    return df
+
+
+def _sliding_counts(keys: np.ndarray, ts_ms: np.ndarray, kinds: np.ndarray, dwell: np.ndarray,
+                    prefix_types: dict[str, str], windows: dict[str, int]) -> dict[str, np.ndarray]:
+    """For every event, counts over the same key's events in (ts - window, ts], in the
+    input's order, matching WindowFolder.fold exactly (ties kept in input order)."""
+    n = len(keys)
+    codes = pd.factorize(keys)[0].astype(np.int64)
+    order = np.lexsort((np.arange(n), ts_ms, codes))
+    t = ts_ms[order]
+    span = max(windows.values()) * 1000
+    stride = int(t.max() - t.min()) + span + 1 if n else 1
+    base = codes[order] * stride + (t - (t.min() if n else 0))
+    counted = np.isin(kinds[order], COUNTED)
+    indicators = {k: (kinds[order] == k) for k in prefix_types}
+    indicators.setdefault("click", kinds[order] == "click")
+    indicators.setdefault("view", kinds[order] == "view")
+    cum = {k: np.concatenate([[0], np.cumsum(v)]) for k, v in indicators.items()}
+    cum_dwell = np.concatenate([[0.0], np.cumsum(np.where(counted, dwell[order], 0.0))])
+    end = np.arange(1, n + 1)
+    out: dict[str, np.ndarray] = {}
+    for w, seconds in windows.items():
+        start = np.searchsorted(base, base - seconds * 1000, side="right")
+        counts = {k: c[end] - c[start] for k, c in cum.items()}
+        for kind, prefix in prefix_types.items():
+            out[f"{prefix}_{w}"] = counts[kind]
+        clicks, views = counts["click"], counts["view"]
+        out[f"mean_dwell_{w}"] = np.where(clicks > 0, (cum_dwell[end] - cum_dwell[start]) / np.maximum(clicks, 1), 0.0)
+        out[f"ctr_{w}"] = np.where(views > 0, clicks / np.maximum(views, 1), 0.0)
+    # carry the last event time, then undo the sort
+    last = {"last_event_ts": t // 1000}
+    result = {}
+    for name, values in {**last, **out}.items():
+        unsorted = np.empty_like(values)
+        unsorted[order] = values
+        result[name] = unsorted
+    return result
+
+
+def _window_table(events: pd.DataFrame, key: str, prefix_types, windows, ts_ms, dwell) -> pd.DataFrame:
+    cols = _sliding_counts(events[key].to_numpy(), ts_ms, events["event_type"].to_numpy(), dwell,
+                           prefix_types, windows)
+    return pd.DataFrame({key: events[key].to_numpy(), "ts_ms": ts_ms, **cols})
+
+
+def _recent_table(events: pd.DataFrame, ts_ms: np.ndarray, n: int = RECENT_N) -> pd.DataFrame:
+    kinds = events["event_type"].to_numpy()
+    rating = events["rating"].to_numpy() if "rating" in events else np.full(len(events), np.nan)
+    positive = np.isin(kinds, POSITIVE) | ((kinds == "rating") & (np.nan_to_num(rating) >= 4.0))
+    pos = pd.DataFrame({"user_id": events["user_id"].to_numpy()[positive],
+                        "item_id": events["item_id"].to_numpy()[positive], "ts_ms": ts_ms[positive]})
+    rows = []
+    for user, group in pos.groupby("user_id", sort=False):
+        items, times = group["item_id"].tolist(), (group["ts_ms"] // 1000).tolist()
+        for i, (row, t) in enumerate(zip(group.index, group["ts_ms"].tolist())):
+            lo = max(0, i - n + 1)
+            rows.append((row, user, t, items[lo:i + 1][::-1], times[lo:i + 1][::-1]))
+    table = pd.DataFrame(rows, columns=["row", "user_id", "ts_ms", "recent_items", "recent_items_ts"])
+    return table.sort_values("row").drop(columns="row").reset_index(drop=True)  # event order
+
+
+def replay(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The snapshots StreamFolds().fold_frame(events) would produce, computed at once."""
+    events = events.sort_values("ts", kind="stable").reset_index(drop=True)
+    ts_ms = (events["ts"].astype("int64") // 1_000_000).to_numpy()
+    dwell = np.where(events["event_type"].to_numpy() == "click",
+                     events["dwell_s"].fillna(0.0).to_numpy() if "dwell_s" in events else 0.0, 0.0)
+    folds = StreamFolds()
+    tables = {
+        "user_activity": _window_table(events, "user_id", USER_TYPES, folds.users.windows, ts_ms, dwell),
+        "item_popularity": _window_table(events, "item_id", ITEM_TYPES, folds.items.windows, ts_ms, dwell),
+        "user_recent_items": _recent_table(events, ts_ms),
+    }
+    return {name: _stamp(t) for name, t in tables.items()}
