@@ -1,16 +1,19 @@
 """Feast objects for hyperrec, generated from the one feature schema in `hyperrec.features`.
 
-`feast -c feature_repo apply` (or `hyperrec features apply`) registers them; the parquet
-sources live under $HYPERREC_HOME/feast/offline, written by `hyperrec features build`.
+`feast -c feature_repo apply` (or `hyperrec features build`) registers them. Batch sources
+are parquet under $HYPERREC_HOME/feast/offline (written by `hyperrec features build`);
+streamed views also take pushes (`<view>_push`) from the stream processor.
 """
 
-from feast import Entity, FeatureView, Field, FileSource, ValueType
-from feast.types import Float32, Int64, String
+import pandas as pd
+from feast import Entity, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Array, Float32, Int64, String
 
 from hyperrec.config import load_settings
-from hyperrec.features import FEATURE_VIEWS
+from hyperrec.features import FEATURE_VIEWS, REQUEST_CONTEXT, REQUEST_TS
 
-DTYPES = {"string": String, "float": Float32, "int": Int64}
+DTYPES = {"string": String, "float": Float32, "int": Int64, "string_list": Array(String), "int_list": Array(Int64)}
 OFFLINE_DIR = load_settings().offline_dir
 
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING,
@@ -21,15 +24,33 @@ ENTITIES = {"user_id": user, "item_id": item}
 
 
 def _view(spec) -> FeatureView:
+    source = FileSource(name=f"{spec.name}_source", path=str(OFFLINE_DIR / f"{spec.name}.parquet"),
+                        timestamp_field="event_timestamp")
+    if spec.push:
+        source = PushSource(name=f"{spec.name}_push", batch_source=source)
     return FeatureView(
         name=spec.name,
         entities=[ENTITIES[spec.entity]],
         ttl=spec.ttl,
         schema=[Field(name=f, dtype=DTYPES[kind]) for f, kind in spec.features.items()],
-        online=spec.online,
-        source=FileSource(name=f"{spec.name}_source", path=str(OFFLINE_DIR / f"{spec.name}.parquet"),
-                          timestamp_field="event_timestamp"),
+        online=True,
+        source=source,
     )
 
 
-user_profile, user_activity, item_metadata = (_view(spec) for spec in FEATURE_VIEWS)
+user_profile, user_activity, user_recent_items, item_metadata, item_popularity = (
+    _view(spec) for spec in FEATURE_VIEWS)
+
+request = RequestSource(name="request", schema=[Field(name=REQUEST_TS, dtype=Int64)])
+
+
+@on_demand_feature_view(
+    sources=[request, user_activity[["last_event_ts"]]],
+    schema=[Field(name=f, dtype=DTYPES[kind]) for f, kind in REQUEST_CONTEXT.items()],
+    mode="pandas",
+)
+def request_context(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast stores this body's source and runs it elsewhere: import inside, call the tested function
+    from hyperrec.features import request_context_features
+
+    return request_context_features(inputs)

@@ -1,7 +1,8 @@
 """Feature definitions in one place, and the pure functions that compute their tables.
 
-`feature_repo/definitions.py` builds Feast objects from `FEATURE_VIEWS`; training reads the
-same names through `training_feature_refs()`; serving through `online_feature_refs()`.
+`feature_repo/definitions.py` builds Feast objects from these specs; training reads the
+same names through `refs()`; serving through `USER_VIEWS`; the stream processor pushes
+rows shaped by `hyperrec.windows` into the `push` views.
 """
 
 from __future__ import annotations
@@ -12,47 +13,87 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-ACTIVITY_WINDOW_DAYS = 7
+from hyperrec.windows import ITEM_TYPES, ITEM_WINDOWS_S, USER_TYPES, WINDOWS_S, replay
 
 
 @dataclass(frozen=True)
 class FeatureViewSpec:
     name: str
     entity: str  # join key
-    features: dict[str, str]  # feature name -> "string" | "float" | "int"
-    ttl: timedelta  # how long a row stays valid (0: forever)
-    online: bool = True
+    features: dict[str, str]  # name -> "string" | "float" | "int" | "string_list" | "int_list"
+    ttl: timedelta  # how long a value stays valid (0: forever), offline and online
+    push: bool = False  # fed by the stream processor through a Feast PushSource
+
+
+def _window_features(types: dict[str, str], windows: dict[str, int], prefix: str = "") -> dict[str, str]:
+    out = {f"{prefix}last_event_ts": "int"}
+    for w in windows:
+        out |= {f"{prefix}{name}_{w}": "int" for name in types.values()}
+        out |= {f"{prefix}mean_dwell_{w}": "float", f"{prefix}ctr_{w}": "float"}
+    return out
 
 
 USER_PROFILE = FeatureViewSpec(
     "user_profile", "user_id", {"age_band": "string", "region": "string"}, timedelta(0))
 USER_ACTIVITY = FeatureViewSpec(
-    "user_activity", "user_id",
-    {"views_7d": "int", "clicks_7d": "int", "purchases_7d": "int", "mean_dwell_7d": "float"},
-    timedelta(days=2))  # daily snapshots: older than two days is stale, not zero
+    "user_activity", "user_id", _window_features(USER_TYPES, WINDOWS_S), timedelta(days=7), push=True)
+USER_RECENT_ITEMS = FeatureViewSpec(
+    "user_recent_items", "user_id", {"recent_items": "string_list", "recent_items_ts": "int_list"},
+    timedelta(days=30), push=True)
 ITEM_METADATA = FeatureViewSpec(
     "item_metadata", "item_id",
-    {"category": "string", "brand": "string", "price": "float"}, timedelta(0))
-FEATURE_VIEWS = (USER_PROFILE, USER_ACTIVITY, ITEM_METADATA)
-USER_VIEWS = (USER_PROFILE, USER_ACTIVITY)
+    {"category": "string", "brand": "string", "price": "float", "price_bucket": "int", "description": "string"},
+    timedelta(0))
+ITEM_POPULARITY = FeatureViewSpec(
+    "item_popularity", "item_id", _window_features(ITEM_TYPES, ITEM_WINDOWS_S, "item_"), timedelta(days=7),
+    push=True)
+FEATURE_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS, ITEM_METADATA, ITEM_POPULARITY)
+USER_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS)
+ITEM_VIEWS = (ITEM_METADATA, ITEM_POPULARITY)
 
-MISSING = {"string": "", "float": 0.0, "int": 0}
+# request-time features computed by a Feast on-demand view from the request and user_activity
+REQUEST_CONTEXT = {"hour_of_day": "int", "day_of_week": "int", "recency_s": "int"}
+REQUEST_TS = "request_ts"  # unix seconds, supplied with each request (or label row)
+
+MISSING = {"string": "", "float": 0.0, "int": 0, "string_list": [], "int_list": []}
+PANDAS_TYPES = {"string": str, "float": "float32", "int": "int64"}
 
 
-def refs(views=FEATURE_VIEWS) -> list[str]:
-    """Feast feature references "view:feature" for the given views."""
-    return [f"{v.name}:{f}" for v in views for f in v.features]
+def refs(views=FEATURE_VIEWS, context: bool = False) -> list[str]:
+    """Feast feature references "view:feature" for the given views (+ request context)."""
+    names = [f"{v.name}:{f}" for v in views for f in v.features]
+    return names + [f"request_context:{f}" for f in REQUEST_CONTEXT] if context else names
 
 
 def fill_missing(df: pd.DataFrame, views=FEATURE_VIEWS) -> pd.DataFrame:
     """Replace missing feature values (absent or expired) with their typed defaults."""
     df = df.copy()
-    for v in views:
+    context = FeatureViewSpec("request_context", "", REQUEST_CONTEXT, timedelta(0))
+    for v in (*views, context):
         for f, kind in v.features.items():
-            if f in df:
+            if f not in df:
+                continue
+            if kind.endswith("_list"):
+                df[f] = [list(x) if isinstance(x, (list, tuple, np.ndarray)) else [] for x in df[f]]
+            else:
                 col = df[f].astype(object).where(df[f].notna(), MISSING[kind])
-                df[f] = col.astype({"string": str, "float": "float32", "int": "int64"}[kind])
+                df[f] = col.astype(PANDAS_TYPES[kind])
     return df
+
+
+def request_context_features(df: pd.DataFrame) -> pd.DataFrame:
+    """Body of the `request_context` on-demand view: hour, weekday, seconds since the
+    user's last event (-1 when unknown). Pure, so it is tested without Feast."""
+    ts = pd.to_datetime(df[REQUEST_TS], unit="s", utc=True)
+    last = pd.to_numeric(df["last_event_ts"], errors="coerce")
+    recency = (df[REQUEST_TS] - last).clip(lower=0).where(last.notna() & (last > 0), -1)
+    return pd.DataFrame({"hour_of_day": ts.dt.hour.astype("int64"), "day_of_week": ts.dt.dayofweek.astype("int64"),
+                         "recency_s": recency.astype("int64")})
+
+
+def price_bucket(price: pd.Series) -> pd.Series:
+    """log2 price buckets (0 for missing): robust to currency scale and outliers."""
+    return np.floor(np.log2(price.fillna(0.0).clip(lower=0) + 1)).astype("int64")
 
 
 def user_profile_table(users: pd.DataFrame) -> pd.DataFrame:
@@ -70,35 +111,19 @@ def item_metadata_table(items: pd.DataFrame) -> pd.DataFrame:
         "category": items["category"].astype(str),
         "brand": items["brand"].fillna("").astype(str),
         "price": items["price"].fillna(0.0).astype("float32"),
+        "price_bucket": price_bucket(items["price"]),
+        "description": items["description"].fillna("").astype(str),
         "event_timestamp": items["created_ts"],
     })
 
 
-def user_activity_table(events: pd.DataFrame) -> pd.DataFrame:
-    """Daily snapshots, stamped at the end of each day a user was active: counts over the
-    trailing 7 days. A snapshot only ever summarizes events before its own timestamp."""
-    ev = events[["user_id", "event_type", "ts", "dwell_s"]].copy()
-    ev["day"] = ev["ts"].dt.floor("D")
-    for kind, col in (("view", "views"), ("click", "clicks"), ("purchase", "purchases")):
-        ev[col] = (ev["event_type"] == kind).astype("int64")
-    ev["dwell"] = ev["dwell_s"].where(ev["event_type"] == "click", 0.0).fillna(0.0)
-    daily = ev.groupby(["user_id", "day"])[["views", "clicks", "purchases", "dwell"]].sum()
-    daily = daily.reset_index().set_index("day")
-    window = f"{ACTIVITY_WINDOW_DAYS}D"
-    rolled = (daily.groupby("user_id")[["views", "clicks", "purchases", "dwell"]]
-              .rolling(window).sum().reset_index())
-    return pd.DataFrame({
-        "user_id": rolled["user_id"].astype(str),
-        "views_7d": rolled["views"].astype("int64"),
-        "clicks_7d": rolled["clicks"].astype("int64"),
-        "purchases_7d": rolled["purchases"].astype("int64"),
-        "mean_dwell_7d": (rolled["dwell"] / np.maximum(rolled["clicks"], 1)).astype("float32"),
-        "event_timestamp": rolled["day"] + pd.Timedelta(days=1),
-    })
-
-
-OFFLINE_TABLES = {
-    USER_PROFILE.name: lambda w: user_profile_table(w.users),
-    USER_ACTIVITY.name: lambda w: user_activity_table(w.events),
-    ITEM_METADATA.name: lambda w: item_metadata_table(w.items),
-}
+def offline_tables(world) -> dict[str, pd.DataFrame]:
+    """Every feature view's offline table, from a world's users, items and events."""
+    windowed = replay(world.events)
+    return {
+        USER_PROFILE.name: user_profile_table(world.users),
+        USER_ACTIVITY.name: windowed["user_activity"],
+        USER_RECENT_ITEMS.name: windowed["user_recent_items"],
+        ITEM_METADATA.name: item_metadata_table(world.items),
+        ITEM_POPULARITY.name: windowed["item_popularity"],
+    }

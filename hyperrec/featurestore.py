@@ -14,7 +14,15 @@ import pandas as pd
 
 from hyperrec.config import FEATURE_REPO, Settings, export_env
 from hyperrec.data.world import World
-from hyperrec.features import FEATURE_VIEWS, OFFLINE_TABLES, USER_VIEWS, fill_missing, refs
+from hyperrec.features import (
+    FEATURE_VIEWS,
+    REQUEST_CONTEXT,
+    REQUEST_TS,
+    USER_VIEWS,
+    fill_missing,
+    offline_tables,
+    refs,
+)
 
 TS_SUFFIX = "__ts"  # Feast's suffix for a value's event timestamp in online responses
 
@@ -23,8 +31,7 @@ def write_offline_tables(world: World, settings: Settings) -> dict[str, int]:
     """Write the parquet tables behind each feature view; return their row counts."""
     settings.offline_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for name, build in OFFLINE_TABLES.items():
-        table = build(world)
+    for name, table in offline_tables(world).items():
         table.to_parquet(settings.offline_dir / f"{name}.parquet", index=False)
         counts[name] = len(table)
     return counts
@@ -57,9 +64,11 @@ def materialize(settings: Settings, start: datetime, end: datetime) -> None:
     open_store(settings).materialize(start_date=start, end_date=end)
 
 
-def training_set(settings: Settings, labels: pd.DataFrame, views=FEATURE_VIEWS) -> pd.DataFrame:
+def training_set(settings: Settings, labels: pd.DataFrame, views=FEATURE_VIEWS, context: bool = False) -> pd.DataFrame:
     """Point-in-time join of the views' features onto `labels` (entity keys + event_timestamp):
     each row sees only feature values stamped at or before its own timestamp, within TTL.
+    With `context`, the request-context on-demand features are computed too, with the
+    label time as the request time.
 
     Every label row comes back exactly once, in order. Feast 0.67's file offline store drops
     an entity row when that entity has feature rows but none inside the row's TTL window
@@ -69,23 +78,27 @@ def training_set(settings: Settings, labels: pd.DataFrame, views=FEATURE_VIEWS) 
     keys = [k for k in ("user_id", "item_id") if k in labels]
     labels = labels.astype({k: object for k in keys}).reset_index(drop=True)  # Feast merges on object
     labels["_row"] = np.arange(len(labels))
-    joined = store.get_historical_features(entity_df=labels, features=refs(views)).to_df()
+    if context:
+        labels[REQUEST_TS] = labels["event_timestamp"].astype("int64") // 10**9
+    joined = store.get_historical_features(entity_df=labels, features=refs(views, context)).to_df()
     if joined["_row"].duplicated().any():
         raise RuntimeError("Feast returned a label row more than once")
-    names = [f for v in views for f in v.features]
+    names = [f for v in views for f in v.features] + (list(REQUEST_CONTEXT) if context else [])
     out = labels.merge(joined[["_row", *names]], on="_row", how="left").drop(columns="_row")
     return fill_missing(out, views)
 
 
-def online_features(store, views, key: str, ids: list[str], now: datetime | None = None) -> pd.DataFrame:
+def online_features(store, views, key: str, ids: list[str], now: datetime | None = None,
+                    context: bool = False) -> pd.DataFrame:
     """Online feature values for `ids`, with values older than their view's TTL as missing.
 
     Feast 0.67 serves online values past the TTL as if present (checked here: a two-day TTL
     value ten months old came back), so each value's event timestamp is checked against
     `now` and stale ones are blanked before the typed defaults are filled in."""
-    resp = store.get_online_features(features=refs(views), entity_rows=[{key: i} for i in ids])
-    df = resp.to_df(include_event_timestamps=True)
     now_s = (now or datetime.now(UTC)).timestamp()
+    rows = [{key: i, REQUEST_TS: int(now_s)} if context else {key: i} for i in ids]
+    resp = store.get_online_features(features=refs(views, context), entity_rows=rows)
+    df = resp.to_df(include_event_timestamps=True)
     for view in views:
         if not view.ttl:
             continue
@@ -96,5 +109,6 @@ def online_features(store, views, key: str, ids: list[str], now: datetime | None
 
 
 def online_user_features(store, user_ids: list[str], now: datetime | None = None) -> pd.DataFrame:
-    """Fresh user features for serving (missing or expired values get typed defaults)."""
-    return online_features(store, USER_VIEWS, "user_id", user_ids, now)
+    """Fresh user features and request context for serving (missing or expired values get
+    typed defaults; the request time is `now`)."""
+    return online_features(store, USER_VIEWS, "user_id", user_ids, now, context=True)

@@ -22,7 +22,7 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path) -> di
     world = load_world(world_dir)
     train, test = temporal_split(positives(world.events))
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_fs = training_set(settings, train.rename(columns={"ts": "event_timestamp"}))
+    train_fs = training_set(settings, train.rename(columns={"ts": "event_timestamp"}), context=True)
     train_fs.to_parquet(out_dir / "train.parquet", index=False)
     test.to_parquet(out_dir / "test.parquet", index=False)
     # candidate features as of the end of training data (the catalog a model would index)

@@ -48,9 +48,10 @@ class _Window:
 class WindowFolder:
     """Per-entity sliding-window counters (amortized O(1) per event)."""
 
-    def __init__(self, prefix_types: dict[str, str], windows: dict[str, int] = WINDOWS_S):
-        self.prefix_types = prefix_types  # event type -> feature prefix, e.g. "click" -> "clicks"
+    def __init__(self, prefix_types: dict[str, str], windows: dict[str, int] = WINDOWS_S, prefix: str = ""):
+        self.prefix_types = prefix_types  # event type -> feature name, e.g. "click" -> "clicks"
         self.windows = windows
+        self.prefix = prefix  # on every feature name, so user and item features never collide
         self.state: dict[str, dict[str, _Window]] = {}
         self.last_ts: dict[str, int] = {}
 
@@ -64,13 +65,14 @@ class WindowFolder:
             if kind in COUNTED:
                 win.add(ts_ms, kind, dwell)
         self.last_ts[key] = ts_ms
-        row = {"last_event_ts": ts_ms // 1000}
+        p = self.prefix
+        row = {f"{p}last_event_ts": ts_ms // 1000}
         for w, win in wins.items():
-            for kind_name, prefix in self.prefix_types.items():
-                row[f"{prefix}_{w}"] = win.counts[kind_name]
+            for kind_name, name in self.prefix_types.items():
+                row[f"{p}{name}_{w}"] = win.counts[kind_name]
             clicks = win.counts["click"]
-            row[f"mean_dwell_{w}"] = win.dwell_sum / clicks if clicks else 0.0
-            row[f"ctr_{w}"] = clicks / win.counts["view"] if win.counts["view"] else 0.0
+            row[f"{p}mean_dwell_{w}"] = win.dwell_sum / clicks if clicks else 0.0
+            row[f"{p}ctr_{w}"] = clicks / win.counts["view"] if win.counts["view"] else 0.0
         return row
 
 
@@ -89,6 +91,7 @@ class RecentItems:
 
 USER_TYPES = {"view": "views", "click": "clicks", "add_to_cart": "carts", "purchase": "purchases"}
 ITEM_TYPES = {"view": "views", "click": "clicks"}
+ITEM_WINDOWS_S = {"1d": 86_400, "7d": 7 * 86_400}
 
 
 @dataclass
@@ -96,7 +99,7 @@ class StreamFolds:
     """All the folds the platform keeps, fed by one event at a time."""
 
     users: WindowFolder = field(default_factory=lambda: WindowFolder(USER_TYPES))
-    items: WindowFolder = field(default_factory=lambda: WindowFolder(ITEM_TYPES, {"1d": 86_400, "7d": 7 * 86_400}))
+    items: WindowFolder = field(default_factory=lambda: WindowFolder(ITEM_TYPES, ITEM_WINDOWS_S, "item_"))
     recent: RecentItems = field(default_factory=RecentItems)
 
     def fold_frame(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -125,10 +128,11 @@ def _stamp(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sliding_counts(keys: np.ndarray, ts_ms: np.ndarray, kinds: np.ndarray, dwell: np.ndarray,
-                    prefix_types: dict[str, str], windows: dict[str, int]) -> dict[str, np.ndarray]:
+                    folder: WindowFolder) -> dict[str, np.ndarray]:
     """For every event, counts over the same key's events in (ts - window, ts], in the
     input's order, matching WindowFolder.fold exactly (ties kept in input order)."""
-    n = len(keys)
+    n, p = len(keys), folder.prefix
+    prefix_types, windows = folder.prefix_types, folder.windows
     codes = pd.factorize(keys)[0].astype(np.int64)
     order = np.lexsort((np.arange(n), ts_ms, codes))
     t = ts_ms[order]
@@ -146,13 +150,14 @@ def _sliding_counts(keys: np.ndarray, ts_ms: np.ndarray, kinds: np.ndarray, dwel
     for w, seconds in windows.items():
         start = np.searchsorted(base, base - seconds * 1000, side="right")
         counts = {k: c[end] - c[start] for k, c in cum.items()}
-        for kind, prefix in prefix_types.items():
-            out[f"{prefix}_{w}"] = counts[kind]
+        for kind, name in prefix_types.items():
+            out[f"{p}{name}_{w}"] = counts[kind]
         clicks, views = counts["click"], counts["view"]
-        out[f"mean_dwell_{w}"] = np.where(clicks > 0, (cum_dwell[end] - cum_dwell[start]) / np.maximum(clicks, 1), 0.0)
-        out[f"ctr_{w}"] = np.where(views > 0, clicks / np.maximum(views, 1), 0.0)
+        dwell_sum = cum_dwell[end] - cum_dwell[start]
+        out[f"{p}mean_dwell_{w}"] = np.where(clicks > 0, dwell_sum / np.maximum(clicks, 1), 0.0)
+        out[f"{p}ctr_{w}"] = np.where(views > 0, clicks / np.maximum(views, 1), 0.0)
     # carry the last event time, then undo the sort
-    last = {"last_event_ts": t // 1000}
+    last = {f"{p}last_event_ts": t // 1000}
     result = {}
     for name, values in {**last, **out}.items():
         unsorted = np.empty_like(values)
@@ -161,9 +166,8 @@ def _sliding_counts(keys: np.ndarray, ts_ms: np.ndarray, kinds: np.ndarray, dwel
     return result
 
 
-def _window_table(events: pd.DataFrame, key: str, prefix_types, windows, ts_ms, dwell) -> pd.DataFrame:
-    cols = _sliding_counts(events[key].to_numpy(), ts_ms, events["event_type"].to_numpy(), dwell,
-                           prefix_types, windows)
+def _window_table(events: pd.DataFrame, key: str, folder: WindowFolder, ts_ms, dwell) -> pd.DataFrame:
+    cols = _sliding_counts(events[key].to_numpy(), ts_ms, events["event_type"].to_numpy(), dwell, folder)
     return pd.DataFrame({key: events[key].to_numpy(), "ts_ms": ts_ms, **cols})
 
 
@@ -191,8 +195,8 @@ def replay(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
                      events["dwell_s"].fillna(0.0).to_numpy() if "dwell_s" in events else 0.0, 0.0)
     folds = StreamFolds()
     tables = {
-        "user_activity": _window_table(events, "user_id", USER_TYPES, folds.users.windows, ts_ms, dwell),
-        "item_popularity": _window_table(events, "item_id", ITEM_TYPES, folds.items.windows, ts_ms, dwell),
+        "user_activity": _window_table(events, "user_id", folds.users, ts_ms, dwell),
+        "item_popularity": _window_table(events, "item_id", folds.items, ts_ms, dwell),
         "user_recent_items": _recent_table(events, ts_ms),
     }
     return {name: _stamp(t) for name, t in tables.items()}

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from hyperrec.features import USER_ACTIVITY, user_activity_table
+from hyperrec.features import USER_ACTIVITY
 from hyperrec.featurestore import online_user_features, open_store, training_set
 from hyperrec.steps import feature_step, generate_step
+from hyperrec.windows import replay
 
 pytestmark = pytest.mark.slow
 TTL = USER_ACTIVITY.ttl
@@ -33,7 +34,7 @@ def store_world(tmp_path_factory):
 
 def _consecutive_snapshots(world):
     """A user with two activity snapshots less than the TTL apart, and different values."""
-    snaps = user_activity_table(world.events).sort_values(["user_id", "event_timestamp"])
+    snaps = replay(world.events)["user_activity"].sort_values(["user_id", "event_timestamp"])
     nxt = snaps.groupby("user_id").shift(-1)
     ok = (nxt["event_timestamp"] - snaps["event_timestamp"] < TTL) & (nxt["views_7d"] != snaps["views_7d"])
     row = snaps[ok].iloc[0]
@@ -52,7 +53,7 @@ def test_point_in_time_join_never_sees_the_future(store_world):
 
 def test_offline_values_older_than_the_ttl_come_back_missing(store_world):
     settings, world = store_world
-    snaps = user_activity_table(world.events).sort_values("event_timestamp")
+    snaps = replay(world.events)["user_activity"].sort_values("event_timestamp")
     last = snaps.groupby("user_id").tail(1).query("views_7d > 0").iloc[0]
     labels = pd.DataFrame({"user_id": [last["user_id"]] * 2,
                            "event_timestamp": [last["event_timestamp"] + TTL - timedelta(seconds=1),
@@ -63,7 +64,7 @@ def test_offline_values_older_than_the_ttl_come_back_missing(store_world):
 
 def test_online_reads_treat_values_past_ttl_as_missing(store_world):
     settings, world = store_world
-    snaps = user_activity_table(world.events).sort_values("event_timestamp")
+    snaps = replay(world.events)["user_activity"].sort_values("event_timestamp")
     last = snaps.groupby("user_id").tail(1).query("views_7d > 0").iloc[0]
     store = open_store(settings)
     fresh = online_user_features(store, [last["user_id"]], now=last["event_timestamp"] + timedelta(hours=1))

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hyperrec.features import fill_missing, user_activity_table
+from hyperrec.features import fill_missing, price_bucket, request_context_features
 from hyperrec.interactions import positives, temporal_split
 from hyperrec.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 
@@ -13,28 +13,25 @@ def ev(rows):
     return df
 
 
-def test_user_activity_snapshots_count_the_trailing_week_and_never_the_future():
-    events = ev([
-        ("u", "a", "view", "2026-01-01 10:00", None, None),
-        ("u", "a", "click", "2026-01-01 10:01", 30.0, None),
-        ("u", "b", "click", "2026-01-03 09:00", 10.0, None),
-        ("u", "b", "purchase", "2026-01-03 09:05", None, None),
-        ("u", "c", "click", "2026-01-09 12:00", 50.0, None),  # 8 days after the first
-    ])
-    snap = user_activity_table(events).set_index("event_timestamp")
-    jan2 = snap.loc[pd.Timestamp("2026-01-02", tz="UTC")]
-    assert (jan2.views_7d, jan2.clicks_7d, jan2.purchases_7d, jan2.mean_dwell_7d) == (1, 1, 0, 30.0)
-    jan4 = snap.loc[pd.Timestamp("2026-01-04", tz="UTC")]
-    assert (jan4.clicks_7d, jan4.purchases_7d, jan4.mean_dwell_7d) == (2, 1, 20.0)
-    jan10 = snap.loc[pd.Timestamp("2026-01-10", tz="UTC")]  # the Jan 1 events left the window
-    assert (jan10.views_7d, jan10.clicks_7d, jan10.mean_dwell_7d) == (0, 2, 30.0)
-
-
 def test_fill_missing_gives_typed_defaults():
-    df = pd.DataFrame({"age_band": [None, "25-34"], "clicks_7d": [None, 3], "mean_dwell_7d": [np.nan, 1.5]})
+    df = pd.DataFrame({"age_band": [None, "25-34"], "clicks_7d": [None, 3], "mean_dwell_7d": [np.nan, 1.5],
+                       "recent_items": [None, ["a", "b"]], "hour_of_day": [None, 5]})
     out = fill_missing(df)
     assert list(out["age_band"]) == ["", "25-34"] and list(out["clicks_7d"]) == [0, 3]
     assert out["clicks_7d"].dtype == "int64" and out["mean_dwell_7d"].dtype == "float32"
+    assert list(out["recent_items"]) == [[], ["a", "b"]] and list(out["hour_of_day"]) == [0, 5]
+
+
+def test_request_context_features():
+    monday_0930 = int(pd.Timestamp("2026-01-05 09:30", tz="UTC").timestamp())
+    df = pd.DataFrame({"request_ts": [monday_0930] * 3, "last_event_ts": [monday_0930 - 90, None, 0]})
+    out = request_context_features(df)
+    assert out["hour_of_day"].tolist() == [9, 9, 9] and out["day_of_week"].tolist() == [0, 0, 0]
+    assert out["recency_s"].tolist() == [90, -1, -1]  # unknown last event -> -1
+
+
+def test_price_bucket_is_log2():
+    assert price_bucket(pd.Series([0.0, 1.0, 3.0, 100.0, None])).tolist() == [0, 1, 2, 6, 0]
 
 
 def test_positives_and_per_user_temporal_split():

@@ -7,10 +7,11 @@ import pytest
 import requests
 from rich.console import Console
 
-from hyperrec.features import user_activity_table
+from hyperrec.features import USER_ACTIVITY
 from hyperrec.interactions import positives, temporal_split
 from hyperrec.registry import configure
 from hyperrec.steps import feature_step, generate_step
+from hyperrec.windows import replay
 from pipelines.run import compile_pipeline, run_local
 from serving.launch import recommend, start_server, stop_server, wait_ready
 
@@ -53,11 +54,11 @@ def test_training_rows_carry_point_in_time_features(trained):
     train = pd.read_parquet(run_dirs[-1] / "train.parquet")
     split_train, _ = temporal_split(positives(world.events))
     assert len(train) == len(split_train)  # no label row lost in the join
-    snaps = user_activity_table(world.events).sort_values("event_timestamp")
+    snaps = replay(world.events)["user_activity"].sort_values("event_timestamp")
     expected = pd.merge_asof(
         train.sort_values("event_timestamp")[["user_id", "event_timestamp"]].astype({"user_id": str}),
         snaps, on="event_timestamp", by="user_id", direction="backward",
-        tolerance=pd.Timedelta(days=2))  # the view's TTL
+        tolerance=USER_ACTIVITY.ttl)
     got = train.sort_values("event_timestamp")["clicks_7d"].to_numpy()
     assert (got == expected["clicks_7d"].fillna(0).astype(int).to_numpy()).all()
 

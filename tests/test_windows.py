@@ -39,7 +39,7 @@ def test_hand_computed_windows(fold):
     row = ua.loc[("u", pd.Timestamp("2026-01-02 11:00:00.001", tz="UTC"))]  # a rating expires too
     assert (row.views_30m, row.clicks_30m, row.clicks_1d) == (0, 0, 1)
     ip = out["item_popularity"].set_index(["item_id", "event_timestamp"])
-    assert ip.loc[("b", pd.Timestamp("2026-01-01 10:41:00.001", tz="UTC"))].views_1d == 2
+    assert ip.loc[("b", pd.Timestamp("2026-01-01 10:41:00.001", tz="UTC"))].item_views_1d == 2
     recent = out["user_recent_items"].set_index("user_id").loc["u"].iloc[-1]
     assert list(recent.recent_items) == ["c", "b", "a"]  # newest first; views are not engagement
 

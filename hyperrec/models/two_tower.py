@@ -15,7 +15,7 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from hyperrec.features import ITEM_METADATA, USER_ACTIVITY, USER_PROFILE
+from hyperrec.features import ITEM_METADATA, REQUEST_CONTEXT, USER_ACTIVITY, USER_PROFILE
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,13 @@ class TwoTowerConfig:
     seed: int = 7
 
 
-USER_INPUTS = {"user_id": "string", **USER_PROFILE.features, **USER_ACTIVITY.features}
-ITEM_INPUTS = {"item_id": "string", **ITEM_METADATA.features}
+# the towers' inputs, by feature name (types from the feature schema)
+USER_INPUTS = {"user_id": "string", **USER_PROFILE.features,
+               **{f: USER_ACTIVITY.features[f] for f in ("views_30m", "clicks_30m", "views_1d", "clicks_1d",
+                                                          "views_7d", "clicks_7d", "purchases_7d", "ctr_7d",
+                                                          "mean_dwell_7d")},
+               "hour_of_day": REQUEST_CONTEXT["hour_of_day"]}
+ITEM_INPUTS = {"item_id": "string", **{f: ITEM_METADATA.features[f] for f in ("category", "brand", "price_bucket")}}
 
 
 def _tower(inputs_spec: dict[str, str], frame: pd.DataFrame, cfg: TwoTowerConfig, name: str):
@@ -102,6 +107,6 @@ def export(model: TwoTower, items: pd.DataFrame, cfg: TwoTowerConfig, out: Path)
     model.item_tower.save(out / "item_tower", save_format="tf")
     np.savez(out / "candidates.npz", item_ids=items["item_id"].to_numpy().astype(str),
              embeddings=embed(model.item_tower, items, ITEM_INPUTS))
-    items[["item_id", "title", *ITEM_METADATA.features]].to_parquet(out / "items.parquet", index=False)
+    items[["title", *ITEM_INPUTS]].drop_duplicates("item_id").to_parquet(out / "items.parquet", index=False)
     pd.Series(asdict(cfg)).to_json(out / "config.json")
     return out
