@@ -1,0 +1,128 @@
+"""Real servers the project starts for itself (tests, benches), each its own child process on a free loopback port.
+
+`redis_server()` starts a throwaway `redis-server` (no persistence, bound to 127.0.0.1)
+and stops it afterwards. A Debian system service, if the package started one, is never
+used: the port is picked fresh and the process is ours. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HOST = "127.0.0.1"
+DEBIAN_BINARY = Path("/usr/bin/redis-server")
+INSTALL_CMD = ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]
+
+install_seconds: float | None = None  # set when this process had to install redis-server
+
+
+def _which_redis() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    return str(DEBIAN_BINARY) if DEBIAN_BINARY.exists() else None
+
+
+def find_redis_server() -> str:
+    """Path of a `redis-server` binary; installs Debian's package when absent and running as root."""
+    global install_seconds
+    found = _which_redis()
+    if found:
+        return found
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise RuntimeError("redis-server is not installed and cannot be installed here (needs root and "
+                           "apt-get); install it, e.g. `apt-get install redis-server`, or put it on PATH")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    started = time.monotonic()
+    for cmd in (["apt-get", "update"], INSTALL_CMD):
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {result.returncode}):\n"
+                               f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    install_seconds = time.monotonic() - started
+    found = _which_redis()
+    if not found:
+        raise RuntimeError("installed Debian's redis-server package but no redis-server binary was found")
+    return found
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_ping(proc: subprocess.Popen, port: int, log: Path, timeout: float) -> None:
+    import redis
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode} before answering:\n"
+                               f"{log.read_text(errors='replace')[-2000:]}")
+        client = redis.Redis(host=HOST, port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            if client.ping():
+                return
+        except redis.exceptions.RedisError as exc:
+            last = exc
+        finally:
+            client.close()
+        time.sleep(0.05)
+    raise TimeoutError(f"redis-server on {HOST}:{port} did not answer PING within {timeout:.0f}s "
+                       f"(last error: {last}):\n{log.read_text(errors='replace')[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()  # SIGTERM: redis-server shuts down cleanly (nothing to save)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def redis_server(timeout: float = 10.0) -> Iterator[str]:
+    """Start our own redis-server on a free loopback port; yield its Feast connection
+    string "127.0.0.1:PORT"; terminate it and wait for it on exit."""
+    binary = find_redis_server()
+    with tempfile.TemporaryDirectory(prefix="hyperrec-redis-") as tmp:
+        workdir = Path(tmp)
+        log = workdir / "redis.log"
+        # a port can be taken between picking and binding; try a few
+        for _attempt in range(3):
+            port = free_port()
+            cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+                   "--daemonize", "no", "--dir", str(workdir)]
+            with open(log, "w") as out:
+                proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+            try:
+                _wait_for_ping(proc, port, log, timeout)
+            except RuntimeError:
+                _stop(proc)
+                if "Address already in use" in log.read_text(errors="replace"):
+                    continue
+                raise
+            except BaseException:
+                _stop(proc)
+                raise
+            break
+        else:
+            raise RuntimeError(f"could not start redis-server on a free port:\n{log.read_text(errors='replace')}")
+        try:
+            yield f"{HOST}:{port}"
+        finally:
+            _stop(proc)
