@@ -1,0 +1,138 @@
+"""The embedded event log: an append-only SQLite table (WAL) with a dead-letter table and
+consumer offsets. Ingestion writes here; the stream processor reads from its offset.
+
+Every event is validated against `hyperrec.schemas.Event` at the door. Bad ones are kept
+with their raw bytes and the error in `dead_letters`, counted, and never block the rest;
+a replayed `event_id` is stored once. received = stored + dead-lettered + duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+from pydantic import ValidationError
+
+from hyperrec.schemas import Event
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)  # an event stamped further in the future is rejected
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    offset INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    raw BLOB NOT NULL,
+    error TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumer_offsets (
+    consumer TEXT PRIMARY KEY,
+    offset INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    received: int
+    stored: int
+    duplicates: int
+    dead_lettered: int
+    errors: list[str]
+
+
+def _raw_bytes(raw) -> bytes:
+    if isinstance(raw, bytes):
+        return raw
+    return raw.encode() if isinstance(raw, str) else json.dumps(raw, default=str).encode()
+
+
+class EventLog:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a crash
+        self.db.executescript(SCHEMA)
+
+    def _check(self, raw, now: datetime, check: Callable[[Event], str | None] | None) -> Event:
+        data = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+        event = Event.model_validate(data)
+        if event.ts.tzinfo is None:
+            raise ValueError("ts: timestamp needs a timezone")
+        if event.ts > now + MAX_CLOCK_SKEW:
+            raise ValueError(f"ts: {event.ts.isoformat()} is in the future (now {now.isoformat()})")
+        if check and (problem := check(event)):
+            raise ValueError(problem)
+        return event
+
+    def append(self, raws: Iterable, check: Callable[[Event], str | None] | None = None,
+               now: datetime | None = None) -> AppendResult:
+        """Validate and store a batch in one transaction; bad events go to dead_letters."""
+        now = now or datetime.now(UTC)
+        stored = dup = dead = received = 0
+        errors: list[str] = []
+        t = time.time()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for raw in raws:
+                received += 1
+                try:
+                    event = self._check(raw, now, check)
+                except (ValueError, ValidationError, TypeError) as exc:
+                    message = _describe(exc)
+                    self.db.execute("INSERT INTO dead_letters (raw, error, received_at) VALUES (?, ?, ?)",
+                                    (_raw_bytes(raw), message, t))
+                    dead += 1
+                    errors.append(message)
+                    continue
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO events (event_id, body, received_at) VALUES (?, ?, ?)",
+                    (event.event_id, event.model_dump_json(), t))
+                stored += cur.rowcount
+                dup += 1 - cur.rowcount
+        return AppendResult(received, stored, dup, dead, errors)
+
+    def read(self, after: int, limit: int = 10_000) -> tuple[int, pd.DataFrame]:
+        """Events with offset > `after` (at most `limit`), as a frame; and the last offset."""
+        rows = self.db.execute("SELECT offset, body FROM events WHERE offset > ? ORDER BY offset LIMIT ?",
+                               (after, limit)).fetchall()
+        if not rows:
+            return after, pd.DataFrame()
+        frame = pd.DataFrame([json.loads(body) for _, body in rows])
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True, format="ISO8601")
+        return rows[-1][0], frame
+
+    def committed(self, consumer: str) -> int:
+        row = self.db.execute("SELECT offset FROM consumer_offsets WHERE consumer = ?", (consumer,)).fetchone()
+        return row[0] if row else 0
+
+    def commit(self, consumer: str, offset: int) -> None:
+        self.db.execute("INSERT INTO consumer_offsets (consumer, offset) VALUES (?, ?) "
+                        "ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset", (consumer, offset))
+
+    def counts(self) -> dict[str, int]:
+        return {"events": self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+                "dead_letters": self.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]}
+
+    def dead_letters(self) -> list[tuple[bytes, str]]:
+        return self.db.execute("SELECT raw, error FROM dead_letters ORDER BY id").fetchall()
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {exc}"
+    return str(exc)
