@@ -12,7 +12,7 @@ export DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lock lint clean-data clean
+.PHONY: help install demo test test-fast bench lock lint clean-data clean
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test: $(STAMP) ## run the whole test suite (unit + integration on real servers)
 
 test-fast: $(STAMP) ## unit tests only (skips the slow end-to-end tests)
 	$(PY) -m pytest -m "not slow"
+
+bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/)
+	$(HYPERREC) bench features --out var/bench/features.json
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }

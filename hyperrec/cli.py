@@ -18,6 +18,8 @@ pipeline_app = typer.Typer(no_args_is_help=True, help="Run or compile the traini
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(pipeline_app, name="pipeline")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: print a table, write JSON.")
+app.add_typer(bench_app, name="bench")
 console = Console()
 
 HomeOpt = typer.Option(None, "--home", help="workspace directory (default $HYPERREC_HOME or ./var)")
@@ -92,6 +94,18 @@ def pipeline_compile(out: Path = typer.Option(Path("var/pipeline.yaml"))):
     from pipelines.run import compile_pipeline
 
     console.print(f"wrote {compile_pipeline(out)}")
+
+
+@bench_app.command("features")
+def bench_features_cmd(out: Path = typer.Option(Path("var/bench/features.json")), lookups: int = 200,
+                       candidates: int = 200, events: int = 200_000, home: Path | None = HomeOpt):
+    """Online lookup latency (SQLite vs Redis) and event -> online freshness."""
+    from hyperrec.benchmarks import bench_features
+
+    result = bench_features(load_settings(home), console, events=events, lookups=lookups, candidates=candidates)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {out}")
 
 
 @app.command()

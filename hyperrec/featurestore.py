@@ -16,12 +16,15 @@ from hyperrec.config import FEATURE_REPO, Settings, export_env
 from hyperrec.data.world import World
 from hyperrec.features import (
     FEATURE_VIEWS,
+    MISSING,
+    PANDAS_TYPES,
     REQUEST_CONTEXT,
     REQUEST_TS,
     USER_VIEWS,
     fill_missing,
     offline_tables,
     refs,
+    request_context_features,
 )
 
 TS_SUFFIX = "__ts"  # Feast's suffix for a value's event timestamp in online responses
@@ -94,21 +97,35 @@ def online_features(store, views, key: str, ids: list[str], now: datetime | None
 
     Feast 0.67 serves online values past the TTL as if present (checked here: a two-day TTL
     value ten months old came back), so each value's event timestamp is checked against
-    `now` and stale ones are blanked before the typed defaults are filled in."""
+    `now`, and stale or absent values become typed defaults. Built column by column from
+    Feast's dict (not per-column pandas ops): this runs on every request."""
     now_s = (now or datetime.now(UTC)).timestamp()
     rows = [{key: i, REQUEST_TS: int(now_s)} if context else {key: i} for i in ids]
-    resp = store.get_online_features(features=refs(views, context), entity_rows=rows)
-    df = resp.to_df(include_event_timestamps=True)
-    for view in views:
-        if not view.ttl:
-            continue
-        for f in view.features:
-            ts = df.pop(f + TS_SUFFIX).to_numpy(dtype="float64")
-            df[f] = df[f].where(ts >= now_s - view.ttl.total_seconds())
-    return fill_missing(df.drop(columns=[c for c in df if c.endswith(TS_SUFFIX)]), views)
+    data = store.get_online_features(features=refs(views, context), entity_rows=rows).to_dict(
+        include_event_timestamps=True)
+    columns: dict[str, object] = {key: list(ids)}
+    specs = [(f, kind, v.ttl) for v in views for f, kind in v.features.items()]
+    specs += [(f, kind, None) for f, kind in REQUEST_CONTEXT.items()] if context else []
+    for name, kind, ttl in specs:
+        values, stamps = data[name], data.get(name + TS_SUFFIX) or [0] * len(ids)
+        oldest = now_s - ttl.total_seconds() if ttl else -np.inf
+        fresh = [v if v is not None and t >= oldest else None for v, t in zip(values, stamps)]
+        if kind.endswith("_list"):
+            columns[name] = [list(v) if v is not None else [] for v in fresh]
+        else:
+            default = MISSING[kind]
+            columns[name] = np.asarray([default if v is None else v for v in fresh], dtype=PANDAS_TYPES[kind])
+    return pd.DataFrame(columns)
 
 
 def online_user_features(store, user_ids: list[str], now: datetime | None = None) -> pd.DataFrame:
     """Fresh user features and request context for serving (missing or expired values get
-    typed defaults; the request time is `now`)."""
-    return online_features(store, USER_VIEWS, "user_id", user_ids, now, context=True)
+    typed defaults; the request time is `now`).
+
+    The context is computed here by the same function the `request_context` on-demand view
+    runs (so training and serving agree): going through Feast's on-demand machinery costs
+    ~5.5 ms per request, the function itself well under one."""
+    now = now or datetime.now(UTC)
+    users = online_features(store, USER_VIEWS, "user_id", user_ids, now)
+    request = pd.DataFrame({REQUEST_TS: int(now.timestamp()), "last_event_ts": users["last_event_ts"]})
+    return pd.concat([users, request_context_features(request)], axis=1)

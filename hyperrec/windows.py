@@ -107,7 +107,8 @@ class StreamFolds:
         item_popularity, user_recent_items; each row stamped 1 ms after its event."""
         events = events.sort_values("ts", kind="stable")
         ts_ms = (events["ts"].astype("int64") // 1_000_000).to_numpy()  # ns -> ms
-        dwell = events["dwell_s"].fillna(0.0).to_numpy() if "dwell_s" in events else np.zeros(len(events))
+        dwell = pd.to_numeric(events["dwell_s"], errors="coerce").fillna(0.0).to_numpy() if "dwell_s" in events \
+            else np.zeros(len(events))
         rating = events["rating"].to_numpy() if "rating" in events else np.full(len(events), np.nan)
         rows = {"user_activity": [], "item_popularity": [], "user_recent_items": []}
         for user, item, kind, t, d, r in zip(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
