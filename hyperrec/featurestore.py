@@ -60,11 +60,19 @@ def open_store(settings: Settings):
 
 
 def materialize(settings: Settings, start: datetime, end: datetime) -> None:
-    """Load the latest feature values stamped in [start, end] into the online store.
-
-    The first load is a backfill over the whole history; later loads can use Feast's
-    `materialize_incremental`, which starts where the previous one ended."""
+    """Backfill: load the latest feature values stamped in [start, end] into the online store."""
     open_store(settings).materialize(start_date=start, end_date=end)
+
+
+def materialize_incremental(settings: Settings, end: datetime) -> None:
+    """Load what arrived since each view's previous materialization, up to `end`
+    (`feast materialize-incremental`)."""
+    open_store(settings).materialize_incremental(end_date=end)
+
+
+def is_materialized(settings: Settings) -> bool:
+    """True when every feature view has been loaded online at least once."""
+    return all(fv.most_recent_end_time for fv in open_store(settings).list_feature_views())
 
 
 def training_set(settings: Settings, labels: pd.DataFrame, views=FEATURE_VIEWS, context: bool = False) -> pd.DataFrame:

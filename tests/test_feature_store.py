@@ -73,3 +73,20 @@ def test_online_reads_treat_values_past_ttl_as_missing(store_world):
     assert stale.loc[0, "views_7d"] == 0 and stale.loc[0, "clicks_7d"] == 0
     profile = world.users.set_index("user_id").loc[last["user_id"]]
     assert stale.loc[0, "age_band"] == profile["age_band"]  # no TTL on the profile view
+
+
+def test_incremental_materialization_loads_only_what_is_new(store_world):
+    from hyperrec.featurestore import is_materialized, materialize_incremental
+
+    settings, world = store_world
+    assert is_materialized(settings)
+    path = settings.offline_dir / "user_activity.parquet"
+    table = pd.read_parquet(path)
+    late = table.iloc[[-1]].copy()
+    later = world.events["ts"].max() + timedelta(hours=1)
+    late["user_id"], late["event_timestamp"], late["views_7d"] = "u-late", later, 41
+    pd.concat([table, late]).to_parquet(path, index=False)
+    store = open_store(settings)
+    assert online_user_features(store, ["u-late"], now=later).loc[0, "views_7d"] == 0
+    materialize_incremental(settings, (later + timedelta(minutes=1)).to_pydatetime())
+    assert online_user_features(store, ["u-late"], now=later).loc[0, "views_7d"] == 41
