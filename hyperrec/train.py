@@ -9,11 +9,14 @@ import pandas as pd
 
 from hyperrec.config import Settings
 from hyperrec.data.world import load_world
-from hyperrec.features import ITEM_METADATA
+from hyperrec.features import ITEM_METADATA, USER_ACTIVITY, USER_PROFILE
 from hyperrec.featurestore import training_set
 from hyperrec.interactions import positives, temporal_split
 from hyperrec.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from hyperrec.models.two_tower import TwoTowerConfig, export, train_two_tower
+
+
+TRAINING_VIEWS = (USER_PROFILE, USER_ACTIVITY, ITEM_METADATA)
 
 
 def build_training_set(settings: Settings, world_dir: Path, out_dir: Path) -> dict:
@@ -22,7 +25,9 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path) -> di
     world = load_world(world_dir)
     train, test = temporal_split(positives(world.events))
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_fs = training_set(settings, train.rename(columns={"ts": "event_timestamp"}), context=True)
+    # only the views the towers read: each extra view is another point-in-time join
+    train_fs = training_set(settings, train.rename(columns={"ts": "event_timestamp"}),
+                            views=TRAINING_VIEWS, context=True)
     train_fs.to_parquet(out_dir / "train.parquet", index=False)
     test.to_parquet(out_dir / "test.parquet", index=False)
     # candidate features as of the end of training data (the catalog a model would index)
