@@ -85,35 +85,38 @@ def _freshness(settings: Settings, world, log_path: Path, n: int) -> dict[str, f
     return _pct(samples)
 
 
+def _measure_store(settings: Settings, world, world_dir: Path, console: Console, lookups: int,
+                   candidates: int, fresh: int) -> dict[str, dict]:
+    """Load the world into this settings' online store, then time lookups and freshness."""
+    label = settings.online_store
+    now = world.events["ts"].max().to_pydatetime() + timedelta(minutes=1)
+    uids, iids = world.users["user_id"].tolist(), world.items["item_id"].tolist()
+    with console.status(f"{label}: feast apply + materialize"):
+        feature_step(settings, world_dir, Console(quiet=True))
+    with console.status(f"{label}: lookups"):
+        result = _lookup_latency(open_store(settings), uids, iids, now, lookups, candidates)
+    with console.status(f"{label}: event -> online freshness"):
+        result["freshness"] = _freshness(settings, world, settings.home / "bench-events.db", fresh)
+    return result
+
+
 def bench_features(settings: Settings, console: Console, users: int = 2_000, items: int = 1_000,
                    events: int = 200_000, lookups: int = 200, candidates: int = 200, fresh: int = 100) -> dict:
     world_dir = settings.data_dir / "bench-world"
     world = generate_step(settings, world_dir, console, users=users, items=items, days=30, events=events)
-    quiet = Console(quiet=True)
-    now = world.events["ts"].max().to_pydatetime() + timedelta(minutes=1)
-    uids, iids = world.users["user_id"].tolist(), world.items["item_id"].tolist()
-    with console.status("SQLite: feast apply + materialize"):
-        feature_step(settings, world_dir, quiet)
-    with console.status("SQLite: lookups"):
-        sqlite = _lookup_latency(open_store(settings), uids, iids, now, lookups, candidates)
-    with console.status("SQLite: event -> online freshness"):
-        freshness = _freshness(settings, world, settings.home / "bench-events.db", fresh)
+    runs = {"sqlite": _measure_store(settings, world, world_dir, console, lookups, candidates, fresh)}
     with redis_server() as url:
         redis_settings = settings.model_copy(update={"online_store": "redis", "redis_url": url})
-        with console.status("Redis: feast apply + materialize"):
-            feature_step(redis_settings, world_dir, quiet)
-        with console.status("Redis: lookups"):
-            redis = _lookup_latency(open_store(redis_settings), uids, iids, now, lookups, candidates)
-        with console.status("Redis: event -> online freshness"):
-            freshness_redis = _freshness(redis_settings, world, settings.home / "bench-events.db", fresh)
-    result = {
-        "lookup_p50_ms_sqlite": sqlite["request"]["p50"], "lookup_p99_ms_sqlite": sqlite["request"]["p99"],
-        "lookup_p50_ms_redis": redis["request"]["p50"], "lookup_p99_ms_redis": redis["request"]["p99"],
-        "user_lookup_p50_ms_sqlite": sqlite["user"]["p50"], "user_lookup_p99_ms_sqlite": sqlite["user"]["p99"],
-        "user_lookup_p50_ms_redis": redis["user"]["p50"], "user_lookup_p99_ms_redis": redis["user"]["p99"],
-        "redis_over_sqlite_p50": redis["request"]["p50"] / sqlite["request"]["p50"],
-        "freshness_p50_ms": freshness["p50"], "freshness_p99_ms": freshness["p99"],
-        "freshness_p50_ms_redis": freshness_redis["p50"], "freshness_p99_ms_redis": freshness_redis["p99"],
+        runs["redis"] = _measure_store(redis_settings, world, world_dir, console, lookups, candidates, fresh)
+    result = {}
+    for store, run in runs.items():
+        result |= {f"lookup_p50_ms_{store}": run["request"]["p50"], f"lookup_p99_ms_{store}": run["request"]["p99"],
+                   f"user_lookup_p50_ms_{store}": run["user"]["p50"], f"user_lookup_p99_ms_{store}": run["user"]["p99"],
+                   f"freshness_p50_ms_{store}": run["freshness"]["p50"],
+                   f"freshness_p99_ms_{store}": run["freshness"]["p99"]}
+    result |= {
+        "freshness_p50_ms": result["freshness_p50_ms_sqlite"], "freshness_p99_ms": result["freshness_p99_ms_sqlite"],
+        "redis_over_sqlite_p50": result["lookup_p50_ms_redis"] / result["lookup_p50_ms_sqlite"],
         "lookups": lookups, "candidates": candidates, "freshness_events": fresh,
         "world": {"users": users, "items": items, "events": len(world.events)},
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -121,12 +124,9 @@ def bench_features(settings: Settings, console: Console, users: int = 2_000, ite
     table = Table(title=f"features: {lookups} lookups per store, {fresh} events for freshness")
     for col in ("metric", "p50 ms", "p99 ms"):
         table.add_column(col)
-    for store_name, res in (("SQLite", sqlite), ("Redis", redis)):
-        table.add_row(f"user + context (serving path), {store_name}", f"{res['user']['p50']:.2f}",
-                      f"{res['user']['p99']:.2f}")
-        table.add_row(f"user + {candidates} items via Feast, {store_name}", f"{res['request']['p50']:.1f}",
-                      f"{res['request']['p99']:.1f}")
-    table.add_row("event -> online, SQLite", f"{freshness['p50']:.1f}", f"{freshness['p99']:.1f}")
-    table.add_row("event -> online, Redis", f"{freshness_redis['p50']:.1f}", f"{freshness_redis['p99']:.1f}")
+    for store, run in runs.items():
+        for label, key in (("user + context (serving path)", "user"),
+                           (f"user + {candidates} items via Feast", "request"), ("event -> online", "freshness")):
+            table.add_row(f"{label}, {store}", f"{run[key]['p50']:.2f}", f"{run[key]['p99']:.2f}")
     console.print(table)
     return result

@@ -15,7 +15,6 @@ from hyperrec.interactions import positives, temporal_split
 from hyperrec.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from hyperrec.models.two_tower import TwoTowerConfig, export, train_two_tower
 
-
 TRAINING_VIEWS = (USER_PROFILE, USER_ACTIVITY, ITEM_METADATA)
 
 

@@ -4,11 +4,9 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
-from rich.console import Console
 
 from hyperrec.features import USER_ACTIVITY
 from hyperrec.featurestore import online_user_features, open_store, training_set
-from hyperrec.steps import feature_step, generate_step
 from hyperrec.windows import replay
 
 pytestmark = pytest.mark.slow
@@ -16,20 +14,9 @@ TTL = USER_ACTIVITY.ttl
 
 
 @pytest.fixture(scope="module")
-def store_world(tmp_path_factory):
-    from hyperrec.config import load_settings
-
-    home = tmp_path_factory.mktemp("fs")
-    mp = pytest.MonkeyPatch()
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mp.setenv("HYPERREC_HOME", str(home))
-    settings = load_settings(home)
-    world_dir = settings.data_dir / "world"
-    world = generate_step(settings, world_dir, Console(quiet=True), users=100, items=50, days=8,
-                          events=5_000, seed=9)
-    feature_step(settings, world_dir, Console(quiet=True))
-    yield settings, world
-    mp.undo()
+def store_world(make_workspace):
+    with make_workspace("fs", users=100, items=50, days=8, events=5_000, seed=9) as built:
+        yield built
 
 
 def _consecutive_snapshots(world):

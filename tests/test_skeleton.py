@@ -5,12 +5,10 @@ import json
 import pandas as pd
 import pytest
 import requests
-from rich.console import Console
 
 from hyperrec.features import USER_ACTIVITY
 from hyperrec.interactions import positives, temporal_split
 from hyperrec.registry import configure
-from hyperrec.steps import feature_step, generate_step
 from hyperrec.windows import replay
 from pipelines.run import compile_pipeline, run_local
 from serving.launch import recommend, start_server, stop_server, wait_ready
@@ -19,22 +17,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(make_workspace):
     """World -> Feast -> kfp.local pipeline, once for the module's tests."""
-    from hyperrec.config import load_settings
-
-    home = tmp_path_factory.mktemp("skeleton")
-    mp = pytest.MonkeyPatch()
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mp.setenv("HYPERREC_HOME", str(home))
-    settings = load_settings(home)
-    console = Console(quiet=True)
-    world_dir = settings.data_dir / "world"
-    world = generate_step(settings, world_dir, console, users=150, items=80, days=10, events=15_000, seed=5)
-    feature_step(settings, world_dir, console)
-    version = run_local(settings, world_dir, epochs=2, k=20)
-    yield settings, world, version
-    mp.undo()
+    with make_workspace("skeleton", users=150, items=80, days=10, events=15_000, seed=5) as (settings, world):
+        version = run_local(settings, settings.data_dir / "world", epochs=2, k=20)
+        yield settings, world, version
 
 
 def test_pipeline_registers_a_champion_with_its_evaluation(trained):

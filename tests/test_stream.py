@@ -4,32 +4,19 @@ user's online features; a failed online write is retried, never lost or doubled.
 from datetime import timedelta
 
 import pytest
-from rich.console import Console
 
 from hyperrec.eventlog import EventLog
 from hyperrec.features import ITEM_POPULARITY
 from hyperrec.featurestore import online_features, online_user_features, open_store
-from hyperrec.steps import feature_step, generate_step
 from hyperrec.stream import StreamProcessor
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    from hyperrec.config import load_settings
-
-    home = tmp_path_factory.mktemp("stream")
-    mp = pytest.MonkeyPatch()
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mp.setenv("HYPERREC_HOME", str(home))
-    settings = load_settings(home)
-    world_dir = settings.data_dir / "world"
-    world = generate_step(settings, world_dir, Console(quiet=True), users=80, items=40, days=8,
-                          events=4_000, seed=21)
-    feature_step(settings, world_dir, Console(quiet=True))
-    yield settings, world
-    mp.undo()
+def env(make_workspace):
+    with make_workspace("stream", users=80, items=40, days=8, events=4_000, seed=21) as built:
+        yield built
 
 
 def clicks(user, item, at, n, prefix):
