@@ -78,6 +78,19 @@ def features_build(world: Path | None = typer.Option(None), home: Path | None = 
     feature_step(load_settings(home), _world_dir(home, world), console)
 
 
+@features_app.command("materialize")
+def features_materialize(end: str | None = typer.Option(None, help="ISO time to load up to (default: now)"),
+                         home: Path | None = HomeOpt):
+    """Load rows appended since the last load into the online store (materialize-incremental)."""
+    from datetime import UTC, datetime
+
+    from hyperrec.featurestore import materialize_incremental
+
+    until = datetime.fromisoformat(end) if end else datetime.now(UTC)
+    materialize_incremental(load_settings(home), until)
+    console.print(f"online store loaded up to {until.isoformat()}")
+
+
 @pipeline_app.command("run")
 def pipeline_run(world: Path | None = typer.Option(None), epochs: int = 5, k: int = 20,
                  home: Path | None = HomeOpt):

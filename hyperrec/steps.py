@@ -34,15 +34,12 @@ def generate_step(settings: Settings, out: Path, console: Console, **sizes) -> W
 
 
 def feature_step(settings: Settings, world_dir: Path, console: Console) -> dict[str, int]:
-    """Offline tables -> `feast apply` -> online store: a backfill over the whole history the
-    first time, `materialize-incremental` after that."""
-    from hyperrec.featurestore import (
-        apply_repo,
-        is_materialized,
-        materialize,
-        materialize_incremental,
-        write_offline_tables,
-    )
+    """Offline tables -> `feast apply` -> backfill the online store over the whole history.
+
+    Always a backfill: the offline tables were just rewritten, so "since the last
+    materialization" would miss every older row of the new history. Appended data is
+    loaded with `hyperrec features materialize` (materialize-incremental)."""
+    from hyperrec.featurestore import apply_repo, materialize, write_offline_tables
 
     world = load_world(world_dir)
     with console.status("feast: writing offline tables"):
@@ -52,10 +49,7 @@ def feature_step(settings: Settings, world_dir: Path, console: Console) -> dict[
     end = pd.Timestamp(world.events["ts"].max()).to_pydatetime()
     start = pd.Timestamp(min(world.users["signup_ts"].min(), world.items["created_ts"].min())).to_pydatetime()
     with console.status(f"feast materialize -> {settings.online_store} online store"):
-        if is_materialized(settings):
-            materialize_incremental(settings, end)
-        else:
-            materialize(settings, start, end)
+        materialize(settings, start, end)
     console.print("feast: " + ", ".join(f"{k} {v:,} rows" for k, v in counts.items()))
     return counts
 
