@@ -36,7 +36,7 @@ test-fast: $(STAMP) ## unit tests only (skips the slow end-to-end tests)
 	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/)
-	$(HYPERREC) bench features --out var/bench/features.json
+	$(HYPERREC) bench features --home var/bench-home --out var/bench/features.json
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
