@@ -122,14 +122,16 @@ def bench_features_cmd(out: Path = typer.Option(Path("var/bench/features.json"))
 
 
 @app.command()
-def serve(port: int = 8080, home: Path | None = HomeOpt,
+def serve(port: int | None = typer.Option(None, help="HTTP port (default $HYPERREC_PORT or 8080)"),
+          home: Path | None = HomeOpt,
           as_of: str | None = typer.Option(None, help="ISO time to judge feature freshness at (simulated worlds)")):
     """Run the KServe model server in the foreground (Ctrl-C stops it)."""
     import os
     import sys
 
     settings = load_settings(home)
-    args = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(port)]
+    http_port = port or settings.server_port
+    args = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(http_port)]
     os.execv(sys.executable, args + (["--as_of", as_of] if as_of else []))
 
 

@@ -70,10 +70,6 @@ def materialize_incremental(settings: Settings, end: datetime) -> None:
     open_store(settings).materialize_incremental(end_date=end)
 
 
-def is_materialized(settings: Settings) -> bool:
-    """True when every feature view has been loaded online at least once."""
-    return all(fv.most_recent_end_time for fv in open_store(settings).list_feature_views())
-
 
 def training_set(settings: Settings, labels: pd.DataFrame, views=FEATURE_VIEWS, context: bool = False) -> pd.DataFrame:
     """Point-in-time join of the views' features onto `labels` (entity keys + event_timestamp):
