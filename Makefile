@@ -7,6 +7,7 @@ UV_VERSION := 0.13.9
 # The stamp changes whenever the lock or the project metadata does, so `make` reinstalls
 # exactly then and is a no-op otherwise.
 STAMP := $(VENV)/.installed
+MOVIELENS ?= ../shared/data/ml-latest-small
 export TF_USE_LEGACY_KERAS := 1
 export DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
@@ -37,6 +38,8 @@ test-fast: $(STAMP) ## unit tests only (skips the slow end-to-end tests)
 
 bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/)
 	$(HYPERREC) bench features --home var/bench-home --out var/bench/features.json
+	@if [ -d $(MOVIELENS) ]; then $(HYPERREC) bench quality --path $(MOVIELENS) --out var/bench/quality.json; \
+	else echo "skipping bench quality: no MovieLens folder at $(MOVIELENS) (set MOVIELENS=...)"; fi
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }

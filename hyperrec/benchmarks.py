@@ -130,3 +130,29 @@ def bench_features(settings: Settings, console: Console, users: int = 2_000, ite
             table.add_row(f"{label}, {store}", f"{run[key]['p50']:.2f}", f"{run[key]['p99']:.2f}")
     console.print(table)
     return result
+
+
+def bench_quality(path: Path, console: Console, fmt: str | None = None) -> dict:
+    """The baselines on a MovieLens folder under the evaluation protocol: per-user temporal
+    split (latest 20% test), full-catalog ranking with train items excluded, every rating
+    an interaction. The full hyperrec model joins this table with the models issue."""
+    from hyperrec.baselines import evaluate_baselines
+    from hyperrec.data.movielens import detect_format, load_movielens
+    from hyperrec.interactions import positives, temporal_split
+
+    found = detect_format(path)
+    if fmt and fmt.replace("ml-", "") != found:
+        raise ValueError(f"{path} holds the {found} format, not {fmt}")
+    world = load_movielens(path)
+    train, test = temporal_split(positives(world.events, min_rating=0.5))
+    with console.status("training and scoring the baselines"):
+        rows = evaluate_baselines(train, test)
+    table = Table(title=f"quality on {path.name}: {train['user_id'].nunique():,} users, "
+                        f"{len(train):,} train / {len(test):,} test interactions")
+    for col in ("model", "recall@20", "ndcg@10", "seconds"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["model"], f"{r['recall@20']:.4f}", f"{r['ndcg@10']:.4f}", f"{r['seconds']:.1f}")
+    console.print(table)
+    return {"dataset": str(path), "format": found, "train": len(train), "test": len(test), "rows": rows,
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}

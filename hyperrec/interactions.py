@@ -9,10 +9,12 @@ POSITIVE_TYPES = ("click", "add_to_cart", "purchase")
 POSITIVE_RATING = 4.0  # explicit ratings at or above this count as positive
 
 
-def positives(events: pd.DataFrame) -> pd.DataFrame:
-    """Positive (user, item, ts) interactions, first occurrence per pair."""
+def positives(events: pd.DataFrame, min_rating: float = POSITIVE_RATING) -> pd.DataFrame:
+    """Positive (user, item, ts) interactions, first occurrence per pair. Explicit ratings
+    count from `min_rating` up (0.5 makes every rating an interaction, the usual
+    implicit-feedback reading of MovieLens)."""
     is_pos = events["event_type"].isin(POSITIVE_TYPES) | (
-        (events["event_type"] == "rating") & (events["rating"] >= POSITIVE_RATING))
+        (events["event_type"] == "rating") & (events["rating"] >= min_rating))
     pos = events.loc[is_pos, ["user_id", "item_id", "ts"]].sort_values("ts", kind="stable")
     return pos.drop_duplicates(["user_id", "item_id"], keep="first").reset_index(drop=True)
 
