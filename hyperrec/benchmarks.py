@@ -132,10 +132,31 @@ def bench_features(settings: Settings, console: Console, users: int = 2_000, ite
     return result
 
 
-def bench_quality(path: Path, console: Console, fmt: str | None = None) -> dict:
-    """The baselines on a MovieLens folder under the evaluation protocol: per-user temporal
-    split (latest 20% test), full-catalog ranking with train items excluded, every rating
-    an interaction. The full hyperrec model joins this table with the models issue."""
+def _hyperrec_row(settings: Settings, world, console: Console, epochs: int) -> dict:
+    """The platform's own path on the same data: Feast point-in-time training set ->
+    two-tower -> the shared evaluation (every rating an interaction)."""
+    from hyperrec.data.world import save_world
+    from hyperrec.models.two_tower import TwoTowerConfig
+    from hyperrec.train import build_training_set, evaluate_retrieval, train_retrieval
+
+    t = time.perf_counter()
+    world_dir = save_world(world, settings.data_dir / "quality-world")
+    feature_step(settings, world_dir, Console(quiet=True))
+    data_dir, model_dir = settings.home / "quality-data", settings.home / "quality-model"
+    with console.status("hyperrec: Feast training set"):
+        build_training_set(settings, world_dir, data_dir, min_rating=0.5)
+    with console.status("hyperrec: two-tower"):
+        train_retrieval(data_dir, model_dir, TwoTowerConfig(epochs=epochs))
+        m = evaluate_retrieval(model_dir, data_dir, k=20)
+    return {"model": "hyperrec", "recall@20": m["recall_at_20"], "ndcg@10": m["ndcg_at_10"],
+            "seconds": time.perf_counter() - t}
+
+
+def bench_quality(path: Path, console: Console, fmt: str | None = None, settings: Settings | None = None,
+                  epochs: int = 5) -> dict:
+    """The baselines and, given a workspace, the hyperrec two-tower on a MovieLens folder
+    under the evaluation protocol: per-user temporal split (latest 20% test), full-catalog
+    ranking with train items excluded, every rating an interaction."""
     from hyperrec.baselines import evaluate_baselines
     from hyperrec.data.movielens import detect_format, load_movielens
     from hyperrec.interactions import positives, temporal_split
@@ -147,6 +168,8 @@ def bench_quality(path: Path, console: Console, fmt: str | None = None) -> dict:
     train, test = temporal_split(positives(world.events, min_rating=0.5))
     with console.status("training and scoring the baselines"):
         rows = evaluate_baselines(train, test)
+    if settings is not None:
+        rows.append(_hyperrec_row(settings, world, console, epochs))
     table = Table(title=f"quality on {path.name}: {train['user_id'].nunique():,} users, "
                         f"{len(train):,} train / {len(test):,} test interactions")
     for col in ("model", "recall@20", "ndcg@10", "seconds"):

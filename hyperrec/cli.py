@@ -124,11 +124,13 @@ def bench_features_cmd(out: Path = typer.Option(Path("var/bench/features.json"))
 @bench_app.command("quality")
 def bench_quality_cmd(path: Path = typer.Option(..., help="a MovieLens folder (100K or latest format)"),
                       format: str | None = typer.Option(None, "--format", help="ml-100k or ml-latest (checked)"),
-                      out: Path = typer.Option(Path("var/bench/quality.json"))):
-    """Baselines (popularity, item-kNN, EASE, iALS) on real data under the evaluation protocol."""
+                      out: Path = typer.Option(Path("var/bench/quality.json")), epochs: int = 5,
+                      home: Path | None = HomeOpt):
+    """Baselines (popularity, item-kNN, EASE, iALS) and the hyperrec two-tower on real data,
+    under the evaluation protocol."""
     from hyperrec.benchmarks import bench_quality
 
-    result = bench_quality(path, console, format)
+    result = bench_quality(path, console, format, load_settings(home), epochs)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     console.print(f"wrote {out}")

@@ -11,18 +11,19 @@ from hyperrec.config import Settings
 from hyperrec.data.world import load_world
 from hyperrec.features import ITEM_METADATA, USER_ACTIVITY, USER_PROFILE
 from hyperrec.featurestore import training_set
-from hyperrec.interactions import positives, temporal_split
+from hyperrec.interactions import POSITIVE_RATING, positives, temporal_split
 from hyperrec.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from hyperrec.models.two_tower import TwoTowerConfig, export, train_two_tower
 
 TRAINING_VIEWS = (USER_PROFILE, USER_ACTIVITY, ITEM_METADATA)
 
 
-def build_training_set(settings: Settings, world_dir: Path, out_dir: Path) -> dict:
+def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
+                       min_rating: float = POSITIVE_RATING) -> dict:
     """Split positives per user in time, then join point-in-time features from Feast onto
     every example; writes train/test/items parquet and returns their sizes."""
     world = load_world(world_dir)
-    train, test = temporal_split(positives(world.events))
+    train, test = temporal_split(positives(world.events, min_rating))
     out_dir.mkdir(parents=True, exist_ok=True)
     # only the views the towers read: each extra view is another point-in-time join
     train_fs = training_set(settings, train.rename(columns={"ts": "event_timestamp"}),
