@@ -55,6 +55,8 @@ ITEM_VIEWS = (ITEM_METADATA, ITEM_POPULARITY)
 REQUEST_CONTEXT = {"hour_of_day": "int", "day_of_week": "int", "recency_s": "int"}
 REQUEST_TS = "request_ts"  # unix seconds, supplied with each request (or label row)
 
+_CONTEXT_SPEC = FeatureViewSpec("request_context", "", REQUEST_CONTEXT, timedelta(0))  # for fill_missing
+
 MISSING = {"string": "", "float": 0.0, "int": 0, "string_list": [], "int_list": []}
 PANDAS_TYPES = {"string": str, "float": "float32", "int": "int64"}
 
@@ -68,8 +70,7 @@ def refs(views=FEATURE_VIEWS, context: bool = False) -> list[str]:
 def fill_missing(df: pd.DataFrame, views=FEATURE_VIEWS) -> pd.DataFrame:
     """Replace missing feature values (absent or expired) with their typed defaults."""
     df = df.copy()
-    context = FeatureViewSpec("request_context", "", REQUEST_CONTEXT, timedelta(0))
-    for v in (*views, context):
+    for v in (*views, _CONTEXT_SPEC):
         for f, kind in v.features.items():
             if f not in df:
                 continue

@@ -70,7 +70,6 @@ def materialize_incremental(settings: Settings, end: datetime) -> None:
     open_store(settings).materialize_incremental(end_date=end)
 
 
-
 def training_set(settings: Settings, labels: pd.DataFrame, views=FEATURE_VIEWS, context: bool = False) -> pd.DataFrame:
     """Point-in-time join of the views' features onto `labels` (entity keys + event_timestamp):
     each row sees only feature values stamped at or before its own timestamp, within TTL.

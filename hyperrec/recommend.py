@@ -34,10 +34,14 @@ class Recommender:
     def user_embeddings(self, users: pd.DataFrame) -> np.ndarray:
         return self._embed(tensors(users, USER_INPUTS)).numpy()
 
+    def candidate_indices(self, seen: list[set[str]]) -> list[set[int]]:
+        """Item ids per user as positions in the candidate index (unknown ids dropped)."""
+        return [{self.item_index[i] for i in s if i in self.item_index} for s in seen]
+
     def recommend(self, users: pd.DataFrame, k: int, seen: list[set[str]] | None = None):
         """Top-k (item ids, scores) per row of `users` (a frame with every user tower input)."""
         scores = self.user_embeddings(users) @ self.item_embeddings.T
-        exclude = [{self.item_index[i] for i in s if i in self.item_index} for s in (seen or [set()] * len(users))]
+        exclude = self.candidate_indices(seen or [set()] * len(users))
         ranked = top_k_excluding(scores, self.item_ids, exclude, k)
         lookup = [scores[row, [self.item_index[i] for i in items]] for row, items in enumerate(ranked)]
         return ranked, lookup

@@ -1,8 +1,8 @@
 """The stream processor: new events -> windowed folds -> Feast push -> online store.
 
-Embedded, it tails the SQLite event log; on a cluster the same `process_batch` runs behind
-a Kafka consumer. The offset is committed only after the online write, so a crash
-replays the batch instead of losing it (the pushes are idempotent upserts).
+Embedded, it tails the SQLite event log; on a cluster `hyperrec.kafka_source` feeds the
+same log and processor from Kafka. The offset is committed only after the online write, so
+a crash replays the batch instead of losing it (the pushes are idempotent upserts).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import pandas as pd
 
 from hyperrec.eventlog import EventLog
+from hyperrec.features import FEATURE_VIEWS
 from hyperrec.windows import StreamFolds
 
-PUSHED_VIEWS = ("user_activity", "user_recent_items", "item_popularity")
-KEYS = {"user_activity": "user_id", "user_recent_items": "user_id", "item_popularity": "item_id"}
+PUSHED_VIEWS = [v for v in FEATURE_VIEWS if v.push]  # each fed by a `<view>_push` PushSource
 
 
 class StreamProcessor:
@@ -33,12 +33,12 @@ class StreamProcessor:
         snapshots = self.folds.fold_frame(events)
         pushed = {}
         for view in PUSHED_VIEWS:
-            table = snapshots[view]
+            table = snapshots[view.name]
             if table.empty:
                 continue
-            latest = table.drop_duplicates(KEYS[view], keep="last")
-            self.store.push(f"{view}_push", latest, to=PushMode.ONLINE)
-            pushed[view] = len(latest)
+            latest = table.drop_duplicates(view.entity, keep="last")
+            self.store.push(f"{view.name}_push", latest, to=PushMode.ONLINE)
+            pushed[view.name] = len(latest)
         return pushed
 
     def run_once(self, limit: int = 10_000) -> int:

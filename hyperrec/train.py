@@ -68,7 +68,7 @@ def evaluate_retrieval(model_dir: Path, data_dir: Path, k: int = 20) -> dict[str
     rec = Recommender(model_dir)
     ranked, _ = rec.recommend(users, k=max(k, 10), seen=seen)
     pop = train["item_id"].value_counts().reindex(rec.item_ids).fillna(0).to_numpy()
-    exclude = [{rec.item_index[i] for i in s if i in rec.item_index} for s in seen]
+    exclude = rec.candidate_indices(seen)
     pop_ranked = top_k_excluding(pop[None, :].repeat(len(users), 0), rec.item_ids, exclude, max(k, 10))
     return {
         f"recall_at_{k}": recall_at_k(ranked, relevant, k),

@@ -53,7 +53,6 @@ class WindowFolder:
         self.windows = windows
         self.prefix = prefix  # on every feature name, so user and item features never collide
         self.state: dict[str, dict[str, _Window]] = {}
-        self.last_ts: dict[str, int] = {}
 
     def fold(self, key: str, ts_ms: int, kind: str, dwell: float) -> dict:
         """Add one event for `key` and return its feature snapshot."""
@@ -64,7 +63,6 @@ class WindowFolder:
             win.expire(ts_ms)
             if kind in COUNTED:
                 win.add(ts_ms, kind, dwell)
-        self.last_ts[key] = ts_ms
         p = self.prefix
         row = {f"{p}last_event_ts": ts_ms // 1000}
         for w, win in wins.items():
