@@ -92,7 +92,7 @@ def features_materialize(end: str | None = typer.Option(None, help="ISO time to 
 
 
 @pipeline_app.command("run")
-def pipeline_run(world: Path | None = typer.Option(None), epochs: int = 5, k: int = 20,
+def pipeline_run(world: Path | None = typer.Option(None), epochs: int = 6, k: int = 20,
                  home: Path | None = HomeOpt):
     """Run the training pipeline through kfp.local (SubprocessRunner, this venv)."""
     from pipelines.run import run_local
@@ -121,10 +121,26 @@ def bench_features_cmd(out: Path = typer.Option(Path("var/bench/features.json"))
     console.print(f"wrote {out}")
 
 
+@bench_app.command("index")
+def bench_index_cmd(out: Path = typer.Option(Path("var/bench/index.json")),
+                    sizes: str = typer.Option("10000,100000,1000000", help="catalog sizes, comma-separated"),
+                    dim: int = 64, queries: int = 1000):
+    """Exact vs approximate (FAISS IVF) candidate index on generated catalogs: recall@100
+    against brute force and per-query latency."""
+    from hyperrec.index_bench import bench_index, print_index_table
+
+    rows = bench_index(sizes=[int(s) for s in sizes.split(",")], dim=dim, queries=queries, progress=console.log)
+    print_index_table(rows, console)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "dim": dim, "queries": queries}, indent=2))
+    console.print(f"wrote {out}")
+
+
 @bench_app.command("quality")
 def bench_quality_cmd(path: Path = typer.Option(..., help="a MovieLens folder (100K or latest format)"),
                       format: str | None = typer.Option(None, "--format", help="ml-100k or ml-latest (checked)"),
-                      out: Path = typer.Option(Path("var/bench/quality.json")), epochs: int = 5,
+                      out: Path = typer.Option(Path("var/bench/quality.json")),
+                      epochs: int = typer.Option(6, help="most retrieval epochs (a validation split picks fewer)"),
                       home: Path | None = HomeOpt):
     """Baselines (popularity, item-kNN, EASE, iALS) and the hyperrec two-tower on real data,
     under the evaluation protocol."""
@@ -160,7 +176,7 @@ def recommend(user_ids: list[str], k: int = 10, port: int = 8080):
 
 @app.command()
 def demo(users: int = 2_000, items: int = 1_000, days: int = 30, events: int = 200_000,
-         epochs: int = 5, port: int = 8765, home: Path | None = HomeOpt):
+         epochs: int = 6, port: int = 8765, home: Path | None = HomeOpt):
     """The walking skeleton end to end: data -> Feast -> kfp.local training -> MLflow ->
     KServe -> recommendations over HTTP."""
     from hyperrec.demo import run_demo

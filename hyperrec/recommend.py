@@ -1,47 +1,85 @@
 """The prediction path shared by offline evaluation and the model server: user features in,
-top-k items out, the user's already-seen items excluded."""
+retrieval over the candidate embeddings, ranking of the retrieved candidates, top-k out.
+
+Everything here is read from one exported folder, so the query tower, the candidate
+embeddings, the co-engagement table and the ranker always come from the same training run.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hyperrec.metrics import top_k_excluding
-from hyperrec.models.two_tower import USER_INPUTS, tensors
+from hyperrec.coengagement import CoEngagement
+from hyperrec.index import load_index
+from hyperrec.models.two_tower import ITEM_INPUTS, USER_INPUTS
+
+
+def export_candidates(out: Path, items: pd.DataFrame, embeddings: np.ndarray, index_kind: str = "auto") -> None:
+    """candidates.npz (ids, embeddings), the candidate index over them (index/: exact below
+    50k items, IVF above) and items.parquet (the catalog's display fields)."""
+    from hyperrec.index import build_index
+
+    np.savez(out / "candidates.npz", item_ids=items["item_id"].to_numpy().astype(str),
+             embeddings=embeddings.astype(np.float32))
+    build_index(embeddings.astype(np.float32), kind=index_kind).save(out / "index")
+    items[["title", *ITEM_INPUTS]].drop_duplicates("item_id").to_parquet(out / "items.parquet", index=False)
 
 
 class Recommender:
-    """A trained two-tower model loaded from its exported folder."""
+    """A trained two-stage model loaded from its exported folder."""
 
     def __init__(self, model_dir: Path):
         import tensorflow as tf
 
+        from hyperrec.models.ranking import compiled_ranker
+        from hyperrec.models.two_tower import compiled
+
         self.model_dir = Path(model_dir)
-        self.user_tower = tf.keras.models.load_model(self.model_dir / "user_tower", compile=False)
-        # one traced graph for any batch size: Keras `predict` costs ~75 ms per call here,
-        # the compiled call a few ms (this runs on every request)
-        signature = [{name: tf.TensorSpec([None], tf.string if kind == "string" else tf.float32, name=name)
-                      for name, kind in USER_INPUTS.items()}]
-        self._embed = tf.function(lambda inputs: self.user_tower(inputs, training=False), input_signature=signature)
+        self._embed = compiled(tf.keras.models.load_model(self.model_dir / "user_tower", compile=False),
+                               USER_INPUTS)
         with np.load(self.model_dir / "candidates.npz", allow_pickle=False) as z:
             self.item_ids = z["item_ids"].astype(str)
             self.item_embeddings = z["embeddings"].astype(np.float32)
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
+        self.index = load_index(self.model_dir / "index")
         self.catalog = pd.read_parquet(self.model_dir / "items.parquet").set_index("item_id")
+        self.coengagement = CoEngagement.load(self.model_dir / "coengagement.npz")
+        self._rank = compiled_ranker(tf.keras.models.load_model(self.model_dir / "ranker", compile=False))
+        self.n_candidates = json.loads((self.model_dir / "ranker_config.json").read_text())["candidates"]
 
     def user_embeddings(self, users: pd.DataFrame) -> np.ndarray:
-        return self._embed(tensors(users, USER_INPUTS)).numpy()
+        return self._embed(users)
 
     def candidate_indices(self, seen: list[set[str]]) -> list[set[int]]:
         """Item ids per user as positions in the candidate index (unknown ids dropped)."""
         return [{self.item_index[i] for i in s if i in self.item_index} for s in seen]
 
-    def recommend(self, users: pd.DataFrame, k: int, seen: list[set[str]] | None = None):
-        """Top-k (item ids, scores) per row of `users` (a frame with every user tower input)."""
-        scores = self.user_embeddings(users) @ self.item_embeddings.T
-        exclude = self.candidate_indices(seen or [set()] * len(users))
-        ranked = top_k_excluding(scores, self.item_ids, exclude, k)
-        lookup = [scores[row, [self.item_index[i] for i in items]] for row, items in enumerate(ranked)]
-        return ranked, lookup
+    def retrieve(self, users: pd.DataFrame, n: int, seen: list[set[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """[users, n] candidate positions and their retrieval scores, seen items skipped."""
+        exclude = [np.fromiter(s, np.int64, len(s)) for s in self.candidate_indices(seen)]
+        return self.index.search(self.user_embeddings(users), n, exclude)
+
+    def rank(self, users: pd.DataFrame, candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Ranker logits [users, n] for the retrieved candidates."""
+        from hyperrec.models.ranking import candidate_frame
+
+        rows = candidate_frame(self.coengagement.features(list(users["recent_items"]), candidates), scores, users)
+        return self._rank(rows).reshape(candidates.shape)
+
+    def recommend(self, users: pd.DataFrame, k: int, seen: list[set[str]] | None = None, rank: bool = True):
+        """Top-k (item ids, scores) per row of `users` (a frame with every user tower input).
+        `seen` defaults to each user's recent items; `rank=False` returns retrieval alone."""
+        if seen is None:
+            seen = [set(r) for r in users["recent_items"]]
+        candidates, scores = self.retrieve(users, max(k, self.n_candidates if rank else k), seen)
+        if rank:
+            scores = np.where(candidates >= 0, self.rank(users, candidates, scores), -np.inf)
+            order = np.argsort(-scores, axis=1, kind="stable")
+            candidates, scores = (np.take_along_axis(a, order, axis=1) for a in (candidates, scores))
+        found = [row[:k] >= 0 for row in candidates]  # -1: the catalog ran out of unseen items
+        return ([list(self.item_ids[row[:k][ok]]) for row, ok in zip(candidates, found)],
+                [row[:k][ok] for row, ok in zip(scores, found)])

@@ -1,35 +1,58 @@
-"""The training job's steps as plain functions: each KFP component is a thin wrapper."""
+"""The training job's steps as plain functions: each KFP component is a thin wrapper.
+
+build_training_set: Feast point-in-time features on every positive, the temporal test
+split and one query row per test user. fit_models: the two-stage model, with the last
+part of each user's training history held out to pick the retrieval epoch count and to
+train the ranker on candidates retrieval really produces; then retrieval is refit on all
+training data. evaluate_model: the shared protocol (full catalog, train items excluded).
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from hyperrec.coengagement import CoEngagement
 from hyperrec.config import Settings
 from hyperrec.data.world import load_world
-from hyperrec.features import ITEM_METADATA, USER_ACTIVITY, USER_PROFILE
+from hyperrec.features import ITEM_METADATA, USER_ACTIVITY, USER_PROFILE, USER_RECENT_ITEMS
 from hyperrec.featurestore import training_set
+from hyperrec.index import BruteForceIndex
 from hyperrec.interactions import POSITIVE_RATING, positives, temporal_split
-from hyperrec.metrics import ndcg_at_k, recall_at_k, top_k_excluding
-from hyperrec.models.two_tower import TwoTowerConfig, export, train_two_tower
+from hyperrec.metrics import coverage, intra_list_diversity, ndcg_at_k, recall_at_k, top_k_excluding
+from hyperrec.models.ranking import RankerConfig, candidate_frame, train_ranker
+from hyperrec.models.two_tower import ITEM_INPUTS, USER_INPUTS, TwoTowerConfig, embed, export_towers, train_two_tower
 
-TRAINING_VIEWS = (USER_PROFILE, USER_ACTIVITY, ITEM_METADATA)
+USER_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS)
+TRAINING_VIEWS = (*USER_VIEWS, ITEM_METADATA)
 
 
 def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
                        min_rating: float = POSITIVE_RATING) -> dict:
     """Split positives per user in time, then join point-in-time features from Feast onto
-    every example; writes train/test/items parquet and returns their sizes."""
+    every example; writes train / test / test_queries / items parquet, returns sizes."""
     world = load_world(world_dir)
-    train, test = temporal_split(positives(world.events, min_rating))
+    pos = positives(world.events, min_rating)
+    train, test = temporal_split(pos)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # only the views the towers read: each extra view is another point-in-time join
+    t = time.perf_counter()
     train_fs = training_set(settings, train.rename(columns={"ts": "event_timestamp"}),
                             views=TRAINING_VIEWS, context=True)
+    join_s = time.perf_counter() - t
     train_fs.to_parquet(out_dir / "train.parquet", index=False)
     test.to_parquet(out_dir / "test.parquet", index=False)
+    # each test user's request: features as of their first interaction after training
+    # (strictly before it: the snapshot of that interaction is stamped 1 ms later)
+    after = pos.merge(train[["user_id", "item_id"]], how="left", indicator=True)
+    after = after[(after["_merge"] == "left_only") & after["user_id"].isin(set(test["user_id"]))]
+    query_ts = after.groupby("user_id", as_index=False)["ts"].min().rename(columns={"ts": "event_timestamp"})
+    training_set(settings, query_ts, views=USER_VIEWS, context=True).to_parquet(
+        out_dir / "test_queries.parquet", index=False)
     # candidate features as of the end of training data (the catalog a model would index)
     cutoff = train["ts"].max()
     catalog = world.items[world.items["created_ts"] <= cutoff][["item_id"]].assign(event_timestamp=cutoff)
@@ -37,43 +60,114 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
     items_fs = items_fs.merge(world.items[["item_id", "title"]].astype({"item_id": object}), on="item_id")
     items_fs.to_parquet(out_dir / "items.parquet", index=False)
     sizes = {"train_rows": len(train_fs), "test_rows": len(test), "items": len(items_fs),
-             "users": int(train["user_id"].nunique())}
+             "users": int(train["user_id"].nunique()), "feast_join_s": round(join_s, 1)}
     (out_dir / "sizes.json").write_text(json.dumps(sizes))
     return sizes
 
 
-def train_retrieval(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig) -> Path:
+def _seen(frame: pd.DataFrame, users: pd.Series) -> list[set[str]]:
+    by_user = frame.groupby("user_id")["item_id"].apply(set)
+    return [by_user.get(u, set()) for u in users]
+
+
+def _first_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values("event_timestamp", kind="stable").groupby("user_id", as_index=False).head(1)
+
+
+class _EarlyStopping:
+    """Keeps the weights of the epoch with the best validation NDCG@10; stops after
+    `patience` epochs without improvement."""
+
+    def __init__(self, queries: pd.DataFrame, seen: list[set[str]], relevant: list[set[str]],
+                 items: pd.DataFrame, patience: int = 1):
+        self.queries, self.seen, self.relevant, self.items = queries, seen, relevant, items
+        self.patience, self.best, self.best_epoch, self.weights, self.history = patience, -1.0, 0, None, []
+
+    def __call__(self, epoch: int, model) -> bool:
+        scores = embed(model.user_tower, self.queries, USER_INPUTS) @ \
+            embed(model.item_tower, self.items, ITEM_INPUTS).T
+        ids = self.items["item_id"].astype(str).to_numpy()
+        index = {i: n for n, i in enumerate(ids)}
+        ranked = top_k_excluding(scores, ids, [{index[i] for i in s if i in index} for s in self.seen], 10)
+        ndcg = ndcg_at_k(ranked, self.relevant, 10)
+        self.history.append(round(ndcg, 4))
+        if ndcg > self.best:
+            self.best, self.best_epoch, self.weights = ndcg, epoch, model.get_weights()
+        return epoch - self.best_epoch < self.patience + 1
+
+
+def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConfig(),
+               ranker_cfg: RankerConfig = RankerConfig(), log=print) -> dict:
+    """Train retrieval + ranking on data_dir's training set and export the serving unit
+    (towers, candidate embeddings, co-engagement table, ranker) to out_dir."""
+    from hyperrec.recommend import export_candidates
+
+    t0 = time.perf_counter()
     train = pd.read_parquet(data_dir / "train.parquet")
     items = pd.read_parquet(data_dir / "items.parquet")
-    model = train_two_tower(train, items, cfg)
-    return export(model, items, cfg, out_dir)
+    # the same split as the test protocol, one level down: each user's latest 20% of training
+    fit, holdout = (f.rename(columns={"ts": "event_timestamp"})
+                    for f in temporal_split(train.rename(columns={"event_timestamp": "ts"})))
+    queries = _first_rows(holdout).reset_index(drop=True)
+    seen, relevant = _seen(fit, queries["user_id"]), _seen(holdout, queries["user_id"])
+
+    # 1) retrieval on the earlier part, epochs picked on the held-out later part
+    stop = _EarlyStopping(queries, seen, relevant, items)
+    model = train_two_tower(fit, items, cfg, on_epoch=stop)
+    model.set_weights(stop.weights)
+    log(f"retrieval validation NDCG@10 per epoch {stop.history}: best epoch {stop.best_epoch}")
+
+    # 2) the ranker learns on what that retrieval model retrieves for the held-out part
+    co = CoEngagement.fit(fit, items, half_life=cfg.recency_half_life)
+    user_emb = embed(model.user_tower, queries, USER_INPUTS)
+    item_emb = embed(model.item_tower, items, ITEM_INPUTS)
+    position = {item: n for n, item in enumerate(co.item_ids)}
+    exclude = [np.array([position[i] for i in s if i in position], np.int64) for s in seen]
+    cand, scores = BruteForceIndex(item_emb).search(user_emb, ranker_cfg.candidates, exclude)
+    rows = candidate_frame(co.features(queries["recent_items"], cand), scores, queries)
+    labels = np.array([[c >= 0 and co.item_ids[c] in rel for c in row] for row, rel in zip(cand, relevant)])
+    valid = rows.pop("valid")
+    rows, labels = {k: v[valid] for k, v in rows.items()}, labels.reshape(-1)[valid]
+    ranker = train_ranker(rows, labels, ranker_cfg)
+    log(f"ranker: {len(labels):,} candidates, {int(labels.sum()):,} positives")
+
+    # 3) retrieval and co-engagement refit on all training data, same epoch count
+    final_cfg = replace(cfg, epochs=stop.best_epoch)
+    model = train_two_tower(train, items, final_cfg)
+    item_emb = export_towers(model, items, final_cfg, out_dir)
+    export_candidates(out_dir, items, item_emb)
+    CoEngagement.fit(train, items, half_life=cfg.recency_half_life).save(out_dir / "coengagement.npz")
+    ranker.save(out_dir / "ranker", save_format="tf")
+    (out_dir / "ranker_config.json").write_text(json.dumps(asdict(ranker_cfg)))
+    seconds = time.perf_counter() - t0
+    report = {"epochs": stop.best_epoch, "validation_ndcg_at_10": stop.best, "train_rows": len(train),
+              "ranker_examples": len(labels), "seconds": round(seconds, 1),
+              "examples_per_s": round((len(fit) * len(stop.history) + len(train) * stop.best_epoch) / seconds)}
+    (out_dir / "training.json").write_text(json.dumps(report))
+    return report
 
 
-def last_features(train: pd.DataFrame) -> pd.DataFrame:
-    """Each user's features as of their latest training example (no look-ahead)."""
-    return train.sort_values("event_timestamp").groupby("user_id", as_index=False).tail(1)
-
-
-def evaluate_retrieval(model_dir: Path, data_dir: Path, k: int = 20) -> dict[str, float]:
-    """Recall@k and NDCG@10 on the temporal test split, full catalog, train items excluded;
-    the popularity baseline is scored by the same code for context."""
+def evaluate_model(model_dir: Path, data_dir: Path, k: int = 20) -> dict[str, float]:
+    """Recall@k, NDCG@10, coverage and diversity on the temporal test split for the full
+    model (retrieval -> ranking) and retrieval alone; popularity by the same code."""
     from hyperrec.recommend import Recommender
 
-    train = pd.read_parquet(data_dir / "train.parquet")
+    train = pd.read_parquet(data_dir / "train.parquet", columns=["user_id", "item_id"])
     test = pd.read_parquet(data_dir / "test.parquet")
-    users = last_features(train[train["user_id"].isin(set(test["user_id"]))]).reset_index(drop=True)
-    relevant = test.groupby("user_id")["item_id"].apply(set).reindex(users["user_id"]).tolist()
-    seen_by_user = train.groupby("user_id")["item_id"].apply(set)
-    seen = seen_by_user.reindex(users["user_id"]).tolist()
+    queries = pd.read_parquet(data_dir / "test_queries.parquet")
+    relevant = _seen(test, queries["user_id"])
+    seen = _seen(train, queries["user_id"])
     rec = Recommender(model_dir)
-    ranked, _ = rec.recommend(users, k=max(k, 10), seen=seen)
+    n = max(k, 10)
+    full, _ = rec.recommend(queries, k=n, seen=seen)
+    retrieval, _ = rec.recommend(queries, k=n, seen=seen, rank=False)
     pop = train["item_id"].value_counts().reindex(rec.item_ids).fillna(0).to_numpy()
-    exclude = rec.candidate_indices(seen)
-    pop_ranked = top_k_excluding(pop[None, :].repeat(len(users), 0), rec.item_ids, exclude, max(k, 10))
-    return {
-        f"recall_at_{k}": recall_at_k(ranked, relevant, k),
-        "ndcg_at_10": ndcg_at_k(ranked, relevant, 10),
-        f"popularity_recall_at_{k}": recall_at_k(pop_ranked, relevant, k),
-        "popularity_ndcg_at_10": ndcg_at_k(pop_ranked, relevant, 10),
-        "eval_users": float(len(users)),
-    }
+    pop_ranked = top_k_excluding(pop[None, :].repeat(len(queries), 0), rec.item_ids,
+                                 rec.candidate_indices(seen), n)
+    out = {"eval_users": float(len(queries))}
+    for name, ranked in (("", full), ("retrieval_", retrieval), ("popularity_", pop_ranked)):
+        out[f"{name}recall_at_{k}"] = recall_at_k(ranked, relevant, k)
+        out[f"{name}ndcg_at_10"] = ndcg_at_k(ranked, relevant, 10)
+    out["coverage_at_10"] = coverage([r[:10] for r in full], len(rec.item_ids))
+    out["diversity_at_10"] = intra_list_diversity([r[:10] for r in full], rec.catalog["category"])
+    return out

@@ -21,6 +21,9 @@ import pandas as pd
 WINDOWS_S = {"30m": 1800, "1d": 86_400, "7d": 7 * 86_400}
 COUNTED = ("view", "click", "add_to_cart", "purchase")
 POSITIVE = ("click", "add_to_cart", "purchase")
+# what enters a user's recent-items list: positive events and any explicit rating (rating
+# a film at all means it was watched: the sequence signal, whatever the score)
+ENGAGED = (*POSITIVE, "rating")
 RECENT_N = 20
 STAMP_DELAY = pd.Timedelta(milliseconds=1)
 
@@ -107,14 +110,13 @@ class StreamFolds:
         ts_ms = (events["ts"].astype("int64") // 1_000_000).to_numpy()  # ns -> ms
         dwell = pd.to_numeric(events["dwell_s"], errors="coerce").fillna(0.0).to_numpy() if "dwell_s" in events \
             else np.zeros(len(events))
-        rating = events["rating"].to_numpy() if "rating" in events else np.full(len(events), np.nan)
         rows = {"user_activity": [], "item_popularity": [], "user_recent_items": []}
-        for user, item, kind, t, d, r in zip(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
-                                             events["event_type"].to_numpy(), ts_ms, dwell, rating):
+        for user, item, kind, t, d in zip(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
+                                          events["event_type"].to_numpy(), ts_ms, dwell):
             d = float(d) if kind == "click" else 0.0
             rows["user_activity"].append({"user_id": user, "ts_ms": t, **self.users.fold(user, t, kind, d)})
             rows["item_popularity"].append({"item_id": item, "ts_ms": t, **self.items.fold(item, t, kind, d)})
-            if kind in POSITIVE or (kind == "rating" and r >= 4.0):
+            if kind in ENGAGED:
                 rows["user_recent_items"].append({"user_id": user, "ts_ms": t, **self.recent.fold(user, item, t)})
         return {name: _stamp(pd.DataFrame(r)) for name, r in rows.items()}
 
@@ -171,9 +173,7 @@ def _window_table(events: pd.DataFrame, key: str, folder: WindowFolder, ts_ms, d
 
 
 def _recent_table(events: pd.DataFrame, ts_ms: np.ndarray, n: int = RECENT_N) -> pd.DataFrame:
-    kinds = events["event_type"].to_numpy()
-    rating = events["rating"].to_numpy() if "rating" in events else np.full(len(events), np.nan)
-    positive = np.isin(kinds, POSITIVE) | ((kinds == "rating") & (np.nan_to_num(rating) >= 4.0))
+    positive = np.isin(events["event_type"].to_numpy(), ENGAGED)
     pos = pd.DataFrame({"user_id": events["user_id"].to_numpy()[positive],
                         "item_id": events["item_id"].to_numpy()[positive], "ts_ms": ts_ms[positive]})
     rows = []

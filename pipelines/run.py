@@ -7,7 +7,7 @@ from pathlib import Path
 from hyperrec.config import Settings
 
 
-def run_local(settings: Settings, world_dir: Path, epochs: int = 5, k: int = 20) -> int:
+def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20) -> int:
     """Execute every task as a subprocess of this venv; returns the registered version."""
     from kfp import local
 

@@ -84,5 +84,5 @@ def test_pipeline_compiles_to_kfp_ir(tmp_path):
     spec = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
     assert spec["pipelineInfo"]["name"] == "hyperrec-training"
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"build-training-set", "train-retrieval", "evaluate-retrieval", "register-model"}
+    assert set(tasks) == {"build-training-set", "train-models", "evaluate-model", "register-model"}
     assert json.dumps(spec).count("hyperrec/platform:0.1.0") == 4

@@ -1,12 +1,22 @@
-"""A TFRS two-tower retrieval model whose towers export as self-contained SavedModels.
+"""TFRS two-tower retrieval whose towers export as self-contained SavedModels.
 
-Each tower is a functional tf-keras model over named inputs with its vocabularies
-(StringLookup) inside, so serving feeds raw feature values and never re-implements
-preprocessing. Numeric inputs are log-compressed in the graph for the same reason.
+Query tower: user id, profile, activity counts, request context and the recent-items
+sequence, pooled with recency weights, so a new click changes the embedding with no
+retraining. Candidate tower: item id, category, brand, price bucket and the item text
+(TextVectorization trained with the model). Both towers share one item-id embedding, so an
+item in a user's history and the same item as a candidate live in one space.
+
+Everything a tower needs to read raw feature values (vocabularies, text vectorizer, log
+compression) is a layer inside its SavedModel: serving feeds the values and never
+re-implements preprocessing. Id dropout (whole id embeddings zeroed in training) makes the
+content and context paths carry signal on their own: that is what serves a new item or a
+new user.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,97 +26,220 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from hyperrec.features import ITEM_METADATA, REQUEST_CONTEXT, USER_ACTIVITY, USER_PROFILE
+from hyperrec.windows import RECENT_N
 
 
 @dataclass(frozen=True)
 class TwoTowerConfig:
-    embedding_dim: int = 32
-    hidden: int = 64
-    epochs: int = 3
-    batch_size: int = 512
-    learning_rate: float = 0.05
+    embedding_dim: int = 64
+    epochs: int = 6  # an upper bound when a validation set picks the epoch count
+    batch_size: int = 256  # small batches: more, harder updates per epoch (with logQ)
+    learning_rate: float = 0.003
+    temperature: float = 0.05  # normalised towers: cosine / temperature are the logits
+    recency_half_life: float = 5.0  # positions in the recent-items list
+    item_id_dropout: float = 0.3
+    user_id_dropout: float = 0.5
+    text_tokens: int = 20_000
+    text_length: int = 24
     seed: int = 7
 
 
+ACTIVITY = ("views_30m", "clicks_30m", "views_1d", "clicks_1d", "views_7d", "clicks_7d", "purchases_7d",
+            "ctr_7d", "mean_dwell_7d")
 # the towers' inputs, by feature name (types from the feature schema)
-USER_INPUTS = {"user_id": "string", **USER_PROFILE.features,
-               **{f: USER_ACTIVITY.features[f] for f in ("views_30m", "clicks_30m", "views_1d", "clicks_1d",
-                                                          "views_7d", "clicks_7d", "purchases_7d", "ctr_7d",
-                                                          "mean_dwell_7d")},
-               "hour_of_day": REQUEST_CONTEXT["hour_of_day"]}
-ITEM_INPUTS = {"item_id": "string", **{f: ITEM_METADATA.features[f] for f in ("category", "brand", "price_bucket")}}
+USER_INPUTS = {"user_id": "string", **USER_PROFILE.features, **{f: USER_ACTIVITY.features[f] for f in ACTIVITY},
+               "hour_of_day": REQUEST_CONTEXT["hour_of_day"], "day_of_week": REQUEST_CONTEXT["day_of_week"],
+               "recent_items": "string_list"}
+ITEM_INPUTS = {"item_id": "string", **{f: ITEM_METADATA.features[f]
+                                       for f in ("category", "brand", "price_bucket", "description")}}
+# small integer features embedded as categories (value range), not as magnitudes
+BOUNDED = {"hour_of_day": 24, "day_of_week": 7, "price_bucket": 32}
 
 
-def _tower(inputs_spec: dict[str, str], frame: pd.DataFrame, cfg: TwoTowerConfig, name: str):
-    inputs, parts = {}, []
-    for col, kind in inputs_spec.items():
+def pad_lists(values, width: int = RECENT_N) -> np.ndarray:
+    """Ragged lists of ids as a [n, width] string array, newest first, "" as padding."""
+    out = np.full((len(values), width), "", dtype=object)
+    for row, items in enumerate(values):
+        items = list(items)[:width] if items is not None else []
+        out[row, :len(items)] = items
+    return out.astype(str)
+
+
+def tensors(frame: pd.DataFrame, spec: dict[str, str]) -> dict[str, np.ndarray]:
+    """Frame columns as the arrays a tower expects: strings as str, id lists padded,
+    numbers as float32. One function for training, evaluation and serving."""
+    out = {}
+    for col, kind in spec.items():
         if kind == "string":
-            inputs[col] = tf.keras.Input(shape=(), dtype=tf.string, name=col)
-            vocab = sorted(frame[col].astype(str).unique())
-            ids = tf.keras.layers.StringLookup(vocabulary=vocab, name=f"{col}_lookup")(inputs[col])
-            width = cfg.embedding_dim if col.endswith("_id") else 8
-            parts.append(tf.keras.layers.Embedding(len(vocab) + 1, width, name=f"{col}_emb")(ids))
+            out[col] = frame[col].astype(str).to_numpy()
+        elif kind == "string_list":
+            out[col] = pad_lists(frame[col])
         else:
-            inputs[col] = tf.keras.Input(shape=(), dtype=tf.float32, name=col)
-            squashed = tf.math.log1p(tf.maximum(inputs[col], 0.0))
-            parts.append(tf.expand_dims(squashed, -1))
+            out[col] = frame[col].to_numpy(np.float32)
+    return out
+
+
+def input_signature(spec: dict[str, str]) -> dict[str, tf.TensorSpec]:
+    def shape(kind):
+        return [None, RECENT_N] if kind == "string_list" else [None]
+    return {c: tf.TensorSpec(shape(k), tf.float32 if k not in ("string", "string_list") else tf.string, name=c)
+            for c, k in spec.items()}
+
+
+def _inputs(spec: dict[str, str]) -> dict[str, tf.keras.Input]:
+    return {c: tf.keras.Input(shape=s.shape[1:], dtype=s.dtype, name=c) for c, s in input_signature(spec).items()}
+
+
+def _categorical(values: pd.Series, x, name: str, width: int = 8):
+    vocab = sorted(values.astype(str).unique())
+    ids = tf.keras.layers.StringLookup(vocabulary=vocab, name=f"{name}_lookup")(x)
+    return tf.keras.layers.Embedding(len(vocab) + 1, width, name=f"{name}_emb")(ids)
+
+
+def _bounded(x, name: str, size: int, width: int = 4):
+    ids = tf.clip_by_value(tf.cast(x, tf.int32), 0, size - 1)
+    return tf.keras.layers.Embedding(size, width, name=f"{name}_emb")(ids)
+
+
+def _id_dropout(rate: float, name: str):
+    """Zero whole id embeddings (one mask value per row) while training."""
+    return tf.keras.layers.Dropout(rate, noise_shape=(None, 1), name=f"{name}_id_dropout")
+
+
+class ItemIds(tf.keras.layers.Layer):
+    """The shared item-id vocabulary and embedding (index 0 = unknown or padding)."""
+
+    def __init__(self, item_ids: np.ndarray, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.lookup = tf.keras.layers.StringLookup(vocabulary=list(item_ids), name="item_id_lookup")
+        self.embedding = tf.keras.layers.Embedding(len(item_ids) + 1, dim, name="item_id_emb")
+
+    def call(self, ids):
+        index = self.lookup(ids)
+        return self.embedding(index), tf.cast(index > 0, tf.float32)
+
+
+def _recency_pool(item_ids: ItemIds, recent, half_life: float):
+    """Mean of the recent items' embeddings, weighted 0.5^(position / half_life), unknown
+    items and padding masked out."""
+    emb, known = item_ids(recent)
+    weights = known * tf.constant(0.5 ** (np.arange(RECENT_N) / half_life), tf.float32)[None, :]
+    total = tf.reduce_sum(weights, axis=1, keepdims=True)
+    return tf.reduce_sum(emb * weights[..., None], axis=1) / tf.maximum(total, 1e-6)
+
+
+def build_towers(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig):
+    """(user_tower, item_tower): functional tf-keras models over the named raw inputs."""
+    dim = cfg.embedding_dim
+    item_ids = ItemIds(items["item_id"].astype(str).unique(), dim, name="item_ids")
+
+    u = _inputs(USER_INPUTS)
+    parts = [_id_dropout(cfg.user_id_dropout, "user")(_categorical(train["user_id"], u["user_id"], "user_id", dim)),
+             _recency_pool(item_ids, u["recent_items"], cfg.recency_half_life)]
+    for col, kind in USER_INPUTS.items():
+        if col in ("user_id", "recent_items"):
+            continue
+        if kind == "string":
+            parts.append(_categorical(train[col], u[col], col))
+        elif col in BOUNDED:
+            parts.append(_bounded(u[col], col, BOUNDED[col]))
+        else:
+            parts.append(tf.expand_dims(tf.math.log1p(tf.maximum(u[col], 0.0)), -1))
     x = tf.keras.layers.Concatenate()(parts)
-    x = tf.keras.layers.Dense(cfg.hidden, activation="relu")(x)
-    out = tf.keras.layers.Dense(cfg.embedding_dim)(x)
-    return tf.keras.Model(inputs=inputs, outputs=out, name=name)
+    x = tf.keras.layers.Dense(2 * dim, activation="gelu")(x)
+    user = tf.keras.layers.UnitNormalization()(tf.keras.layers.Dense(dim)(x))
+    user_tower = tf.keras.Model(u, user, name="user_tower")
+
+    i = _inputs(ITEM_INPUTS)
+    own, _ = item_ids(i["item_id"])
+    parts = [_id_dropout(cfg.item_id_dropout, "item")(own)]
+    for col in ("category", "brand"):
+        parts.append(_categorical(items[col], i[col], col))
+    parts.append(_bounded(i["price_bucket"], "price_bucket", BOUNDED["price_bucket"]))
+    text = tf.keras.layers.TextVectorization(cfg.text_tokens, output_sequence_length=cfg.text_length,
+                                             name="text_vectorizer")
+    text.adapt(items["description"].astype(str).to_numpy())
+    tokens = text(i["description"])
+    words = tf.keras.layers.Embedding(cfg.text_tokens, 32, name="text_emb")(tokens)
+    present = tf.cast(tf.not_equal(tokens, 0), tf.float32)[..., None]  # an empty text pools to zeros, not NaN
+    parts.append(tf.reduce_sum(words * present, axis=1) / tf.maximum(tf.reduce_sum(present, axis=1), 1.0))
+    x = tf.keras.layers.Concatenate()(parts)
+    item = tf.keras.layers.UnitNormalization()(tf.keras.layers.Dense(dim)(x))
+    item_tower = tf.keras.Model(i, item, name="item_tower")
+    return user_tower, item_tower
 
 
 class TwoTower(tfrs.Model):
-    """Query tower × candidate tower trained with in-batch softmax (tfrs Retrieval task)."""
+    """Query tower × candidate tower, in-batch softmax with logQ correction."""
 
-    def __init__(self, user_tower: tf.keras.Model, item_tower: tf.keras.Model):
+    def __init__(self, user_tower: tf.keras.Model, item_tower: tf.keras.Model, temperature: float):
         super().__init__()
         self.user_tower = user_tower  # towers must be attributes to be tracked and trained
         self.item_tower = item_tower
-        self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
+        self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True, temperature=temperature)
 
     def compute_loss(self, features, training=False):
-        users = self.user_tower({k: features[k] for k in USER_INPUTS})
-        items = self.item_tower({k: features[k] for k in ITEM_INPUTS})
-        # logQ correction: in-batch negatives over-sample popular items; subtracting
-        # log(sampling probability) keeps the softmax an estimate of p(item | user)
+        users = self.user_tower({k: features[k] for k in USER_INPUTS}, training=training)
+        items = self.item_tower({k: features[k] for k in ITEM_INPUTS}, training=training)
+        # in-batch negatives over-sample popular items; subtracting log(sampling
+        # probability) keeps the softmax an estimate of p(item | user); an item that is
+        # the batch's positive for another row is not counted as a negative
         return self.task(users, items, compute_metrics=False,
                          candidate_sampling_probability=features["sampling_probability"],
                          candidate_ids=features["item_id"])
 
 
-def tensors(frame: pd.DataFrame, spec: dict[str, str]) -> dict[str, np.ndarray]:
-    """Frame columns as the arrays a tower expects (strings as str, numbers as float32)."""
-    return {c: frame[c].astype(str).to_numpy() if k == "string" else frame[c].to_numpy(np.float32)
-            for c, k in spec.items()}
-
-
-def train_two_tower(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig) -> TwoTower:
-    """Fit on positive (user, item) rows carrying their point-in-time features."""
-    tf.keras.utils.set_random_seed(cfg.seed)
-    model = TwoTower(_tower(USER_INPUTS, train, cfg, "user_tower"),
-                     _tower(ITEM_INPUTS, items, cfg, "item_tower"))
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(cfg.learning_rate))
+def training_examples(train: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Positive rows (user features at the event + the item's features) as model tensors,
+    with each item's in-batch sampling probability (its share of the positives)."""
     freq = train["item_id"].map(train["item_id"].value_counts(normalize=True))
-    data = {**tensors(train, USER_INPUTS), **tensors(train, ITEM_INPUTS),
+    return {**tensors(train, USER_INPUTS), **tensors(train, ITEM_INPUTS),
             "sampling_probability": freq.to_numpy(np.float32)}
-    ds = tf.data.Dataset.from_tensor_slices(data).shuffle(len(train), seed=cfg.seed)
-    model.fit(ds.batch(cfg.batch_size).prefetch(2), epochs=cfg.epochs, verbose=0)
+
+
+def train_two_tower(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig,
+                    on_epoch: Callable[[int, TwoTower], bool] | None = None) -> TwoTower:
+    """Fit on positive (user, item) rows carrying their point-in-time features.
+
+    `on_epoch(epoch, model)` runs after every epoch; returning False stops training (the
+    caller's early stopping on a validation set)."""
+    tf.keras.utils.set_random_seed(cfg.seed)
+    model = TwoTower(*build_towers(train, items, cfg), cfg.temperature)
+    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+    data = training_examples(train)
+    ds = tf.data.Dataset.from_tensor_slices(data).shuffle(len(train), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(cfg.batch_size).prefetch(2)
+    for epoch in range(1, cfg.epochs + 1):
+        model.fit(ds, epochs=1, verbose=0)
+        if on_epoch is not None and not on_epoch(epoch, model):
+            break
     return model
 
 
-def embed(tower: tf.keras.Model, frame: pd.DataFrame, spec: dict[str, str]) -> np.ndarray:
-    return tower.predict(tensors(frame, spec), batch_size=4096, verbose=0)
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def export(model: TwoTower, items: pd.DataFrame, cfg: TwoTowerConfig, out: Path) -> Path:
-    """Write user_tower/ and item_tower/ SavedModels, candidates.npz (ids, embeddings) and
-    items.parquet (the catalog's display fields, versioned with the model)."""
+def compiled(tower: tf.keras.Model, spec: dict[str, str]):
+    """One traced graph for any batch size, kept on the tower: Keras `predict` costs ~75 ms
+    per call here, the compiled call a few ms (the query tower runs on every request)."""
+    call = _COMPILED.get(tower)
+    if call is None:
+        call = tf.function(lambda inputs: tower(inputs, training=False), input_signature=[input_signature(spec)])
+        _COMPILED[tower] = call
+    return lambda frame: call(tensors(frame, spec)).numpy()
+
+
+def embed(tower: tf.keras.Model, frame: pd.DataFrame, spec: dict[str, str], batch: int = 8192) -> np.ndarray:
+    run = compiled(tower, spec)
+    parts = [run(frame.iloc[s:s + batch]) for s in range(0, len(frame), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, tower.output_shape[-1]), np.float32)
+
+
+def export_towers(model: TwoTower, items: pd.DataFrame, cfg: TwoTowerConfig, out: Path) -> np.ndarray:
+    """Write user_tower/ and item_tower/ SavedModels and config.json; returns the
+    catalog's item embeddings (the caller writes them with the index)."""
     out.mkdir(parents=True, exist_ok=True)
     model.user_tower.save(out / "user_tower", save_format="tf")
     model.item_tower.save(out / "item_tower", save_format="tf")
-    np.savez(out / "candidates.npz", item_ids=items["item_id"].to_numpy().astype(str),
-             embeddings=embed(model.item_tower, items, ITEM_INPUTS))
-    items[["title", *ITEM_INPUTS]].drop_duplicates("item_id").to_parquet(out / "items.parquet", index=False)
-    pd.Series(asdict(cfg)).to_json(out / "config.json")
-    return out
+    (out / "config.json").write_text(pd.Series(asdict(cfg)).to_json())
+    return embed(model.item_tower, items, ITEM_INPUTS)

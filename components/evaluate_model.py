@@ -5,13 +5,14 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def evaluate_retrieval(training_set: Input[Dataset], model: Input[Model], metrics: Output[Metrics],
-                       k: int = 20) -> float:
-    """Recall@k / NDCG@10 on the temporal test split (full catalog, seen items excluded),
-    with the popularity baseline scored by the same code. Returns Recall@k."""
+def evaluate_model(training_set: Input[Dataset], model: Input[Model], metrics: Output[Metrics],
+                   k: int = 20) -> float:
+    """Recall@k / NDCG@10, coverage and diversity on the temporal test split (full catalog,
+    seen items excluded) for retrieval -> ranking, retrieval alone and popularity.
+    Returns Recall@k."""
     from pathlib import Path
 
-    from hyperrec.train import evaluate_retrieval as evaluate
+    from hyperrec.train import evaluate_model as evaluate
 
     results = evaluate(Path(model.path), Path(training_set.path), k=k)
     for name, value in results.items():
