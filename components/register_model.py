@@ -1,17 +1,28 @@
 from kfp import dsl
-from kfp.dsl import Input, Metrics, Model
+from kfp.dsl import Artifact, Input, Markdown, Model
 
 from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def register_model(home: str, model: Input[Model], metrics: Input[Metrics]) -> int:
-    """Log the run to MLflow, register the model and point the `champion` alias at it.
-    Returns the registered version."""
+def register_model(home: str, world_dir: str, run_tag: str, model: Input[Model], evaluation: Input[Artifact],
+                   decision: Input[Artifact], data_report: Input[Markdown]) -> int:
+    """Log the run to MLflow (params, metrics, gate decision, data profile, dataset
+    fingerprint, git commit) and register the model: blessed -> `champion`, rejected ->
+    registered with its reasons, alias unchanged. Returns the registered version."""
+    import json
     from pathlib import Path
 
     from hyperrec.config import load_settings
+    from hyperrec.registry import fingerprint
     from hyperrec.registry import register_model as register
 
+    gate = json.loads(Path(decision.path).read_text())
+    metrics = json.loads(Path(evaluation.path).read_text())["candidate"]
     params = {k: v for k, v in model.metadata.items() if isinstance(v, (int, float, str))}
-    return register(load_settings(home), Path(model.path), params, dict(metrics.metadata))
+    world = Path(world_dir)
+    tags = {"dataset_fingerprint": fingerprint([world / f"{t}.parquet" for t in ("events", "users", "items")]),
+            "pipeline_run_tag": run_tag}
+    artifacts = {"data_profile.json": data_report.metadata["profile"],
+                 "data_gate.md": Path(data_report.path).read_text()}
+    return register(load_settings(home), Path(model.path), params, metrics, gate, artifacts, tags)

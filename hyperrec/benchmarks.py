@@ -159,7 +159,8 @@ def _hyperrec_rows(settings: Settings, world, console: Console, epochs: int, col
             "epochs": report["epochs"], "feast_join_s": sizes["feast_join_s"]}
     if cold_start:
         with console.status("hyperrec: cold-start run (10% of test items and users held out)"):
-            full["cold_start"] = evaluate_cold_start(data_dir, TwoTowerConfig(epochs=report["epochs"]))
+            full["cold_start"] = evaluate_cold_start(data_dir, settings.home / "quality-cold",
+                                                     TwoTowerConfig(epochs=epochs))
     retrieval = {"model": "hyperrec-retrieval", "recall@20": m["retrieval_recall_at_20"],
                  "ndcg@10": m["retrieval_ndcg_at_10"], "seconds": seconds}
     return [retrieval, full]
@@ -202,7 +203,8 @@ def bench_quality(path: Path, console: Console, fmt: str | None = None, settings
         console.print(f"cold items ({c['cold_items']:.0f}, ranked among themselves): recall@20 "
                       f"{c['cold_item_recall_at_20']:.4f} vs chance {c['cold_item_chance_recall_at_20']:.4f}; "
                       f"cold users ({c['cold_users']:.0f}, {c['onboarding_items']:.0f} onboarding items): "
-                      f"recall@20 {c['cold_user_recall_at_20']:.4f} vs popularity "
+                      f"recall@20 {c['cold_user_recall_at_20']:.4f} (retrieval alone "
+                      f"{c['cold_user_retrieval_recall_at_20']:.4f}) vs popularity "
                       f"{c['cold_user_popularity_recall_at_20']:.4f}")
     if full:
         console.print(f"hyperrec: coverage@10 {full['coverage@10']:.3f}, diversity@10 {full['diversity@10']:.3f}, "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 import hyperrec  # noqa: F401  (environment first)
 from hyperrec.config import load_settings
@@ -20,6 +21,8 @@ app.add_typer(features_app, name="features")
 app.add_typer(pipeline_app, name="pipeline")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: print a table, write JSON.")
 app.add_typer(bench_app, name="bench")
+model_app = typer.Typer(no_args_is_help=True, help="MLflow registry: promote, roll back, show the alias history.")
+app.add_typer(model_app, name="model")
 console = Console()
 
 HomeOpt = typer.Option(None, "--home", help="workspace directory (default $HYPERREC_HOME or ./var)")
@@ -97,8 +100,30 @@ def pipeline_run(world: Path | None = typer.Option(None), epochs: int = 6, k: in
     """Run the training pipeline through kfp.local (SubprocessRunner, this venv)."""
     from pipelines.run import run_local
 
-    version = run_local(load_settings(home), _world_dir(home, world), epochs=epochs, k=k)
-    console.print(f"registered version {version}")
+    result = run_local(load_settings(home), _world_dir(home, world), epochs=epochs, k=k)
+    if result.stopped_at_data_gate:
+        console.print(f"[red]stopped at the data gate[/red]: nothing trained or registered ({result.data_report})")
+        if result.data_report:
+            console.print(result.data_report.read_text())
+        raise typer.Exit(1)
+    verdict = "blessed -> @champion" if result.blessed else "rejected by the model gate, @champion unchanged"
+    console.print(f"registered version {result.version} ({verdict})")
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(host: str = typer.Option(..., help="KFP API, e.g. http://ml-pipeline.kubeflow:8888"),
+                    home: str = typer.Option("/var/lib/hyperrec", help="HYPERREC_HOME inside the pods"),
+                    world: str = typer.Option(..., help="world folder the pods read (a volume or bucket path)"),
+                    cron: str | None = typer.Option(None, help='also a recurring run, e.g. "0 0 3 * * *"'),
+                    namespace: str | None = None):
+    """Compile the pipeline and submit it to Kubeflow (kfp.Client): a run, optionally recurring."""
+    import tempfile
+
+    from pipelines.run import compile_pipeline, submit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(Path(tmp) / "hyperrec-training.yaml")
+        console.print(submit(host, package, home, world, cron=cron, namespace=namespace))
 
 
 @pipeline_app.command("compile")
@@ -107,6 +132,39 @@ def pipeline_compile(out: Path = typer.Option(Path("var/pipeline.yaml"))):
     from pipelines.run import compile_pipeline
 
     console.print(f"wrote {compile_pipeline(out)}")
+
+
+@model_app.command("promote")
+def model_promote(version: int, reason: str = typer.Option(..., help="why: recorded in the alias history"),
+                  home: Path | None = HomeOpt):
+    """Point @champion at VERSION (e.g. a rejected or challenger version, by hand)."""
+    from hyperrec.registry import move_alias
+
+    entry = move_alias(load_settings(home), version, f"promote: {reason}")
+    console.print(f"@champion -> v{entry['version']} (was v{entry['previous']})")
+
+
+@model_app.command("rollback")
+def model_rollback(reason: str = typer.Option(..., help="why: recorded in the alias history"),
+                   home: Path | None = HomeOpt):
+    """Move @champion back to the version it pointed at before."""
+    from hyperrec.registry import rollback
+
+    entry = rollback(load_settings(home), reason)
+    console.print(f"@champion -> v{entry['version']} (was v{entry['previous']})")
+
+
+@model_app.command("history")
+def model_history(home: Path | None = HomeOpt):
+    """Every move of @champion: version, previous, when, why."""
+    from hyperrec.registry import alias_history
+
+    table = Table(title="@champion history")
+    for col in ("at", "version", "previous", "reason"):
+        table.add_column(col)
+    for h in alias_history(load_settings(home)):
+        table.add_row(h["at"], str(h["version"]), str(h["previous"]), h["reason"])
+    console.print(table)
 
 
 @bench_app.command("features")

@@ -1,37 +1,43 @@
-"""Cold-start slices: how the retrieval model serves items and users it never trained on.
+"""Cold-start slices: how the model serves items and users it never trained on.
 
-One extra training run on the same training set with a random share of test items and of
-test users removed entirely (cold items also stripped from every recent-items list, so no
-interaction signal about them leaks in through histories):
+One extra training run (the full two-stage model) on the same training set with a random
+share of test items and of test users removed entirely (cold items also stripped from
+every recent-items list, so no interaction signal about them leaks in through histories):
 
 - cold items: for test interactions with a cold item, rank the cold items alone by the
   model (content: category, brand, price, text) and compare recall@20 with chance;
 - cold users: each cold user arrives with only their first few interactions (onboarding
-  picks) and no known id; rank the full catalog and compare with popularity.
+  picks) and no known id; rank the full catalog (two-stage and retrieval alone) and
+  compare with popularity.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from hyperrec.metrics import ndcg_at_k, recall_at_k, top_k_excluding
-from hyperrec.models.two_tower import ITEM_INPUTS, USER_INPUTS, TwoTowerConfig, embed, train_two_tower
+from hyperrec.models.two_tower import USER_INPUTS, TwoTowerConfig
 
 
 def _strip(lists, cold: set[str]):
     return [[i for i in items if i not in cold] for items in lists]
 
 
-def evaluate_cold_start(data_dir, cfg: TwoTowerConfig, share: float = 0.1, onboarding: int = 3,
-                        seed: int = 0, k: int = 20) -> dict[str, float]:
+def evaluate_cold_start(data_dir: Path, work_dir: Path, cfg: TwoTowerConfig, share: float = 0.1,
+                        onboarding: int = 3, seed: int = 0, k: int = 20) -> dict[str, float]:
+    """Train the full two-stage model without the cold users and items (in work_dir),
+    then score both slices; cold users through retrieval -> ranking and retrieval alone."""
+    from hyperrec.recommend import Recommender
+    from hyperrec.train import fit_models
+
     rng = np.random.default_rng(seed)
     train = pd.read_parquet(data_dir / "train.parquet")
     test = pd.read_parquet(data_dir / "test.parquet")
     queries = pd.read_parquet(data_dir / "test_queries.parquet")
-    items = pd.read_parquet(data_dir / "items.parquet")
     test_items = np.array(sorted(set(test["item_id"])))
     cold_items = set(rng.choice(test_items, size=max(1, int(share * len(test_items))), replace=False))
     test_users = np.array(sorted(set(test["user_id"])))
@@ -39,9 +45,13 @@ def evaluate_cold_start(data_dir, cfg: TwoTowerConfig, share: float = 0.1, onboa
 
     warm = train[~train["item_id"].isin(cold_items) & ~train["user_id"].isin(cold_users)].copy()
     warm["recent_items"] = _strip(warm["recent_items"], cold_items)
-    model = train_two_tower(warm, items, replace(cfg, seed=cfg.seed + 1))
-    item_emb = embed(model.item_tower, items, ITEM_INPUTS)
-    item_ids = items["item_id"].astype(str).to_numpy()
+    reduced = Path(work_dir) / "data"
+    reduced.mkdir(parents=True, exist_ok=True)
+    warm.to_parquet(reduced / "train.parquet", index=False)
+    shutil.copy(data_dir / "items.parquet", reduced / "items.parquet")
+    fit_models(reduced, Path(work_dir) / "model", cfg, log=lambda *_: None)
+    rec = Recommender(Path(work_dir) / "model")
+    item_ids = rec.item_ids
     out: dict[str, float] = {}
 
     # cold items, ranked among themselves, for warm users who engaged with one in test
@@ -49,7 +59,7 @@ def evaluate_cold_start(data_dir, cfg: TwoTowerConfig, share: float = 0.1, onboa
     users = queries[queries["user_id"].isin(set(pairs["user_id"]))].reset_index(drop=True)
     users["recent_items"] = _strip(users["recent_items"], cold_items)
     cold_pos = np.flatnonzero(np.isin(item_ids, list(cold_items)))
-    scores = embed(model.user_tower, users, USER_INPUTS) @ item_emb[cold_pos].T
+    scores = rec.user_embeddings(users) @ rec.item_embeddings[cold_pos].T
     relevant = pairs.groupby("user_id")["item_id"].apply(set).reindex(users["user_id"]).tolist()
     ranked = top_k_excluding(scores, item_ids[cold_pos], [set()] * len(users), k)
     out |= {"cold_items": float(len(cold_pos)), "cold_item_users": float(len(users)),
@@ -60,22 +70,20 @@ def evaluate_cold_start(data_dir, cfg: TwoTowerConfig, share: float = 0.1, onboa
     first = train[train["user_id"].isin(cold_users)].sort_values("event_timestamp", kind="stable")
     picks = first.groupby("user_id")["item_id"].apply(lambda s: list(s.head(onboarding))[::-1])
     users = queries[queries["user_id"].isin(cold_users)].reset_index(drop=True)
+    relevant = test.groupby("user_id")["item_id"].apply(set).reindex(users["user_id"]).tolist()
     users["recent_items"] = _strip(picks.reindex(users["user_id"]).tolist(), cold_items)
     users["user_id"] = "__new_user__"
     for col, kind in USER_INPUTS.items():  # a new user has no activity history yet
-        if kind == "float" or (kind == "int" and col not in ("hour_of_day", "day_of_week")):
+        if kind in ("int", "float") and col not in ("hour_of_day", "day_of_week"):
             users[col] = 0
     seen = [set(p) for p in users["recent_items"]]
-    index = {i: n for n, i in enumerate(item_ids)}
-    exclude = [{index[i] for i in s if i in index} for s in seen]
-    relevant = test.groupby("user_id")["item_id"].apply(set).reindex(
-        queries[queries["user_id"].isin(cold_users)]["user_id"]).tolist()
-    ranked = top_k_excluding(embed(model.user_tower, users, USER_INPUTS) @ item_emb.T, item_ids, exclude, 10 + k)
+    full, _ = rec.recommend(users, 10 + k, seen=seen)
+    retrieval, _ = rec.recommend(users, 10 + k, seen=seen, rank=False)
     pop = warm["item_id"].value_counts().reindex(item_ids).fillna(0).to_numpy(np.float32)
-    pop_ranked = top_k_excluding(np.broadcast_to(pop, (len(users), len(pop))), item_ids, exclude, 10 + k)
-    out |= {"cold_users": float(len(users)), "onboarding_items": float(onboarding),
-            f"cold_user_recall_at_{k}": recall_at_k(ranked, relevant, k),
-            "cold_user_ndcg_at_10": ndcg_at_k(ranked, relevant, 10),
-            f"cold_user_popularity_recall_at_{k}": recall_at_k(pop_ranked, relevant, k),
-            "cold_user_popularity_ndcg_at_10": ndcg_at_k(pop_ranked, relevant, 10)}
+    popular = top_k_excluding(np.broadcast_to(pop, (len(users), len(pop))), item_ids,
+                              rec.candidate_indices(seen), 10 + k)
+    out |= {"cold_users": float(len(users)), "onboarding_items": float(onboarding)}
+    for name, ranked in (("", full), ("retrieval_", retrieval), ("popularity_", popular)):
+        out[f"cold_user_{name}recall_at_{k}"] = recall_at_k(ranked, relevant, k)
+        out[f"cold_user_{name}ndcg_at_10"] = ndcg_at_k(ranked, relevant, 10)
     return out

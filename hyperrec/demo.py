@@ -31,20 +31,22 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
                   f"-> {world_dir}")
     timings["data"] = time.monotonic() - t0
 
-    console.rule("[bold]2. features: Feast (parquet offline, SQLite online)")
+    console.rule("[bold]2. features: Feast (parquet + DuckDB offline, SQLite online)")
     t = time.monotonic()
     feature_step(settings, world_dir, console)
     timings["features"] = time.monotonic() - t
 
-    console.rule("[bold]3. training pipeline: kfp.local -> TFRS two-tower -> MLflow")
+    console.rule("[bold]3. training pipeline: kfp.local -> TFRS two-tower + DCN ranker -> MLflow")
     t = time.monotonic()
-    version = training_step(settings, world_dir, console, epochs)
+    version, blessed = training_step(settings, world_dir, console, epochs)
     client = configure(settings)
     mv = client.get_model_version(settings.model_name, str(version))
     metrics = client.get_run(mv.tags["run_id"]).data.metrics
-    console.print(f"registered [bold]{settings.model_name}[/bold] v{version} as @champion; "
+    status = "as @champion" if blessed else "but the model gate rejected it (@champion unchanged)"
+    console.print(f"registered [bold]{settings.model_name}[/bold] v{version} {status}; "
                   f"Recall@20 {metrics['recall_at_20']:.3f} (popularity {metrics['popularity_recall_at_20']:.3f}), "
-                  f"NDCG@10 {metrics['ndcg_at_10']:.3f} (popularity {metrics['popularity_ndcg_at_10']:.3f})")
+                  f"NDCG@10 {metrics['ndcg_at_10']:.3f} (popularity {metrics['popularity_ndcg_at_10']:.3f}, "
+                  f"retrieval alone {metrics['retrieval_ndcg_at_10']:.3f})")
     timings["training"] = time.monotonic() - t
 
     console.rule("[bold]4. serving: KServe ModelServer, v1 protocol over HTTP")

@@ -131,4 +131,4 @@ def online_user_features(store, user_ids: list[str], now: datetime | None = None
     now = now or datetime.now(UTC)
     users = online_features(store, USER_VIEWS, "user_id", user_ids, now)
     request = pd.DataFrame({REQUEST_TS: int(now.timestamp()), "last_event_ts": users["last_event_ts"]})
-    return pd.concat([users, request_context_features(request)], axis=1)
+    return pd.concat([users, request_context_features(request), request[[REQUEST_TS]]], axis=1)

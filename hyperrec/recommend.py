@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from hyperrec.coengagement import CoEngagement
+from hyperrec.features import REQUEST_TS
 from hyperrec.index import load_index
 from hyperrec.models.two_tower import ITEM_INPUTS, USER_INPUTS
 
@@ -26,7 +27,13 @@ def export_candidates(out: Path, items: pd.DataFrame, embeddings: np.ndarray, in
     np.savez(out / "candidates.npz", item_ids=items["item_id"].to_numpy().astype(str),
              embeddings=embeddings.astype(np.float32))
     build_index(embeddings.astype(np.float32), kind=index_kind).save(out / "index")
-    items[["title", *ITEM_INPUTS]].drop_duplicates("item_id").to_parquet(out / "items.parquet", index=False)
+    items[["title", "created_ts", *ITEM_INPUTS]].drop_duplicates("item_id").to_parquet(out / "items.parquet",
+                                                                                       index=False)
+
+
+def created_seconds(items: pd.DataFrame) -> np.ndarray:
+    """Each catalog item's creation time in unix seconds (row order kept)."""
+    return pd.to_datetime(items["created_ts"], utc=True).astype("int64").to_numpy() / 1e9
 
 
 class Recommender:
@@ -47,6 +54,7 @@ class Recommender:
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
         self.index = load_index(self.model_dir / "index")
         self.catalog = pd.read_parquet(self.model_dir / "items.parquet").set_index("item_id")
+        self.created_s = created_seconds(self.catalog.reindex(self.item_ids))
         self.coengagement = CoEngagement.load(self.model_dir / "coengagement.npz")
         self._rank = compiled_ranker(tf.keras.models.load_model(self.model_dir / "ranker", compile=False))
         self.n_candidates = json.loads((self.model_dir / "ranker_config.json").read_text())["candidates"]
@@ -65,9 +73,11 @@ class Recommender:
 
     def rank(self, users: pd.DataFrame, candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Ranker logits [users, n] for the retrieved candidates."""
-        from hyperrec.models.ranking import candidate_frame
+        from hyperrec.models.ranking import candidate_frame, item_log_age_days
 
-        rows = candidate_frame(self.coengagement.features(list(users["recent_items"]), candidates), scores, users)
+        features = self.coengagement.features(list(users["recent_items"]), candidates)
+        features["item_log_age_days"] = item_log_age_days(self.created_s, candidates, users[REQUEST_TS].to_numpy())
+        rows = candidate_frame(features, scores, users)
         return self._rank(rows).reshape(candidates.shape)
 
     def recommend(self, users: pd.DataFrame, k: int, seen: list[set[str]] | None = None, rank: bool = True):

@@ -6,7 +6,10 @@ MLflow tool can load it, and the model server loads it through the same API.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -16,6 +19,7 @@ from mlflow import MlflowClient
 from hyperrec.config import Settings
 
 CHAMPION = "champion"
+HISTORY_TAG = "champion_history"
 EXPERIMENT = "hyperrec-training"
 
 
@@ -42,14 +46,37 @@ def configure(settings: Settings) -> MlflowClient:
     return MlflowClient()
 
 
-def register_model(settings: Settings, model_dir: Path, params: dict, metrics: dict,
-                   tags: dict | None = None, alias: str = CHAMPION) -> int:
-    """Log params/metrics and the model in one run, register a version, point `alias` at it."""
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """sha256 over the files' bytes: which exact data a model was trained on."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def register_model(settings: Settings, model_dir: Path, params: dict, metrics: dict, gate: dict,
+                   artifacts: dict[str, str] | None = None, tags: dict | None = None) -> int:
+    """Log one MLflow run (params, metrics, the gate's decision, text artifacts, git commit)
+    and register the model as a new version. A blessed version becomes `champion` (the
+    previous one is remembered for rollback); a rejected one is registered with the
+    reasons and no alias moves."""
     client = configure(settings)
-    with mlflow.start_run(run_name="train-retrieval") as run:
+    blessed = bool(gate["blessed"])
+    with mlflow.start_run(run_name="train-two-stage") as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
-        mlflow.set_tags(tags or {})
+        mlflow.set_tags({"git_commit": _git_commit(), "gate": "blessed" if blessed else "rejected", **(tags or {})})
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
             artifacts={"model_dir": str(model_dir)},
@@ -57,10 +84,80 @@ def register_model(settings: Settings, model_dir: Path, params: dict, metrics: d
             registered_model_name=settings.model_name,
         )
         mlflow.log_text(json.dumps(metrics, indent=2), "evaluation.json")
-    version = int(info.registered_model_version)
-    client.set_registered_model_alias(settings.model_name, alias, version)
-    client.set_model_version_tag(settings.model_name, str(version), "run_id", run.info.run_id)
-    return version
+        mlflow.log_text(json.dumps(gate, indent=2), "gate.json")
+        for name, text in (artifacts or {}).items():
+            mlflow.log_text(text, name)
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(settings.model_name, version, "run_id", run.info.run_id)
+    client.set_model_version_tag(settings.model_name, version, "gate", "blessed" if blessed else "rejected")
+    if blessed:
+        move_alias(settings, int(version), "passed the model gate")
+    else:
+        client.set_model_version_tag(settings.model_name, version, "rejected_because", "; ".join(gate["reasons"]))
+    return int(version)
+
+
+def champion_version(settings: Settings) -> int | None:
+    client = configure(settings)
+    try:
+        return int(client.get_model_version_by_alias(settings.model_name, CHAMPION).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def _history(client: MlflowClient, settings: Settings) -> list[dict]:
+    try:
+        tags = client.get_registered_model(settings.model_name).tags
+    except mlflow.exceptions.MlflowException:
+        return []
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def move_alias(settings: Settings, version: int, reason: str) -> dict:
+    """Point `champion` at `version` and append who/when/why to the model's alias history
+    (a registered-model tag: the record promote and rollback read)."""
+    client = configure(settings)
+    client.get_model_version(settings.model_name, str(version))  # raises for an unknown version
+    entry = {"version": version, "previous": champion_version(settings), "reason": reason,
+             "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    client.set_registered_model_alias(settings.model_name, CHAMPION, str(version))
+    history = _history(client, settings) + [entry]
+    client.set_registered_model_tag(settings.model_name, HISTORY_TAG, json.dumps(history[-50:]))
+    return entry
+
+
+def rollback(settings: Settings, reason: str) -> dict:
+    """Move `champion` back to the version it pointed at before the latest move."""
+    client = configure(settings)
+    history = _history(client, settings)
+    current = champion_version(settings)
+    previous = next((h["previous"] for h in reversed(history) if h["version"] == current and h["previous"]), None)
+    if previous is None:
+        raise ValueError(f"no earlier champion to roll back to (current: {current})")
+    return move_alias(settings, previous, f"rollback: {reason}")
+
+
+def alias_history(settings: Settings) -> list[dict]:
+    return _history(configure(settings), settings)
+
+
+def champion_artifact(settings: Settings, name: str) -> str | None:
+    """A text artifact (e.g. data_profile.json) of the champion's training run, or None."""
+    version = champion_version(settings)
+    if version is None:
+        return None
+    run_id = configure(settings).get_model_version(settings.model_name, str(version)).tags.get("run_id")
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{name}")
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+
+
+def champion_model_dir(settings: Settings) -> Path | None:
+    """Local folder of the champion's exported model (downloaded by MLflow), or None."""
+    if champion_version(settings) is None:
+        return None
+    return load_champion(settings)[0].model_dir
 
 
 def load_champion(settings: Settings, alias: str = CHAMPION):

@@ -16,7 +16,8 @@ from hyperrec.config import Settings, export_env
 from hyperrec.data.generate import WorldConfig, generate_world
 from hyperrec.data.world import World, load_world, save_world
 
-TRAINING_TASKS = ["build-training-set", "train-retrieval", "evaluate-retrieval", "register-model"]
+TRAINING_TASKS = ["validate-data", "build-training-set", "train-models", "evaluate-model", "gate-model",
+                  "register-model"]
 
 
 def _progress(console: Console) -> Progress:
@@ -54,8 +55,9 @@ def feature_step(settings: Settings, world_dir: Path, console: Console) -> dict[
     return counts
 
 
-def training_step(settings: Settings, world_dir: Path, console: Console, epochs: int) -> int:
-    """Run the kfp.local pipeline in a child process, its log to a file, progress per task."""
+def training_step(settings: Settings, world_dir: Path, console: Console, epochs: int) -> tuple[int, bool]:
+    """Run the kfp.local pipeline in a child process, its log to a file, progress per task.
+    Returns (registered version, blessed)."""
     log_path = settings.home / "logs" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(Path(sys.executable).with_name("hyperrec")), "pipeline", "run", "--home", str(settings.home),
@@ -72,6 +74,7 @@ def training_step(settings: Settings, world_dir: Path, console: Console, epochs:
             bar.update(task, completed=len(TRAINING_TASKS) - len(remaining),
                        description=f"kfp.local pipeline: {label}")
     if proc.returncode != 0:
-        raise RuntimeError(f"training pipeline failed (exit {proc.returncode}); log: {log_path}")
-    version = re.findall(r"registered version (\d+)", log_path.read_text())
-    return int(version[-1])
+        raise RuntimeError(f"training pipeline failed or stopped at the data gate (exit {proc.returncode}); "
+                           f"log: {log_path}")
+    version, verdict = re.findall(r"registered version (\d+) \((\w+)", log_path.read_text())[-1]
+    return int(version), verdict == "blessed"

@@ -10,6 +10,7 @@ training data. evaluate_model: the shared protocol (full catalog, train items ex
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,12 +21,12 @@ import pandas as pd
 from hyperrec.coengagement import CoEngagement
 from hyperrec.config import Settings
 from hyperrec.data.world import load_world
-from hyperrec.features import ITEM_METADATA, USER_ACTIVITY, USER_PROFILE, USER_RECENT_ITEMS
+from hyperrec.features import ITEM_METADATA, REQUEST_TS, USER_ACTIVITY, USER_PROFILE, USER_RECENT_ITEMS
 from hyperrec.featurestore import training_set
 from hyperrec.index import BruteForceIndex
 from hyperrec.interactions import POSITIVE_RATING, positives, temporal_split
 from hyperrec.metrics import coverage, intra_list_diversity, ndcg_at_k, recall_at_k, top_k_excluding
-from hyperrec.models.ranking import RankerConfig, candidate_frame, train_ranker
+from hyperrec.models.ranking import RankerConfig, candidate_frame, item_log_age_days, train_ranker
 from hyperrec.models.two_tower import ITEM_INPUTS, USER_INPUTS, TwoTowerConfig, embed, export_towers, train_two_tower
 
 USER_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS)
@@ -57,7 +58,8 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
     cutoff = train["ts"].max()
     catalog = world.items[world.items["created_ts"] <= cutoff][["item_id"]].assign(event_timestamp=cutoff)
     items_fs = training_set(settings, catalog, views=(ITEM_METADATA,))
-    items_fs = items_fs.merge(world.items[["item_id", "title"]].astype({"item_id": object}), on="item_id")
+    items_fs = items_fs.merge(world.items[["item_id", "title", "created_ts"]].astype({"item_id": object}),
+                              on="item_id")
     items_fs.to_parquet(out_dir / "items.parquet", index=False)
     sizes = {"train_rows": len(train_fs), "test_rows": len(test), "items": len(items_fs),
              "users": int(train["user_id"].nunique()), "feast_join_s": round(join_s, 1)}
@@ -100,7 +102,7 @@ def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConf
                ranker_cfg: RankerConfig = RankerConfig(), log=print) -> dict:
     """Train retrieval + ranking on data_dir's training set and export the serving unit
     (towers, candidate embeddings, co-engagement table, ranker) to out_dir."""
-    from hyperrec.recommend import export_candidates
+    from hyperrec.recommend import created_seconds, export_candidates
 
     t0 = time.perf_counter()
     train = pd.read_parquet(data_dir / "train.parquet")
@@ -124,7 +126,9 @@ def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConf
     position = {item: n for n, item in enumerate(co.item_ids)}
     exclude = [np.array([position[i] for i in s if i in position], np.int64) for s in seen]
     cand, scores = BruteForceIndex(item_emb).search(user_emb, ranker_cfg.candidates, exclude)
-    rows = candidate_frame(co.features(queries["recent_items"], cand), scores, queries)
+    features = co.features(queries["recent_items"], cand)
+    features["item_log_age_days"] = item_log_age_days(created_seconds(items), cand, queries[REQUEST_TS].to_numpy())
+    rows = candidate_frame(features, scores, queries)
     labels = np.array([[c >= 0 and co.item_ids[c] in rel for c in row] for row, rel in zip(cand, relevant)])
     valid = rows.pop("valid")
     rows, labels = {k: v[valid] for k, v in rows.items()}, labels.reshape(-1)[valid]
@@ -170,4 +174,28 @@ def evaluate_model(model_dir: Path, data_dir: Path, k: int = 20) -> dict[str, fl
         out[f"{name}ndcg_at_10"] = ndcg_at_k(ranked, relevant, 10)
     out["coverage_at_10"] = coverage([r[:10] for r in full], len(rec.item_ids))
     out["diversity_at_10"] = intra_list_diversity([r[:10] for r in full], rec.catalog["category"])
+    for segment, (ranked, rel) in segments(full, relevant, queries["user_id"], train, rec.catalog["category"]).items():
+        out[f"segment.{segment}.users"] = float(sum(1 for r in rel if r))
+        out[f"segment.{segment}.recall_at_{k}"] = recall_at_k(ranked, rel, k)
+        out[f"segment.{segment}.ndcg_at_10"] = ndcg_at_k(ranked, rel, 10)
     return out
+
+
+LIGHT = 5  # a user or item with fewer training interactions counts as cold
+
+
+def segments(ranked: list[list[str]], relevant: list[set[str]], users: pd.Series, train: pd.DataFrame,
+             category: pd.Series, top_categories: int = 3) -> dict[str, tuple[list, list[set[str]]]]:
+    """(ranked, relevant) per segment the model gate compares: cold users (fewer than LIGHT
+    training interactions), cold items (relevant items with fewer than LIGHT), and the
+    largest categories among the relevant items. Segments with no relevant items are left out."""
+    user_n = train["user_id"].value_counts()
+    item_n = train["item_id"].value_counts()
+    cold_user = (user_n.reindex(users).fillna(0) < LIGHT).to_numpy()
+    out = {"cold_users": (ranked, [rel if cold else set() for rel, cold in zip(relevant, cold_user)]),
+           "cold_items": (ranked, [{i for i in rel if item_n.get(i, 0) < LIGHT} for rel in relevant])}
+    volume = category.reindex([i for rel in relevant for i in rel]).value_counts()
+    for cat in volume.index[:top_categories]:
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", str(cat))  # MLflow metric-name characters
+        out[f"category.{name}"] = (ranked, [{i for i in rel if category.get(i) == cat} for rel in relevant])
+    return {name: seg for name, seg in out.items() if any(seg[1])}

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from hyperrec.config import Settings
 
 
-def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20) -> int:
-    """Execute every task as a subprocess of this venv; returns the registered version."""
+@dataclass
+class RunResult:
+    """What a pipeline run ended in: a registered version (blessed or rejected), or a stop
+    at the data gate with its report."""
+
+    run_tag: str
+    version: int | None
+    blessed: bool
+    data_report: Path | None
+
+    @property
+    def stopped_at_data_gate(self) -> bool:
+        return self.version is None
+
+
+def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20,
+              learning_rate: float = 0.003) -> RunResult:
+    """Execute every task as a subprocess of this venv."""
     from kfp import local
 
     from pipelines.training import training_pipeline
@@ -16,8 +34,26 @@ def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20)
     settings.pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(settings.pipeline_root), raise_on_error=True)
-    task = training_pipeline(home=str(settings.home), world_dir=str(world_dir), epochs=epochs, k=k)
-    return int(task.output)
+    run_tag = uuid.uuid4().hex[:12]
+    training_pipeline(home=str(settings.home), world_dir=str(world_dir), run_tag=run_tag, epochs=epochs,
+                      learning_rate=learning_rate, k=k)
+    return _result(settings, run_tag)
+
+
+def _result(settings: Settings, run_tag: str) -> RunResult:
+    from hyperrec.registry import configure
+
+    client = configure(settings)
+    found = client.search_model_versions(f"name = '{settings.model_name}'")
+    runs = {mv.run_id: mv for mv in found}
+    for run in client.search_runs([client.get_experiment_by_name("hyperrec-training").experiment_id],
+                                  f"tags.pipeline_run_tag = '{run_tag}'"):
+        mv = runs.get(run.info.run_id)
+        if mv is not None:
+            return RunResult(run_tag, int(mv.version), mv.tags.get("gate") == "blessed", None)
+    reports = sorted(settings.pipeline_root.glob("hyperrec-training-*/validate-data/report"),
+                     key=lambda p: p.stat().st_mtime)
+    return RunResult(run_tag, None, False, reports[-1] if reports else None)
 
 
 def compile_pipeline(out: Path) -> Path:
@@ -28,4 +64,25 @@ def compile_pipeline(out: Path) -> Path:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(training_pipeline, str(out))
+    return out
+
+
+def submit(host: str, package: Path, home: str, world_dir: str, experiment: str = "hyperrec",
+           cron: str | None = None, namespace: str | None = None) -> dict:
+    """Submit the compiled package to a Kubeflow Pipelines API (kfp.Client): one run now,
+    and with `cron` (six fields, e.g. "0 0 3 * * *") a recurring run as well."""
+    import kfp
+
+    client = kfp.Client(host=host, namespace=namespace)
+    exp = client.create_experiment(experiment, namespace=namespace)
+    args = {"home": home, "world_dir": world_dir}
+    run = client.create_run_from_pipeline_package(str(package), arguments=args, experiment_id=exp.experiment_id,
+                                                  run_name=f"hyperrec-training-{uuid.uuid4().hex[:8]}")
+    out = {"experiment_id": exp.experiment_id, "run_id": run.run_id}
+    if cron:
+        pipeline = client.upload_pipeline(str(package), pipeline_name=f"hyperrec-training-{uuid.uuid4().hex[:8]}")
+        recurring = client.create_recurring_run(exp.experiment_id, job_name="hyperrec-training-nightly",
+                                                cron_expression=cron, pipeline_id=pipeline.pipeline_id,
+                                                params=args, max_concurrency=1)
+        out["recurring_run_id"] = recurring.recurring_run_id
     return out

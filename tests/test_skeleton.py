@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 def trained(make_workspace):
     """World -> Feast -> kfp.local pipeline, once for the module's tests."""
     with make_workspace("skeleton", users=150, items=80, days=10, events=15_000, seed=5) as (settings, world):
-        version = run_local(settings, settings.data_dir / "world", epochs=2, k=20)
-        yield settings, world, version
+        result = run_local(settings, settings.data_dir / "world", epochs=2, k=20)
+        assert result.blessed, "the first model only has to beat popularity"
+        yield settings, world, result.version
 
 
 def test_pipeline_registers_a_champion_with_its_evaluation(trained):
@@ -32,7 +33,10 @@ def test_pipeline_registers_a_champion_with_its_evaluation(trained):
     assert int(mv.version) == version
     metrics = client.get_run(mv.tags["run_id"]).data.metrics
     assert 0.0 <= metrics["recall_at_20"] <= 1.0 and metrics["eval_users"] > 50
-    assert {"ndcg_at_10", "popularity_recall_at_20"} <= set(metrics)
+    assert {"ndcg_at_10", "popularity_recall_at_20", "retrieval_ndcg_at_10", "coverage_at_10"} <= set(metrics)
+    run = client.get_run(mv.tags["run_id"])
+    assert run.data.tags["gate"] == "blessed" and len(run.data.tags["dataset_fingerprint"]) == 16
+    assert run.data.tags["git_commit"]
 
 
 def test_training_rows_carry_point_in_time_features(trained):
@@ -81,8 +85,55 @@ def test_server_answers_over_real_http(trained, free_port):
 def test_pipeline_compiles_to_kfp_ir(tmp_path):
     import yaml
 
-    spec = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text())
     assert spec["pipelineInfo"]["name"] == "hyperrec-training"
-    tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"build-training-set", "train-models", "evaluate-model", "register-model"}
-    assert json.dumps(spec).count("hyperrec/platform:0.1.0") == 4
+    assert set(spec["components"]) >= {f"comp-{t}" for t in ("validate-data", "build-training-set", "train-models",
+                                                                "evaluate-model", "gate-model", "register-model")}
+    assert json.dumps(spec).count("hyperrec/platform:0.1.0") == 6
+    # everything after the data gate sits under its condition
+    assert set(spec["root"]["dag"]["tasks"]) == {"validate-data", "condition-1"}
+    # secrets come from Kubernetes Secrets, never from pipeline parameters
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secrets = {s["secretName"] for e in executors.values() for s in e.get("secretAsEnv", [])}
+    assert secrets == {"hyperrec-mlflow", "hyperrec-hmac"}
+    assert not any("password" in p.lower() or "hmac" in p.lower()
+                   for p in spec["root"]["inputDefinitions"]["parameters"])
+
+
+def test_bad_data_stops_at_the_data_gate_with_nothing_registered(trained, tmp_path):
+    settings, world, _ = trained
+    client = configure(settings)
+    before = len(client.search_model_versions(f"name = '{settings.model_name}'"))
+    bad = tmp_path / "bad-world"
+    bad.mkdir()
+    events = pd.concat([world.events, world.events.iloc[:2_000]])  # a replayed batch: duplicates
+    events.to_parquet(bad / "events.parquet", index=False)
+    world.users.to_parquet(bad / "users.parquet", index=False)
+    world.items.to_parquet(bad / "items.parquet", index=False)
+    result = run_local(settings, bad, epochs=1, k=20)
+    assert result.stopped_at_data_gate
+    assert len(client.search_model_versions(f"name = '{settings.model_name}'")) == before
+    report = result.data_report.read_text()
+    assert "# Data gate: FAILED" in report and "| events: duplicates | **FAIL**" in report
+
+
+def test_worse_model_is_rejected_and_the_alias_stays(trained):
+    settings, _, first = trained
+    result = run_local(settings, settings.data_dir / "world", epochs=1, k=20, learning_rate=1e-9)
+    assert result.version == first + 1 and not result.blessed
+    client = configure(settings)
+    assert int(client.get_model_version_by_alias(settings.model_name, "champion").version) == first
+    mv = client.get_model_version(settings.model_name, str(result.version))
+    assert mv.tags["gate"] == "rejected" and "vs champion" in mv.tags["rejected_because"]
+
+
+def test_promote_and_rollback_move_the_alias_and_record_why(trained):
+    from hyperrec.registry import alias_history, champion_version, move_alias, rollback
+
+    settings, _, first = trained
+    move_alias(settings, first + 1, "promote: testing by hand")
+    assert champion_version(settings) == first + 1
+    entry = rollback(settings, "it was worse")
+    assert champion_version(settings) == first and entry["previous"] == first + 1
+    reasons = [h["reason"] for h in alias_history(settings)]
+    assert reasons == ["passed the model gate", "promote: testing by hand", "rollback: it was worse"]

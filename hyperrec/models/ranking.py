@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 NUMERIC = ("retrieval_score", "coengagement", "category_share", "item_log_count", "log_rank",
-           "retrieval_score_z", "coengagement_z")
+           "retrieval_score_z", "coengagement_z", "item_log_age_days")
 # a pointwise ranker compares across users; these compare within one user's candidate list
 CONTEXT = {"hour_of_day": 24, "day_of_week": 7}
 RANKER_INPUTS = {**dict.fromkeys(NUMERIC, "float"), **dict.fromkeys(CONTEXT, "float")}
@@ -34,6 +34,13 @@ class RankerConfig:
     batch_size: int = 1024
     learning_rate: float = 0.003
     seed: int = 7
+
+
+def item_log_age_days(created_s: np.ndarray, candidates: np.ndarray, request_ts: np.ndarray) -> np.ndarray:
+    """log(1 + days since each candidate entered the catalog) at the request time: what is
+    new is what people engage with next, which no co-engagement count shows yet."""
+    age_s = np.maximum(request_ts.astype(np.float64)[:, None] - created_s[candidates], 0.0)
+    return np.log1p(age_s / 86_400).astype(np.float32)
 
 
 def candidate_frame(features: dict[str, np.ndarray], scores: np.ndarray,

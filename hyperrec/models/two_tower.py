@@ -37,8 +37,8 @@ class TwoTowerConfig:
     learning_rate: float = 0.003
     temperature: float = 0.05  # normalised towers: cosine / temperature are the logits
     recency_half_life: float = 5.0  # positions in the recent-items list
-    item_id_dropout: float = 0.3
-    user_id_dropout: float = 0.5
+    item_id_dropout: float = 0.1
+    user_id_dropout: float = 0.2
     text_tokens: int = 20_000
     text_length: int = 24
     seed: int = 7
@@ -90,10 +90,13 @@ def _inputs(spec: dict[str, str]) -> dict[str, tf.keras.Input]:
     return {c: tf.keras.Input(shape=s.shape[1:], dtype=s.dtype, name=c) for c, s in input_signature(spec).items()}
 
 
-def _categorical(values: pd.Series, x, name: str, width: int = 8):
+def _categorical(values: pd.Series, x, name: str, width: int = 8, zero_unknown: bool = False):
+    """Embedding of a string feature; with `zero_unknown`, an id outside the vocabulary
+    gets zeros (what id dropout trained the model to expect), not an untrained vector."""
     vocab = sorted(values.astype(str).unique())
     ids = tf.keras.layers.StringLookup(vocabulary=vocab, name=f"{name}_lookup")(x)
-    return tf.keras.layers.Embedding(len(vocab) + 1, width, name=f"{name}_emb")(ids)
+    emb = tf.keras.layers.Embedding(len(vocab) + 1, width, name=f"{name}_emb")(ids)
+    return emb * tf.cast(ids > 0, tf.float32)[:, None] if zero_unknown else emb
 
 
 def _bounded(x, name: str, size: int, width: int = 4):
@@ -134,7 +137,8 @@ def build_towers(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig):
     item_ids = ItemIds(items["item_id"].astype(str).unique(), dim, name="item_ids")
 
     u = _inputs(USER_INPUTS)
-    parts = [_id_dropout(cfg.user_id_dropout, "user")(_categorical(train["user_id"], u["user_id"], "user_id", dim)),
+    user_id = _categorical(train["user_id"], u["user_id"], "user_id", dim, zero_unknown=True)
+    parts = [_id_dropout(cfg.user_id_dropout, "user")(user_id),
              _recency_pool(item_ids, u["recent_items"], cfg.recency_half_life)]
     for col, kind in USER_INPUTS.items():
         if col in ("user_id", "recent_items"):
@@ -151,8 +155,8 @@ def build_towers(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig):
     user_tower = tf.keras.Model(u, user, name="user_tower")
 
     i = _inputs(ITEM_INPUTS)
-    own, _ = item_ids(i["item_id"])
-    parts = [_id_dropout(cfg.item_id_dropout, "item")(own)]
+    own, known = item_ids(i["item_id"])
+    parts = [_id_dropout(cfg.item_id_dropout, "item")(own * known[:, None])]  # a new item: content only
     for col in ("category", "brand"):
         parts.append(_categorical(items[col], i[col], col))
     parts.append(_bounded(i["price_bucket"], "price_bucket", BOUNDED["price_bucket"]))

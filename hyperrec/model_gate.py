@@ -1,0 +1,87 @@
+"""The model gate (TFX "blessing"): may this candidate replace the champion?
+
+The candidate must beat the popularity baseline by a margin and reach an absolute floor,
+and must not be worse than the current champion, evaluated on the same test data, beyond
+a tolerance: overall and in every segment both were measured on (cold users, cold items,
+the largest categories). Thresholds come from config; every comparison is kept with its
+numbers, so a rejection says exactly why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ModelGateConfig:
+    metric: str = "ndcg_at_10"
+    min_absolute: float = 0.0  # the candidate's overall metric must reach this
+    min_lift_over_baseline: float = 0.05  # relative: candidate >= popularity * (1 + this)
+    max_relative_drop: float = 0.03  # vs champion: candidate >= champion * (1 - this) - abs tolerance
+    abs_tolerance: float = 0.002
+    min_segment_users: int = 20  # smaller segments are too noisy to veto a model
+
+
+@dataclass
+class Comparison:
+    name: str
+    passed: bool
+    candidate: float
+    reference: float
+    required: float
+    skipped: bool = False
+
+
+@dataclass
+class GateDecision:
+    blessed: bool
+    comparisons: list[Comparison]
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{c.name}: {c.candidate:.4f} < required {c.required:.4f}" for c in self.comparisons
+                if not c.passed and not c.skipped]
+
+    def to_dict(self) -> dict:
+        return {"blessed": self.blessed, "reasons": self.reasons, "comparisons": [asdict(c) for c in self.comparisons]}
+
+    def to_markdown(self) -> str:
+        head = "BLESSED" if self.blessed else "REJECTED: " + "; ".join(self.reasons)
+        rows = ["| comparison | candidate | reference | required | result |", "|---|---|---|---|---|"]
+        for c in self.comparisons:
+            result = "skipped (too few users)" if c.skipped else ("pass" if c.passed else "**FAIL**")
+            rows.append(f"| {c.name} | {c.candidate:.4f} | {c.reference:.4f} | {c.required:.4f} | {result} |")
+        return f"# Model gate: {head}\n\n" + "\n".join(rows) + "\n"
+
+
+def _segments(metrics: dict[str, float], metric: str) -> dict[str, str]:
+    """segment name -> its metric key, for keys like 'segment.cold_items.ndcg_at_10'."""
+    return {key.split(".", 1)[1].rsplit(".", 1)[0]: key for key in metrics
+            if key.startswith("segment.") and key.endswith("." + metric)}
+
+
+def decide(candidate: dict[str, float], champion: dict[str, float] | None,
+           cfg: ModelGateConfig = ModelGateConfig()) -> GateDecision:
+    """`candidate` and `champion` are evaluate_model outputs on the same test data
+    (champion None: there is none yet, only the absolute and baseline checks apply)."""
+    m = cfg.metric
+    value = candidate[m]
+    checks = [Comparison(f"{m} >= floor", value >= cfg.min_absolute, value, cfg.min_absolute, cfg.min_absolute)]
+    baseline = candidate[f"popularity_{m}"]
+    need = baseline * (1 + cfg.min_lift_over_baseline)
+    checks.append(Comparison(f"{m} vs popularity", value >= need, value, baseline, need))
+    if champion is not None:
+        def floor(ref: float) -> float:
+            return ref * (1 - cfg.max_relative_drop) - cfg.abs_tolerance
+
+        checks.append(Comparison(f"{m} vs champion", value >= floor(champion[m]), value, champion[m],
+                                 floor(champion[m])))
+        for seg, key in _segments(candidate, m).items():
+            if key not in champion:
+                continue
+            users = candidate.get(f"segment.{seg}.users", 0.0)
+            skipped = users < cfg.min_segment_users
+            ok = skipped or candidate[key] >= floor(champion[key])
+            checks.append(Comparison(f"{seg} {m} vs champion", ok, candidate[key], champion[key],
+                                     floor(champion[key]), skipped))
+    return GateDecision(all(c.passed for c in checks), checks)

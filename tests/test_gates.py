@@ -1,0 +1,57 @@
+"""The data gate and the model gate, on small frames and metric dicts."""
+
+import pandas as pd
+
+from hyperrec.data.generate import WorldConfig, generate_world
+from hyperrec.data_gate import check_world
+from hyperrec.model_gate import ModelGateConfig, decide
+
+
+def _world():
+    return generate_world(WorldConfig(users=120, items=60, days=3, events=6_000, seed=3))
+
+
+def test_clean_world_passes_and_report_reads():
+    w = _world()
+    report = check_world(w.events, w.users, w.items)
+    assert report.passed, report.to_markdown()
+    assert "# Data gate: PASSED" in report.to_markdown()
+    assert report.profile["events"] == len(w.events)
+
+
+def test_each_kind_of_bad_data_fails_its_own_check():
+    w = _world()
+    events = w.events.copy()
+    events.loc[:9, "user_id"] = None  # missing required field
+    events.loc[20:29, "item_id"] = "no-such-item"  # orphans (schema-valid)
+    events = pd.concat([events, events.iloc[100:400]])  # duplicates
+    report = check_world(events, w.users, w.items, previous={"events": len(events) * 4, "categories": []})
+    failed = {c.name for c in report.failures}
+    assert {"events: schema", "events: duplicates", "events: rows vs champion's data",
+            "items: new categories"} <= failed
+    md = report.to_markdown()
+    assert "FAILED" in md and "user_id: 10 rows (missing value)" in md
+
+
+def _metrics(ndcg, pop=0.05, cold=None):
+    m = {"ndcg_at_10": ndcg, "popularity_ndcg_at_10": pop}
+    if cold is not None:
+        m |= {"segment.cold_items.ndcg_at_10": cold, "segment.cold_items.users": 100.0}
+    return m
+
+
+def test_model_gate_blesses_a_better_model_and_rejects_worse_ones():
+    assert decide(_metrics(0.10), None).blessed  # first model: beats popularity
+    assert not decide(_metrics(0.051), None).blessed  # within 5% of popularity
+    assert decide(_metrics(0.100, cold=0.08), _metrics(0.101, cold=0.08)).blessed  # within tolerance
+    worse = decide(_metrics(0.08), _metrics(0.10))
+    assert not worse.blessed and "ndcg_at_10 vs champion" in worse.reasons[0]
+    segment = decide(_metrics(0.11, cold=0.02), _metrics(0.10, cold=0.08))
+    assert not segment.blessed and segment.reasons[0].startswith("cold_items")
+    assert "REJECTED" in segment.to_markdown()
+
+
+def test_small_segments_do_not_veto():
+    cand, champ = _metrics(0.11, cold=0.0), _metrics(0.10, cold=0.08)
+    cand["segment.cold_items.users"] = 3.0
+    assert decide(cand, champ, ModelGateConfig(min_segment_users=20)).blessed
