@@ -70,8 +70,10 @@ class CoEngagement:
 
     def features(self, recent: list[list[str]], candidates: np.ndarray) -> dict[str, np.ndarray]:
         """Per (user, candidate) [n, C]: co-engagement with the recent items, the share of
-        recent items in the candidate's category, and the candidate's log count."""
+        recent items in the candidate's category, the candidate's log count, and how many
+        recent items are known (little history: lean on popularity)."""
         H = self.history_matrix(recent)
+        known = np.log1p(np.diff(H.indptr)).astype(np.float32)
         affinity = np.take_along_axis((H @ self.neighbours).toarray(), candidates, axis=1)
         n_cat = int(self.categories.max()) + 1 if len(self.categories) else 1
         onehot = sp.csr_matrix((np.ones(len(self.categories), np.float32),
@@ -80,7 +82,8 @@ class CoEngagement:
         share = np.asarray((H @ onehot).todense())
         category_share = np.take_along_axis(share, self.categories[candidates], axis=1)
         return {"coengagement": affinity.astype(np.float32), "category_share": category_share.astype(np.float32),
-                "item_log_count": np.log1p(self.counts[candidates]).astype(np.float32)}
+                "item_log_count": np.log1p(self.counts[candidates]).astype(np.float32),
+                "log_history_length": np.repeat(known[:, None], candidates.shape[1], axis=1)}
 
     def save(self, path: Path) -> None:
         n = self.neighbours

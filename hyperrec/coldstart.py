@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from hyperrec.metrics import ndcg_at_k, recall_at_k, top_k_excluding
-from hyperrec.models.two_tower import USER_INPUTS, TwoTowerConfig
+from hyperrec.models.two_tower import TwoTowerConfig, as_new_users
 
 
 def _strip(lists, cold: set[str]):
@@ -71,11 +71,7 @@ def evaluate_cold_start(data_dir: Path, work_dir: Path, cfg: TwoTowerConfig, sha
     picks = first.groupby("user_id")["item_id"].apply(lambda s: list(s.head(onboarding))[::-1])
     users = queries[queries["user_id"].isin(cold_users)].reset_index(drop=True)
     relevant = test.groupby("user_id")["item_id"].apply(set).reindex(users["user_id"]).tolist()
-    users["recent_items"] = _strip(picks.reindex(users["user_id"]).tolist(), cold_items)
-    users["user_id"] = "__new_user__"
-    for col, kind in USER_INPUTS.items():  # a new user has no activity history yet
-        if kind in ("int", "float") and col not in ("hour_of_day", "day_of_week"):
-            users[col] = 0
+    users = as_new_users(users, _strip(picks.reindex(users["user_id"]).tolist(), cold_items))
     seen = [set(p) for p in users["recent_items"]]
     full, _ = rec.recommend(users, 10 + k, seen=seen)
     retrieval, _ = rec.recommend(users, 10 + k, seen=seen, rank=False)

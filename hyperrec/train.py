@@ -27,10 +27,19 @@ from hyperrec.index import BruteForceIndex
 from hyperrec.interactions import POSITIVE_RATING, positives, temporal_split
 from hyperrec.metrics import coverage, intra_list_diversity, ndcg_at_k, recall_at_k, top_k_excluding
 from hyperrec.models.ranking import RankerConfig, candidate_frame, item_log_age_days, train_ranker
-from hyperrec.models.two_tower import ITEM_INPUTS, USER_INPUTS, TwoTowerConfig, embed, export_towers, train_two_tower
+from hyperrec.models.two_tower import (
+    ITEM_INPUTS,
+    USER_INPUTS,
+    TwoTowerConfig,
+    as_new_users,
+    embed,
+    export_towers,
+    train_two_tower,
+)
 
 USER_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS)
 TRAINING_VIEWS = (*USER_VIEWS, ITEM_METADATA)
+SHORT_HISTORY = 3
 
 
 def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
@@ -119,7 +128,13 @@ def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConf
     model.set_weights(stop.weights)
     log(f"retrieval validation NDCG@10 per epoch {stop.history}: best epoch {stop.best_epoch}")
 
-    # 2) the ranker learns on what that retrieval model retrieves for the held-out part
+    # 2) the ranker learns on what that retrieval model retrieves for the held-out part,
+    # plus short-history copies of some users (unknown id, 3 recent items): it also learns
+    # what to do when it knows little about someone, as with a new user's onboarding picks
+    short = queries.sample(frac=ranker_cfg.short_history_share, random_state=cfg.seed)
+    seen, relevant = seen + _seen(fit, short["user_id"]), relevant + _seen(holdout, short["user_id"])
+    short = as_new_users(short, [list(r)[:SHORT_HISTORY] for r in short["recent_items"]])
+    queries = pd.concat([queries, short], ignore_index=True)
     co = CoEngagement.fit(fit, items, half_life=cfg.recency_half_life)
     user_emb = embed(model.user_tower, queries, USER_INPUTS)
     item_emb = embed(model.item_tower, items, ITEM_INPUTS)

@@ -18,9 +18,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained(make_workspace):
-    """World -> Feast -> kfp.local pipeline, once for the module's tests."""
-    with make_workspace("skeleton", users=150, items=80, days=10, events=15_000, seed=5) as (settings, world):
-        result = run_local(settings, settings.data_dir / "world", epochs=2, k=20)
+    """World -> Feast -> kfp.local pipeline, once for the module's tests. The smallest world
+    where personalisation beats popularity by the gate's margin (at 150 users x 80 items
+    popularity wins: measured NDCG@10 0.19 vs 0.13)."""
+    with make_workspace("skeleton", users=400, items=200, days=10, events=40_000, seed=5) as (settings, world):
+        result = run_local(settings, settings.data_dir / "world", epochs=6, k=20)
         assert result.blessed, "the first model only has to beat popularity"
         yield settings, world, result.version
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 NUMERIC = ("retrieval_score", "coengagement", "category_share", "item_log_count", "log_rank",
-           "retrieval_score_z", "coengagement_z", "item_log_age_days")
+           "retrieval_score_z", "coengagement_z", "item_log_age_days", "log_history_length")
 # a pointwise ranker compares across users; these compare within one user's candidate list
 CONTEXT = {"hour_of_day": 24, "day_of_week": 7}
 RANKER_INPUTS = {**dict.fromkeys(NUMERIC, "float"), **dict.fromkeys(CONTEXT, "float")}
@@ -27,6 +27,7 @@ RANKER_INPUTS = {**dict.fromkeys(NUMERIC, "float"), **dict.fromkeys(CONTEXT, "fl
 @dataclass(frozen=True)
 class RankerConfig:
     candidates: int = 100  # retrieved per user, re-scored by the ranker
+    short_history_share: float = 0.3  # extra training lists as if from new users (see fit_models)
     hidden: tuple[int, ...] = (64, 32)
     dropout: float = 0.2
     l2: float = 1e-5
