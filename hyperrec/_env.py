@@ -6,6 +6,7 @@ Every entry point imports `hyperrec` first, so setting it here covers them all.
 """
 
 import os
+import warnings
 
 DEFAULTS = {
     "TF_USE_LEGACY_KERAS": "1",
@@ -21,5 +22,8 @@ def apply() -> None:
     """Set the defaults unless the caller already chose a value."""
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # ibis (Feast's DuckDB offline store) calls a DuckDB method deprecated in DuckDB 2.0,
+    # once per feature view: harmless, and it buried the demo's output
+    warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
     if os.environ["TF_USE_LEGACY_KERAS"] != "1":
         raise RuntimeError("TF_USE_LEGACY_KERAS must be 1: TFRS needs tf-keras (Keras 2)")
