@@ -96,11 +96,12 @@ def features_materialize(end: str | None = typer.Option(None, help="ISO time to 
 
 @pipeline_app.command("run")
 def pipeline_run(world: Path | None = typer.Option(None), epochs: int = 6, k: int = 20,
+                 warm_start: bool = typer.Option(False, help="start the towers from the champion's weights"),
                  home: Path | None = HomeOpt):
     """Run the training pipeline through kfp.local (SubprocessRunner, this venv)."""
     from pipelines.run import run_local
 
-    result = run_local(load_settings(home), _world_dir(home, world), epochs=epochs, k=k)
+    result = run_local(load_settings(home), _world_dir(home, world), epochs=epochs, k=k, warm_start=warm_start)
     if result.stopped_at_data_gate:
         console.print(f"[red]stopped at the data gate[/red]: nothing trained or registered ({result.data_report})")
         if result.data_report:

@@ -108,9 +108,10 @@ class _EarlyStopping:
 
 
 def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConfig(),
-               ranker_cfg: RankerConfig = RankerConfig(), log=print) -> dict:
+               ranker_cfg: RankerConfig = RankerConfig(), log=print, warm_start: Path | None = None) -> dict:
     """Train retrieval + ranking on data_dir's training set and export the serving unit
-    (towers, candidate embeddings, co-engagement table, ranker) to out_dir."""
+    (towers, candidate embeddings, co-engagement table, ranker) to out_dir. `warm_start`:
+    an earlier export (the champion's) whose tower weights both retrieval fits start from."""
     from hyperrec.recommend import created_seconds, export_candidates
 
     t0 = time.perf_counter()
@@ -124,7 +125,7 @@ def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConf
 
     # 1) retrieval on the earlier part, epochs picked on the held-out later part
     stop = _EarlyStopping(queries, seen, relevant, items)
-    model = train_two_tower(fit, items, cfg, on_epoch=stop)
+    model = train_two_tower(fit, items, cfg, on_epoch=stop, warm_start=warm_start)
     model.set_weights(stop.weights)
     log(f"retrieval validation NDCG@10 per epoch {stop.history}: best epoch {stop.best_epoch}")
 
@@ -152,14 +153,15 @@ def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConf
 
     # 3) retrieval and co-engagement refit on all training data, same epoch count
     final_cfg = replace(cfg, epochs=stop.best_epoch)
-    model = train_two_tower(train, items, final_cfg)
+    model = train_two_tower(train, items, final_cfg, warm_start=warm_start)
     item_emb = export_towers(model, items, final_cfg, out_dir)
     export_candidates(out_dir, items, item_emb)
     CoEngagement.fit(train, items, half_life=cfg.recency_half_life).save(out_dir / "coengagement.npz")
     ranker.save(out_dir / "ranker", save_format="tf")
     (out_dir / "ranker_config.json").write_text(json.dumps(asdict(ranker_cfg)))
     seconds = time.perf_counter() - t0
-    report = {"epochs": stop.best_epoch, "validation_ndcg_at_10": stop.best, "train_rows": len(train),
+    report = {"epochs": stop.best_epoch, "warm_start": str(warm_start or ""), "validation_history": stop.history,
+              "validation_ndcg_at_10": stop.best, "train_rows": len(train),
               "ranker_examples": len(labels), "seconds": round(seconds, 1),
               "examples_per_s": round((len(fit) * len(stop.history) + len(train) * stop.best_epoch) / seconds)}
     (out_dir / "training.json").write_text(json.dumps(report))

@@ -25,7 +25,7 @@ class RunResult:
 
 
 def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20,
-              learning_rate: float = 0.003) -> RunResult:
+              learning_rate: float = 0.003, warm_start: bool = False) -> RunResult:
     """Execute every task as a subprocess of this venv."""
     from kfp import local
 
@@ -36,7 +36,7 @@ def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20,
                pipeline_root=str(settings.pipeline_root), raise_on_error=True)
     run_tag = uuid.uuid4().hex[:12]
     training_pipeline(home=str(settings.home), world_dir=str(world_dir), run_tag=run_tag, epochs=epochs,
-                      learning_rate=learning_rate, k=k)
+                      learning_rate=learning_rate, warm_start=warm_start, k=k)
     return _result(settings, run_tag)
 
 

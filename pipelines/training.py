@@ -34,12 +34,12 @@ def _with_secrets(task, *names: str):
               description="data gate -> Feast point-in-time training set -> TFRS two-tower + ranker -> "
                           "evaluate vs champion -> model gate -> MLflow")
 def training_pipeline(home: str, world_dir: str, run_tag: str = "", epochs: int = 6, learning_rate: float = 0.003,
-                      k: int = 20):
+                      warm_start: bool = False, k: int = 20):
     validated = _with_secrets(validate_data(home=home, world_dir=world_dir), "hyperrec-mlflow")
     with dsl.If(validated.outputs["Output"] == "passed", name="data-gate-passed"):
         data = _with_secrets(build_training_set(home=home, world_dir=world_dir), "hyperrec-hmac")
-        trained = train_models(training_set=data.outputs["training_set"], max_epochs=epochs,
-                               learning_rate=learning_rate)
+        trained = train_models(home=home, training_set=data.outputs["training_set"], max_epochs=epochs,
+                               learning_rate=learning_rate, warm_start=warm_start)
         evaluated = _with_secrets(evaluate_model(home=home, training_set=data.outputs["training_set"],
                                                  model=trained.outputs["model"], k=k), "hyperrec-mlflow")
         gated = gate_model(evaluation=evaluated.outputs["evaluation"])

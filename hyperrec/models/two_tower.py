@@ -15,6 +15,7 @@ new user.
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -165,8 +166,8 @@ def build_towers(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig):
         else:
             parts.append(tf.expand_dims(tf.math.log1p(tf.maximum(u[col], 0.0)), -1))
     x = tf.keras.layers.Concatenate()(parts)
-    x = tf.keras.layers.Dense(2 * dim, activation="gelu")(x)
-    user = tf.keras.layers.UnitNormalization()(tf.keras.layers.Dense(dim)(x))
+    x = tf.keras.layers.Dense(2 * dim, activation="gelu", name="user_hidden")(x)
+    user = tf.keras.layers.UnitNormalization()(tf.keras.layers.Dense(dim, name="user_out")(x))
     user_tower = tf.keras.Model(u, user, name="user_tower")
 
     i = _inputs(ITEM_INPUTS)
@@ -183,7 +184,7 @@ def build_towers(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig):
     present = tf.cast(tf.not_equal(tokens, 0), tf.float32)[..., None]  # an empty text pools to zeros, not NaN
     parts.append(tf.reduce_sum(words * present, axis=1) / tf.maximum(tf.reduce_sum(present, axis=1), 1.0))
     x = tf.keras.layers.Concatenate()(parts)
-    item = tf.keras.layers.UnitNormalization()(tf.keras.layers.Dense(dim)(x))
+    item = tf.keras.layers.UnitNormalization()(tf.keras.layers.Dense(dim, name="item_out")(x))
     item_tower = tf.keras.Model(i, item, name="item_tower")
     return user_tower, item_tower
 
@@ -217,13 +218,18 @@ def training_examples(train: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def train_two_tower(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig,
-                    on_epoch: Callable[[int, TwoTower], bool] | None = None) -> TwoTower:
+                    on_epoch: Callable[[int, TwoTower], bool] | None = None,
+                    warm_start: Path | None = None) -> TwoTower:
     """Fit on positive (user, item) rows carrying their point-in-time features.
 
     `on_epoch(epoch, model)` runs after every epoch; returning False stops training (the
-    caller's early stopping on a validation set)."""
+    caller's early stopping on a validation set). `warm_start`: an exported model folder
+    whose weights initialise the towers (fine-tuning instead of training from scratch)."""
     tf.keras.utils.set_random_seed(cfg.seed)
     model = TwoTower(*build_towers(train, items, cfg), cfg.temperature)
+    if warm_start is not None:
+        for tower in (model.user_tower, model.item_tower):
+            load_tower_weights(tower, Path(warm_start) / WARM_START_DIR)
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
     data = training_examples(train)
     ds = tf.data.Dataset.from_tensor_slices(data).shuffle(len(train), seed=cfg.seed, reshuffle_each_iteration=True)
@@ -254,11 +260,67 @@ def embed(tower: tf.keras.Model, frame: pd.DataFrame, spec: dict[str, str], batc
     return np.concatenate(parts) if parts else np.zeros((0, tower.output_shape[-1]), np.float32)
 
 
+WARM_START_DIR = "warm_start"
+
+
+def _vocabularies(tower: tf.keras.Model) -> dict[str, list[str]]:
+    return {m.name: [str(t) for t in m.get_vocabulary()] for m in tower.submodules
+            if isinstance(m, tf.keras.layers.Layer) and hasattr(m, "get_vocabulary")}
+
+
+def _lookup_for(embedding: str) -> str:
+    """The lookup layer whose ids index an embedding layer (naming convention above)."""
+    return "text_vectorizer" if embedding == "text_emb" else embedding.removesuffix("_emb") + "_lookup"
+
+
+def save_tower_weights(tower: tf.keras.Model, directory: Path) -> None:
+    """Trainable weights by variable name plus every vocabulary: what a later run needs to
+    start from these weights even when its vocabularies differ (new users, new items)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(directory / f"{tower.name}.npz", **{w.name: w.numpy() for w in tower.trainable_weights})
+    (directory / f"{tower.name}.vocab.json").write_text(json.dumps(_vocabularies(tower)))
+
+
+def load_tower_weights(tower: tf.keras.Model, directory: Path) -> dict[str, int]:
+    """Initialise `tower` from save_tower_weights output: weights whose shapes match are
+    copied; embedding rows are matched by vocabulary entry (an id both runs know keeps its
+    vector, a new id keeps its fresh initialisation). Returns counts of what was copied."""
+    old_vocab = json.loads((directory / f"{tower.name}.vocab.json").read_text())
+    new_vocab = _vocabularies(tower)
+    copied = {"tensors": 0, "rows": 0, "skipped": 0}
+    with np.load(directory / f"{tower.name}.npz") as old:
+        for var in tower.trainable_weights:
+            if var.name not in old:
+                copied["skipped"] += 1
+                continue
+            value = old[var.name]
+            layer = var.name.split("/")[-2]
+            lookup = _lookup_for(layer)
+            if layer.endswith("_emb") and lookup in new_vocab and lookup in old_vocab:
+                position = {tok: i for i, tok in enumerate(old_vocab[lookup])}
+                rows = [(i, position[t]) for i, t in enumerate(new_vocab[lookup]) if t in position]
+                new, src = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+                merged = var.numpy()
+                merged[new] = value[src]
+                var.assign(merged)
+                copied["rows"] += len(rows)
+            elif tuple(value.shape) == tuple(var.shape):
+                var.assign(value)
+            else:
+                copied["skipped"] += 1
+                continue
+            copied["tensors"] += 1
+    return copied
+
+
 def export_towers(model: TwoTower, items: pd.DataFrame, cfg: TwoTowerConfig, out: Path) -> np.ndarray:
-    """Write user_tower/ and item_tower/ SavedModels and config.json; returns the
-    catalog's item embeddings (the caller writes them with the index)."""
+    """Write user_tower/ and item_tower/ SavedModels, their weights and vocabularies for a
+    later warm start, and config.json; returns the catalog's item embeddings (the caller
+    writes them with the index)."""
     out.mkdir(parents=True, exist_ok=True)
     model.user_tower.save(out / "user_tower", save_format="tf")
     model.item_tower.save(out / "item_tower", save_format="tf")
+    for tower in (model.user_tower, model.item_tower):
+        save_tower_weights(tower, out / WARM_START_DIR)
     (out / "config.json").write_text(pd.Series(asdict(cfg)).to_json())
     return embed(model.item_tower, items, ITEM_INPUTS)
