@@ -121,6 +121,9 @@ def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConf
     fit, holdout = (f.rename(columns={"ts": "event_timestamp"})
                     for f in temporal_split(train.rename(columns={"event_timestamp": "ts"})))
     queries = _first_rows(holdout).reset_index(drop=True)
+    if queries.empty:
+        raise ValueError(f"too little training data in {data_dir}: no user has enough interactions to hold "
+                         "some out for picking epochs and training the ranker")
     seen, relevant = _seen(fit, queries["user_id"]), _seen(holdout, queries["user_id"])
 
     # 1) retrieval on the earlier part, epochs picked on the held-out later part
