@@ -27,7 +27,7 @@ RANKER_INPUTS = {**dict.fromkeys(NUMERIC, "float"), **dict.fromkeys(CONTEXT, "fl
 @dataclass(frozen=True)
 class RankerConfig:
     candidates: int = 100  # retrieved per user, re-scored by the ranker
-    short_history_share: float = 0.3  # extra training lists as if from new users (see fit_models)
+    short_history_share: float = 1.0  # extra training lists as if from new users (see fit_models)
     hidden: tuple[int, ...] = (64, 32)
     dropout: float = 0.2
     l2: float = 1e-5
