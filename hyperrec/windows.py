@@ -173,9 +173,9 @@ def _window_table(events: pd.DataFrame, key: str, folder: WindowFolder, ts_ms, d
 
 
 def _recent_table(events: pd.DataFrame, ts_ms: np.ndarray, n: int = RECENT_N) -> pd.DataFrame:
-    positive = np.isin(events["event_type"].to_numpy(), ENGAGED)
-    pos = pd.DataFrame({"user_id": events["user_id"].to_numpy()[positive],
-                        "item_id": events["item_id"].to_numpy()[positive], "ts_ms": ts_ms[positive]})
+    engaged = np.isin(events["event_type"].to_numpy(), ENGAGED)
+    pos = pd.DataFrame({"user_id": events["user_id"].to_numpy()[engaged],
+                        "item_id": events["item_id"].to_numpy()[engaged], "ts_ms": ts_ms[engaged]})
     rows = []
     for user, group in pos.groupby("user_id", sort=False):
         items, times = group["item_id"].tolist(), (group["ts_ms"] // 1000).tolist()
