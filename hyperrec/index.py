@@ -175,9 +175,10 @@ def default_nlist(n_items: int) -> int:
     return max(1, min(round(2 * math.sqrt(n_items)), n_items // 39))
 
 
-def default_nprobe(nlist: int, n_items: int, min_scanned: int = 2_000) -> int:
+def default_nprobe(nlist: int, n_items: int, min_scanned: int = 5_000) -> int:
     """Visit 1/16 of the cells (measured: recall@100 ≈ 0.98 at 1M, 0.97 at 100k) and at least
-    `min_scanned` items, which keeps recall up on small catalogs where cells are tiny."""
+    `min_scanned` items, which keeps recall up on small catalogs where cells are tiny
+    (50k items: 0.934 scanning 2,000+, 0.978 scanning 5,000+, p99 0.6 ms)."""
     by_fraction = math.ceil(nlist / 16)
     by_items = math.ceil(nlist * min_scanned / max(1, n_items))
     return max(1, min(nlist, max(by_fraction, by_items)))
