@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from hyperrec.interactions import items_by_user
 from hyperrec.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 
 
@@ -75,7 +76,7 @@ def evaluate_baselines(train: pd.DataFrame, test: pd.DataFrame, k: int = 20,
     X = data.matrix
     users = [u for u in test["user_id"].unique() if u in data.user_index]
     rows_idx = np.array([data.user_index[u] for u in users])
-    relevant = test.groupby("user_id")["item_id"].apply(set).reindex(users).tolist()
+    relevant = items_by_user(test, users)
     Xu = X[rows_idx]
     exclude = [set(Xu[i].indices) for i in range(len(users))]
     results = []

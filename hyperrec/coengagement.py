@@ -32,6 +32,14 @@ class CoEngagement:
     categories: np.ndarray  # category code per item
     half_life: float = 5.0
 
+    def __post_init__(self):
+        # built once: both are read on every request
+        self._position = {item: i for i, item in enumerate(self.item_ids)}
+        n_cat = int(self.categories.max()) + 1 if len(self.categories) else 1
+        self._category_onehot = sp.csr_matrix(
+            (np.ones(len(self.categories), np.float32), (np.arange(len(self.categories)), self.categories)),
+            shape=(len(self.categories), n_cat))
+
     @classmethod
     def fit(cls, pairs: pd.DataFrame, items: pd.DataFrame, top_m: int = 100, half_life: float = 5.0):
         """From (user_id, item_id) positives over the catalog `items` (item_id, category)."""
@@ -55,7 +63,7 @@ class CoEngagement:
     def history_matrix(self, recent: list[list[str]]) -> sp.csr_matrix:
         """Users × items, each row the recency weights of the user's known recent items
         (summing to 1)."""
-        index = {item: i for i, item in enumerate(self.item_ids)}
+        index = self._position
         w = recency_weights(self.half_life)
         rows, cols, vals = [], [], []
         for r, items in enumerate(recent):
@@ -74,12 +82,10 @@ class CoEngagement:
         recent items are known (little history: lean on popularity)."""
         H = self.history_matrix(recent)
         known = np.log1p(np.diff(H.indptr)).astype(np.float32)
-        affinity = np.take_along_axis((H @ self.neighbours).toarray(), candidates, axis=1)
-        n_cat = int(self.categories.max()) + 1 if len(self.categories) else 1
-        onehot = sp.csr_matrix((np.ones(len(self.categories), np.float32),
-                                (np.arange(len(self.categories)), self.categories)),
-                               shape=(len(self.categories), n_cat))
-        share = np.asarray((H @ onehot).todense())
+        # only the candidates' columns: never a dense users x catalog matrix
+        rows = np.arange(len(candidates))[:, None]
+        affinity = np.asarray((H @ self.neighbours).tocsr()[rows, candidates].todense())
+        share = np.asarray((H @ self._category_onehot).todense())
         category_share = np.take_along_axis(share, self.categories[candidates], axis=1)
         return {"coengagement": affinity.astype(np.float32), "category_share": category_share.astype(np.float32),
                 "item_log_count": np.log1p(self.counts[candidates]).astype(np.float32),

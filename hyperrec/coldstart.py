@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hyperrec.metrics import ndcg_at_k, recall_at_k, top_k_excluding
+from hyperrec.interactions import items_by_user
+from hyperrec.metrics import list_metrics, popular_excluding, recall_at_k, top_k_excluding
 from hyperrec.models.two_tower import TwoTowerConfig, as_new_users
 
 
@@ -60,7 +61,7 @@ def evaluate_cold_start(data_dir: Path, work_dir: Path, cfg: TwoTowerConfig, sha
     users["recent_items"] = _strip(users["recent_items"], cold_items)
     cold_pos = np.flatnonzero(np.isin(item_ids, list(cold_items)))
     scores = rec.user_embeddings(users) @ rec.item_embeddings[cold_pos].T
-    relevant = pairs.groupby("user_id")["item_id"].apply(set).reindex(users["user_id"]).tolist()
+    relevant = items_by_user(pairs, users["user_id"])
     ranked = top_k_excluding(scores, item_ids[cold_pos], [set()] * len(users), k)
     out |= {"cold_items": float(len(cold_pos)), "cold_item_users": float(len(users)),
             f"cold_item_recall_at_{k}": recall_at_k(ranked, relevant, k),
@@ -70,16 +71,13 @@ def evaluate_cold_start(data_dir: Path, work_dir: Path, cfg: TwoTowerConfig, sha
     first = train[train["user_id"].isin(cold_users)].sort_values("event_timestamp", kind="stable")
     picks = first.groupby("user_id")["item_id"].apply(lambda s: list(s.head(onboarding))[::-1])
     users = queries[queries["user_id"].isin(cold_users)].reset_index(drop=True)
-    relevant = test.groupby("user_id")["item_id"].apply(set).reindex(users["user_id"]).tolist()
+    relevant = items_by_user(test, users["user_id"])
     users = as_new_users(users, _strip(picks.reindex(users["user_id"]).tolist(), cold_items))
     seen = [set(p) for p in users["recent_items"]]
     full, _ = rec.recommend(users, 10 + k, seen=seen)
     retrieval, _ = rec.recommend(users, 10 + k, seen=seen, rank=False)
-    pop = warm["item_id"].value_counts().reindex(item_ids).fillna(0).to_numpy(np.float32)
-    popular = top_k_excluding(np.broadcast_to(pop, (len(users), len(pop))), item_ids,
-                              rec.candidate_indices(seen), 10 + k)
+    popular = popular_excluding(warm, item_ids, rec.candidate_indices(seen), 10 + k)
     out |= {"cold_users": float(len(users)), "onboarding_items": float(onboarding)}
     for name, ranked in (("", full), ("retrieval_", retrieval), ("popularity_", popular)):
-        out[f"cold_user_{name}recall_at_{k}"] = recall_at_k(ranked, relevant, k)
-        out[f"cold_user_{name}ndcg_at_10"] = ndcg_at_k(ranked, relevant, 10)
+        out |= list_metrics(ranked, relevant, k, f"cold_user_{name}")
     return out

@@ -30,3 +30,9 @@ def temporal_split(pos: pd.DataFrame, test_share: float = 0.2) -> tuple[pd.DataF
     train, test = pos[~is_test], pos[is_test]
     test = test[test["item_id"].isin(set(train["item_id"]))]
     return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def items_by_user(frame: pd.DataFrame, users) -> list[set[str]]:
+    """Each of `users`' items in `frame` as a set (empty for a user with none)."""
+    by_user = frame.groupby("user_id")["item_id"].apply(set)
+    return [by_user.get(u, set()) for u in users]

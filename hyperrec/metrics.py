@@ -42,6 +42,19 @@ def top_k_excluding(scores: np.ndarray, item_ids: np.ndarray, exclude: list[set[
     return [list(item_ids[row]) for row in top_k_indices(scores, exclude, k)]
 
 
+def list_metrics(ranked: list[list[str]], relevant: list[set[str]], k: int, prefix: str = "") -> dict[str, float]:
+    """{prefix}recall_at_{k} and {prefix}ndcg_at_10: the pair every evaluation reports."""
+    return {f"{prefix}recall_at_{k}": recall_at_k(ranked, relevant, k),
+            f"{prefix}ndcg_at_10": ndcg_at_k(ranked, relevant, 10)}
+
+
+def popular_excluding(pairs: pd.DataFrame, item_ids: np.ndarray, exclude: list[set[int]], k: int) -> list[list[str]]:
+    """The items most engaged with in `pairs` for every user, each user's excluded positions
+    skipped: the popularity baseline next to any model."""
+    counts = pairs["item_id"].value_counts().reindex(item_ids).fillna(0).to_numpy(np.float32)
+    return top_k_excluding(np.broadcast_to(counts, (len(exclude), len(counts))), item_ids, exclude, k)
+
+
 def coverage(ranked: list[list[str]], catalog_size: int) -> float:
     """Share of the catalog that appears in at least one user's list."""
     return len({i for r in ranked for i in r}) / max(catalog_size, 1)

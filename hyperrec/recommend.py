@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from hyperrec.coengagement import CoEngagement
-from hyperrec.features import REQUEST_TS
 from hyperrec.index import load_index
 from hyperrec.models.two_tower import ITEM_INPUTS, USER_INPUTS
 
@@ -73,11 +72,9 @@ class Recommender:
 
     def rank(self, users: pd.DataFrame, candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Ranker logits [users, n] for the retrieved candidates."""
-        from hyperrec.models.ranking import candidate_frame, item_log_age_days
+        from hyperrec.models.ranking import ranker_rows
 
-        features = self.coengagement.features(list(users["recent_items"]), candidates)
-        features["item_log_age_days"] = item_log_age_days(self.created_s, candidates, users[REQUEST_TS].to_numpy())
-        rows = candidate_frame(features, scores, users)
+        rows = ranker_rows(self.coengagement, self.created_s, users, candidates, scores)
         return self._rank(rows).reshape(candidates.shape)
 
     def recommend(self, users: pd.DataFrame, k: int, seen: list[set[str]] | None = None, rank: bool = True):

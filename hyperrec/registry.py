@@ -157,7 +157,10 @@ def champion_model_dir(settings: Settings) -> Path | None:
     """Local folder of the champion's exported model (downloaded by MLflow), or None."""
     if champion_version(settings) is None:
         return None
-    return load_champion(settings)[0].model_dir
+    # files only: loading the pyfunc would build the whole TF model just to find its folder
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}@{CHAMPION}"))
+    flavor = mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]
+    return local / flavor["artifacts"]["model_dir"]["path"]
 
 
 def load_champion(settings: Settings, alias: str = CHAMPION):

@@ -21,12 +21,12 @@ import pandas as pd
 from hyperrec.coengagement import CoEngagement
 from hyperrec.config import Settings
 from hyperrec.data.world import load_world
-from hyperrec.features import ITEM_METADATA, REQUEST_TS, USER_ACTIVITY, USER_PROFILE, USER_RECENT_ITEMS
+from hyperrec.features import ITEM_METADATA, USER_VIEWS
 from hyperrec.featurestore import training_set
 from hyperrec.index import BruteForceIndex
-from hyperrec.interactions import POSITIVE_RATING, positives, temporal_split
-from hyperrec.metrics import coverage, intra_list_diversity, ndcg_at_k, recall_at_k, top_k_excluding
-from hyperrec.models.ranking import RankerConfig, candidate_frame, item_log_age_days, train_ranker
+from hyperrec.interactions import POSITIVE_RATING, items_by_user, positives, temporal_split
+from hyperrec.metrics import coverage, intra_list_diversity, list_metrics, ndcg_at_k, popular_excluding
+from hyperrec.models.ranking import RankerConfig, ranker_rows, train_ranker
 from hyperrec.models.two_tower import (
     ITEM_INPUTS,
     USER_INPUTS,
@@ -37,7 +37,6 @@ from hyperrec.models.two_tower import (
     train_two_tower,
 )
 
-USER_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS)
 TRAINING_VIEWS = (*USER_VIEWS, ITEM_METADATA)
 SHORT_HISTORY = 3
 
@@ -76,13 +75,17 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
     return sizes
 
 
-def _seen(frame: pd.DataFrame, users: pd.Series) -> list[set[str]]:
-    by_user = frame.groupby("user_id")["item_id"].apply(set)
-    return [by_user.get(u, set()) for u in users]
-
-
 def _first_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values("event_timestamp", kind="stable").groupby("user_id", as_index=False).head(1)
+
+
+def _retrieve(model, queries: pd.DataFrame, items: pd.DataFrame, seen: list[set[str]], n: int):
+    """[queries, n] catalog positions and scores from in-memory towers, exact search, each
+    query's seen items skipped (-1 / -inf where the catalog runs out)."""
+    position = {item: p for p, item in enumerate(items["item_id"].astype(str))}
+    exclude = [np.array([position[i] for i in s if i in position], np.int64) for s in seen]
+    index = BruteForceIndex(embed(model.item_tower, items, ITEM_INPUTS))
+    return index.search(embed(model.user_tower, queries, USER_INPUTS), n, exclude)
 
 
 class _EarlyStopping:
@@ -95,12 +98,9 @@ class _EarlyStopping:
         self.patience, self.best, self.best_epoch, self.weights, self.history = patience, -1.0, 0, None, []
 
     def __call__(self, epoch: int, model) -> bool:
-        scores = embed(model.user_tower, self.queries, USER_INPUTS) @ \
-            embed(model.item_tower, self.items, ITEM_INPUTS).T
+        top, _ = _retrieve(model, self.queries, self.items, self.seen, 10)
         ids = self.items["item_id"].astype(str).to_numpy()
-        index = {i: n for n, i in enumerate(ids)}
-        ranked = top_k_excluding(scores, ids, [{index[i] for i in s if i in index} for s in self.seen], 10)
-        ndcg = ndcg_at_k(ranked, self.relevant, 10)
+        ndcg = ndcg_at_k([list(ids[row[row >= 0]]) for row in top], self.relevant, 10)
         self.history.append(round(ndcg, 4))
         if ndcg > self.best:
             self.best, self.best_epoch, self.weights = ndcg, epoch, model.get_weights()
@@ -124,7 +124,7 @@ def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConf
     if queries.empty:
         raise ValueError(f"too little training data in {data_dir}: no user has enough interactions to hold "
                          "some out for picking epochs and training the ranker")
-    seen, relevant = _seen(fit, queries["user_id"]), _seen(holdout, queries["user_id"])
+    seen, relevant = items_by_user(fit, queries["user_id"]), items_by_user(holdout, queries["user_id"])
 
     # 1) retrieval on the earlier part, epochs picked on the held-out later part
     stop = _EarlyStopping(queries, seen, relevant, items)
@@ -136,18 +136,12 @@ def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConf
     # plus short-history copies of some users (unknown id, 3 recent items): it also learns
     # what to do when it knows little about someone, as with a new user's onboarding picks
     short = queries.sample(frac=ranker_cfg.short_history_share, random_state=cfg.seed)
-    seen, relevant = seen + _seen(fit, short["user_id"]), relevant + _seen(holdout, short["user_id"])
+    seen, relevant = seen + items_by_user(fit, short["user_id"]), relevant + items_by_user(holdout, short["user_id"])
     short = as_new_users(short, [list(r)[:SHORT_HISTORY] for r in short["recent_items"]])
     queries = pd.concat([queries, short], ignore_index=True)
     co = CoEngagement.fit(fit, items, half_life=cfg.recency_half_life)
-    user_emb = embed(model.user_tower, queries, USER_INPUTS)
-    item_emb = embed(model.item_tower, items, ITEM_INPUTS)
-    position = {item: n for n, item in enumerate(co.item_ids)}
-    exclude = [np.array([position[i] for i in s if i in position], np.int64) for s in seen]
-    cand, scores = BruteForceIndex(item_emb).search(user_emb, ranker_cfg.candidates, exclude)
-    features = co.features(queries["recent_items"], cand)
-    features["item_log_age_days"] = item_log_age_days(created_seconds(items), cand, queries[REQUEST_TS].to_numpy())
-    rows = candidate_frame(features, scores, queries)
+    cand, scores = _retrieve(model, queries, items, seen, ranker_cfg.candidates)
+    rows = ranker_rows(co, created_seconds(items), queries, cand, scores)
     labels = np.array([[c >= 0 and co.item_ids[c] in rel for c in row] for row, rel in zip(cand, relevant)])
     valid = rows.pop("valid")
     rows, labels = {k: v[valid] for k, v in rows.items()}, labels.reshape(-1)[valid]
@@ -179,43 +173,40 @@ def evaluate_model(model_dir: Path, data_dir: Path, k: int = 20) -> dict[str, fl
     train = pd.read_parquet(data_dir / "train.parquet", columns=["user_id", "item_id"])
     test = pd.read_parquet(data_dir / "test.parquet")
     queries = pd.read_parquet(data_dir / "test_queries.parquet")
-    relevant = _seen(test, queries["user_id"])
-    seen = _seen(train, queries["user_id"])
+    relevant = items_by_user(test, queries["user_id"])
+    seen = items_by_user(train, queries["user_id"])
     rec = Recommender(model_dir)
     n = max(k, 10)
     full, _ = rec.recommend(queries, k=n, seen=seen)
     retrieval, _ = rec.recommend(queries, k=n, seen=seen, rank=False)
-    pop = train["item_id"].value_counts().reindex(rec.item_ids).fillna(0).to_numpy()
-    pop_ranked = top_k_excluding(pop[None, :].repeat(len(queries), 0), rec.item_ids,
-                                 rec.candidate_indices(seen), n)
+    popular = popular_excluding(train, rec.item_ids, rec.candidate_indices(seen), n)
     out = {"eval_users": float(len(queries))}
-    for name, ranked in (("", full), ("retrieval_", retrieval), ("popularity_", pop_ranked)):
-        out[f"{name}recall_at_{k}"] = recall_at_k(ranked, relevant, k)
-        out[f"{name}ndcg_at_10"] = ndcg_at_k(ranked, relevant, 10)
+    for name, ranked in (("", full), ("retrieval_", retrieval), ("popularity_", popular)):
+        out |= list_metrics(ranked, relevant, k, name)
     out["coverage_at_10"] = coverage([r[:10] for r in full], len(rec.item_ids))
     out["diversity_at_10"] = intra_list_diversity([r[:10] for r in full], rec.catalog["category"])
-    for segment, (ranked, rel) in segments(full, relevant, queries["user_id"], train, rec.catalog["category"]).items():
+    for segment, rel in segments(relevant, queries["user_id"], train, rec.catalog["category"]).items():
         out[f"segment.{segment}.users"] = float(sum(1 for r in rel if r))
-        out[f"segment.{segment}.recall_at_{k}"] = recall_at_k(ranked, rel, k)
-        out[f"segment.{segment}.ndcg_at_10"] = ndcg_at_k(ranked, rel, 10)
+        out |= list_metrics(full, rel, k, f"segment.{segment}.")
     return out
 
 
 LIGHT = 5  # a user or item with fewer training interactions counts as cold
 
 
-def segments(ranked: list[list[str]], relevant: list[set[str]], users: pd.Series, train: pd.DataFrame,
-             category: pd.Series, top_categories: int = 3) -> dict[str, tuple[list, list[set[str]]]]:
-    """(ranked, relevant) per segment the model gate compares: cold users (fewer than LIGHT
-    training interactions), cold items (relevant items with fewer than LIGHT), and the
-    largest categories among the relevant items. Segments with no relevant items are left out."""
+def segments(relevant: list[set[str]], users: pd.Series, train: pd.DataFrame, category: pd.Series,
+             top_categories: int = 3) -> dict[str, list[set[str]]]:
+    """Each user's relevant items restricted to a segment the model gate compares: cold
+    users (fewer than LIGHT training interactions), cold items (relevant items with fewer
+    than LIGHT), and the largest categories among the relevant items. Segments with no
+    relevant items are left out."""
     user_n = train["user_id"].value_counts()
     item_n = train["item_id"].value_counts()
     cold_user = (user_n.reindex(users).fillna(0) < LIGHT).to_numpy()
-    out = {"cold_users": (ranked, [rel if cold else set() for rel, cold in zip(relevant, cold_user)]),
-           "cold_items": (ranked, [{i for i in rel if item_n.get(i, 0) < LIGHT} for rel in relevant])}
+    out = {"cold_users": [rel if cold else set() for rel, cold in zip(relevant, cold_user)],
+           "cold_items": [{i for i in rel if item_n.get(i, 0) < LIGHT} for rel in relevant]}
     volume = category.reindex([i for rel in relevant for i in rel]).value_counts()
     for cat in volume.index[:top_categories]:
         name = re.sub(r"[^A-Za-z0-9_-]", "_", str(cat))  # MLflow metric-name characters
-        out[f"category.{name}"] = (ranked, [{i for i in rel if category.get(i) == cat} for rel in relevant])
-    return {name: seg for name, seg in out.items() if any(seg[1])}
+        out[f"category.{name}"] = [{i for i in rel if category.get(i) == cat} for rel in relevant]
+    return {name: rel for name, rel in out.items() if any(rel)}

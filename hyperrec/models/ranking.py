@@ -17,6 +17,8 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from hyperrec.features import REQUEST_TS
+
 NUMERIC = ("retrieval_score", "coengagement", "category_share", "item_log_count", "log_rank",
            "retrieval_score_z", "coengagement_z", "item_log_age_days", "log_history_length")
 # a pointwise ranker compares across users; these compare within one user's candidate list
@@ -62,6 +64,16 @@ def candidate_frame(features: dict[str, np.ndarray], scores: np.ndarray,
         out[col] = np.repeat(context[col].to_numpy(np.float32), c)
     out["valid"] = valid.reshape(-1)
     return out
+
+
+def ranker_rows(coengagement, created_s: np.ndarray, users: pd.DataFrame, candidates: np.ndarray,
+                scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Every ranker input for [users, C] retrieved candidates, one row per pair: the one
+    feature path training and serving share (`coengagement` is a CoEngagement,
+    `created_s` each catalog item's creation time)."""
+    features = coengagement.features(list(users["recent_items"]), candidates)
+    features["item_log_age_days"] = item_log_age_days(created_s, candidates, users[REQUEST_TS].to_numpy())
+    return candidate_frame(features, scores, users)
 
 
 def build_ranker(examples: dict[str, np.ndarray], cfg: RankerConfig) -> tf.keras.Model:
