@@ -15,6 +15,7 @@ new user.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import weakref
 from collections.abc import Callable
@@ -219,21 +220,31 @@ def training_examples(train: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def train_two_tower(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig,
                     on_epoch: Callable[[int, TwoTower], bool] | None = None,
-                    warm_start: Path | None = None) -> TwoTower:
+                    warm_start: Path | None = None, strategy: tf.distribute.Strategy | None = None) -> TwoTower:
     """Fit on positive (user, item) rows carrying their point-in-time features.
 
     `on_epoch(epoch, model)` runs after every epoch; returning False stops training (the
     caller's early stopping on a validation set). `warm_start`: an exported model folder
-    whose weights initialise the towers (fine-tuning instead of training from scratch)."""
+    whose weights initialise the towers (fine-tuning instead of training from scratch).
+    `strategy` (e.g. MultiWorkerMirroredStrategy): variables are created in its scope and
+    `cfg.batch_size` is the global batch, split across replicas by data (every worker
+    shuffles with the same seed and keeps its share of each batch); in-batch negatives are
+    then each replica's share of the batch, not the whole global batch."""
     tf.keras.utils.set_random_seed(cfg.seed)
-    model = TwoTower(*build_towers(train, items, cfg), cfg.temperature)
-    if warm_start is not None:
-        for tower in (model.user_tower, model.item_tower):
-            load_tower_weights(tower, Path(warm_start) / WARM_START_DIR)
-    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = TwoTower(*build_towers(train, items, cfg), cfg.temperature)
+        if warm_start is not None:
+            for tower in (model.user_tower, model.item_tower):
+                load_tower_weights(tower, Path(warm_start) / WARM_START_DIR)
+        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
     data = training_examples(train)
     ds = tf.data.Dataset.from_tensor_slices(data).shuffle(len(train), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size).prefetch(2)
+    if strategy is not None:
+        # the default (AUTO -> FILE) finds no files in an in-memory dataset and falls back to DATA with a warning
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        ds = ds.with_options(options)
     for epoch in range(1, cfg.epochs + 1):
         model.fit(ds, epochs=1, verbose=0)
         if on_epoch is not None and not on_epoch(epoch, model):
@@ -245,13 +256,15 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def compiled(tower: tf.keras.Model, spec: dict[str, str]):
-    """One traced graph for any batch size, kept on the tower: Keras `predict` costs ~75 ms
-    per call here, the compiled call a few ms (the query tower runs on every request)."""
+    """One traced graph for any batch size, kept on the tower. The query tower runs on every
+    request: Keras `predict` costs ~75 ms per call here, a tf.function fed numpy 2.7 ms, its
+    concrete function fed tensors 0.85 ms (no per-call signature matching and casting)."""
     call = _COMPILED.get(tower)
     if call is None:
-        call = tf.function(lambda inputs: tower(inputs, training=False), input_signature=[input_signature(spec)])
+        call = tf.function(lambda inputs: tower(inputs, training=False),
+                           input_signature=[input_signature(spec)]).get_concrete_function()
         _COMPILED[tower] = call
-    return lambda frame: call(tensors(frame, spec)).numpy()
+    return lambda frame: call({k: tf.constant(v) for k, v in tensors(frame, spec).items()}).numpy()
 
 
 def embed(tower: tf.keras.Model, frame: pd.DataFrame, spec: dict[str, str], batch: int = 8192) -> np.ndarray:
