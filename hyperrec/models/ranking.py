@@ -117,5 +117,5 @@ def train_ranker(examples: dict[str, np.ndarray], labels: np.ndarray, cfg: Ranke
 
 def compiled_ranker(ranker: tf.keras.Model):
     signature = [{c: tf.TensorSpec([None], tf.float32, name=c) for c in RANKER_INPUTS}]
-    call = tf.function(lambda inputs: ranker(inputs, training=False), input_signature=signature)
-    return lambda rows: call({c: rows[c] for c in RANKER_INPUTS}).numpy()
+    call = tf.function(lambda inputs: ranker(inputs, training=False), input_signature=signature).get_concrete_function()
+    return lambda rows: call({c: tf.constant(rows[c], tf.float32) for c in RANKER_INPUTS}).numpy()
