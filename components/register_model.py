@@ -1,3 +1,5 @@
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Markdown, Model
 
@@ -6,11 +8,14 @@ from components.image import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def register_model(home: str, world_dir: str, run_tag: str, model: Input[Model], evaluation: Input[Artifact],
-                   decision: Input[Artifact], data_report: Input[Markdown]) -> int:
+                   decision: Input[Artifact], data_report: Input[Markdown]
+                   ) -> NamedTuple("Registered", [("version", int), ("blessed", bool)]):
     """Log the run to MLflow (params, metrics, gate decision, data profile, dataset
     fingerprint, git commit) and register the model: blessed -> `champion`, rejected ->
-    registered with its reasons, alias unchanged. Returns the registered version."""
+    registered with its reasons, alias unchanged. Returns the registered version and
+    whether it was blessed (what deploy acts on)."""
     import json
+    from collections import namedtuple
     from pathlib import Path
 
     from hyperrec.config import load_settings
@@ -25,4 +30,5 @@ def register_model(home: str, world_dir: str, run_tag: str, model: Input[Model],
             "pipeline_run_tag": run_tag}
     artifacts = {"data_profile.json": data_report.metadata["profile"],
                  "data_gate.md": Path(data_report.path).read_text()}
-    return register(load_settings(home), Path(model.path), params, metrics, gate, artifacts, tags)
+    version = register(load_settings(home), Path(model.path), params, metrics, gate, artifacts, tags)
+    return namedtuple("Registered", ["version", "blessed"])(version, bool(gate["blessed"]))

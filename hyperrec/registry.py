@@ -155,10 +155,16 @@ def champion_artifact(settings: Settings, name: str) -> str | None:
 
 def champion_model_dir(settings: Settings) -> Path | None:
     """Local folder of the champion's exported model (downloaded by MLflow), or None."""
-    if champion_version(settings) is None:
-        return None
-    # files only: loading the pyfunc would build the whole TF model just to find its folder
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}@{CHAMPION}"))
+    version = champion_version(settings)
+    return None if version is None else model_version_dir(settings, version)
+
+
+def model_version_dir(settings: Settings, version: int, dst: Path | None = None) -> Path:
+    """Download one registered version's files (into `dst`, default a temporary folder) and
+    return its exported model folder. Files only: loading the pyfunc would build the whole
+    TF model just to find its folder."""
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}",
+                                                     dst_path=str(dst) if dst else None))
     flavor = mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]
     return local / flavor["artifacts"]["model_dir"]["path"]
 
@@ -169,3 +175,10 @@ def load_champion(settings: Settings, alias: str = CHAMPION):
     version = client.get_model_version_by_alias(settings.model_name, alias)
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{alias}")
     return model.unwrap_python_model().recommender, int(version.version)
+
+
+def tag_version(settings: Settings, version: int, tags: dict) -> None:
+    """Set tags on one registered model version (e.g. the deploy step's outcome)."""
+    client = configure(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, str(version), key, str(value))

@@ -16,8 +16,8 @@ from hyperrec.config import Settings, export_env
 from hyperrec.data.generate import WorldConfig, generate_world
 from hyperrec.data.world import World, load_world, save_world
 
-TRAINING_TASKS = ["validate-data", "build-training-set", "train-models", "evaluate-model", "gate-model",
-                  "register-model"]
+TRAINING_TASKS = ["validate-data", "build-training-set", "train-retrieval", "train-ranking", "build-index",
+                  "evaluate-model", "gate-model", "register-model", "deploy"]
 
 
 def _progress(console: Console) -> Progress:

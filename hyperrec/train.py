@@ -1,16 +1,21 @@
 """The training job's steps as plain functions: each KFP component is a thin wrapper.
 
 build_training_set: Feast point-in-time features on every positive, the temporal test
-split and one query row per test user. fit_models: the two-stage model, with the last
-part of each user's training history held out to pick the retrieval epoch count and to
-train the ranker on candidates retrieval really produces; then retrieval is refit on all
-training data. evaluate_model: the shared protocol (full catalog, train items excluded).
+split and one query row per test user. fit_retrieval: the towers, with the last part of
+each user's training history held out to pick the epoch count and to produce the ranker's
+training examples from candidates retrieval really retrieves; then refit on all training
+data. fit_ranking: the ranker on those examples. build_serving_unit: towers, ranker,
+candidate embeddings and index assembled into the one folder serving loads (fit_models
+runs the three in one call). evaluate_model: the shared protocol (full catalog, train
+items excluded).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,13 +28,14 @@ from hyperrec.config import Settings
 from hyperrec.data.world import load_world
 from hyperrec.features import ITEM_METADATA, USER_VIEWS
 from hyperrec.featurestore import training_set
-from hyperrec.index import BruteForceIndex
+from hyperrec.index import BruteForceIndex, load_index
 from hyperrec.interactions import POSITIVE_RATING, items_by_user, positives, temporal_split
 from hyperrec.metrics import coverage, intra_list_diversity, list_metrics, ndcg_at_k, popular_excluding
-from hyperrec.models.ranking import RankerConfig, ranker_rows, train_ranker
+from hyperrec.models.ranking import RANKER_INPUTS, RankerConfig, ranker_rows, train_ranker
 from hyperrec.models.two_tower import (
     ITEM_INPUTS,
     USER_INPUTS,
+    WARM_START_DIR,
     TwoTowerConfig,
     as_new_users,
     embed,
@@ -107,12 +113,24 @@ class _EarlyStopping:
         return epoch - self.best_epoch < self.patience + 1
 
 
-def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConfig(),
-               ranker_cfg: RankerConfig = RankerConfig(), log=print, warm_start: Path | None = None) -> dict:
-    """Train retrieval + ranking on data_dir's training set and export the serving unit
-    (towers, candidate embeddings, co-engagement table, ranker) to out_dir. `warm_start`:
-    an earlier export (the champion's) whose tower weights both retrieval fits start from."""
-    from hyperrec.recommend import created_seconds, export_candidates
+RANKING_EXAMPLES = "ranking_examples.npz"
+UNIT_FROM_RETRIEVAL = ("user_tower", "item_tower", WARM_START_DIR, "config.json", "coengagement.npz")
+UNIT_FROM_RANKING = ("ranker", "ranker_config.json")
+# what shapes the ranker's training lists; the ranker must be trained and served with the same
+_EXAMPLE_SHAPE = ("candidates", "short_history_share")
+
+
+def fit_retrieval(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConfig(), log=print,
+                  warm_start: Path | None = None, ranker_cfg: RankerConfig = RankerConfig(),
+                  examples_dir: Path | None = None) -> dict:
+    """Retrieval and the ranker's training examples. (1) The towers are fit on each user's
+    earlier 80% of training data, the epoch count picked by NDCG@10 on the later 20%; (2)
+    that model's candidates for the held-out part (plus short-history copies of the users)
+    become the ranker's examples, written to examples_dir (default out_dir) as
+    ranking_examples.npz; (3) the towers are refit on all training data with that epoch
+    count and exported to out_dir with the co-engagement table and retrieval.json.
+    `warm_start`: an earlier export (the champion's) whose tower weights both fits start from."""
+    from hyperrec.recommend import created_seconds
 
     t0 = time.perf_counter()
     train = pd.read_parquet(data_dir / "train.parquet")
@@ -144,25 +162,95 @@ def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConf
     rows = ranker_rows(co, created_seconds(items), queries, cand, scores)
     labels = np.array([[c >= 0 and co.item_ids[c] in rel for c in row] for row, rel in zip(cand, relevant)])
     valid = rows.pop("valid")
-    rows, labels = {k: v[valid] for k, v in rows.items()}, labels.reshape(-1)[valid]
-    ranker = train_ranker(rows, labels, ranker_cfg)
-    log(f"ranker: {len(labels):,} candidates, {int(labels.sum()):,} positives")
+    examples_dir = Path(examples_dir or out_dir)
+    examples_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(examples_dir / RANKING_EXAMPLES, label=labels.reshape(-1)[valid],
+             **{c: rows[c][valid] for c in RANKER_INPUTS},
+             **{f"_{name}": np.asarray(getattr(ranker_cfg, name)) for name in _EXAMPLE_SHAPE})
+    n_examples = int(valid.sum())
+    log(f"ranker examples: {n_examples:,} candidates, {int(labels.reshape(-1)[valid].sum()):,} positives")
 
     # 3) retrieval and co-engagement refit on all training data, same epoch count
     final_cfg = replace(cfg, epochs=stop.best_epoch)
     model = train_two_tower(train, items, final_cfg, warm_start=warm_start)
-    item_emb = export_towers(model, items, final_cfg, out_dir)
-    export_candidates(out_dir, items, item_emb)
+    export_towers(model, items, final_cfg, out_dir)  # the item embeddings are computed again with the index
     CoEngagement.fit(train, items, half_life=cfg.recency_half_life).save(out_dir / "coengagement.npz")
-    ranker.save(out_dir / "ranker", save_format="tf")
-    (out_dir / "ranker_config.json").write_text(json.dumps(asdict(ranker_cfg)))
     seconds = time.perf_counter() - t0
     report = {"epochs": stop.best_epoch, "warm_start": str(warm_start or ""), "validation_history": stop.history,
-              "validation_ndcg_at_10": stop.best, "train_rows": len(train),
-              "ranker_examples": len(labels), "seconds": round(seconds, 1),
+              "validation_ndcg_at_10": stop.best, "train_rows": len(train), "ranking_examples": n_examples,
+              "seconds": round(seconds, 1),
               "examples_per_s": round((len(fit) * len(stop.history) + len(train) * stop.best_epoch) / seconds)}
+    (out_dir / "retrieval.json").write_text(json.dumps(report))
+    return report
+
+
+def fit_ranking(examples: Path, out_dir: Path, ranker_cfg: RankerConfig = RankerConfig(), log=print) -> dict:
+    """Train the DCN ranker on fit_retrieval's examples (`examples`: the .npz or its folder);
+    writes ranker/, ranker_config.json and ranking.json to out_dir."""
+    t0 = time.perf_counter()
+    examples = Path(examples)
+    if examples.is_dir():
+        examples = examples / RANKING_EXAMPLES
+    with np.load(examples, allow_pickle=False) as z:
+        for name in _EXAMPLE_SHAPE:
+            built = z[f"_{name}"].item()
+            if built != getattr(ranker_cfg, name):
+                raise ValueError(f"{examples} was built with {name}={built}, the ranker config says "
+                                 f"{getattr(ranker_cfg, name)}: give fit_retrieval the same RankerConfig")
+        rows, labels = {c: z[c] for c in RANKER_INPUTS}, z["label"]
+    ranker = train_ranker(rows, labels, ranker_cfg)
+    log(f"ranker: {len(labels):,} candidates, {int(labels.sum()):,} positives")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ranker.save(out_dir / "ranker", save_format="tf")
+    (out_dir / "ranker_config.json").write_text(json.dumps(asdict(ranker_cfg)))
+    report = {"ranker_examples": len(labels), "ranker_positives": int(labels.sum()),
+              "ranker_seconds": round(time.perf_counter() - t0, 1)}
+    (out_dir / "ranking.json").write_text(json.dumps(report))
+    return report
+
+
+def build_serving_unit(retrieval_dir: Path, ranker_dir: Path, data_dir: Path, out_dir: Path,
+                       index_kind: str = "auto") -> dict:
+    """Assemble the versioned serving unit `Recommender` loads: the towers, co-engagement
+    table and ranker copied from their steps' folders, the catalog (data_dir/items.parquet)
+    embedded with this unit's item tower and indexed, and training.json (both reports plus
+    the index's). Query tower, index and ranker thereby always come from one unit."""
+    import tensorflow as tf
+
+    from hyperrec.recommend import export_candidates
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = [(retrieval_dir, n) for n in UNIT_FROM_RETRIEVAL] + [(ranker_dir, n) for n in UNIT_FROM_RANKING]
+    for src, name in parts:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, out_dir / name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src / name, out_dir / name)
+    t0 = time.perf_counter()
+    items = pd.read_parquet(data_dir / "items.parquet")
+    item_tower = tf.keras.models.load_model(out_dir / "item_tower", compile=False)
+    export_candidates(out_dir, items, embed(item_tower, items, ITEM_INPUTS), index_kind)
+    index = load_index(out_dir / "index")
+    index_report = {"index_kind": index.kind, "index_items": len(index),
+                    "index_build_seconds": round(time.perf_counter() - t0, 1)}
+    retrieval = json.loads((retrieval_dir / "retrieval.json").read_text())
+    ranking = json.loads((ranker_dir / "ranking.json").read_text())
+    seconds = retrieval["seconds"] + ranking["ranker_seconds"] + index_report["index_build_seconds"]
+    report = {**retrieval, **ranking, **index_report, "retrieval_seconds": retrieval["seconds"],
+              "seconds": round(seconds, 1)}
     (out_dir / "training.json").write_text(json.dumps(report))
     return report
+
+
+def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConfig(),
+               ranker_cfg: RankerConfig = RankerConfig(), log=print, warm_start: Path | None = None) -> dict:
+    """fit_retrieval -> fit_ranking -> build_serving_unit in one call (what the pipeline runs
+    as three steps): the serving unit in out_dir, its training report returned."""
+    with tempfile.TemporaryDirectory(prefix="hyperrec-fit-") as tmp:
+        retrieval_dir, ranker_dir = Path(tmp) / "retrieval", Path(tmp) / "ranker"
+        fit_retrieval(data_dir, retrieval_dir, cfg, log, warm_start, ranker_cfg=ranker_cfg)
+        fit_ranking(retrieval_dir, ranker_dir, ranker_cfg, log)
+        return build_serving_unit(retrieval_dir, ranker_dir, data_dir, out_dir)
 
 
 def evaluate_model(model_dir: Path, data_dir: Path, k: int = 20) -> dict[str, float]:

@@ -11,13 +11,14 @@ from hyperrec.config import Settings
 
 @dataclass
 class RunResult:
-    """What a pipeline run ended in: a registered version (blessed or rejected), or a stop
-    at the data gate with its report."""
+    """What a pipeline run ended in: a registered version (blessed or rejected) and what the
+    deploy step made of it, or a stop at the data gate with its report."""
 
     run_tag: str
     version: int | None
     blessed: bool
     data_report: Path | None
+    deploy_status: str | None = None  # skipped / alias-moved / serving / failed (the version's MLflow tag)
 
     @property
     def stopped_at_data_gate(self) -> bool:
@@ -25,8 +26,9 @@ class RunResult:
 
 
 def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20,
-              learning_rate: float = 0.003, warm_start: bool = False) -> RunResult:
-    """Execute every task as a subprocess of this venv."""
+              learning_rate: float = 0.003, warm_start: bool = False, endpoint: str = "") -> RunResult:
+    """Execute every task as a subprocess of this venv. `endpoint`: a model server whose
+    answers the deploy step waits on to carry the new version (empty: nothing to verify)."""
     from kfp import local
 
     from pipelines.training import training_pipeline
@@ -36,7 +38,7 @@ def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20,
                pipeline_root=str(settings.pipeline_root), raise_on_error=True)
     run_tag = uuid.uuid4().hex[:12]
     training_pipeline(home=str(settings.home), world_dir=str(world_dir), run_tag=run_tag, epochs=epochs,
-                      learning_rate=learning_rate, warm_start=warm_start, k=k)
+                      learning_rate=learning_rate, warm_start=warm_start, k=k, endpoint=endpoint)
     return _result(settings, run_tag)
 
 
@@ -50,7 +52,8 @@ def _result(settings: Settings, run_tag: str) -> RunResult:
                                   f"tags.pipeline_run_tag = '{run_tag}'"):
         mv = runs.get(run.info.run_id)
         if mv is not None:
-            return RunResult(run_tag, int(mv.version), mv.tags.get("gate") == "blessed", None)
+            return RunResult(run_tag, int(mv.version), mv.tags.get("gate") == "blessed", None,
+                             mv.tags.get("deploy_status"))
     reports = sorted(settings.pipeline_root.glob("hyperrec-training-*/validate-data/report"),
                      key=lambda p: p.stat().st_mtime)
     return RunResult(run_tag, None, False, reports[-1] if reports else None)

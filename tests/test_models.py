@@ -125,3 +125,50 @@ def test_warm_start_copies_weights_across_changed_vocabularies(tmp_path):
     load_tower_weights(user_tower, tmp_path / WARM_START_DIR)
     after = embed(item_tower, items, ITEM_INPUTS)
     assert np.allclose(after, before, atol=1e-5)  # every known item embeds exactly as before
+
+
+@pytest.mark.slow
+def test_fit_models_is_retrieval_then_ranking_then_the_serving_unit(tmp_path):
+    """fit_models composes the pipeline's three steps into the folder Recommender loads."""
+    import json
+
+    from hyperrec.models.ranking import RankerConfig
+    from hyperrec.models.two_tower import TwoTowerConfig
+    from hyperrec.recommend import Recommender
+    from hyperrec.train import fit_models
+
+    train, items = _frames(rows=2_000)
+    ts = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(train)), unit="min")
+    train["event_timestamp"], train["request_ts"] = ts, ts.astype("int64") // 10**9
+    items["created_ts"] = pd.Timestamp("2023-12-01", tz="UTC")
+    data = tmp_path / "data"
+    data.mkdir()
+    train.to_parquet(data / "train.parquet", index=False)
+    items.to_parquet(data / "items.parquet", index=False)
+
+    ranker_cfg = RankerConfig(candidates=20, epochs=1)
+    report = fit_models(data, tmp_path / "unit", TwoTowerConfig(epochs=2, batch_size=64, embedding_dim=16),
+                        ranker_cfg, log=lambda *_: None)
+    unit = tmp_path / "unit"
+    assert {p.name for p in unit.iterdir()} == {"user_tower", "item_tower", "warm_start", "config.json",
+                                                "coengagement.npz", "ranker", "ranker_config.json", "candidates.npz",
+                                                "index", "items.parquet", "training.json"}
+    assert json.loads((unit / "training.json").read_text()) == report
+    assert report["index_kind"] == "brute" and report["index_items"] == len(items)
+    assert 1 <= report["epochs"] <= 2 and report["ranker_examples"] == report["ranking_examples"] > 0
+
+    rec = Recommender(unit)
+    users = train.drop_duplicates("user_id").head(3)
+    ranked, scores = rec.recommend(users, k=5)
+    assert [len(r) for r in ranked] == [5, 5, 5] and all(s[0] >= s[-1] for s in scores)
+    assert all(not set(r) & set(seen) for r, seen in zip(ranked, users["recent_items"]))
+
+
+def test_ranker_refuses_examples_built_for_another_candidate_count(tmp_path):
+    from hyperrec.models.ranking import RANKER_INPUTS, RankerConfig
+    from hyperrec.train import RANKING_EXAMPLES, fit_ranking
+
+    np.savez(tmp_path / RANKING_EXAMPLES, label=np.zeros(4, bool), _candidates=np.asarray(100),
+             _short_history_share=np.asarray(1.0), **{c: np.zeros(4, np.float32) for c in RANKER_INPUTS})
+    with pytest.raises(ValueError, match="candidates=100"):
+        fit_ranking(tmp_path, tmp_path / "ranker", RankerConfig(candidates=50))

@@ -1,0 +1,30 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def train_retrieval(home: str, training_set: Input[Dataset], retrieval: Output[Model],
+                    ranking_examples: Output[Dataset], max_epochs: int = 6, embedding_dim: int = 64,
+                    learning_rate: float = 0.003, warm_start: bool = False):
+    """Train the TFRS two-tower retrieval model (epochs picked on a held-out part of the
+    training data, then refit on all of it) and write the ranker's training examples: the
+    candidates the held-out-stage model retrieves, labelled. With `warm_start`, the towers
+    start from the current champion's weights (from scratch when there is none)."""
+    from pathlib import Path
+
+    from hyperrec.config import load_settings
+    from hyperrec.models.two_tower import TwoTowerConfig
+    from hyperrec.registry import champion_model_dir
+    from hyperrec.train import fit_retrieval
+
+    start = champion_model_dir(load_settings(home)) if warm_start else None
+    cfg = TwoTowerConfig(epochs=max_epochs, embedding_dim=embedding_dim, learning_rate=learning_rate)
+    report = fit_retrieval(Path(training_set.path), Path(retrieval.path), cfg, warm_start=start,
+                           examples_dir=Path(ranking_examples.path))
+    retrieval.metadata.update({"framework": "tensorflow-recommenders", "epochs": report["epochs"],
+                               "embedding_dim": embedding_dim, "learning_rate": learning_rate,
+                               "examples_per_s": report["examples_per_s"], "train_seconds": report["seconds"],
+                               "warm_start": report["warm_start"]})
+    ranking_examples.metadata.update({"rows": report["ranking_examples"]})
