@@ -39,6 +39,7 @@ test-fast: $(STAMP) ## unit tests only (skips the slow end-to-end tests)
 bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/)
 	$(HYPERREC) bench features --home var/bench-home --out var/bench/features.json
 	$(HYPERREC) bench index --out var/bench/index.json
+	$(HYPERREC) bench serving --out var/bench/serving.json
 	@if [ -d $(MOVIELENS) ]; then $(HYPERREC) bench quality --path $(MOVIELENS) --home var/bench-home --out var/bench/quality.json; \
 	else echo "skipping bench quality: no MovieLens folder at $(MOVIELENS) (set MOVIELENS=...)"; fi
 

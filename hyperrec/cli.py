@@ -97,18 +97,21 @@ def features_materialize(end: str | None = typer.Option(None, help="ISO time to 
 @pipeline_app.command("run")
 def pipeline_run(world: Path | None = typer.Option(None), epochs: int = 6, k: int = 20,
                  warm_start: bool = typer.Option(False, help="start the towers from the champion's weights"),
+                 endpoint: str = typer.Option("", help="a model server (http://host:port) the deploy step waits on "
+                                                       "to serve the new version"),
                  home: Path | None = HomeOpt):
     """Run the training pipeline through kfp.local (SubprocessRunner, this venv)."""
     from pipelines.run import run_local
 
-    result = run_local(load_settings(home), _world_dir(home, world), epochs=epochs, k=k, warm_start=warm_start)
+    result = run_local(load_settings(home), _world_dir(home, world), epochs=epochs, k=k, warm_start=warm_start,
+                       endpoint=endpoint)
     if result.stopped_at_data_gate:
         console.print(f"[red]stopped at the data gate[/red]: nothing trained or registered ({result.data_report})")
         if result.data_report:
             console.print(result.data_report.read_text())
         raise typer.Exit(1)
     verdict = "blessed -> @champion" if result.blessed else "rejected by the model gate, @champion unchanged"
-    console.print(f"registered version {result.version} ({verdict})")
+    console.print(f"registered version {result.version} ({verdict}); deploy: {result.deploy_status}")
 
 
 @pipeline_app.command("submit")
@@ -208,6 +211,30 @@ def bench_quality_cmd(path: Path = typer.Option(..., help="a MovieLens folder (1
     result = bench_quality(path, console, format, load_settings(home), epochs)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {out}")
+
+
+@bench_app.command("serving")
+def bench_serving_cmd(out: Path = typer.Option(Path("var/bench/serving.json")),
+                      home: Path = typer.Option(Path("var/bench-serving"), help="workspace for the 100k-item catalog"),
+                      seconds: int = typer.Option(10, help="seconds per load run"), rate: float = 500.0):
+    """The full request path over a generated 100k-item catalog vs the naive per-request
+    KServe path (one BruteForce SavedModel call), side by side; swap under load."""
+    from hyperrec.serving_bench import run
+
+    run(load_settings(home), out, console, seconds=seconds, rate=rate)
+    console.print(f"wrote {out}")
+
+
+@bench_app.command("warm-start")
+def bench_warm_start_cmd(out: Path = typer.Option(Path("var/bench/warm_start.json")),
+                         home: Path = typer.Option(Path("var/bench-warm"), help="workspace of its own"),
+                         epochs: int = 6, fine_tune_epochs: int = 2):
+    """Retrain from the champion's weights vs from scratch, evaluated on interactions the
+    champion never saw; training time and quality side by side."""
+    from hyperrec.warmstart_bench import bench_warm_start
+
+    bench_warm_start(load_settings(home), console, out, epochs=epochs, fine_tune_epochs=fine_tune_epochs)
     console.print(f"wrote {out}")
 
 

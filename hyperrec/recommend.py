@@ -45,8 +45,10 @@ class Recommender:
         from hyperrec.models.two_tower import compiled
 
         self.model_dir = Path(model_dir)
-        self._embed = compiled(tf.keras.models.load_model(self.model_dir / "user_tower", compile=False),
-                               USER_INPUTS)
+        user_tower = tf.keras.models.load_model(self.model_dir / "user_tower", compile=False)
+        self._embed = compiled(user_tower, USER_INPUTS)
+        # users the query tower has an id embedding for (the rest embed as unknown)
+        self.known_users = frozenset(str(u) for u in user_tower.get_layer("user_id_lookup").get_vocabulary()[1:])
         with np.load(self.model_dir / "candidates.npz", allow_pickle=False) as z:
             self.item_ids = z["item_ids"].astype(str)
             self.item_embeddings = z["embeddings"].astype(np.float32)

@@ -18,40 +18,34 @@ from contextlib import contextmanager
 from pathlib import Path
 
 HOST = "127.0.0.1"
-DEBIAN_BINARY = Path("/usr/bin/redis-server")
-INSTALL_CMD = ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]
-
-install_seconds: float | None = None  # set when this process had to install redis-server
+install_seconds: dict[str, float] = {}  # Debian package -> seconds this process spent installing it
 
 
-def _which_redis() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    return str(DEBIAN_BINARY) if DEBIAN_BINARY.exists() else None
-
-
-def find_redis_server() -> str:
-    """Path of a `redis-server` binary; installs Debian's package when absent and running as root."""
-    global install_seconds
-    found = _which_redis()
+def find_debian_binary(binary: str, package: str) -> str:
+    """Path of `binary`; installs Debian's `package` when absent and running as root (the
+    project's own setup: CI machines start without redis-server or wrk)."""
+    found = shutil.which(binary) or (f"/usr/bin/{binary}" if Path(f"/usr/bin/{binary}").exists() else None)
     if found:
         return found
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError("redis-server is not installed and cannot be installed here (needs root and "
-                           "apt-get); install it, e.g. `apt-get install redis-server`, or put it on PATH")
+        raise RuntimeError(f"{binary} is not installed and cannot be installed here (needs root and "
+                           f"apt-get); install it, e.g. `apt-get install {package}`, or put it on PATH")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     started = time.monotonic()
-    for cmd in (["apt-get", "update"], INSTALL_CMD):
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", package]):
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {result.returncode}):\n"
                                f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    install_seconds = time.monotonic() - started
-    found = _which_redis()
+    install_seconds[package] = time.monotonic() - started
+    found = shutil.which(binary) or (f"/usr/bin/{binary}" if Path(f"/usr/bin/{binary}").exists() else None)
     if not found:
-        raise RuntimeError("installed Debian's redis-server package but no redis-server binary was found")
+        raise RuntimeError(f"installed Debian's {package} package but no {binary} binary was found")
     return found
+
+
+def find_redis_server() -> str:
+    return find_debian_binary("redis-server", "redis-server")
 
 
 def free_port() -> int:

@@ -8,16 +8,23 @@ from kserve import model_server
 
 import hyperrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before kserve/TF load)
 from hyperrec.config import load_settings
-from serving.recommender import RecommenderModel
+from serving.app import install
+from serving.recommender import RecommenderModel, ServerConfig
 
 parser = argparse.ArgumentParser(parents=[model_server.parser])
 parser.add_argument("--home", default=None, help="hyperrec workspace (default $HYPERREC_HOME or ./var)")
 parser.add_argument("--as_of", default=None, type=datetime.fromisoformat,
                     help="ISO time feature freshness is judged at (a simulated world's now); default: wall clock")
+parser.add_argument("--max_batch", type=int, default=ServerConfig.max_batch, help="micro-batch size limit")
+parser.add_argument("--max_wait_ms", type=float, default=ServerConfig.max_wait_ms,
+                    help="longest a request waits for its micro-batch to fill")
+parser.add_argument("--poll_s", type=float, default=ServerConfig.poll_s, help="champion alias check interval")
 parser.set_defaults(model_name="recommender")
 
 if __name__ == "__main__":
     args, _ = parser.parse_known_args()
-    model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of)
+    config = ServerConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, poll_s=args.poll_s)
+    model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config)
     model.load()
+    install(model_server.app, {model.name: model})
     kserve.ModelServer(http_port=args.http_port, enable_grpc=False).start([model])

@@ -14,13 +14,15 @@ from hyperrec.config import Settings, export_env
 
 
 def start_server(settings: Settings, port: int, log_path: Path | None = None,
-                 as_of: datetime | None = None) -> subprocess.Popen:
+                 as_of: datetime | None = None, extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
     """Launch `python -m serving` on 127.0.0.1:`port`; output goes to `log_path` if given;
-    `as_of` sets the clock feature freshness is judged by (default: wall clock)."""
+    `as_of` sets the clock feature freshness is judged by (default: wall clock);
+    `extra_args` go to the server (e.g. "--poll_s", "0.5")."""
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 (the child owns it)
     cmd = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(port)]
     if as_of is not None:
         cmd += ["--as_of", as_of.isoformat()]
+    cmd += list(extra_args)
     return subprocess.Popen(cmd, env=export_env(settings), stdout=log, stderr=subprocess.STDOUT)
 
 

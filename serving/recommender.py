@@ -1,49 +1,151 @@
-"""The recommendation Model: Feast online user features -> query tower -> top-k."""
+"""The recommendation Model on KServe: parse (v1 or v2) -> micro-batch -> Feast online user
+features -> retrieval -> ranking -> re-ranking, from the serving unit the champion alias
+names (hot-swapped in the background)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime
 
 import kserve
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferRequest
 
+from hyperrec.bandit import LinUCB
+from hyperrec.batching import MicroBatcher
 from hyperrec.config import Settings
 from hyperrec.featurestore import online_user_features, open_store
-from hyperrec.registry import load_champion
-from serving.protocol import Recommendation, ScoredItem, parse_instances
+from hyperrec.hotswap import ModelSlot, versions_dir_cleanup
+from hyperrec.models.two_tower import NEW_USER
+from hyperrec.online import Experiment, Recommended, Request, ServingUnit, StageTimer, apply_request, recommend_batch
+from hyperrec.registry import champion_version, model_version_dir
+from hyperrec.rerank import EXPLORATION_DIM
+from serving import metrics
+from serving.protocol import parse_v1, parse_v2, v1_response, v2_response
+
+log = logging.getLogger("hyperrec.serving")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    max_in_flight: int = 2
+    poll_s: float = 5.0  # how often the champion alias is checked
+    pending_feedback: int = 100_000  # exploration contexts kept for feedback (oldest dropped)
 
 
 class RecommenderModel(kserve.Model):
-    def __init__(self, name: str, settings: Settings, as_of: datetime | None = None):
+    def __init__(self, name: str, settings: Settings, as_of: datetime | None = None,
+                 config: ServerConfig = ServerConfig(), experiment: Experiment = Experiment()):
         """`as_of` fixes the clock feature TTLs are judged by (a simulated world's "now");
         None means the wall clock."""
         super().__init__(name)
-        self.settings = settings
-        self.as_of = as_of
-        self.recommender = None
-        self.version = None
-        self.store = None
+        self.settings, self.as_of, self.config, self.experiment = settings, as_of, config, experiment
+        self.bandit = LinUCB(EXPLORATION_DIM)
+        self._pending: OrderedDict[str, tuple[str, object]] = OrderedDict()  # request id -> (item, context)
+        self._pending_lock = threading.Lock()
+        self._stores = threading.local()  # one Feast store (and SQLite connection) per worker thread
+        self._timer = StageTimer(lambda stage, s: metrics.STAGE_SECONDS.labels(stage).observe(s))
+        self.slot = ModelSlot(resolve=lambda: champion_version(settings), load=self._load_unit, probe=self._probe,
+                              on_swap=self._swapped, on_failure=lambda *_: metrics.LOAD_FAILURES.inc())
+        self.batcher: MicroBatcher | None = None
+        self._previous_version: int | None = None
 
+    # --- model lifecycle -------------------------------------------------------------
     def load(self) -> bool:
-        """Load the MLflow champion and open the online store; ready only after warm-up."""
-        self.recommender, self.version = load_champion(self.settings)
-        self.store = open_store(self.settings)
-        self._recommend(["warmup-user"], [1])  # trace the TF graph before taking traffic
+        """Ready only once the champion is loaded and has answered a probe (TF graphs traced)."""
+        self.slot.refresh()
+        if self.slot.unit is None:
+            raise RuntimeError(f"no '{self.settings.model_name}@champion' in the registry: train and register first")
+        self.batcher = MicroBatcher(self._run_batch, self.config.max_batch, self.config.max_wait_ms,
+                                    self.config.max_in_flight,
+                                    on_batch=lambda size, _: metrics.BATCH_SIZE.observe(size))
+        self.slot.watch(self.config.poll_s)
         self.ready = True
-        return self.ready
+        return True
 
-    def _recommend(self, user_ids: list[str], ks: list[int]) -> list[Recommendation]:
-        features = online_user_features(self.store, user_ids, now=self.as_of)
-        ranked, scores = self.recommender.recommend(features, k=max(ks))
-        catalog = self.recommender.catalog
-        out = []
-        for user, k, items, item_scores in zip(user_ids, ks, ranked, scores):
-            rows = catalog.loc[items[:k]]
-            out.append(Recommendation(user_id=user, model_version=self.version, items=[
-                ScoredItem(item_id=i, score=float(s), title=t, category=c)
-                for i, s, t, c in zip(items[:k], item_scores[:k], rows["title"], rows["category"])]))
-        return out
+    def _load_unit(self, version: int) -> ServingUnit:
+        return ServingUnit(model_version_dir(self.settings, version, self._versions_dir / str(version)), version)
 
-    async def predict(self, payload, headers=None, response_headers=None) -> dict:
-        requests = parse_instances(payload)
-        recs = self._recommend([r.user_id for r in requests], [r.k for r in requests])
-        return {"predictions": [r.model_dump() for r in recs]}
+    def _probe(self, unit: ServingUnit) -> None:
+        """One personalized and one popular request through the new unit before it serves."""
+        first_item = str(unit.rec.item_ids[0])
+        requests = [Request(user_id=None, recent_items=(first_item,), k=5), Request(user_id=None, recent_items=(), k=5)]
+        self._recommend(unit, requests)
+
+    def _swapped(self, unit: ServingUnit) -> None:
+        metrics.MODEL_VERSION.set(unit.version)
+        metrics.SWAPS.inc()
+        # keep the predecessor's files: batches that started before the swap may still read them
+        versions_dir_cleanup(self._versions_dir, {unit.version, self._previous_version or -1})
+        self._previous_version = unit.version
+
+    @property
+    def _versions_dir(self):
+        return self.settings.home / "serving" / "versions"
+
+    def stop(self) -> None:
+        self.slot.stop()
+        if self.batcher is not None:
+            self.batcher.close()
+
+    # --- the request path -------------------------------------------------------------
+    def _store(self):
+        if not hasattr(self._stores, "store"):
+            self._stores.store = open_store(self.settings)
+        return self._stores.store
+
+    def _recommend(self, unit: ServingUnit, requests: list[Request]) -> list[Recommended]:
+        with self._timer("feature_fetch"):
+            features = online_user_features(self._store(), [r.user_id or NEW_USER for r in requests], now=self.as_of)
+        rows = apply_request(features, requests)
+        return recommend_batch(unit, rows, requests, self.experiment, self.bandit, self._timer)
+
+    def _run_batch(self, requests: list[Request]) -> list[Recommended]:
+        return self._recommend(self.slot.unit, requests)  # one unit for the whole batch
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        v2 = isinstance(payload, InferRequest)
+        try:
+            requests = parse_v2(payload) if v2 else parse_v1(payload)
+        except InvalidInput:
+            metrics.ERRORS.labels("bad_request").inc()
+            raise
+        try:
+            results = await asyncio.gather(*(self.batcher.submit(r) for r in requests))
+        except Exception:
+            metrics.ERRORS.labels("internal").inc()
+            raise
+        ids = [uuid.uuid4().hex for _ in results]
+        for rid, rec in zip(ids, results):
+            metrics.REQUESTS.labels(rec.policy, rec.arm).inc()
+            if rec.explored_item is not None:
+                self._remember(rid, rec.explored_item, rec.explored_x)
+        if v2:
+            return v2_response(self.name, payload.id or uuid.uuid4().hex, results, ids)
+        return v1_response(requests, results, ids)
+
+    # --- bandit feedback --------------------------------------------------------------
+    def _remember(self, request_id: str, item_id: str, x) -> None:
+        with self._pending_lock:
+            self._pending[request_id] = (item_id, x)
+            while len(self._pending) > self.config.pending_feedback:
+                self._pending.popitem(last=False)
+
+    def feedback(self, request_id: str, item_id: str, reward: float) -> bool:
+        """Credit the exploration slot of an earlier response: True if it was one."""
+        with self._pending_lock:
+            item, x = self._pending.get(request_id, (None, None))
+            if item != item_id:
+                metrics.FEEDBACK.labels("unknown").inc()
+                return False
+            del self._pending[request_id]
+        self.bandit.update(x, reward)
+        metrics.FEEDBACK.labels("clicked" if reward > 0 else "ignored").inc()
+        return True

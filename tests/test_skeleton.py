@@ -1,17 +1,16 @@
-"""The walking skeleton on tiny data: every stage real, one real HTTP server at the end."""
+"""The walking skeleton on tiny data through the kfp.local pipeline: every stage real (the
+server over real HTTP is tested in test_serving.py)."""
 
 import json
 
 import pandas as pd
 import pytest
-import requests
 
 from hyperrec.features import USER_ACTIVITY
 from hyperrec.interactions import positives, temporal_split
 from hyperrec.registry import configure
 from hyperrec.windows import replay
 from pipelines.run import compile_pipeline, run_local
-from serving.launch import recommend, start_server, stop_server, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +23,7 @@ def trained(make_workspace):
     with make_workspace("skeleton", users=400, items=200, days=10, events=40_000, seed=5) as (settings, world):
         result = run_local(settings, settings.data_dir / "world", epochs=6, k=20)
         assert result.blessed, "the first model only has to beat popularity"
+        assert result.deploy_status == "alias-moved"  # no endpoint: servers follow the alias on their own
         yield settings, world, result.version
 
 
@@ -39,6 +39,11 @@ def test_pipeline_registers_a_champion_with_its_evaluation(trained):
     run = client.get_run(mv.tags["run_id"])
     assert run.data.tags["gate"] == "blessed" and len(run.data.tags["dataset_fingerprint"]) == 16
     assert run.data.tags["git_commit"]
+    # the registered folder is the unit build_index assembled (index included), with every step's report
+    params = run.data.params
+    assert params["index_kind"] == "brute" and float(params["index_items"]) > 0
+    assert {"epochs", "ranker_examples", "train_seconds"} <= set(params)
+    assert mv.tags["deploy_status"] == "alias-moved"
 
 
 def test_training_rows_carry_point_in_time_features(trained):
@@ -56,42 +61,23 @@ def test_training_rows_carry_point_in_time_features(trained):
     assert (got == expected["clicks_7d"].fillna(0).astype(int).to_numpy()).all()
 
 
-def test_server_answers_over_real_http(trained, free_port):
-    settings, world, version = trained
-    proc = start_server(settings, free_port, settings.home / "server.log")
-    try:
-        wait_ready(proc, free_port)
-        users = world.users["user_id"].iloc[:2].tolist()
-        recs = recommend(free_port, users + ["someone-new"], k=5)
-        assert [r["user_id"] for r in recs] == users + ["someone-new"]
-        titles = world.items.set_index("item_id")["title"]
-        for rec in recs:
-            assert rec["model_version"] == version and len(rec["items"]) == 5
-            assert len({i["item_id"] for i in rec["items"]}) == 5
-            assert all(titles[i["item_id"]] == i["title"] for i in rec["items"])
-            scores = [i["score"] for i in rec["items"]]
-            assert scores == sorted(scores, reverse=True)
-        url = f"http://127.0.0.1:{free_port}/v1/models/recommender:predict"
-        for headers in ({}, {"Content-Type": "application/json"}, {"Content-Type": "text/plain"}):
-            bad = requests.post(url, data=b"{bad", headers=headers, timeout=10)
-            assert bad.status_code == 400 and bad.json()["error"], headers
-        bad = requests.post(url, json={"instances": [{"user_id": "u", "k": 0}]}, timeout=10)
-        assert bad.status_code == 400 and "k" in bad.json()["error"]
-        missing = requests.post(f"http://127.0.0.1:{free_port}/v1/models/nope:predict", json={}, timeout=10)
-        assert missing.status_code == 404
-        assert proc.poll() is None  # bad input never takes the process down
-    finally:
-        stop_server(proc)
-
-
 def test_pipeline_compiles_to_kfp_ir(tmp_path):
     import yaml
 
     spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text())
     assert spec["pipelineInfo"]["name"] == "hyperrec-training"
-    assert set(spec["components"]) >= {f"comp-{t}" for t in ("validate-data", "build-training-set", "train-models",
-                                                                "evaluate-model", "gate-model", "register-model")}
-    assert json.dumps(spec).count("hyperrec/platform:0.1.0") == 6
+    steps = ("validate-data", "build-training-set", "train-retrieval", "train-ranking", "build-index",
+             "evaluate-model", "gate-model", "register-model", "deploy")
+    assert set(spec["components"]) == {f"comp-{t}" for t in steps} | {"comp-condition-1"}
+    assert json.dumps(spec).count("hyperrec/platform:0.1.0") == len(steps)
+    # evaluation and registration read the unit build_index assembled; deploy acts on register's outputs
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    for task in ("evaluate-model", "register-model"):
+        model = inner[task]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
+        assert model == {"producerTask": "build-index", "outputArtifactKey": "model"}
+    deploy_inputs = inner["deploy"]["inputs"]["parameters"]
+    assert {deploy_inputs[p]["taskOutputParameter"]["producerTask"] for p in ("version", "blessed")} == {
+        "register-model"}
     # everything after the data gate sits under its condition
     assert set(spec["root"]["dag"]["tasks"]) == {"validate-data", "condition-1"}
     # secrets come from Kubernetes Secrets, never from pipeline parameters
@@ -127,6 +113,7 @@ def test_worse_model_is_rejected_and_the_alias_stays(trained):
     assert int(client.get_model_version_by_alias(settings.model_name, "champion").version) == first
     mv = client.get_model_version(settings.model_name, str(result.version))
     assert mv.tags["gate"] == "rejected" and "vs champion" in mv.tags["rejected_because"]
+    assert result.deploy_status == mv.tags["deploy_status"] == "skipped"
 
 
 def test_promote_and_rollback_move_the_alias_and_record_why(trained):

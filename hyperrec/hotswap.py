@@ -1,0 +1,102 @@
+"""Hot swap: follow the registry's champion alias and replace the serving unit atomically.
+
+A new version is downloaded, loaded and warmed next to the one serving; only when it
+answers a probe is the reference swapped (one assignment, so every batch sees either the
+old unit or the new one, never a mix). A version that fails to load (corrupt or
+incompatible artifact) is recorded and skipped; the old one keeps serving. This is the
+TF Serving / Triton reload semantics the fault list asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("hyperrec.hotswap")
+
+
+@dataclass
+class SwapEvents:
+    """What happened, for metrics and tests."""
+
+    swaps: int = 0
+    failures: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
+    last_check_s: float = 0.0
+
+
+class ModelSlot:
+    """Holds the live unit. `resolve()` -> the version to serve (or None); `load(version)`
+    -> a ready unit (raises if the artifact is bad); `probe(unit)` runs one request
+    through it (warms the TF graphs; raises if the unit cannot serve)."""
+
+    def __init__(self, resolve: Callable[[], int | None], load: Callable[[int], object],
+                 probe: Callable[[object], None], on_swap: Callable[[object], None] | None = None,
+                 on_failure: Callable[[int, str], None] | None = None):
+        self._resolve, self._load, self._probe = resolve, load, probe
+        self._on_swap, self._on_failure = on_swap, on_failure
+        self.unit = None  # read without a lock: a single reference, replaced in one step
+        self.events = SwapEvents()
+        self._lock = threading.Lock()  # one refresh at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def version(self) -> int | None:
+        return None if self.unit is None else self.unit.version
+
+    def refresh(self) -> bool:
+        """Load and swap in the resolved version if it is new and not known to be bad.
+        Returns True when a swap happened. A failed load raises only when nothing is
+        serving yet (a server with no model must not report ready)."""
+        with self._lock:
+            self.events.last_check_s = time.time()
+            version = self._resolve()
+            if version is None or version == self.version or version in self.events.failures:
+                return False
+            try:
+                unit = self._load(version)
+                self._probe(unit)
+            except Exception as exc:  # noqa: BLE001 (any load failure keeps the old unit)
+                self.events.failures[version] = f"{type(exc).__name__}: {exc}"[:500]
+                log.error("model version %s failed to load, still serving %s: %s", version, self.version, exc)
+                if self._on_failure is not None:
+                    self._on_failure(version, self.events.failures[version])
+                if self.unit is None:
+                    raise
+                return False
+            old, self.unit = self.unit, unit
+            self.events.swaps += 1
+            log.info("now serving model version %s (was %s)", version, None if old is None else old.version)
+            if self._on_swap is not None:
+                self._on_swap(unit)
+            return True
+
+    def watch(self, every_s: float) -> None:
+        """Poll in a daemon thread until stop()."""
+        def loop():
+            while not self._stop.wait(every_s):
+                try:
+                    self.refresh()
+                except Exception as exc:  # noqa: BLE001 (the registry may be briefly unreachable)
+                    log.warning("champion check failed: %s", exc)
+
+        self._thread = threading.Thread(target=loop, name="champion-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def versions_dir_cleanup(root: Path, keep: set[int]) -> None:
+    """Remove downloaded versions other than `keep` (the serving one and its predecessor,
+    which in-flight batches may still hold)."""
+    if not root.exists():
+        return
+    for child in root.iterdir():
+        if child.name.isdigit() and int(child.name) not in keep:
+            shutil.rmtree(child, ignore_errors=True)

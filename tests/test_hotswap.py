@@ -1,0 +1,72 @@
+"""ModelSlot: a new version swaps in whole, a bad one is skipped and the old one keeps serving."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from hyperrec.hotswap import ModelSlot
+
+
+@dataclass
+class Unit:
+    version: int
+
+
+class Registry:
+    def __init__(self):
+        self.champion, self.broken, self.loads = 1, set(), []
+
+    def load(self, version):
+        self.loads.append(version)
+        if version in self.broken:
+            raise OSError(f"saved_model.pb of version {version} is truncated")
+        return Unit(version)
+
+
+def slot_for(reg, probe=lambda unit: None):
+    failures = []
+    slot = ModelSlot(lambda: reg.champion, reg.load, probe, on_failure=lambda v, why: failures.append(v))
+    return slot, failures
+
+
+def test_new_champion_swaps_in_and_same_version_is_not_reloaded():
+    reg = Registry()
+    slot, _ = slot_for(reg)
+    assert slot.refresh() and slot.version == 1
+    assert not slot.refresh() and reg.loads == [1]
+    reg.champion = 2
+    assert slot.refresh() and slot.version == 2 and slot.events.swaps == 2
+
+
+def test_corrupt_version_keeps_the_old_one_serving_and_is_not_retried():
+    reg = Registry()
+    slot, failures = slot_for(reg)
+    slot.refresh()
+    reg.champion, reg.broken = 3, {3}
+    assert not slot.refresh()
+    assert slot.version == 1 and failures == [3] and "truncated" in slot.events.failures[3]
+    assert not slot.refresh() and reg.loads == [1, 3]  # known bad: not loaded again every poll
+    reg.champion = 4
+    assert slot.refresh() and slot.version == 4
+
+
+def test_a_unit_that_fails_its_probe_never_serves():
+    reg = Registry()
+
+    def probe(unit):
+        if unit.version == 2:
+            raise RuntimeError("ranker output has the wrong shape")
+
+    slot, failures = slot_for(reg, probe)
+    slot.refresh()
+    reg.champion = 2
+    assert not slot.refresh() and slot.version == 1 and failures == [2]
+
+
+def test_nothing_to_fall_back_on_raises():
+    reg = Registry()
+    reg.broken = {1}
+    slot, _ = slot_for(reg)
+    with pytest.raises(OSError):
+        slot.refresh()
+    assert slot.unit is None

@@ -1,0 +1,270 @@
+"""The model server over real HTTP: both protocols, the policies, bad input, readiness,
+per-stage metrics, bandit feedback, and hot swap (a new champion under concurrent load,
+a corrupt artifact that must not replace the serving model)."""
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from hyperrec.config import export_env
+from hyperrec.deploy import deploy
+from hyperrec.models.two_tower import TwoTowerConfig
+from hyperrec.registry import configure, move_alias, register_model
+from hyperrec.train import build_training_set, fit_models
+from serving.launch import start_server, stop_server, wait_ready
+
+pytestmark = pytest.mark.slow
+BLESSED = {"blessed": True, "reasons": []}
+
+
+@pytest.fixture(scope="module")
+def server(make_workspace, tmp_path_factory):
+    """A small world, one quickly trained model registered as champion (the pipeline and its
+    gates are tested elsewhere), and a server polling the alias every half second."""
+    with make_workspace("serving", users=300, items=150, days=10, events=25_000, seed=7) as (settings, world):
+        data_dir, model_dir = settings.data_dir / "training_set", settings.data_dir / "model"
+        build_training_set(settings, settings.data_dir / "world", data_dir)
+        fit_models(data_dir, model_dir, TwoTowerConfig(epochs=2), log=lambda *_: None)
+        version = register_model(settings, model_dir, {}, {}, BLESSED)
+        port = _free_port()
+        proc = start_server(settings, port, settings.home / "server.log",
+                            as_of=world.events["ts"].max().to_pydatetime(), extra_args=("--poll_s", "0.5"))
+        try:
+            wait_ready(proc, port)
+            yield {"settings": settings, "world": world, "model_dir": model_dir, "version": version,
+                   "url": f"http://127.0.0.1:{port}", "proc": proc}
+        finally:
+            stop_server(proc)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def predict(server, instances, timeout=30):
+    return requests.post(f"{server['url']}/v1/models/recommender:predict", json={"instances": instances},
+                         timeout=timeout)
+
+
+def test_v1_serves_known_users_sessions_and_strangers(server):
+    world = server["world"]
+    user = world.users["user_id"].iloc[0]
+    session = world.items["item_id"].iloc[:3].tolist()
+    resp = predict(server, [{"user_id": user, "k": 5, "context": {"device": "mobile", "page": "home"}},
+                            {"session": {"recent_items": session}, "k": 4},
+                            {"user_id": "someone-new", "k": 3, "context": {"page": "category:" +
+                                                                               world.items["category"].iloc[0]}}])
+    assert resp.status_code == 200, resp.text
+    known, anonymous, stranger = resp.json()["predictions"]
+    titles = world.items.set_index("item_id")["title"]
+    for rec, k in ((known, 5), (anonymous, 4), (stranger, 3)):
+        assert rec["model_version"] == server["version"] and rec["arm"] and rec["request_id"]
+        ids = [i["item_id"] for i in rec["items"]]
+        assert len(ids) == k == len(set(ids))
+        assert all(titles[i["item_id"]] == i["title"] and i["reason"] for i in rec["items"])
+    assert known["policy"] == "personalized" and anonymous["policy"] == "personalized"
+    assert not set(session) & {i["item_id"] for i in anonymous["items"]}  # the session's items are not repeated
+    assert any(i["reason"].startswith("because you engaged with") for i in anonymous["items"])
+    # nothing to personalize from: popular in the page's category
+    assert stranger["policy"] == "popular"
+    assert {i["category"] for i in stranger["items"]} == {world.items["category"].iloc[0]}
+
+
+def test_v2_open_inference_protocol(server):
+    users = server["world"].users["user_id"].iloc[:2].tolist()
+    body = {"id": "req-1", "inputs": [{"name": "user_id", "shape": [3], "datatype": "BYTES", "data": [*users, ""]},
+                                      {"name": "k", "shape": [1], "datatype": "INT32", "data": [4]},
+                                      {"name": "recent_items", "shape": [3], "datatype": "BYTES",
+                                       "data": ["", "", server["world"].items["item_id"].iloc[0]]}]}
+    resp = requests.post(f"{server['url']}/v2/models/recommender/infer", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["id"] == "req-1" and out["model_version"] == str(server["version"])
+    tensors = {o["name"]: o for o in out["outputs"]}
+    assert tensors["item_id"]["shape"] == [3, 4] and tensors["score"]["datatype"] == "FP32"
+    assert all(tensors["item_id"]["data"]) and len(tensors["policy"]["data"]) == 3
+    meta = requests.get(f"{server['url']}/v2/models/recommender", timeout=10)
+    assert meta.status_code == 200 and meta.json()["name"] == "recommender"
+
+
+BAD = [  # (path, body, headers, status, text in the error)
+    # an unparseable body is refused by KServe's decoder or by ours, whatever the content type
+    ("v1", b"{bad", {}, 400, ""),
+    ("v1", b"{bad", {"Content-Type": "application/json"}, 400, ""),
+    ("v1", b"{bad", {"Content-Type": "text/plain"}, 400, ""),
+    ("v1", b"\xff\xfe", {"Content-Type": "text/plain"}, 400, ""),
+    ("v1", b'{"instances": [{"user_id": "u", "k": 0}]}', {}, 400, "instances[0]: k"),
+    ("v1", b'{"instances": [{"user_id": 7}]}', {}, 400, "instances[0]: user_id"),
+    ("v1", b'{"instances": [{"k": 3}]}', {}, 400, "give user_id"),
+    ("v1", b'{"instances": {"user_id": "u"}}', {}, 400, "instances"),
+    ("v1", b'[1, 2]', {}, 400, ""),
+    ("v2", b'{"inputs": [{"name": "user_id", "shape": [1], "datatype": "FP32", "data": [1.5]}]}',
+     {"Content-Type": "application/json"}, 400, "datatype must be BYTES"),
+    ("v2", b'{"inputs": "nope"}', {"Content-Type": "application/json"}, 400, "inputs"),
+    ("v2", b'{bad', {"Content-Type": "application/json"}, 400, ""),
+    ("v1-unknown", b'{"instances": [{"user_id": "u"}]}', {}, 404, "nope"),
+    ("v2-unknown", b'{"inputs": []}', {"Content-Type": "application/json"}, 404, "nope"),
+]
+PATHS = {"v1": "/v1/models/recommender:predict", "v2": "/v2/models/recommender/infer",
+         "v1-unknown": "/v1/models/nope:predict", "v2-unknown": "/v2/models/nope/infer"}
+
+
+@pytest.mark.parametrize("path, body, headers, status, text", BAD)
+def test_client_mistakes_get_4xx_naming_the_problem(server, path, body, headers, status, text):
+    resp = requests.post(server["url"] + PATHS[path], data=body, headers=headers, timeout=10)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"] and text in resp.json()["error"]
+    assert server["proc"].poll() is None
+
+
+def test_oversized_body_is_413_and_the_server_stays_up(server):
+    big = b'{"instances": [' + b",".join([b'{"user_id": "u"}'] * 80_000) + b"]}"
+    resp = requests.post(server["url"] + PATHS["v1"], data=big, timeout=30)
+    assert resp.status_code == 413 and "over" in resp.json()["error"]
+
+    def chunks():  # no Content-Length: counted as it streams
+        yield b'{"instances": ['
+        for _ in range(80_000):
+            yield b'{"user_id": "u"},'
+        yield b'{"user_id": "u"}]}'
+
+    assert requests.post(server["url"] + PATHS["v1"], data=chunks(), timeout=30).status_code == 413
+    assert predict(server, [{"user_id": "u"}]).status_code == 200
+
+
+def test_good_and_bad_requests_at_once_only_bad_ones_fail(server):
+    users = server["world"].users["user_id"].iloc[:20].tolist()
+
+    def call(i):
+        if i % 3 == 0:
+            return i, requests.post(server["url"] + PATHS["v1"], json={"instances": [{"user_id": users[i], "k": -1}]},
+                                    timeout=30)
+        return i, predict(server, [{"user_id": users[i], "k": 3}])
+
+    with ThreadPoolExecutor(8) as pool:
+        for i, resp in pool.map(call, range(20)):
+            assert resp.status_code == (400 if i % 3 == 0 else 200)
+            if resp.status_code == 200:
+                assert resp.json()["predictions"][0]["user_id"] == users[i]  # each answer matches its request
+
+
+def test_metrics_per_stage_and_batch_size(server):
+    predict(server, [{"user_id": u} for u in server["world"].users["user_id"].iloc[:5]])
+    text = requests.get(server["url"] + "/metrics", timeout=10).text
+    for stage in ("feature_fetch", "retrieval", "ranking", "rerank"):
+        assert f'hyperrec_stage_seconds_count{{stage="{stage}"}}' in text
+    assert "hyperrec_batch_size_count" in text and "hyperrec_recommendations_total" in text
+    assert f"hyperrec_model_version {float(server['version'])}" in text
+
+
+def test_bandit_feedback_credits_only_explored_slots(server):
+    users = server["world"].users["user_id"].iloc[:40].tolist()
+    recs = predict(server, [{"user_id": u, "k": 8} for u in users]).json()["predictions"]
+    explored = [(r["request_id"], i["item_id"]) for r in recs for i in r["items"]
+                if i["reason"].startswith("something new for you")]
+    assert explored, "the exploring arm fills a slot for about half the users"
+    url = server["url"] + "/v1/models/recommender:feedback"
+    rid, item = explored[0]
+    assert requests.post(url, json={"request_id": rid, "item_id": item, "reward": 1.0}, timeout=10).json() == \
+        {"updated": True}
+    again = requests.post(url, json={"request_id": rid, "item_id": item, "reward": 1.0}, timeout=10)
+    assert again.status_code == 404 and "already credited" in again.json()["error"]
+    assert requests.post(url, json={"request_id": rid, "reward": 3}, timeout=10).status_code == 400
+
+
+def _served_versions(server, stop: threading.Event, out: list, errors: list):
+    users = server["world"].users["user_id"].iloc[:30].tolist()
+    i = 0
+    while not stop.is_set():
+        try:
+            resp = predict(server, [{"user_id": users[i % 30], "k": 5}], timeout=30)
+        except requests.RequestException as exc:
+            errors.append(repr(exc))
+            continue
+        if resp.status_code != 200:
+            errors.append(resp.status_code)
+        else:
+            out.append(resp.json()["predictions"][0]["model_version"])
+        i += 1
+
+
+def _under_load(server, until, timeout_s=60):
+    """Run 4 client threads until `until()` holds; returns (versions per thread, errors)."""
+    stop, errors = threading.Event(), []
+    seen = [[] for _ in range(4)]
+    threads = [threading.Thread(target=_served_versions, args=(server, stop, seen[t], errors)) for t in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(seen) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # and a little longer after the condition
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    return seen, errors
+
+
+def _metric(server, name):
+    for line in requests.get(server["url"] + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_new_champion_swaps_in_under_load_without_an_error(server):
+    settings, old = server["settings"], server["version"]
+    new = register_model(settings, server["model_dir"], {}, {}, BLESSED)  # moves the alias
+    seen, errors = _under_load(server, lambda seen: all(s and s[-1] == new for s in seen))
+    assert errors == []
+    for versions in seen:
+        assert versions[-1] == new
+        first_new = versions.index(new)
+        assert set(versions[:first_new]) <= {old} and set(versions[first_new:]) == {new}  # never back
+    server["version"] = new
+    # the pipeline's deploy step confirms the roll-out against this server and records it
+    assert deploy(settings, settings.model_name, new, blessed=True, endpoint=server["url"])["status"] == "serving"
+    assert configure(settings).get_model_version(settings.model_name, str(new)).tags["deploy_status"] == "serving"
+
+
+def test_corrupt_artifact_fails_to_load_and_the_old_model_keeps_serving(server, tmp_path):
+    settings, serving = server["settings"], server["version"]
+    broken = tmp_path / "broken"
+    shutil.copytree(server["model_dir"], broken)
+    (broken / "ranker" / "saved_model.pb").write_bytes(b"\x00 not a saved model")
+    failures_before = _metric(server, "hyperrec_model_load_failures_total")
+    bad = register_model(settings, broken, {}, {}, BLESSED)  # a bad artifact that passed the gate
+    assert int(configure(settings).get_model_version_by_alias(settings.model_name, "champion").version) == bad
+    seen, errors = _under_load(server, lambda _: _metric(server, "hyperrec_model_load_failures_total")
+                               > failures_before)
+    assert errors == [] and _metric(server, "hyperrec_model_load_failures_total") == failures_before + 1
+    assert {v for s in seen for v in s} == {serving}
+    with pytest.raises(RuntimeError, match=f"still serves version {serving}"):
+        deploy(settings, settings.model_name, bad, blessed=True, endpoint=server["url"], timeout_s=2)
+    assert configure(settings).get_model_version(settings.model_name, str(bad)).tags["deploy_status"] == "failed"
+    move_alias(settings, serving, "rollback: version failed to load")  # the alias goes back; no reload needed
+    time.sleep(1.5)
+    assert predict(server, [{"user_id": "u"}]).json()["predictions"][0]["model_version"] == serving
+
+
+def test_server_without_a_champion_exits_with_a_clear_error(tmp_path, monkeypatch):
+    from hyperrec.config import load_settings
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
+    settings = load_settings(tmp_path / "empty")
+    proc = subprocess.run([sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", "0"],
+                          env=export_env(settings), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "champion" in proc.stderr
