@@ -140,7 +140,8 @@ def _hyperrec_rows(settings: Settings, world, console: Console, epochs: int, col
     from hyperrec.coldstart import evaluate_cold_start
     from hyperrec.data.world import save_world
     from hyperrec.models.two_tower import TwoTowerConfig
-    from hyperrec.train import build_training_set, evaluate_model, fit_models
+    from hyperrec.train import evaluate_model, fit_models
+    from hyperrec.training_set import build_training_set
 
     t = time.perf_counter()
     world_dir = save_world(world, settings.data_dir / "quality-world")

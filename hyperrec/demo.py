@@ -67,12 +67,12 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     timings["serving"] = time.monotonic() - t
     for rec in recs:
         table = Table(title=f"{rec['user_id']} — recently clicked: "
-                            f"{_recent_categories(world.events, world.items, rec['user_id'])}",
-                      title_justify="left")
-        for col in ("item", "title", "category", "score"):
+                            f"{_recent_categories(world.events, world.items, rec['user_id'])} "
+                            f"({rec['policy']}, arm {rec['arm']})", title_justify="left")
+        for col in ("item", "title", "category", "why"):
             table.add_column(col)
         for it in rec["items"]:
-            table.add_row(it["item_id"], it["title"], it["category"], f"{it['score']:.3f}")
+            table.add_row(it["item_id"], it["title"], it["category"], it["reason"])
         console.print(table)
     console.rule("[bold]summary")
     console.print(f"one HTTP request for {len(sample)} users: {latency_ms:.0f} ms; model v{recs[0]['model_version']}")

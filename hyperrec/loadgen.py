@@ -34,6 +34,7 @@ class LoadResult:
 
     @property
     def non_2xx(self) -> int:
+        """Answers outside 2xx, broken connections (599) and requests never answered (0)."""
         return sum(n for s, n in self.statuses.items() if not 200 <= s < 300)
 
     def summary(self) -> dict:
@@ -105,6 +106,7 @@ async def _open_loop(host, port, path, bodies, rate, seconds, max_connections, o
         result.sent += 1
     if pending:
         await asyncio.wait(pending, timeout=30)
+        result.statuses[0] += len(pending)  # no answer 30 s after the last send: a failure too
     while not idle.empty():
         idle.get_nowait()[1].close()
     return result

@@ -137,15 +137,16 @@ class ServingUnit:
 def apply_request(features: pd.DataFrame, requests: list[Request]) -> pd.DataFrame:
     """User-tower inputs per request: the fetched online features, with the request's own
     session items (anonymous visitors, or items fresher than the online store) and time."""
-    from hyperrec.models.two_tower import as_new_users
+    from hyperrec.models.two_tower import NEW_USER, NEW_USER_ZEROED
 
     rows = features.reset_index(drop=True).copy()
     rows["recent_items"] = [list(dict.fromkeys([*r.recent_items, *stored]))[:RECENT_N] if r.recent_items
                             else list(stored) for r, stored in zip(requests, rows["recent_items"])]
     anonymous = np.array([r.user_id is None for r in requests])
-    if anonymous.any():
-        new = as_new_users(rows[anonymous], list(rows.loc[anonymous, "recent_items"]))
-        rows = pd.concat([rows[~anonymous], new]).sort_index()
+    if anonymous.any():  # as_new_users, column by column: this runs on every request
+        rows["user_id"] = np.where(anonymous, NEW_USER, rows["user_id"].to_numpy(object))
+        for col in NEW_USER_ZEROED:
+            rows[col] = np.where(anonymous, 0, rows[col].to_numpy())
     times = [r.time for r in requests]
     if any(t is not None for t in times):
         ts = rows[REQUEST_TS].to_numpy().copy()

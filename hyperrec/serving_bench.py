@@ -37,7 +37,8 @@ def prepare(settings: Settings, console: Console, items: int = 100_000, users: i
     from hyperrec.models.two_tower import TwoTowerConfig
     from hyperrec.registry import champion_model_dir, register_model
     from hyperrec.steps import feature_step, generate_step
-    from hyperrec.train import build_training_set, fit_models
+    from hyperrec.train import fit_models
+    from hyperrec.training_set import build_training_set
 
     world_dir = settings.data_dir / "world"
     marker = settings.home / "bench-serving.json"
@@ -78,6 +79,7 @@ def _best_under_budget(runs: list[dict]) -> float:
 
 
 def _sweep(port: int, bodies, connections, seconds, console, label) -> list[dict]:
+    wrk(HOST, port, PATH, bodies, connections=4, seconds=3)  # warm-up, not counted (first calls trace graphs)
     runs = []
     for c in connections:
         r = wrk(HOST, port, PATH, bodies, connections=c, seconds=seconds)

@@ -1,13 +1,12 @@
 """The training job's steps as plain functions: each KFP component is a thin wrapper.
 
-build_training_set: Feast point-in-time features on every positive, the temporal test
-split and one query row per test user. fit_retrieval: the towers, with the last part of
-each user's training history held out to pick the epoch count and to produce the ranker's
-training examples from candidates retrieval really retrieves; then refit on all training
-data. fit_ranking: the ranker on those examples. build_serving_unit: towers, ranker,
-candidate embeddings and index assembled into the one folder serving loads (fit_models
-runs the three in one call). evaluate_model: the shared protocol (full catalog, train
-items excluded).
+The training set comes from hyperrec.training_set (no TensorFlow there).
+fit_retrieval: the towers, with the last part of each user's training history held out to
+pick the epoch count and to produce the ranker's training examples from candidates
+retrieval really retrieves; then refit on all training data. fit_ranking: the ranker on
+those examples. build_serving_unit: towers, ranker, candidate embeddings and index
+assembled into the one folder serving loads (fit_models runs the three in one call).
+evaluate_model: the shared protocol (full catalog, train items excluded).
 """
 
 from __future__ import annotations
@@ -24,12 +23,8 @@ import numpy as np
 import pandas as pd
 
 from hyperrec.coengagement import CoEngagement
-from hyperrec.config import Settings
-from hyperrec.data.world import load_world
-from hyperrec.features import ITEM_METADATA, USER_VIEWS
-from hyperrec.featurestore import training_set
 from hyperrec.index import BruteForceIndex, load_index
-from hyperrec.interactions import POSITIVE_RATING, items_by_user, positives, temporal_split
+from hyperrec.interactions import items_by_user, temporal_split
 from hyperrec.metrics import coverage, intra_list_diversity, list_metrics, ndcg_at_k, popular_excluding
 from hyperrec.models.ranking import RANKER_INPUTS, RankerConfig, ranker_rows, train_ranker
 from hyperrec.models.two_tower import (
@@ -43,42 +38,7 @@ from hyperrec.models.two_tower import (
     train_two_tower,
 )
 
-TRAINING_VIEWS = (*USER_VIEWS, ITEM_METADATA)
 SHORT_HISTORY = 3
-
-
-def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
-                       min_rating: float = POSITIVE_RATING) -> dict:
-    """Split positives per user in time, then join point-in-time features from Feast onto
-    every example; writes train / test / test_queries / items parquet, returns sizes."""
-    world = load_world(world_dir)
-    pos = positives(world.events, min_rating)
-    train, test = temporal_split(pos)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    train_fs = training_set(settings, train.rename(columns={"ts": "event_timestamp"}),
-                            views=TRAINING_VIEWS, context=True)
-    join_s = time.perf_counter() - t
-    train_fs.to_parquet(out_dir / "train.parquet", index=False)
-    test.to_parquet(out_dir / "test.parquet", index=False)
-    # each test user's request: features as of their first interaction after training
-    # (strictly before it: the snapshot of that interaction is stamped 1 ms later)
-    after = pos.merge(train[["user_id", "item_id"]], how="left", indicator=True)
-    after = after[(after["_merge"] == "left_only") & after["user_id"].isin(set(test["user_id"]))]
-    query_ts = after.groupby("user_id", as_index=False)["ts"].min().rename(columns={"ts": "event_timestamp"})
-    training_set(settings, query_ts, views=USER_VIEWS, context=True).to_parquet(
-        out_dir / "test_queries.parquet", index=False)
-    # candidate features as of the end of training data (the catalog a model would index)
-    cutoff = train["ts"].max()
-    catalog = world.items[world.items["created_ts"] <= cutoff][["item_id"]].assign(event_timestamp=cutoff)
-    items_fs = training_set(settings, catalog, views=(ITEM_METADATA,))
-    items_fs = items_fs.merge(world.items[["item_id", "title", "created_ts"]].astype({"item_id": object}),
-                              on="item_id")
-    items_fs.to_parquet(out_dir / "items.parquet", index=False)
-    sizes = {"train_rows": len(train_fs), "test_rows": len(test), "items": len(items_fs),
-             "users": int(train["user_id"].nunique()), "feast_join_s": round(join_s, 1)}
-    (out_dir / "sizes.json").write_text(json.dumps(sizes))
-    return sizes
 
 
 def _first_rows(frame: pd.DataFrame) -> pd.DataFrame:

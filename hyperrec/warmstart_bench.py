@@ -51,7 +51,8 @@ def bench_warm_start(settings: Settings, console: Console, out: Path | None = No
     from hyperrec.data.world import World, save_world
     from hyperrec.models.two_tower import TwoTowerConfig
     from hyperrec.steps import feature_step, generate_step
-    from hyperrec.train import build_training_set, evaluate_model, fit_models
+    from hyperrec.train import evaluate_model, fit_models
+    from hyperrec.training_set import build_training_set
 
     root = settings.home / "warm-start"
     shutil.rmtree(root, ignore_errors=True)

@@ -1,6 +1,7 @@
 """`python -m serving [--home DIR] [--model_name NAME] [KServe flags]`: one ModelServer process."""
 
 import argparse
+import logging
 from datetime import datetime
 
 import kserve
@@ -19,6 +20,8 @@ parser.add_argument("--max_batch", type=int, default=ServerConfig.max_batch, hel
 parser.add_argument("--max_wait_ms", type=float, default=ServerConfig.max_wait_ms,
                     help="longest a request waits for its micro-batch to fill")
 parser.add_argument("--poll_s", type=float, default=ServerConfig.poll_s, help="champion alias check interval")
+parser.add_argument("--request_logs", action="store_true",
+                    help="log every request (uvicorn access + KServe timing lines: ~6 lines per request)")
 parser.set_defaults(model_name="recommender")
 
 if __name__ == "__main__":
@@ -27,4 +30,8 @@ if __name__ == "__main__":
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config)
     model.load()
     install(model_server.app, {model.name: model})
-    kserve.ModelServer(http_port=args.http_port, enable_grpc=False).start([model])
+    server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False)  # configures logging
+    if not args.request_logs:  # per-request lines cost more than some serving stages
+        for name in ("uvicorn.access", "kserve.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    server.start([model])

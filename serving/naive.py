@@ -10,6 +10,7 @@ batching across requests.
 from __future__ import annotations
 
 import argparse
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -78,7 +79,10 @@ def main():
 
     model = NaiveRetrieval(args.model_name)
     model.load()
-    kserve.ModelServer(http_port=args.http_port, enable_grpc=False).start([model])
+    server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False)
+    for name in ("uvicorn.access", "kserve.trace"):  # as the hyperrec server: no per-request log lines
+        logging.getLogger(name).setLevel(logging.WARNING)
+    server.start([model])
 
 
 if __name__ == "__main__":

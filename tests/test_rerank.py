@@ -292,7 +292,7 @@ def test_concurrent_updates_keep_the_inverse_consistent():
 
     def serve() -> None:  # requests keep choosing while feedback arrives
         X = rng.normal(size=(50, dim))
-        while not done.is_set():
+        while not done.wait(0.0005):  # not a busy loop: that would starve the updaters of the GIL
             i, ucb = bandit.choose(X)
             if not np.isfinite(ucb).all() or not 0 <= i < 50:
                 errors.append(ucb)

@@ -3,8 +3,6 @@ per-stage metrics, bandit feedback, and hot swap (a new champion under concurren
 a corrupt artifact that must not replace the serving model)."""
 
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from hyperrec.config import export_env
 from hyperrec.deploy import deploy
 from hyperrec.models.two_tower import TwoTowerConfig
 from hyperrec.registry import configure, move_alias, register_model
-from hyperrec.train import build_training_set, fit_models
+from hyperrec.train import fit_models
+from hyperrec.training_set import build_training_set
 from serving.launch import start_server, stop_server, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -259,12 +257,13 @@ def test_corrupt_artifact_fails_to_load_and_the_old_model_keeps_serving(server, 
     assert predict(server, [{"user_id": "u"}]).json()["predictions"][0]["model_version"] == serving
 
 
-def test_server_without_a_champion_exits_with_a_clear_error(tmp_path, monkeypatch):
+def test_a_server_without_a_champion_refuses_to_start(tmp_path, monkeypatch):
+    """load() is what the process runs before it binds its port: no champion, no server."""
     from hyperrec.config import load_settings
+    from serving.recommender import RecommenderModel
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
-    settings = load_settings(tmp_path / "empty")
-    proc = subprocess.run([sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", "0"],
-                          env=export_env(settings), capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "champion" in proc.stderr
+    model = RecommenderModel("recommender", load_settings(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match="no 'hyperrec-retrieval@champion' in the registry"):
+        model.load()
+    assert not model.ready

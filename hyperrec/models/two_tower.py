@@ -61,16 +61,15 @@ BOUNDED = {"hour_of_day": 24, "day_of_week": 7, "price_bucket": 32}
 NEW_USER = "__new_user__"  # outside every vocabulary: embeds as zeros
 
 
+# what a user the model has never seen has: no activity counts (request context is kept)
+NEW_USER_ZEROED = tuple(col for col, kind in USER_INPUTS.items()
+                        if kind in ("int", "float") and col not in REQUEST_CONTEXT)
+
+
 def as_new_users(users: pd.DataFrame, recent: list[list[str]]) -> pd.DataFrame:
     """The same requests as if from users the model has never seen: unknown id, no
     activity yet, only `recent` (e.g. onboarding picks) as engagement; context kept."""
-    out = users.copy()
-    out["user_id"] = NEW_USER
-    out["recent_items"] = list(recent)
-    for col, kind in USER_INPUTS.items():
-        if kind in ("int", "float") and col not in REQUEST_CONTEXT:
-            out[col] = 0
-    return out
+    return users.assign(user_id=NEW_USER, recent_items=list(recent), **dict.fromkeys(NEW_USER_ZEROED, 0))
 
 
 def pad_lists(values, width: int = RECENT_N) -> np.ndarray:
