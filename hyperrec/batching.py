@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -32,14 +32,10 @@ class BatchStats:
     batches: int = 0
     requests: int = 0
     retried_batches: int = 0
-    sizes: list[int] = field(default_factory=list)  # the last 10,000 batch sizes
 
     def record(self, size: int) -> None:
         self.batches += 1
         self.requests += size
-        self.sizes.append(size)
-        if len(self.sizes) > 10_000:
-            del self.sizes[:5_000]
 
 
 class MicroBatcher(Generic[T, R]):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ class SwapEvents:
 
     swaps: int = 0
     failures: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
-    last_check_s: float = 0.0
 
 
 class ModelSlot:
@@ -54,7 +52,6 @@ class ModelSlot:
         Returns True when a swap happened. A failed load raises only when nothing is
         serving yet (a server with no model must not report ready)."""
         with self._lock:
-            self.events.last_check_s = time.time()
             version = self._resolve()
             if version is None or version == self.version or version in self.events.failures:
                 return False

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -96,18 +97,14 @@ class StageTimer:
     def __init__(self, sink: Callable[[str, float], None] | None = None):
         self.sink = sink
 
+    @contextmanager
     def __call__(self, stage: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                if timer.sink is not None:
-                    timer.sink(stage, time.perf_counter() - self.t)
-
-        return _Span()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sink is not None:
+                self.sink(stage, time.perf_counter() - started)
 
 
 class ServingUnit:

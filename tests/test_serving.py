@@ -13,6 +13,7 @@ import requests
 from hyperrec.deploy import deploy
 from hyperrec.models.two_tower import TwoTowerConfig
 from hyperrec.registry import configure, move_alias, register_model
+from hyperrec.services import free_port
 from hyperrec.train import fit_models
 from hyperrec.training_set import build_training_set
 from serving.launch import start_server, stop_server, wait_ready
@@ -30,7 +31,7 @@ def server(make_workspace, tmp_path_factory):
         build_training_set(settings, settings.data_dir / "world", data_dir)
         fit_models(data_dir, model_dir, TwoTowerConfig(epochs=2), log=lambda *_: None)
         version = register_model(settings, model_dir, {}, {}, BLESSED)
-        port = _free_port()
+        port = free_port()
         proc = start_server(settings, port, settings.home / "server.log",
                             as_of=world.events["ts"].max().to_pydatetime(), extra_args=("--poll_s", "0.5"))
         try:
@@ -39,14 +40,6 @@ def server(make_workspace, tmp_path_factory):
                    "url": f"http://127.0.0.1:{port}", "proc": proc}
         finally:
             stop_server(proc)
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def predict(server, instances, timeout=30):
