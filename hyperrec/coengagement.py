@@ -33,12 +33,7 @@ class CoEngagement:
     half_life: float = 5.0
 
     def __post_init__(self):
-        # built once: both are read on every request
-        self._position = {item: i for i, item in enumerate(self.item_ids)}
-        n_cat = int(self.categories.max()) + 1 if len(self.categories) else 1
-        self._category_onehot = sp.csr_matrix(
-            (np.ones(len(self.categories), np.float32), (np.arange(len(self.categories)), self.categories)),
-            shape=(len(self.categories), n_cat))
+        self._position = {item: i for i, item in enumerate(self.item_ids)}  # built once: read on every request
 
     @classmethod
     def fit(cls, pairs: pd.DataFrame, items: pd.DataFrame, top_m: int = 100, half_life: float = 5.0):
@@ -60,36 +55,62 @@ class CoEngagement:
         return cls(item_ids, _top_m(G.tocsr(), top_m), counts.astype(np.float32),
                    pd.factorize(items["category"].astype(str))[0].astype(np.int32), half_life)
 
-    def history_matrix(self, recent: list[list[str]]) -> sp.csr_matrix:
-        """Users × items, each row the recency weights of the user's known recent items
-        (summing to 1)."""
+    def _history(self, recent: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat (user row, item position, weight) of each user's known recent items, the
+        weights recency-decayed by list position and summing to 1 per user."""
         index = self._position
         w = recency_weights(self.half_life)
         rows, cols, vals = [], [], []
         for r, items in enumerate(recent):
             for pos, item in enumerate(list(items)[:RECENT_N]):
-                if item in index:
+                col = index.get(item)
+                if col is not None:
                     rows.append(r)
-                    cols.append(index[item])
+                    cols.append(col)
                     vals.append(w[pos])
-        H = sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(recent), len(self.item_ids)))
-        total = np.asarray(H.sum(axis=1)).ravel()
-        return sp.diags(1 / np.maximum(total, 1e-9)) @ H
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        vals = np.asarray(vals, np.float64)
+        total = np.bincount(rows, vals, minlength=len(recent))
+        return rows, cols, vals / np.maximum(total[rows], 1e-9)
 
     def features(self, recent: list[list[str]], candidates: np.ndarray) -> dict[str, np.ndarray]:
-        """Per (user, candidate) [n, C]: co-engagement with the recent items, the share of
-        recent items in the candidate's category, the candidate's log count, and how many
-        recent items are known (little history: lean on popularity)."""
-        H = self.history_matrix(recent)
-        known = np.log1p(np.diff(H.indptr)).astype(np.float32)
-        # only the candidates' columns: never a dense users x catalog matrix
-        rows = np.arange(len(candidates))[:, None]
-        affinity = np.asarray((H @ self.neighbours).tocsr()[rows, candidates].todense())
-        share = np.asarray((H @ self._category_onehot).todense())
-        category_share = np.take_along_axis(share, self.categories[candidates], axis=1)
-        return {"coengagement": affinity.astype(np.float32), "category_share": category_share.astype(np.float32),
-                "item_log_count": np.log1p(self.counts[candidates]).astype(np.float32),
-                "log_history_length": np.repeat(known[:, None], candidates.shape[1], axis=1)}
+        """Per (user, candidate) [n, C]: co-engagement with the recent items (the
+        recency-weighted sum of neighbour similarities), the weighted share of recent items
+        in the candidate's category, the candidate's log count, and log(1 + number of
+        distinct known recent items) (little history: lean on popularity). Padding
+        candidates (-1) get zeros.
+
+        Vectorized over the whole batch with flat index arithmetic (no sparse products:
+        scipy's per-call overhead was 1.5 ms for a single user on the request path)."""
+        n, c = candidates.shape
+        m = len(self.item_ids)
+        users, items, weights = self._history(recent)
+        distinct = np.bincount(np.unique(users * m + items) // m, minlength=n) if len(users) else np.zeros(n, np.int64)
+        valid = candidates >= 0
+        safe = np.where(valid, candidates, 0)
+        slots = np.flatnonzero(valid.ravel())
+        # co-engagement: every neighbour entry of every history item, matched to the user's candidates
+        n_ptr = self.neighbours.indptr
+        starts, lengths = n_ptr[items], n_ptr[items + 1] - n_ptr[items]
+        entry = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        owner = np.repeat(users, lengths)
+        keys = owner * m + self.neighbours.indices[entry]
+        cand_keys, slot_of = np.unique((np.arange(n)[:, None] * m + safe).ravel()[slots], return_inverse=True)
+        at = np.searchsorted(cand_keys, keys).clip(0, max(len(cand_keys) - 1, 0))
+        hit = cand_keys[at] == keys if len(cand_keys) else np.zeros(len(keys), bool)
+        per_key = np.bincount(at[hit], (self.neighbours.data[entry] * np.repeat(weights, lengths))[hit],
+                              minlength=len(cand_keys))
+        affinity = np.zeros(n * c)
+        affinity[slots] = per_key[slot_of]
+        # category share: each history entry against its user's candidates' categories
+        cand_cat = self.categories[safe]
+        same = self.categories[items][:, None] == cand_cat[users]  # [entries, C]
+        share = np.bincount((users[:, None] * c + np.arange(c)).ravel(), (same * weights[:, None]).ravel(),
+                            minlength=n * c)
+        return {"coengagement": np.where(valid, affinity.reshape(n, c), 0).astype(np.float32),
+                "category_share": np.where(valid, share.reshape(n, c), 0).astype(np.float32),
+                "item_log_count": np.where(valid, np.log1p(self.counts[safe]), 0).astype(np.float32),
+                "log_history_length": np.repeat(np.log1p(distinct).astype(np.float32)[:, None], c, axis=1)}
 
     def save(self, path: Path) -> None:
         n = self.neighbours

@@ -82,16 +82,21 @@ def fill_missing(df: pd.DataFrame, views=FEATURE_VIEWS) -> pd.DataFrame:
     return df
 
 
-def request_context_features(df: pd.DataFrame) -> pd.DataFrame:
+def request_context(request_ts: np.ndarray, last_event_ts) -> dict[str, np.ndarray]:
     """Body of the `request_context` on-demand view: hour (UTC), weekday (Monday = 0),
     seconds since the user's last event (-1 when unknown). Pure numpy: it also runs on
     every serving request."""
-    ts = df[REQUEST_TS].to_numpy(dtype="int64")
-    last = pd.to_numeric(df["last_event_ts"], errors="coerce").to_numpy(dtype="float64")
+    ts = np.asarray(request_ts, dtype="int64")
+    last = pd.to_numeric(np.asarray(last_event_ts), errors="coerce").astype("float64")
     known = np.isfinite(last) & (last > 0)
     recency = np.where(known, np.maximum(ts - np.nan_to_num(last), 0), -1).astype("int64")
-    return pd.DataFrame({"hour_of_day": (ts // 3600) % 24, "day_of_week": (ts // 86_400 + 3) % 7,  # 1970-01-01: Thu
-                         "recency_s": recency}, index=df.index)
+    return {"hour_of_day": (ts // 3600) % 24, "day_of_week": (ts // 86_400 + 3) % 7,  # 1970-01-01: Thu
+            "recency_s": recency}
+
+
+def request_context_features(df: pd.DataFrame) -> pd.DataFrame:
+    """`request_context` over a frame with request_ts and last_event_ts columns."""
+    return pd.DataFrame(request_context(df[REQUEST_TS], df["last_event_ts"]), index=df.index)
 
 
 def price_bucket(price: pd.Series) -> pd.Series:

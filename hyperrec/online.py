@@ -18,6 +18,8 @@ request types without it.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -27,10 +29,18 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from hyperrec.features import REQUEST_TS, request_context_features
-from hyperrec.rerank import RerankConfig, explain, exploration_features, popular_in_context, rerank
+from hyperrec.features import REQUEST_TS, request_context
+from hyperrec.online_reader import Columns, object_column
+from hyperrec.rerank import (
+    CatalogIndex,
+    RerankConfig,
+    Reranked,
+    explain_batch,
+    exploration_features_batch,
+    popular_in_context,
+    rerank_batch,
+)
 from hyperrec.windows import RECENT_N
 
 PERSONALIZED, POPULAR = "personalized", "popular"
@@ -84,11 +94,16 @@ class Experiment:
     shares: dict[str, float] | None = None  # default: equal
     salt: str = "hyperrec-rerank-1"
 
-    def assign(self, key: str) -> str:
+    @functools.cached_property
+    def _bounds(self) -> tuple[list[str], list[float]]:
         names = list(self.arms)
         shares = np.array([(self.shares or {}).get(n, 1.0) for n in names], float)
+        return names, np.cumsum(shares / shares.sum()).tolist()
+
+    def assign(self, key: str) -> str:
+        names, bounds = self._bounds
         u = int.from_bytes(hashlib.sha256(f"{self.salt}:{key}".encode()).digest()[:8], "big") / 2**64
-        return names[int(np.searchsorted(np.cumsum(shares / shares.sum()), u, side="right").clip(0, len(names) - 1))]
+        return names[min(bisect.bisect_right(bounds, u), len(names) - 1)]
 
 
 class StageTimer:
@@ -119,94 +134,125 @@ class ServingUnit:
         ids = self.rec.item_ids
         self.titles = self.rec.catalog["title"].reindex(ids).fillna("").to_numpy()
         self.categories = self.rec.catalog["category"].reindex(ids).fillna("").to_numpy()
-        self.popularity = self.rec.coengagement.counts.astype(np.float32)
+        self.catalog = CatalogIndex.build(self.rec.coengagement.counts, self.categories)
         self.known_users = self.rec.known_users
 
     def describe(self, positions: np.ndarray) -> tuple[list[str], list[str], list[str]]:
         """(item ids, titles, categories) of catalog positions."""
-        return ([str(i) for i in self.rec.item_ids[positions]], [str(t) for t in self.titles[positions]],
-                [str(c) for c in self.categories[positions]])
+        return (self.rec.item_ids[positions].tolist(), self.titles[positions].tolist(),
+                self.categories[positions].tolist())
 
     def positions(self, items) -> np.ndarray:
         return np.array([self.rec.item_index[i] for i in items if i in self.rec.item_index], np.int64)
 
+    def recent_positions(self, lists) -> np.ndarray:
+        """[n, RECENT_N] catalog positions of each list's known items, -1 padded."""
+        out = np.full((len(lists), RECENT_N), -1, np.int64)
+        index = self.rec.item_index
+        for row, items in enumerate(lists):
+            known = [index[i] for i in items if i in index][:RECENT_N]
+            out[row, :len(known)] = known
+        return out
 
-def apply_request(features: pd.DataFrame, requests: list[Request]) -> pd.DataFrame:
-    """User-tower inputs per request: the fetched online features, with the request's own
-    session items (anonymous visitors, or items fresher than the online store) and time."""
+
+def take(columns: Columns, rows: np.ndarray) -> Columns:
+    return {name: col[rows] for name, col in columns.items()}
+
+
+def apply_request(features: Columns, requests: list[Request]) -> Columns:
+    """User-tower inputs per request: the fetched online features (OnlineUserReader), with
+    the request's own session items (anonymous visitors, or items fresher than the online
+    store) and time."""
     from hyperrec.models.two_tower import NEW_USER, NEW_USER_ZEROED
 
-    rows = features.reset_index(drop=True).copy()
-    rows["recent_items"] = [list(dict.fromkeys([*r.recent_items, *stored]))[:RECENT_N] if r.recent_items
-                            else list(stored) for r, stored in zip(requests, rows["recent_items"])]
+    cols = dict(features)
+    cols["recent_items"] = object_column([list(dict.fromkeys([*r.recent_items, *stored]))[:RECENT_N]
+                                          if r.recent_items else list(stored)
+                                          for r, stored in zip(requests, features["recent_items"])])
     anonymous = np.array([r.user_id is None for r in requests])
-    if anonymous.any():  # as_new_users, column by column: this runs on every request
-        rows["user_id"] = np.where(anonymous, NEW_USER, rows["user_id"].to_numpy(object))
+    if anonymous.any():  # as_new_users, column by column
+        cols["user_id"] = np.where(anonymous, NEW_USER, cols["user_id"]).astype(object)
         for col in NEW_USER_ZEROED:
-            rows[col] = np.where(anonymous, 0, rows[col].to_numpy())
-    times = [r.time for r in requests]
-    if any(t is not None for t in times):
-        ts = rows[REQUEST_TS].to_numpy().copy()
-        ts[[t is not None for t in times]] = [int(t.timestamp()) for t in times if t is not None]
-        rows[REQUEST_TS] = ts
-        rows[["hour_of_day", "day_of_week"]] = request_context_features(rows)[["hour_of_day", "day_of_week"]]
-    return rows
+            cols[col] = np.where(anonymous, 0, cols[col]).astype(cols[col].dtype)
+    timed = [r.time is not None for r in requests]
+    if any(timed):
+        ts = cols[REQUEST_TS].copy()
+        ts[timed] = [int(r.time.timestamp()) for r in requests if r.time is not None]
+        cols[REQUEST_TS] = ts
+        cols |= request_context(ts, cols["last_event_ts"])
+    return cols
 
 
-def recommend_batch(unit: ServingUnit, features: pd.DataFrame, requests: list[Request], experiment: Experiment,
+def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request], experiment: Experiment,
                     bandit=None, timer: StageTimer | None = None) -> list[Recommended]:
     """Ranked lists for a batch: `features` holds one row of user-tower inputs per request
-    (see apply_request). Retrieval and ranking run once for the whole personalized part."""
+    (see apply_request). Retrieval, ranking and re-ranking each run once for the whole
+    personalized part of the batch."""
     from hyperrec.models.two_tower import NEW_USER
 
     timer = timer or StageTimer()
     rec = unit.rec
     personal = np.array([r.personalization and (r.user_id in unit.known_users or len(recent) > 0)
-                         for r, recent in zip(requests, features["recent_items"])])
+                         for r, recent in zip(requests, features["recent_items"])], bool)
     out: list[Recommended | None] = [None] * len(requests)
-    if personal.any():
-        rows = features[personal].reset_index(drop=True)
-        rows["user_id"] = [u if u in unit.known_users else NEW_USER for u in rows["user_id"]]
-        batch = [r for r, p in zip(requests, personal) if p]
+    chosen = np.flatnonzero(personal)
+    if len(chosen):
+        rows = take(features, chosen)
+        rows["user_id"] = np.array([u if u in unit.known_users else NEW_USER for u in rows["user_id"]], object)
+        batch = [requests[i] for i in chosen]
         seen = [set(items) | set(r.exclude) for items, r in zip(rows["recent_items"], batch)]
         with timer("retrieval"):
             candidates, scores = rec.retrieve(rows, rec.n_candidates, seen)
         with timer("ranking"):
             logits = np.where(candidates >= 0, rec.rank(rows, candidates, scores), -np.inf)
         with timer("rerank"):
-            lists = iter(_rerank_one(unit, r, c, s, recent, experiment, bandit)
-                         for r, c, s, recent in zip(batch, candidates, logits, rows["recent_items"]))
-            for i in np.flatnonzero(personal):
-                out[i] = next(lists)
+            for i, result in zip(chosen, _rerank(unit, batch, candidates, logits, rows["recent_items"], experiment,
+                                                 bandit)):
+                out[i] = result
     with timer("rerank"):
         for i in np.flatnonzero(~personal):
             out[i] = _popular(unit, requests[i], experiment)
     return out
 
 
-def _rerank_one(unit: ServingUnit, request: Request, candidates: np.ndarray, scores: np.ndarray,
-                recent: list[str], experiment: Experiment, bandit) -> Recommended:
-    arm = experiment.assign(request.key)
-    cfg = experiment.arms[arm]
-    recent_pos = unit.positions(recent)
-    x = exploration_features(candidates, scores, unit.popularity, unit.categories, recent_pos) \
-        if bandit is not None and cfg.exploration_slot is not None else None
-    picked = rerank(candidates, scores, unit.rec.item_embeddings, request.k, cfg, bandit=bandit, features=x)
-    because = explain(picked.positions, recent_pos, unit.rec.item_embeddings)
-    reasons = [f"because you engaged with {unit.titles[b]}" if b >= 0 else "matches your profile" for b in because]
+def _rerank(unit: ServingUnit, batch: list[Request], candidates: np.ndarray, scores: np.ndarray, recent_items,
+            experiment: Experiment, bandit) -> list[Recommended]:
+    """MMR, the exploration slot and reasons for the personalized rows, one batch per arm."""
+    recent = unit.recent_positions(recent_items)
+    arms = [experiment.assign(r.key) for r in batch]
+    out: list[Recommended | None] = [None] * len(batch)
+    for arm in dict.fromkeys(arms):
+        rows = np.array([i for i, a in enumerate(arms) if a == arm])
+        cfg = experiment.arms[arm]
+        x = exploration_features_batch(candidates[rows], scores[rows], unit.catalog, recent[rows]) \
+            if bandit is not None and cfg.exploration_slot is not None else None
+        picked = rerank_batch(candidates[rows], scores[rows], unit.rec.item_embeddings,
+                              [batch[i].k for i in rows], cfg, bandit, x)
+        listed = np.full((len(rows), max(len(p.positions) for p in picked)), -1, np.int64)
+        for j, p in enumerate(picked):
+            listed[j, :len(p.positions)] = p.positions
+        because = explain_batch(listed, recent[rows], unit.rec.item_embeddings)
+        for j, i in enumerate(rows):
+            out[i] = _personalized(unit, picked[j], because[j], arm)
+    return out
+
+
+def _personalized(unit: ServingUnit, picked: Reranked, because: np.ndarray, arm: str) -> Recommended:
+    reasons = [f"because you engaged with {unit.titles[b]}" if b >= 0 else "matches your profile"
+               for b in because[:len(picked.positions)].tolist()]
     explored = None
     if picked.explored_at >= 0:
         position = picked.positions[picked.explored_at]
         reasons[picked.explored_at] = f"something new for you in {unit.categories[position]}"
         explored = str(unit.rec.item_ids[position])
-    return Recommended(*unit.describe(picked.positions), [float(s) for s in picked.scores], reasons,
+    return Recommended(*unit.describe(picked.positions), picked.scores.tolist(), reasons,
                        PERSONALIZED, arm, unit.version, explored, picked.explored_x)
 
 
 def _popular(unit: ServingUnit, request: Request, experiment: Experiment) -> Recommended:
     exclude = set(unit.positions([*(request.recent_items or ()), *request.exclude]).tolist())
     category = request.page_category
-    top = popular_in_context(unit.popularity, unit.categories, request.k, exclude, category=category)
+    top = popular_in_context(unit.catalog, request.k, exclude, category=category)
     reasons = [f"popular in {category}" if unit.categories[p] == category else "popular right now" for p in top]
-    return Recommended(*unit.describe(top), [float(unit.popularity[p]) for p in top], reasons,
+    return Recommended(*unit.describe(top), unit.catalog.popularity[top].tolist(), reasons,
                        POPULAR, experiment.assign(request.key), unit.version)

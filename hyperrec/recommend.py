@@ -36,7 +36,8 @@ def created_seconds(items: pd.DataFrame) -> np.ndarray:
 
 
 class Recommender:
-    """A trained two-stage model loaded from its exported folder."""
+    """A trained two-stage model loaded from its exported folder. `users` arguments are a
+    DataFrame or, on the serving path, a dict of column arrays, with every user tower input."""
 
     def __init__(self, model_dir: Path):
         import tensorflow as tf
@@ -60,19 +61,19 @@ class Recommender:
         self._rank = compiled_ranker(tf.keras.models.load_model(self.model_dir / "ranker", compile=False))
         self.n_candidates = json.loads((self.model_dir / "ranker_config.json").read_text())["candidates"]
 
-    def user_embeddings(self, users: pd.DataFrame) -> np.ndarray:
+    def user_embeddings(self, users) -> np.ndarray:
         return self._embed(users)
 
     def candidate_indices(self, seen: list[set[str]]) -> list[set[int]]:
         """Item ids per user as positions in the candidate index (unknown ids dropped)."""
         return [{self.item_index[i] for i in s if i in self.item_index} for s in seen]
 
-    def retrieve(self, users: pd.DataFrame, n: int, seen: list[set[str]]) -> tuple[np.ndarray, np.ndarray]:
+    def retrieve(self, users, n: int, seen: list[set[str]]) -> tuple[np.ndarray, np.ndarray]:
         """[users, n] candidate positions and their retrieval scores, seen items skipped."""
         exclude = [np.fromiter(s, np.int64, len(s)) for s in self.candidate_indices(seen)]
         return self.index.search(self.user_embeddings(users), n, exclude)
 
-    def rank(self, users: pd.DataFrame, candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    def rank(self, users, candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Ranker logits [users, n] for the retrieved candidates."""
         from hyperrec.models.ranking import ranker_rows
 

@@ -1,10 +1,12 @@
-"""The recommendation Model on KServe: parse (v1 or v2) -> micro-batch -> Feast online user
-features -> retrieval -> ranking -> re-ranking, from the serving unit the champion alias
+"""The recommendation Model on KServe: parse (v1 or v2) -> micro-batch -> online user
+features (Feast's online store, read directly: hyperrec.online_reader) -> retrieval ->
+ranking -> re-ranking, from the serving unit the champion alias
 names (hot-swapped in the background)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import uuid
@@ -19,10 +21,10 @@ from kserve.protocol.infer_type import InferRequest
 from hyperrec.bandit import LinUCB
 from hyperrec.batching import MicroBatcher
 from hyperrec.config import Settings
-from hyperrec.featurestore import online_user_features, open_store
 from hyperrec.hotswap import ModelSlot, versions_dir_cleanup
-from hyperrec.models.two_tower import NEW_USER
+from hyperrec.models.two_tower import NEW_USER, USER_INPUTS
 from hyperrec.online import Experiment, Recommended, Request, ServingUnit, StageTimer, apply_request, recommend_batch
+from hyperrec.online_reader import OnlineUserReader
 from hyperrec.registry import champion_version, model_version_dir
 from hyperrec.rerank import EXPLORATION_DIM
 from serving import metrics
@@ -50,7 +52,7 @@ class RecommenderModel(kserve.Model):
         self.bandit = LinUCB(EXPLORATION_DIM)
         self._pending: OrderedDict[str, tuple[str, object]] = OrderedDict()  # request id -> (item, context)
         self._pending_lock = threading.Lock()
-        self._stores = threading.local()  # one Feast store (and SQLite connection) per worker thread
+        self.features = OnlineUserReader(settings, features=USER_INPUTS)  # only what the model reads
         self._timer = StageTimer(lambda stage, s: metrics.STAGE_SECONDS.labels(stage).observe(s))
         self.slot = ModelSlot(resolve=lambda: champion_version(settings), load=self._load_unit, probe=self._probe,
                               on_swap=self._swapped, on_failure=lambda *_: metrics.LOAD_FAILURES.inc())
@@ -80,6 +82,10 @@ class RecommenderModel(kserve.Model):
         self._recommend(unit, requests)
 
     def _swapped(self, unit: ServingUnit) -> None:
+        # A unit is millions of long-lived objects (id maps, vocabularies): freeze them out of
+        # the collector, or every full collection walks them all while requests wait.
+        gc.collect()
+        gc.freeze()
         metrics.MODEL_VERSION.set(unit.version)
         metrics.SWAPS.inc()
         # keep the predecessor's files: batches that started before the swap may still read them
@@ -96,14 +102,9 @@ class RecommenderModel(kserve.Model):
             self.batcher.close()
 
     # --- the request path -------------------------------------------------------------
-    def _store(self):
-        if not hasattr(self._stores, "store"):
-            self._stores.store = open_store(self.settings)
-        return self._stores.store
-
     def _recommend(self, unit: ServingUnit, requests: list[Request]) -> list[Recommended]:
         with self._timer("feature_fetch"):
-            features = online_user_features(self._store(), [r.user_id or NEW_USER for r in requests], now=self.as_of)
+            features = self.features.read([r.user_id or NEW_USER for r in requests], now=self.as_of)
         rows = apply_request(features, requests)
         return recommend_batch(unit, rows, requests, self.experiment, self.bandit, self._timer)
 

@@ -46,6 +46,40 @@ def test_coengagement_prefers_items_engaged_together(tmp_path):
     assert np.allclose(again.features([["x"]], np.array([[1, 2]]))["coengagement"], f["coengagement"])
 
 
+def test_coengagement_features_match_their_sparse_algebra_definition():
+    """The batched index arithmetic equals the textbook form: H (users x items, recency
+    weights normalised per user) times the neighbour table, read at the candidates."""
+    import scipy.sparse as sp
+
+    from hyperrec.coengagement import recency_weights
+
+    rng = np.random.default_rng(4)
+    items = pd.DataFrame({"item_id": [f"i{j}" for j in range(60)], "category": rng.choice(list("abcd"), 60)})
+    pairs = pd.DataFrame({"user_id": rng.integers(0, 80, 900).astype(str),
+                          "item_id": items["item_id"].to_numpy()[rng.integers(0, 60, 900)]})
+    co = CoEngagement.fit(pairs, items, top_m=10)
+    recent = [["i1", "i2", "unknown", "i1"], [], ["i7"], [f"i{j}" for j in rng.integers(0, 60, 25)]]
+    candidates = rng.integers(0, 60, (4, 15))
+    candidates[1, -3:] = -1
+    got = co.features(recent, candidates)
+    w = recency_weights(co.half_life)
+    H = np.zeros((4, 60))
+    for r, row in enumerate(recent):
+        for pos, item in enumerate(row[:len(w)]):
+            if item in co._position:
+                H[r, co._position[item]] += w[pos]
+    H /= np.maximum(H.sum(1, keepdims=True), 1e-9)
+    valid = candidates >= 0
+    safe = np.where(valid, candidates, 0)
+    onehot = np.eye(co.categories.max() + 1)[co.categories]
+    expected = {"coengagement": np.take_along_axis(H @ sp.csr_matrix.toarray(co.neighbours), safe, 1),
+                "category_share": np.take_along_axis(H @ onehot @ onehot.T, safe, 1),
+                "item_log_count": np.log1p(co.counts[safe])}
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], np.where(valid, want, 0), rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(got["log_history_length"][:, 0], np.log1p((H > 0).sum(1)), rtol=1e-6)
+
+
 def test_list_metrics():
     category = pd.Series({"a": 1, "b": 1, "c": 2})
     assert coverage([["a", "b"], ["a"]], 4) == 0.5

@@ -12,13 +12,17 @@ import pytest
 from hyperrec.bandit import LinUCB
 from hyperrec.rerank import (
     EXPLORATION_DIM,
+    CatalogIndex,
     RerankConfig,
     explain,
+    explain_batch,
     exploration_features,
+    exploration_features_batch,
     filter_excluded,
     mmr,
     popular_in_context,
     rerank,
+    rerank_batch,
 )
 
 
@@ -87,6 +91,59 @@ def test_padding_is_never_returned(catalog):
     assert len(mmr(candidates, scores, emb, 0, 0.8)) == 0
 
 
+def _reference_mmr(candidates, scores, emb, k, lam):
+    """MMR written out the slow, obvious way: the definition the batched code must match."""
+    ok = [i for i in range(len(candidates)) if candidates[i] >= 0 and np.isfinite(scores[i])]
+    ok.sort(key=lambda i: -scores[i])
+    if not ok:
+        return []
+    lo, hi = min(scores[i] for i in ok), max(scores[i] for i in ok)
+    rel = {i: (scores[i] - lo) / (hi - lo) if hi > lo else 1.0 for i in ok}
+    picked = []
+    while ok and len(picked) < k:
+        def value(i):
+            sim = max((float(emb[candidates[i]] @ emb[candidates[j]]) for j in picked), default=0.0)
+            return lam * rel[i] - (1 - lam) * sim if picked else rel[i]
+        best = max(ok, key=value)  # ties: the first in score order
+        picked.append(best)
+        ok.remove(best)
+    return [int(candidates[i]) for i in picked]
+
+
+def test_batched_mmr_matches_the_definition_row_by_row(catalog):
+    """A batch mixing full rows, padded rows and an all-padding row gives each row what
+    MMR by its definition gives it alone."""
+    emb, candidates, scores = catalog
+    rng = np.random.default_rng(11)
+    rows_c = np.stack([candidates, rng.permutation(candidates), np.full(100, -1), candidates])
+    rows_s = np.stack([scores, rng.normal(size=100), np.full(100, -np.inf), scores[::-1].copy()])
+    rows_s[1][rows_c[1] < 0] = -np.inf
+    rows_s[3][rows_c[3] < 0] = -np.inf
+    for lam in (1.0, 0.85, 0.5):
+        out = rerank_batch(rows_c, rows_s, emb, [10, 12, 5, 3], RerankConfig(mmr_lambda=lam, exploration_slot=None))
+        for r, k in enumerate([10, 12, 5, 3]):
+            assert out[r].positions.tolist() == _reference_mmr(rows_c[r], rows_s[r], emb, k, lam)
+            assert out[r].positions.tolist() == mmr(rows_c[r], rows_s[r], emb, k, lam).tolist()
+
+
+def test_batched_features_and_explanations_match_one_user_at_a_time(catalog):
+    emb, candidates, scores = catalog
+    rng = np.random.default_rng(5)
+    index = CatalogIndex.build(rng.integers(0, 500, 200), np.array(list("abcde"))[rng.integers(0, 5, 200)])
+    rows_c = np.stack([candidates, rng.permutation(candidates)])
+    rows_s = np.where(rows_c >= 0, np.stack([scores, rng.normal(size=100)]), -np.inf)
+    recent = np.array([[3, 17, -1], [-1, -1, -1]])
+    x = exploration_features_batch(rows_c, rows_s, index, recent)
+    recommended = np.array([[5, 6, 7], [8, 9, -1]])
+    why = explain_batch(recommended, recent, emb)
+    for r in range(2):
+        np.testing.assert_array_equal(x[r], exploration_features(rows_c[r], rows_s[r], index,
+                                                                 recent[r][recent[r] >= 0]))
+        np.testing.assert_array_equal(why[r][recommended[r] >= 0],
+                                      explain(recommended[r][recommended[r] >= 0], recent[r][recent[r] >= 0], emb))
+    assert (why[1] == -1).all() and why[0][0] in (3, 17)
+
+
 def test_excluded_items_are_filtered_out(catalog):
     emb, candidates, scores = catalog
     original = scores.copy()
@@ -105,24 +162,24 @@ def test_excluded_items_are_filtered_out(catalog):
 def popular():
     popularity = np.array([50, 40, 30, 20, 10, 5, 60, 1, 70, 0], np.float32)
     categories = np.array(["a", "b", "a", "b", "c", "a", "b", "c", "c", "a"], dtype=object)
-    return popularity, categories
+    return CatalogIndex.build(popularity, categories)
 
 
 def test_popular_in_context_respects_the_category(popular):
-    popularity, categories = popular
-    np.testing.assert_array_equal(popular_in_context(popularity, categories, 3, set()), [8, 6, 0])
-    np.testing.assert_array_equal(popular_in_context(popularity, categories, 3, {0}, category="a"), [2, 5, 9])
-    np.testing.assert_array_equal(popular_in_context(popularity, categories, 2, set(), category="b"), [6, 1])
+    catalog = popular
+    np.testing.assert_array_equal(popular_in_context(catalog, 3, set()), [8, 6, 0])
+    np.testing.assert_array_equal(popular_in_context(catalog, 3, {0}, category="a"), [2, 5, 9])
+    np.testing.assert_array_equal(popular_in_context(catalog, 2, set(), category="b"), [6, 1])
 
 
 def test_popular_in_context_fills_a_small_category_from_overall(popular):
-    popularity, categories = popular
+    catalog = popular
     # "c" has 3 items (8, 4, 7), one excluded: the two left first, then the overall best not yet listed
-    top = popular_in_context(popularity, categories, 5, {4}, category="c")
+    top = popular_in_context(catalog, 5, {4}, category="c")
     np.testing.assert_array_equal(top, [8, 7, 6, 0, 1])
     # an unknown category is all fill; k beyond the catalog returns what there is, once each
-    np.testing.assert_array_equal(popular_in_context(popularity, categories, 2, set(), category="zzz"), [8, 6])
-    everything = popular_in_context(popularity, categories, 50, {9}, category="a")
+    np.testing.assert_array_equal(popular_in_context(catalog, 2, set(), category="zzz"), [8, 6])
+    everything = popular_in_context(catalog, 50, {9}, category="a")
     assert sorted(everything.tolist()) == list(range(9))
 
 
@@ -152,7 +209,8 @@ def _features(candidates, scores, n_items=200):
     rng = np.random.default_rng(1)
     popularity = rng.integers(0, 500, n_items).astype(np.float32)
     categories = np.array(list("abcde"), dtype=object)[rng.integers(0, 5, n_items)]
-    return exploration_features(candidates, scores, popularity, categories, np.array([candidates[0]]))
+    return exploration_features(candidates, scores, CatalogIndex.build(popularity, categories),
+                                np.array([candidates[0]]))
 
 
 def test_exploration_features_are_bounded_and_documented(catalog):

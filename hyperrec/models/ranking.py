@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -46,8 +45,7 @@ def item_log_age_days(created_s: np.ndarray, candidates: np.ndarray, request_ts:
     return np.log1p(age_s / 86_400).astype(np.float32)
 
 
-def candidate_frame(features: dict[str, np.ndarray], scores: np.ndarray,
-                    context: pd.DataFrame) -> dict[str, np.ndarray]:
+def candidate_frame(features: dict[str, np.ndarray], scores: np.ndarray, context) -> dict[str, np.ndarray]:
     """Flatten [n users, C candidates] feature arrays into one row per pair. Empty slots
     (score -inf: the catalog ran out of unseen items) get the row's lowest real score so
     no feature is infinite; callers drop or mask them by `valid`."""
@@ -61,18 +59,18 @@ def candidate_frame(features: dict[str, np.ndarray], scores: np.ndarray,
     out = {k: v.reshape(-1).astype(np.float32) for k, v in features.items()}
     out["log_rank"] = np.tile(np.log1p(np.arange(c, dtype=np.float32)), n)
     for col in CONTEXT:
-        out[col] = np.repeat(context[col].to_numpy(np.float32), c)
+        out[col] = np.repeat(np.asarray(context[col], np.float32), c)
     out["valid"] = valid.reshape(-1)
     return out
 
 
-def ranker_rows(coengagement, created_s: np.ndarray, users: pd.DataFrame, candidates: np.ndarray,
+def ranker_rows(coengagement, created_s: np.ndarray, users, candidates: np.ndarray,
                 scores: np.ndarray) -> dict[str, np.ndarray]:
     """Every ranker input for [users, C] retrieved candidates, one row per pair: the one
     feature path training and serving share (`coengagement` is a CoEngagement,
-    `created_s` each catalog item's creation time)."""
+    `created_s` each catalog item's creation time, `users` a frame or dict of columns)."""
     features = coengagement.features(list(users["recent_items"]), candidates)
-    features["item_log_age_days"] = item_log_age_days(created_s, candidates, users[REQUEST_TS].to_numpy())
+    features["item_log_age_days"] = item_log_age_days(created_s, candidates, np.asarray(users[REQUEST_TS]))
     return candidate_frame(features, scores, users)
 
 
@@ -116,6 +114,7 @@ def train_ranker(examples: dict[str, np.ndarray], labels: np.ndarray, cfg: Ranke
 
 
 def compiled_ranker(ranker: tf.keras.Model):
-    signature = [{c: tf.TensorSpec([None], tf.float32, name=c) for c in RANKER_INPUTS}]
-    call = tf.function(lambda inputs: ranker(inputs, training=False), input_signature=signature).get_concrete_function()
-    return lambda rows: call({c: tf.constant(rows[c], tf.float32) for c in RANKER_INPUTS}).numpy()
+    """`run(rows) -> logits`, through the same packed graph call as the towers."""
+    from hyperrec.models.two_tower import compiled
+
+    return compiled(ranker, RANKER_INPUTS)
