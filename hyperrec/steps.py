@@ -52,7 +52,19 @@ def feature_step(settings: Settings, world_dir: Path, console: Console) -> dict[
     with console.status(f"feast materialize -> {settings.online_store} online store"):
         materialize(settings, start, end)
     console.print("feast: " + ", ".join(f"{k} {v:,} rows" for k, v in counts.items()))
+    record_consents(settings, world.users)
     return counts
+
+
+def record_consents(settings: Settings, users: pd.DataFrame) -> int:
+    """The CRM's per-purpose consent, into the ledger serving and training consult."""
+    from hyperrec.privacy import ConsentLedger
+
+    ledger = ConsentLedger.open(settings)
+    try:
+        return ledger.record_profiles(users, source="crm")
+    finally:
+        ledger.close()
 
 
 def training_step(settings: Settings, world_dir: Path, console: Console, epochs: int) -> tuple[int, bool]:

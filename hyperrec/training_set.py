@@ -23,7 +23,8 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
     """Split positives per user in time, then join point-in-time features from Feast onto
     every example; writes train / test / test_queries / items parquet, returns sizes."""
     world = load_world(world_dir)
-    pos = positives(world.events, min_rating)
+    events = usable_events(settings, world.events)
+    pos = positives(events, min_rating)
     train, test = temporal_split(pos)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -47,6 +48,19 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
                               on="item_id")
     items_fs.to_parquet(out_dir / "items.parquet", index=False)
     sizes = {"train_rows": len(train_fs), "test_rows": len(test), "items": len(items_fs),
+             "events_excluded_by_privacy": len(world.events) - len(events),
              "users": int(train["user_id"].nunique()), "feast_join_s": round(join_s, 1)}
     (out_dir / "sizes.json").write_text(json.dumps(sizes))
     return sizes
+
+
+def usable_events(settings: Settings, events):
+    """The events training may learn from: none of an erased user, and only those made while
+    their user consented to personalization (consent ledger, as of each event's time)."""
+    from hyperrec.privacy import ConsentLedger, drop_erased
+
+    ledger = ConsentLedger.open(settings)
+    try:
+        return ledger.filter_events_by_consent(drop_erased(events, settings), "personalization")
+    finally:
+        ledger.close()
