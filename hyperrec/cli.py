@@ -23,6 +23,10 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: print a table, w
 app.add_typer(bench_app, name="bench")
 model_app = typer.Typer(no_args_is_help=True, help="MLflow registry: promote, roll back, show the alias history.")
 app.add_typer(model_app, name="model")
+privacy_app = typer.Typer(no_args_is_help=True, help="GDPR/CCPA: erase a user everywhere, with an audit record.")
+app.add_typer(privacy_app, name="privacy")
+ab_app = typer.Typer(no_args_is_help=True, help="A/B tests over logged impressions.")
+app.add_typer(ab_app, name="ab")
 console = Console()
 
 HomeOpt = typer.Option(None, "--home", help="workspace directory (default $HYPERREC_HOME or ./var)")
@@ -226,6 +230,18 @@ def bench_serving_cmd(out: Path = typer.Option(Path("var/bench/serving.json")),
     console.print(f"wrote {out}")
 
 
+@bench_app.command("freshness")
+def bench_freshness_cmd(out: Path = typer.Option(Path("var/bench/freshness.json")),
+                        home: Path = typer.Option(Path("var/bench-serving"), help="the serving bench's workspace"),
+                        users: int = 60, ingest_s: float = 10.0):
+    """Event -> changed recommendations (server + stream processor, each its own process) and
+    durable ingestion throughput on POST /v1/events."""
+    from hyperrec.freshness_bench import run
+
+    run(load_settings(home), out, console, users=users, ingest_s=ingest_s)
+    console.print(f"wrote {out}")
+
+
 @bench_app.command("warm-start")
 def bench_warm_start_cmd(out: Path = typer.Option(Path("var/bench/warm_start.json")),
                          home: Path = typer.Option(Path("var/bench-warm"), help="workspace of its own"),
@@ -250,6 +266,41 @@ def serve(port: int | None = typer.Option(None, help="HTTP port (default $HYPERR
     http_port = port or settings.server_port
     args = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(http_port)]
     os.execv(sys.executable, args + (["--as_of", as_of] if as_of else []))
+
+
+@privacy_app.command("erase")
+def privacy_erase(user_id: str, reason: str = typer.Option(..., help="why (a ticket id): kept in the audit record"),
+                  home: Path | None = HomeOpt):
+    """Remove USER_ID from the event log, the offline and online feature stores and the
+    recommendation cache; future training sets skip them. Needs HYPERREC_PII_KEY (the audit
+    stores a keyed token, not the id)."""
+    from hyperrec.privacy import erase_user
+
+    report = erase_user(load_settings(home), user_id, reason)
+    console.print_json(data={"user_token": report.user_token, "status": report.status, "removed": report.removed})
+
+
+@ab_app.command("report")
+def ab_report(impressions: Path = typer.Option(..., help="parquet or CSV: user_id, arm, clicked, converted"),
+              control: str = "control", metric: str = typer.Option("clicked", help="clicked | converted"),
+              alpha: float = 0.05, min_lift: float = typer.Option(0.05, help="smallest relative lift worth finding")):
+    """Per-arm rates with confidence intervals, a two-proportion z-test (Holm-corrected for
+    several arms), the Bayesian probability to beat control, and the verdict."""
+    import pandas as pd
+
+    from hyperrec.abtest import report
+
+    frame = pd.read_parquet(impressions) if impressions.suffix == ".parquet" else pd.read_csv(impressions)
+    console.print(report(frame, control=control, metric=metric, alpha=alpha, min_detectable_lift=min_lift))
+
+
+@app.command()
+def stream(home: Path | None = HomeOpt):
+    """Run the embedded stream processor in the foreground: events POSTed to the server's
+    /v1/events -> windowed features and recent items -> the online store (Ctrl-C stops it)."""
+    from hyperrec.stream import run
+
+    run(load_settings(home), log=console.print)
 
 
 @app.command()

@@ -49,6 +49,11 @@ class Settings(BaseModel):
         return self.feast_dir / "offline"
 
     @property
+    def event_log(self) -> Path:
+        """The embedded event log (SQLite, WAL): what `POST /v1/events` appends to."""
+        return self.home / "events.db"
+
+    @property
     def pipeline_root(self) -> Path:
         return self.home / "pipeline_runs"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class EventLog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a crash
         self.db.executescript(SCHEMA)
+        self._lock = threading.Lock()  # one connection, shared by the server's worker threads
 
     def _check(self, raw, now: datetime, check: Callable[[Event], str | None] | None) -> Event:
         data = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
@@ -84,7 +86,7 @@ class EventLog:
         stored = dup = dead = received = 0
         errors: list[str] = []
         t = time.time()
-        with self.db:
+        with self._lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
             for raw in raws:
                 received += 1
@@ -104,10 +106,18 @@ class EventLog:
                 dup += 1 - cur.rowcount
         return AppendResult(received, stored, dup, dead, errors)
 
-    def read(self, after: int, limit: int = 10_000) -> tuple[int, pd.DataFrame]:
-        """Events with offset > `after` (at most `limit`), as a frame; and the last offset."""
-        rows = self.db.execute("SELECT offset, body FROM events WHERE offset > ? ORDER BY offset LIMIT ?",
-                               (after, limit)).fetchall()
+    def dead_letter(self, raw, error: str) -> None:
+        """Keep a body that could not even be split into events (not JSON, not a list)."""
+        with self._lock:
+            self.db.execute("INSERT INTO dead_letters (raw, error, received_at) VALUES (?, ?, ?)",
+                            (_raw_bytes(raw), error, time.time()))
+
+    def read(self, after: int, limit: int = 10_000, upto: int | None = None) -> tuple[int, pd.DataFrame]:
+        """Events with `after` < offset <= `upto` (at most `limit`), as a frame; and the last offset."""
+        with self._lock:
+            rows = self.db.execute("SELECT offset, body FROM events WHERE offset > ? AND offset <= ? "
+                                   "ORDER BY offset LIMIT ?", (after, upto if upto is not None else 2**62,
+                                                               limit)).fetchall()
         if not rows:
             return after, pd.DataFrame()
         frame = pd.DataFrame([json.loads(body) for _, body in rows])
@@ -115,19 +125,23 @@ class EventLog:
         return rows[-1][0], frame
 
     def committed(self, consumer: str) -> int:
-        row = self.db.execute("SELECT offset FROM consumer_offsets WHERE consumer = ?", (consumer,)).fetchone()
+        with self._lock:
+            row = self.db.execute("SELECT offset FROM consumer_offsets WHERE consumer = ?", (consumer,)).fetchone()
         return row[0] if row else 0
 
     def commit(self, consumer: str, offset: int) -> None:
-        self.db.execute("INSERT INTO consumer_offsets (consumer, offset) VALUES (?, ?) "
-                        "ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset", (consumer, offset))
+        with self._lock:
+            self.db.execute("INSERT INTO consumer_offsets (consumer, offset) VALUES (?, ?) "
+                            "ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset", (consumer, offset))
 
     def counts(self) -> dict[str, int]:
-        return {"events": self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0],
-                "dead_letters": self.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]}
+        with self._lock:
+            return {"events": self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+                    "dead_letters": self.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]}
 
     def dead_letters(self) -> list[tuple[bytes, str]]:
-        return self.db.execute("SELECT raw, error FROM dead_letters ORDER BY id").fetchall()
+        with self._lock:
+            return self.db.execute("SELECT raw, error FROM dead_letters ORDER BY id").fetchall()
 
 
 def _describe(exc: Exception) -> str:

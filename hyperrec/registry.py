@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -103,6 +104,27 @@ def champion_version(settings: Settings) -> int | None:
         return int(client.get_model_version_by_alias(settings.model_name, CHAMPION).version)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def champion_watcher(settings: Settings) -> Callable[[], int | None]:
+    """`champion_version` for a poller. Asking MLflow holds the GIL for ~18 ms (SQLAlchemy
+    session, entity building), a stall every serving request in flight waits out. With a
+    SQLite tracking store the answer can only change when the database files do, so their
+    modification times are checked first (microseconds) and MLflow is asked only then.
+    Other stores (an MLflow server) are asked every time: that wait is I/O, not the GIL."""
+    if not settings.tracking_uri.startswith("sqlite:///"):
+        return lambda: champion_version(settings)
+    db = Path(settings.tracking_uri.removeprefix("sqlite:///"))
+    files = [db, db.with_name(db.name + "-wal")]
+    last: dict = {"stamp": None, "version": None}
+
+    def current() -> int | None:
+        stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
+        if stamp != last["stamp"]:
+            last["version"] = champion_version(settings)
+            last["stamp"] = stamp
+        return last["version"]
+    return current
 
 
 def _history(client: MlflowClient, settings: Settings) -> list[dict]:

@@ -35,8 +35,9 @@ def prepare(settings: Settings, console: Console, items: int = 100_000, users: i
     """World + Feast + one registered champion; reused when the catalog size matches."""
     from hyperrec.data.world import load_world
     from hyperrec.models.two_tower import TwoTowerConfig
+    from hyperrec.privacy import privacy_db
     from hyperrec.registry import champion_model_dir, register_model
-    from hyperrec.steps import feature_step, generate_step
+    from hyperrec.steps import feature_step, generate_step, record_consents
     from hyperrec.train import fit_models
     from hyperrec.training_set import build_training_set
 
@@ -44,7 +45,10 @@ def prepare(settings: Settings, console: Console, items: int = 100_000, users: i
     marker = settings.home / "bench-serving.json"
     if marker.exists() and json.loads(marker.read_text()).get("items") == items and champion_model_dir(settings):
         console.print(f"reusing the {items:,}-item workspace in {settings.home}")
-        return json.loads(marker.read_text()) | {"world": load_world(world_dir)}
+        world = load_world(world_dir)
+        if not privacy_db(settings).exists():  # a workspace from before the consent ledger
+            record_consents(settings, world.users)
+        return json.loads(marker.read_text()) | {"world": world}
     t = time.monotonic()
     world = generate_step(settings, world_dir, console, users=users, items=items, days=10, events=events, seed=11)
     feature_step(settings, world_dir, console)

@@ -7,6 +7,10 @@ a crash replays the batch instead of losing it (the pushes are idempotent upsert
 
 from __future__ import annotations
 
+import threading
+import time
+from pathlib import Path
+
 import pandas as pd
 
 from hyperrec.eventlog import EventLog
@@ -50,3 +54,44 @@ class StreamProcessor:
         self.process_batch(events)
         self.log.commit(self.consumer, last)  # only after the online write
         return len(events)
+
+
+def history(log: EventLog, world_dir: Path | None, consumer: str = "online-features") -> pd.DataFrame:
+    """What the windows must have seen before the next unprocessed event: the world's
+    recorded events (embedded; a cluster replays its retained topic instead) and the log's
+    events up to the consumer's committed offset."""
+    parts = []
+    if world_dir is not None and (world_dir / "events.parquet").exists():
+        parts.append(pd.read_parquet(world_dir / "events.parquet"))
+    committed = log.committed(consumer)
+    if committed:
+        parts.append(log.read(0, limit=committed, upto=committed)[1])
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame()
+    frame = pd.concat(parts, ignore_index=True)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
+
+
+def tail(processor: StreamProcessor, stop: threading.Event, idle_s: float = 0.005) -> None:
+    """Process the log as it grows until `stop`: an event is in the online store a few ms
+    after its POST was acknowledged."""
+    while not stop.is_set():
+        if processor.run_once() == 0:
+            stop.wait(idle_s)
+
+
+def run(settings, stop: threading.Event | None = None, log=print) -> None:
+    """`hyperrec stream`: the embedded stream processor, beside the model server."""
+    from hyperrec.featurestore import open_store
+
+    stop = stop or threading.Event()
+    events = EventLog(settings.event_log)
+    processor = StreamProcessor(open_store(settings), events)
+    started = time.monotonic()
+    past = history(events, settings.data_dir / "world")
+    processor.warm_start(past)
+    log(f"stream processor: {len(past):,} past events folded in {time.monotonic() - started:.1f} s; "
+        f"tailing {settings.event_log}")
+    tail(processor, stop)

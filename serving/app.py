@@ -1,6 +1,7 @@
 """What the recommendation server adds to KServe's FastAPI app: a request-size limit (413),
 400 instead of FastAPI's 422 for a v2 body that fails its schema (every client mistake is
-a 400 with {"error": ...}), and the bandit feedback endpoint."""
+a 400 with {"error": ...}), the bandit feedback endpoint, and event ingestion
+(`POST /v1/events` into the durable event log the stream processor tails)."""
 
 from __future__ import annotations
 
@@ -61,8 +62,27 @@ class Feedback(BaseModel):
     reward: float = Field(ge=0.0, le=1.0)
 
 
-def install(app: FastAPI, models: dict) -> None:
-    """Add the middleware, the 400 handler and `POST /v1/models/{name}:feedback`."""
+MAX_EVENTS_PER_BATCH = 10_000
+
+
+def event_batch(raw: bytes) -> list:
+    """The events of a `POST /v1/events` body: a JSON list, or {"events": [...]}. Each event
+    is validated by the log itself, so one bad event is dead-lettered alone."""
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not JSON: {exc}") from None
+    events = body.get("events") if isinstance(body, dict) else body
+    if not isinstance(events, list):
+        raise ValueError('body must be a JSON list of events or {"events": [...]}')
+    if len(events) > MAX_EVENTS_PER_BATCH:
+        raise ValueError(f"at most {MAX_EVENTS_PER_BATCH} events per request, got {len(events)}")
+    return events
+
+
+def install(app: FastAPI, models: dict, events=None) -> None:
+    """Add the middleware, the 400 handler, `POST /v1/models/{name}:feedback` and, given an
+    EventLog, `POST /v1/events`."""
     app.add_middleware(BodyLimit)
 
     async def schema_error(_, exc: RequestValidationError):
@@ -70,6 +90,9 @@ def install(app: FastAPI, models: dict) -> None:
         return JSONResponse(status_code=400, content={"error": problems[:2000]})
 
     app.add_exception_handler(RequestValidationError, schema_error)
+
+    if events is not None:
+        _install_ingestion(app, events)
 
     @app.post("/v1/models/{model_name}:feedback")
     async def feedback(model_name: str, request: Request):
@@ -85,3 +108,28 @@ def install(app: FastAPI, models: dict) -> None:
                 "error": f"no exploration slot for request {body.request_id} and item {body.item_id} "
                          "(not an explored item, already credited, or expired)"})
         return {"updated": True}
+
+
+def _install_ingestion(app: FastAPI, log) -> None:
+    from starlette.concurrency import run_in_threadpool
+
+    from serving import metrics
+
+    @app.post("/v1/events")
+    async def ingest(request: Request):
+        """Acknowledged = durable (the log commits with synchronous=FULL before we answer).
+        200 with counts even when some events were dead-lettered: those are the client's to
+        fix, and the rest must not be refused with them. received = stored + duplicates +
+        dead_lettered."""
+        raw = await request.body()
+        try:
+            batch = event_batch(raw)
+        except ValueError as exc:
+            await run_in_threadpool(log.dead_letter, raw, str(exc))
+            metrics.EVENTS.labels("dead_lettered").inc()
+            return JSONResponse(status_code=400, content={"error": str(exc), "dead_lettered": 1})
+        result = await run_in_threadpool(log.append, batch)
+        for outcome in ("stored", "duplicates", "dead_lettered"):
+            metrics.EVENTS.labels(outcome).inc(getattr(result, outcome))
+        return {"received": result.received, "stored": result.stored, "duplicates": result.duplicates,
+                "dead_lettered": result.dead_lettered, "errors": result.errors[:20]}

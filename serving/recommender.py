@@ -11,7 +11,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import kserve
@@ -25,7 +25,8 @@ from hyperrec.hotswap import ModelSlot, versions_dir_cleanup
 from hyperrec.models.two_tower import NEW_USER, USER_INPUTS
 from hyperrec.online import Experiment, Recommended, Request, ServingUnit, StageTimer, apply_request, recommend_batch
 from hyperrec.online_reader import OnlineUserReader
-from hyperrec.registry import champion_version, model_version_dir
+from hyperrec.privacy import ConsentLedger
+from hyperrec.registry import champion_watcher, model_version_dir
 from hyperrec.rerank import EXPLORATION_DIM
 from serving import metrics
 from serving.protocol import parse_v1, parse_v2, v1_response, v2_response
@@ -53,8 +54,9 @@ class RecommenderModel(kserve.Model):
         self._pending: OrderedDict[str, tuple[str, object]] = OrderedDict()  # request id -> (item, context)
         self._pending_lock = threading.Lock()
         self.features = OnlineUserReader(settings, features=USER_INPUTS)  # only what the model reads
+        self.consent = ConsentLedger.open(settings)
         self._timer = StageTimer(lambda stage, s: metrics.STAGE_SECONDS.labels(stage).observe(s))
-        self.slot = ModelSlot(resolve=lambda: champion_version(settings), load=self._load_unit, probe=self._probe,
+        self.slot = ModelSlot(resolve=champion_watcher(settings), load=self._load_unit, probe=self._probe,
                               on_swap=self._swapped, on_failure=lambda *_: metrics.LOAD_FAILURES.inc())
         self.batcher: MicroBatcher | None = None
         self._previous_version: int | None = None
@@ -103,10 +105,19 @@ class RecommenderModel(kserve.Model):
 
     # --- the request path -------------------------------------------------------------
     def _recommend(self, unit: ServingUnit, requests: list[Request]) -> list[Recommended]:
+        requests = self._with_consent(requests)
         with self._timer("feature_fetch"):
             features = self.features.read([r.user_id or NEW_USER for r in requests], now=self.as_of)
         rows = apply_request(features, requests)
         return recommend_batch(unit, rows, requests, self.experiment, self.bandit, self._timer)
+
+    def _with_consent(self, requests: list[Request]) -> list[Request]:
+        """A user who has not consented to personalization (now, per the ledger) gets the
+        popular-in-context policy: their history is not used for what they see."""
+        users = [r.user_id for r in requests if r.user_id is not None]
+        allowed = dict(zip(users, self.consent.consented(users, "personalization", self.as_of))) if users else {}
+        return [replace(r, personalization=False) if r.user_id is not None and not allowed[r.user_id] else r
+                for r in requests]
 
     def _run_batch(self, requests: list[Request]) -> list[Recommended]:
         return self._recommend(self.slot.unit, requests)  # one unit for the whole batch

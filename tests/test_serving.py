@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pandas as pd
 import pytest
 import requests
 
@@ -42,6 +43,11 @@ def server(make_workspace, tmp_path_factory):
             stop_server(proc)
 
 
+def consenting(world) -> list[str]:
+    """Users whose CRM profile grants personalization (the generator's 92%)."""
+    return world.users.loc[world.users["consent_personalization"], "user_id"].tolist()
+
+
 def predict(server, instances, timeout=30):
     return requests.post(f"{server['url']}/v1/models/recommender:predict", json={"instances": instances},
                          timeout=timeout)
@@ -49,7 +55,7 @@ def predict(server, instances, timeout=30):
 
 def test_v1_serves_known_users_sessions_and_strangers(server):
     world = server["world"]
-    user = world.users["user_id"].iloc[0]
+    user = consenting(world)[0]
     session = world.items["item_id"].iloc[:3].tolist()
     resp = predict(server, [{"user_id": user, "k": 5, "context": {"device": "mobile", "page": "home"}},
                             {"session": {"recent_items": session}, "k": 4},
@@ -260,3 +266,92 @@ def test_a_server_without_a_champion_refuses_to_start(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="no 'hyperrec-retrieval@champion' in the registry"):
         model.load()
     assert not model.ready
+
+
+# --- event ingestion and adaptation within the session -----------------------------------
+
+def _click(user, item, at, event_id):
+    return {"event_id": event_id, "user_id": user, "item_id": item, "event_type": "click",
+            "ts": at.isoformat(), "dwell_s": 40.0}
+
+
+def test_event_ingestion_counts_reconcile_and_bad_events_are_dead_lettered(server):
+    from hyperrec.eventlog import EventLog
+
+    world = server["world"]
+    user, item = world.users["user_id"].iloc[3], world.items["item_id"].iloc[3]
+    at = world.events["ts"].max().to_pydatetime()
+    good = [_click(user, item, at, f"ingest-{i}") for i in range(3)]
+    bad = [{"event_id": "ingest-bad-1", "user_id": user}, {**good[0], "event_id": "ingest-bad-2", "dwell_s": -1}]
+    url = f"{server['url']}/v1/events"
+    first = requests.post(url, json=good + bad, timeout=30)
+    assert first.status_code == 200, first.text
+    assert first.json() | {"errors": None} == {"received": 5, "stored": 3, "duplicates": 0, "dead_lettered": 2,
+                                               "errors": None}
+    assert any("dwell_s" in e for e in first.json()["errors"])
+    replay = requests.post(url, json={"events": good}, timeout=30).json()  # at-least-once delivery: one effect
+    assert (replay["stored"], replay["duplicates"]) == (0, 3)
+    for body in (b"{not json", b'{"events": "nope"}', b"42"):
+        refused = requests.post(url, data=body, timeout=30)
+        assert refused.status_code == 400 and refused.json()["error"] and refused.json()["dead_lettered"] == 1
+    log = EventLog(server["settings"].event_log)
+    dead = log.dead_letters()
+    assert {raw for raw, _ in dead} >= {b"{not json", b'{"events": "nope"}', b"42"}  # raw bytes kept
+    assert any(b"ingest-bad-1" in raw for raw, _ in dead)
+    assert requests.get(f"{server['url']}/metrics", timeout=10).text.count("hyperrec_events_total") >= 3
+
+
+def test_clicks_shift_recommendations_toward_their_category_within_a_second(server):
+    """A user clicks several items of one category; with the stream processor running, the
+    next recommendations lean toward it, with no retraining."""
+    from hyperrec.eventlog import EventLog
+    from hyperrec.featurestore import open_store
+    from hyperrec.stream import StreamProcessor, history, tail
+
+    settings, world = server["settings"], server["world"]
+    items = world.items.set_index("item_id")["category"]
+    user = consenting(world)[5]
+
+    def share(category):
+        rec = predict(server, [{"user_id": user, "k": 10}]).json()["predictions"][0]
+        return sum(items[i["item_id"]] == category for i in rec["items"]) / len(rec["items"])
+
+    before = {c: share(c) for c in items.unique()}
+    target = min(before, key=before.get)  # the category this user is shown least
+    clicked = items[items == target].index[:6].tolist()
+    log = EventLog(settings.event_log)
+    processor = StreamProcessor(open_store(settings), log)
+    processor.warm_start(history(log, settings.data_dir / "world"))
+    stop = threading.Event()
+    worker = threading.Thread(target=tail, args=(processor, stop), daemon=True)
+    worker.start()
+    try:
+        at = world.events["ts"].max().to_pydatetime()
+        events = [_click(user, item, at + pd.Timedelta(seconds=i + 1), f"adapt-{user}-{i}")
+                  for i, item in enumerate(clicked)]
+        sent = time.monotonic()
+        assert requests.post(f"{server['url']}/v1/events", json=events, timeout=30).json()["stored"] == 6
+        after = before[target]
+        while time.monotonic() - sent < 5 and after <= before[target]:
+            after = share(target)
+        elapsed = time.monotonic() - sent
+    finally:
+        stop.set()
+        worker.join(5)
+    assert after > before[target], f"share of {target} stayed at {before[target]}"
+    assert elapsed < 1.0, f"took {elapsed:.2f} s"
+
+
+def test_consent_decides_personalization_and_a_withdrawal_counts_at_once(server):
+    from hyperrec.privacy import ConsentLedger
+
+    world = server["world"]
+    refusing = world.users.loc[~world.users["consent_personalization"], "user_id"].iloc[0]
+    user = consenting(world)[7]
+    recs = predict(server, [{"user_id": refusing, "k": 5}, {"user_id": user, "k": 5}]).json()["predictions"]
+    assert [r["policy"] for r in recs] == ["popular", "personalized"]
+    ledger = ConsentLedger.open(server["settings"])
+    ledger.record_consent(user, "personalization", False, at=world.events["ts"].max() - pd.Timedelta(seconds=1),
+                          source="test")
+    ledger.close()
+    assert predict(server, [{"user_id": user, "k": 5}]).json()["predictions"][0]["policy"] == "popular"
