@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sqlite3
 import time
 import unicodedata
@@ -106,17 +107,36 @@ def _read_key(var: str) -> _Secret | None:
     if inline and path:
         raise PIIKeyError(f"set either {var} or {var}_FILE, not both")
     if path:
-        try:
-            inline = Path(path).read_text()
-        except OSError as exc:
-            raise PIIKeyError(f"{var}_FILE: cannot read the key file ({exc.strerror})") from None
-    if not inline:
-        return None
-    key = inline.strip().encode()
+        return _key_from_file(Path(path), f"{var}_FILE")
+    return _key_from_text(inline, var) if inline else None
+
+
+def _key_from_file(path: Path, label: str) -> _Secret:
+    try:
+        return _key_from_text(path.read_text(), label)
+    except OSError as exc:
+        raise PIIKeyError(f"{label}: cannot read the key file ({exc.strerror})") from None
+
+
+def _key_from_text(text: str, label: str) -> _Secret:
+    key = text.strip().encode()
     if len(key) < MIN_KEY_BYTES:
-        raise PIIKeyError(f"{var}: the key is {len(key)} bytes, at least {MIN_KEY_BYTES} are needed; generate one "
+        raise PIIKeyError(f"{label}: the key is {len(key)} bytes, at least {MIN_KEY_BYTES} are needed; generate one "
                           "with: python -c 'import secrets; print(secrets.token_hex(32))'")
     return _Secret(key)
+
+
+def workspace_key_file(settings: Settings) -> Path:
+    """Embedded mode's key when the environment has none: `<home>/secrets/pii.key`, created
+    once with a random 256-bit key, readable by its owner only. Never in the repository,
+    in code or in parameters; a cluster mounts its Secret instead (HYPERREC_PII_KEY_FILE)."""
+    path = settings.home / "secrets" / "pii.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
 
 
 def _key_id(var: str, default: str | None) -> str:
@@ -151,8 +171,11 @@ class Pseudonymizer:
 
     __slots__ = ("key_id", "previous_key_id", "_keys")
 
-    def __init__(self):
+    def __init__(self, key_file: Path | None = None):
+        """The key from the environment; else from `key_file` (see `for_workspace`)."""
         current = _read_key(KEY_ENV)
+        if current is None and key_file is not None:
+            current = _key_from_file(key_file, str(key_file))
         if current is None:
             raise PIIKeyError(f"no pseudonymization key: set {KEY_ENV} or mount a secret file and set "
                               f"{KEY_ENV}_FILE (keys never come from code or parameters)")
@@ -165,6 +188,14 @@ class Pseudonymizer:
             if self.previous_key_id == self.key_id or hmac.compare_digest(previous.value, current.value):
                 raise PIIKeyError(f"{PREVIOUS_KEY_ENV} must be a different key with a different id")
             self._keys[self.previous_key_id] = previous
+
+    @classmethod
+    def for_workspace(cls, settings: Settings) -> Pseudonymizer:
+        """The environment's key when set (a cluster's mounted Secret), else the workspace's
+        own key file (`workspace_key_file`): embedded mode needs no setup."""
+        if os.environ.get(KEY_ENV) or os.environ.get(KEY_ENV + "_FILE"):
+            return cls()
+        return cls(key_file=workspace_key_file(settings))
 
     def _digest(self, key_id: str, value: str, field: str) -> str:
         message = f"{field}\x1f{normalize(field, value)}".encode()
@@ -398,7 +429,7 @@ def erasure_audit(settings: Settings, user_id: str | None = None) -> list[dict]:
     try:
         sql, params = "SELECT id, user_token, at, reason, removed, status FROM erasure_audit", []
         if user_id is not None:
-            params = Pseudonymizer().candidates(user_id, "user_id")
+            params = Pseudonymizer.for_workspace(settings).candidates(user_id, "user_id")
             sql += f" WHERE user_token IN ({','.join('?' * len(params))})"
         rows = db.execute(sql + " ORDER BY id", params).fetchall()
     finally:
@@ -582,7 +613,7 @@ def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Seq
     `event_logs`: default every EventLog under home (`event_log_paths`). The cache is
     cleaned in `recs_cache_url`, default settings.redis_url when the online store is Redis.
     """
-    token = Pseudonymizer().token(user_id, "user_id")
+    token = Pseudonymizer.for_workspace(settings).token(user_id, "user_id")
     _check_reason(user_id, reason)
     db = _connect(privacy_db(settings))
     db.execute("INSERT OR IGNORE INTO erased_users (user_id, first_erased_at) VALUES (?, ?)", (user_id, time.time()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -30,8 +31,17 @@ def generate_step(settings: Settings, out: Path, console: Console, **sizes) -> W
     with _progress(console) as bar:
         task = bar.add_task("generate world (impressions)", total=None)
         world = generate_world(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    world = pseudonymized(settings, world)
     save_world(world, out)
     return world
+
+
+def pseudonymized(settings: Settings, world: World) -> World:
+    """The CRM's PII (email, name, phone) as keyed tokens before anything is stored: raw
+    PII never reaches the data folder, features, logs or models."""
+    from hyperrec.privacy import Pseudonymizer, scrub_user_frame
+
+    return dataclasses.replace(world, users=scrub_user_frame(world.users, Pseudonymizer.for_workspace(settings)))
 
 
 def feature_step(settings: Settings, world_dir: Path, console: Console) -> dict[str, int]:

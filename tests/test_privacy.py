@@ -350,3 +350,28 @@ def test_training_learns_only_from_consented_events_of_users_not_erased(workspac
                            "ts": pd.to_datetime([hour, days, hour, hour], utc=True)})
     kept = usable_events(settings, events)
     assert kept["user_id"].tolist() == ["t-a"] and kept["ts"].tolist() == [pd.Timestamp(hour)]
+
+
+def test_generated_crm_profiles_are_stored_pseudonymized_with_the_workspace_key(settings, monkeypatch):
+    """Embedded mode with no key in the environment: the workspace's own key file (owner-only)
+    is created once and used; the stored profiles carry tokens, never the raw values."""
+    from rich.console import Console
+
+    from hyperrec.data.generate import WorldConfig, generate_world
+    from hyperrec.privacy import TOKEN
+    from hyperrec.steps import generate_step
+
+    for suffix in ("", "_FILE", "_ID"):
+        monkeypatch.delenv("HYPERREC_PII_KEY" + suffix, raising=False)
+    sizes = {"users": 40, "items": 30, "days": 6, "events": 2_000, "seed": 5}
+    world_dir = settings.data_dir / "world"
+    generate_step(settings, world_dir, Console(quiet=True), **sizes)
+    raw = generate_world(WorldConfig(**sizes)).users
+    stored = pd.read_parquet(world_dir / "users.parquet")
+    assert all(TOKEN.fullmatch(v) for col in ("email", "name") for v in stored[col])
+    data = (world_dir / "users.parquet").read_bytes()
+    assert not any(email.encode() in data for email in raw["email"])
+    key = settings.home / "secrets" / "pii.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    generate_step(settings, world_dir, Console(quiet=True), **sizes)  # the same key: the same tokens
+    assert pd.read_parquet(world_dir / "users.parquet")["email"].tolist() == stored["email"].tolist()
