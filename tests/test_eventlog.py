@@ -56,3 +56,39 @@ def test_offsets_and_durability_across_reopen(tmp_path):
     last, frame = reopened.read(reopened.committed("c"))
     assert last == 5 and frame["event_id"].tolist() == ["e3", "e4"]
     assert str(frame["ts"].dtype) == "datetime64[ns, UTC]"
+
+
+WRITER = """
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from hyperrec.eventlog import EventLog
+
+log, at = EventLog(Path(sys.argv[1])), datetime.now(UTC) - timedelta(minutes=1)
+for b in range(10_000):
+    batch = [{"event_id": f"k{b}-{i}", "user_id": f"u{i % 7}", "item_id": "i1", "event_type": "view",
+              "ts": at.isoformat()} for i in range(50)]
+    log.append(batch)
+    print(b, flush=True)  # acknowledged: append returned after the commit
+"""
+
+
+def test_no_acknowledged_event_is_lost_when_the_writer_is_killed(tmp_path):
+    """SIGKILL a process appending to the log, mid-stream: every batch it acknowledged is
+    there after reopening, and a batch in flight is there whole or not at all."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "events.db"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    acked = -1
+    for line in writer.stdout:
+        acked = int(line)
+        if acked >= 40:
+            break
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(10)
+    ids = {row[0] for row in EventLog(path).db.execute("SELECT event_id FROM events")}
+    assert all(f"k{b}-{i}" in ids for b in range(acked + 1) for i in range(50))
+    assert len(ids) % 50 == 0 and len(ids) >= 50 * (acked + 1)  # no half batch

@@ -3,6 +3,7 @@ records reach the online store, a poison record is dead-lettered, and a replay a
 lost offset commit has no second effect."""
 
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -23,17 +24,17 @@ def env(make_workspace):
         yield built
 
 
-def produce(bootstrap, values):
+def produce(bootstrap, values, topic=TOPIC):
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    if TOPIC not in admin.list_topics():
-        admin.create_topics([NewTopic(TOPIC, 1, 1)])
+    if topic not in admin.list_topics():
+        admin.create_topics([NewTopic(topic, 1, 1)])
     admin.close()
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     for v in values:
-        producer.send(TOPIC, v)
+        producer.send(topic, v)
     producer.flush()
     producer.close()
 
@@ -64,3 +65,68 @@ def test_records_flow_to_the_online_store_exactly_once(env, tmp_path):
         features = online_user_features(open_store(settings), [user], now=at + timedelta(seconds=10))
         assert features.loc[0, "clicks_30m"] == 4
         assert log.committed(f"kafka:{TOPIC}:0") == 6
+
+
+CONSUMER = """
+import sys
+from pathlib import Path
+from hyperrec.config import load_settings
+from hyperrec.eventlog import EventLog
+from hyperrec.featurestore import open_store
+from hyperrec.kafka_source import KafkaEventConsumer
+from hyperrec.stream import StreamProcessor, history
+
+settings, log = load_settings(), EventLog(Path(sys.argv[2]))
+processor = StreamProcessor(open_store(settings), log)
+processor.warm_start(history(log, None))  # a restart refolds what it already committed
+consumer = KafkaEventConsumer(processor, sys.argv[1], sys.argv[3])
+while True:
+    result = consumer.run_once(timeout_ms=500, max_records=7)  # small batches: a kill lands mid-stream
+    print(result.stored, flush=True)
+"""
+
+
+def test_a_consumer_killed_mid_stream_loses_nothing_and_doubles_nothing(env, tmp_path):
+    """SIGKILL the consumer process while it works through the topic, start a new one: every
+    record is stored once and the user's click count is exactly the number of clicks."""
+    import signal
+    import subprocess
+    import sys
+
+    from hyperrec.config import export_env
+
+    settings, world = env
+    topic, n = "kill-test", 120
+    user, item = world.users["user_id"].iloc[9], world.items["item_id"].iloc[4]
+    at = world.events["ts"].max().to_pydatetime() + timedelta(minutes=2)
+    clicks = [json.dumps({"event_id": f"kill{i}", "user_id": user, "item_id": item, "event_type": "click",
+                          "ts": (at + timedelta(milliseconds=i)).isoformat(), "dwell_s": 5.0}).encode()
+              for i in range(n)]
+    log_path = tmp_path / "consumer.db"
+    with kafka_broker() as bootstrap:
+        produce(bootstrap, clicks, topic=topic)
+
+        def consumer():
+            return subprocess.Popen([sys.executable, "-c", CONSUMER, bootstrap, str(log_path), topic],
+                                    env=export_env(settings), stdout=subprocess.PIPE, text=True)
+
+        first, stored = consumer(), 0
+        for line in first.stdout:
+            stored += int(line)
+            if stored >= 40:
+                break
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert stored < n, "the kill must land before the topic is drained"
+        second = consumer()
+        try:
+            deadline = time.monotonic() + 120
+            while EventLog(log_path).committed(f"kafka:{topic}:0") < n and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            second.kill()
+            second.wait(10)
+    log = EventLog(log_path)
+    assert log.counts()["events"] == n and log.committed(f"kafka:{topic}:0") == n
+    features = online_user_features(open_store(settings), [user], now=at + timedelta(seconds=10))
+    assert features.loc[0, "clicks_30m"] == n
