@@ -497,7 +497,7 @@ def _erase_event_log(path: Path, user_id: str) -> tuple[int, int]:
                   if _mentions(raw, error, user_id)]
         db.executemany("DELETE FROM dead_letters WHERE id = ?", doomed)
         db.execute("COMMIT")
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # old pages out of the WAL file too
+        _compact(db)
     finally:
         db.close()
     return events, len(doomed)
@@ -533,6 +533,17 @@ def _entity_key(user_id: str, version: int) -> bytes:
     return serialize_entity_key(key, entity_key_serialization_version=version)
 
 
+def _compact(db: sqlite3.Connection) -> None:
+    """Leave no copy of deleted rows anywhere in the files. secure_delete zeroes the deleted
+    cells, but a page rebuilt by a B-tree rebalance can keep old bytes in its unused area
+    (seen here: an erased id still in events.db after a delete); VACUUM rewrites the
+    database from the live rows only, and the checkpoint moves that out of the WAL."""
+    db.execute("VACUUM")
+    busy, *_ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        raise RuntimeError("a reader kept the WAL from being checkpointed; erase again")
+
+
 def _erase_online_sqlite(config, key: bytes) -> dict[str, int]:
     """Delete the key from every project table (`<project>_<view>[_v<N>]`, columns entity_key,
     feature_name, value, ...). The key encodes the join key name, so only user-keyed views match."""
@@ -553,6 +564,7 @@ def _erase_online_sqlite(config, key: bytes) -> dict[str, int]:
                 n = db.execute(f"DELETE FROM {quoted} WHERE entity_key = ?", (key,)).rowcount
                 removed[f"online.sqlite.{table[len(prefix):]}"] = n
         db.execute("COMMIT")
+        _compact(db)
     finally:
         db.close()
     return removed

@@ -9,6 +9,7 @@ import pytest
 from hyperrec.features import USER_ACTIVITY
 from hyperrec.interactions import positives, temporal_split
 from hyperrec.registry import configure
+from hyperrec.training_set import usable_events
 from hyperrec.windows import replay
 from pipelines.run import compile_pipeline, run_local
 
@@ -50,7 +51,9 @@ def test_training_rows_carry_point_in_time_features(trained):
     settings, world, _ = trained
     run_dirs = sorted(settings.pipeline_root.glob("hyperrec-training-*/build-training-set/training_set"))
     train = pd.read_parquet(run_dirs[-1] / "train.parquet")
-    split_train, _ = temporal_split(positives(world.events))
+    usable = usable_events(settings, world.events)  # consented, not erased
+    assert 0 < len(world.events) - len(usable) < 0.2 * len(world.events)  # users without consent (~8%), events before consent
+    split_train, _ = temporal_split(positives(usable))
     assert len(train) == len(split_train)  # no label row lost in the join
     snaps = replay(world.events)["user_activity"].sort_values("event_timestamp")
     expected = pd.merge_asof(
