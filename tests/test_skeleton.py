@@ -52,7 +52,8 @@ def test_training_rows_carry_point_in_time_features(trained):
     run_dirs = sorted(settings.pipeline_root.glob("hyperrec-training-*/build-training-set/training_set"))
     train = pd.read_parquet(run_dirs[-1] / "train.parquet")
     usable = usable_events(settings, world.events)  # consented, not erased
-    assert 0 < len(world.events) - len(usable) < 0.2 * len(world.events)  # users without consent (~8%), events before consent
+    # users without consent (~8%) and events before a user's consent are left out
+    assert 0 < len(world.events) - len(usable) < 0.2 * len(world.events)
     split_train, _ = temporal_split(positives(usable))
     assert len(train) == len(split_train)  # no label row lost in the join
     snaps = replay(world.events)["user_activity"].sort_values("event_timestamp")
