@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -291,6 +292,7 @@ class ConsentLedger:
         for purpose in self.defaults:
             self._purpose(purpose)
         self.db = _connect(path)
+        self._lock = threading.Lock()  # the model server asks from several worker threads
 
     @classmethod
     def open(cls, settings: Settings, defaults: Mapping[str, bool] | None = None) -> ConsentLedger:
@@ -337,10 +339,11 @@ class ConsentLedger:
         latest: dict[str, bool] = {}
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             chunk = ids[start:start + 500]
-            rows = self.db.execute(
-                f"SELECT user_id, granted FROM consent WHERE purpose = ? AND at_us <= ? AND user_id IN "
-                f"({','.join('?' * len(chunk))}) ORDER BY user_id, at_us DESC, id DESC",
-                (self._purpose(purpose), _to_us(at), *chunk))
+            with self._lock:
+                rows = self.db.execute(
+                    f"SELECT user_id, granted FROM consent WHERE purpose = ? AND at_us <= ? AND user_id IN "
+                    f"({','.join('?' * len(chunk))}) ORDER BY user_id, at_us DESC, id DESC",
+                    (self._purpose(purpose), _to_us(at), *chunk)).fetchall()
             for user, granted in rows:
                 latest.setdefault(user, bool(granted))
         return [latest.get(u, self.defaults[purpose]) for u in user_ids]
