@@ -40,6 +40,8 @@ bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/)
 	$(HYPERREC) bench features --home var/bench-home --out var/bench/features.json
 	$(HYPERREC) bench index --out var/bench/index.json
 	$(HYPERREC) bench serving --out var/bench/serving.json
+	$(HYPERREC) bench freshness --out var/bench/freshness.json
+	$(HYPERREC) bench detection --out var/bench/detection.json
 	@if [ -d $(MOVIELENS) ]; then $(HYPERREC) bench quality --path $(MOVIELENS) --home var/bench-home --out var/bench/quality.json; \
 	else echo "skipping bench quality: no MovieLens folder at $(MOVIELENS) (set MOVIELENS=...)"; fi
 

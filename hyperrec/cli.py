@@ -242,6 +242,17 @@ def bench_freshness_cmd(out: Path = typer.Option(Path("var/bench/freshness.json"
     console.print(f"wrote {out}")
 
 
+@bench_app.command("detection")
+def bench_detection_cmd(out: Path = typer.Option(Path("var/bench/detection.json")), windows: int = 200,
+                        seed: int = 0):
+    """Drift trigger on a taste simulator: false alarms over same-distribution windows, and
+    requests from an injected taste shift until the trigger fires."""
+    from hyperrec.detection_bench import run
+
+    run(out, windows=windows, seed=seed, console=console)
+    console.print(f"wrote {out}")
+
+
 @bench_app.command("warm-start")
 def bench_warm_start_cmd(out: Path = typer.Option(Path("var/bench/warm_start.json")),
                          home: Path = typer.Option(Path("var/bench-warm"), help="workspace of its own"),

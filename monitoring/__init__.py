@@ -1,0 +1,1 @@
+"""Monitoring jobs on top of `hyperrec.monitor`: Evidently drift reports and snapshots (`reports`)."""
