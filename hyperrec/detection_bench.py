@@ -18,7 +18,6 @@ category: what they click, their CTR and their 7-day features move; served lists
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,8 @@ from tempfile import TemporaryDirectory
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
+from hyperrec.bench_report import target_table, write_json
 from hyperrec.data.generate import CATEGORIES
 from hyperrec.data.truth import CLICK_BIAS, CLICK_SLOPE, normalize, sigmoid
 from hyperrec.monitor import RetrainTrigger, TriggerConfig, Window, assess
@@ -207,9 +206,7 @@ def run(out: Path | None, windows: int = 200, seed: int = 0, trials: int = 5,
               "baseline_false_alarm_rates": {k: v for k, v in null["rates"].items() if k != "trigger"},
               **_summary(delays), "seconds": round(time.perf_counter() - started, 1)}
     _table(console, result)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     return result
 
 
@@ -234,19 +231,15 @@ RULES = {"p_lt_0.05_any": "  rule: any p < 0.05", "bonferroni_only": "  rule: an
 
 
 def _table(console: Console, r: dict) -> None:
-    table = Table(title=f"retraining trigger, simulated traffic, {r['window']} windows")
-    for col in ("measure", "value", "target"):
-        table.add_column(col)
-    table.add_row(f"false alarms ({r['references']} reference weeks)",
-                  f"{r['false_alarms']} of {r['windows']} ({r['false_alarm_rate']:.1%})", "< 1%")
-    for name, rate in r["baseline_false_alarm_rates"].items():
-        table.add_row(RULES[name], f"{rate:.1%}", "")
+    rows = [(f"false alarms ({r['references']} reference weeks)",
+             f"{r['false_alarms']} of {r['windows']} ({r['false_alarm_rate']:.1%})", "< 1%")]
+    rows += [(RULES[name], f"{rate:.1%}", "") for name, rate in r["baseline_false_alarm_rates"].items()]
     for name, d in r["detection"].items():
         value = (f"{d['median_requests']:,} requests (~{d['median_hours']:.0f} h), {d['detected']}"
                  if d["median_requests"] is not None else f"not within 14 days ({d['detected']})")
-        table.add_row(f"delay, {name} taste shift (median)", value, "")
-    table.add_row("bench time", f"{r['seconds']:.0f} s", "< 120 s")
-    console.print(table)
+        rows.append((f"delay, {name} taste shift (median)", value, ""))
+    rows.append(("bench time", f"{r['seconds']:.0f} s", "< 120 s"))
+    console.print(target_table(f"retraining trigger, simulated traffic, {r['window']} windows", rows))
 
 
 if __name__ == "__main__":

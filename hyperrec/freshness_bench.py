@@ -14,7 +14,6 @@ mode runs them:
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -23,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import requests
 from rich.console import Console
-from rich.table import Table
 
+from hyperrec.bench_report import target_table, write_json
 from hyperrec.config import Settings, export_env
 
 PATH = "/v1/models/recommender:predict"
@@ -116,9 +115,7 @@ def run(settings: Settings, out: Path | None, console: Console, users: int = 60,
               "event_to_recs_p99_ms": round(float(np.percentile(finite, 99)), 1),
               "event_to_recs_max_ms": round(float(finite.max()), 1), **ingest}
     _table(console, result)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     return result
 
 
@@ -132,11 +129,8 @@ def _wait_for_stream(log: Path, proc: subprocess.Popen, timeout_s: float = 600) 
 
 
 def _table(console: Console, r: dict) -> None:
-    table = Table(title=f"freshness over a {r['catalog_items']:,}-item catalog (loopback)")
-    for col in ("measure", "value", "target"):
-        table.add_column(col)
-    table.add_row("event -> changed recommendations, p50", f"{r['event_to_recs_p50_ms']:.0f} ms", "")
-    table.add_row("event -> changed recommendations, p99", f"{r['event_to_recs_p99_ms']:.0f} ms", "< 1000 ms")
-    table.add_row("lists changed within 5 s", f"{r['changed_within_5s']} of {r['users_measured']}", "all")
-    table.add_row("ingestion (durable, acknowledged)", f"{r['ingest_events_per_s']:,.0f} events/s", "")
-    console.print(table)
+    console.print(target_table(f"freshness over a {r['catalog_items']:,}-item catalog (loopback)", [
+        ("event -> changed recommendations, p50", f"{r['event_to_recs_p50_ms']:.0f} ms", ""),
+        ("event -> changed recommendations, p99", f"{r['event_to_recs_p99_ms']:.0f} ms", "< 1000 ms"),
+        ("lists changed within 5 s", f"{r['changed_within_5s']} of {r['users_measured']}", "all"),
+        ("ingestion (durable, acknowledged)", f"{r['ingest_events_per_s']:,.0f} events/s", "")]))

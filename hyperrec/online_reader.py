@@ -36,13 +36,15 @@ Columns = dict[str, np.ndarray]  # one array per feature, row i = user i; list f
 
 
 @functools.lru_cache(maxsize=200_000)
-def _entity_key(join_key: str, value: str) -> bytes:
+def entity_key(join_key: str, value: str, version: int = 3) -> bytes:
+    """Feast's online-store key bytes for one entity (`serialize_entity_key`; the repo uses
+    entity_key_serialization_version 3)."""
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
     key = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=value)])
-    return serialize_entity_key(key, entity_key_serialization_version=3)
+    return serialize_entity_key(key, entity_key_serialization_version=version)
 
 
 def _decoder():
@@ -166,7 +168,7 @@ class OnlineUserReader:
     def read(self, user_ids: Sequence[str], now: datetime | None = None) -> Columns:
         now_s = (now or datetime.now(UTC)).timestamp()
         decode = self._decode
-        keys = [_entity_key("user_id", u) for u in user_ids]
+        keys = [entity_key("user_id", u) for u in user_ids]
         columns: Columns = {"user_id": np.asarray(user_ids, dtype=object)}
         for view, rows in zip(self.views, self.rows.read(self.views, keys)):
             oldest = now_s - view.ttl.total_seconds() if view.ttl.total_seconds() else -np.inf

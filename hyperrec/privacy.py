@@ -527,13 +527,10 @@ def _erase_offline(settings: Settings, user_id: str) -> dict[str, int]:
 
 
 def _entity_key(user_id: str, version: int) -> bytes:
-    """Feast's online key bytes for a user entity (feast.infra.key_encoding_utils)."""
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-    from feast.protos.feast.types.Value_pb2 import Value
+    """Feast's online key bytes for a user entity."""
+    from hyperrec.online_reader import entity_key
 
-    key = EntityKeyProto(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
-    return serialize_entity_key(key, entity_key_serialization_version=version)
+    return entity_key("user_id", user_id, version)
 
 
 def _compact(db: sqlite3.Connection) -> None:

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
+from hyperrec.bench_report import target_table, write_json
 from hyperrec.config import Settings, export_env
 from hyperrec.loadgen import open_loop, wrk
 
@@ -156,19 +156,14 @@ def run(settings: Settings, out: Path | None, console: Console, seconds: int = 1
     result["throughput_ratio_vs_naive"] = round(result["max_rps_at_p99_50ms"] /
                                                 max(result["naive_max_rps_at_p99_50ms"], 1e-9), 2)
     _table(console, result)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     return result
 
 
 def _table(console: Console, r: dict) -> None:
-    table = Table(title=f"serving over a {r['catalog_items']:,}-item catalog (loopback, same run)")
-    for col in ("measure", "value", "target"):
-        table.add_column(col)
-    table.add_row("p99 at 500 req/s (open loop)", f"{r['p99_ms_at_500rps']:.1f} ms", "<= 25 ms")
-    table.add_row("max req/s at p99 <= 50 ms, hyperrec", f"{r['max_rps_at_p99_50ms']:.0f}", "")
-    table.add_row("max req/s at p99 <= 50 ms, naive", f"{r['naive_max_rps_at_p99_50ms']:.0f}", "")
-    table.add_row("ratio", f"{r['throughput_ratio_vs_naive']:.2f}x", ">= 3x")
-    table.add_row("non-2xx during a model swap", str(r["swap_non2xx"]), "0")
-    console.print(table)
+    console.print(target_table(f"serving over a {r['catalog_items']:,}-item catalog (loopback, same run)", [
+        ("p99 at 500 req/s (open loop)", f"{r['p99_ms_at_500rps']:.1f} ms", "<= 25 ms"),
+        ("max req/s at p99 <= 50 ms, hyperrec", f"{r['max_rps_at_p99_50ms']:.0f}", ""),
+        ("max req/s at p99 <= 50 ms, naive", f"{r['naive_max_rps_at_p99_50ms']:.0f}", ""),
+        ("ratio", f"{r['throughput_ratio_vs_naive']:.2f}x", ">= 3x"),
+        ("non-2xx during a model swap", str(r["swap_non2xx"]), "0")]))
