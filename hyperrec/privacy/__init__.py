@@ -1,0 +1,43 @@
+"""Privacy by design: keyed pseudonyms for PII, a per-purpose consent ledger, and erasure of
+one user from every store the platform writes, with an append-only audit.
+
+- `Pseudonymizer`: HMAC-SHA256 tokens "<key id>:<hex>" under a key read from the environment
+  (`HYPERREC_PII_KEY` or a mounted file `HYPERREC_PII_KEY_FILE`), never from code or
+  parameters; a previous key (`HYPERREC_PII_KEY_PREVIOUS[_FILE]`) still matches during rotation.
+- `ConsentLedger`: per user and purpose, the latest grant or withdrawal at a given time.
+- `erase_user`: event log, Feast offline parquet, Feast online store (SQLite or Redis), the
+  recommendation cache, the consent rows; the user joins the erasure list training honours.
+
+Everything lives in `<home>/privacy.db` (WAL, secure_delete). See docs/privacy.md.
+"""
+
+from hyperrec.privacy.erasure import (
+    RECS_CACHE_PREFIX,
+    ErasureReport,
+    _entity_key,
+    drop_erased,
+    erase_user,
+    erased_users,
+    erasure_audit,
+    event_log_paths,
+    recs_cache_key,
+)
+from hyperrec.privacy.ledger import DEFAULT_CONSENT, PRIVACY_DB, PURPOSES, ConsentLedger, Purpose, privacy_db
+from hyperrec.privacy.pseudonyms import (
+    KEY_ENV,
+    PII_FIELDS,
+    PREVIOUS_KEY_ENV,
+    TOKEN,
+    PIIKeyError,
+    Pseudonymizer,
+    scrub_user_frame,
+    scrub_user_record,
+    workspace_key_file,
+)
+
+__all__ = [
+    "DEFAULT_CONSENT", "KEY_ENV", "PII_FIELDS", "PREVIOUS_KEY_ENV", "PRIVACY_DB", "PURPOSES", "RECS_CACHE_PREFIX",
+    "TOKEN", "ConsentLedger", "ErasureReport", "PIIKeyError", "Pseudonymizer", "Purpose", "_entity_key",
+    "drop_erased", "erase_user", "erased_users", "erasure_audit", "event_log_paths", "privacy_db",
+    "recs_cache_key", "scrub_user_frame", "scrub_user_record", "workspace_key_file",
+]

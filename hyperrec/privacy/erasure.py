@@ -1,0 +1,275 @@
+"""Erasure of one user from every store the platform writes, with an append-only audit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from hyperrec.config import Settings
+from hyperrec.privacy.ledger import PRIVACY_DB, _connect, privacy_db
+from hyperrec.privacy.pseudonyms import Pseudonymizer
+
+log = logging.getLogger(__name__)
+
+RECS_CACHE_PREFIX = "hyperrec:recs:"  # cache keys: hyperrec:recs:<user_id> or hyperrec:recs:<user_id>:<suffix>
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    user_token: str
+    removed: dict[str, int]  # store -> rows (SQLite, parquet) or keys (Redis) removed
+    status: str
+
+
+def erased_users(settings: Settings) -> set[str]:
+    """Every user ever erased: the training-set builder and ingestion must drop them."""
+    if not privacy_db(settings).exists():
+        return set()
+    db = _connect(privacy_db(settings))
+    try:
+        return {row[0] for row in db.execute("SELECT user_id FROM erased_users")}
+    finally:
+        db.close()
+
+
+def drop_erased(frame: pd.DataFrame, settings: Settings, user_col: str = "user_id") -> pd.DataFrame:
+    """`frame` without rows of erased users (for training sets and re-imports)."""
+    return frame[~frame[user_col].astype(str).isin(erased_users(settings))]
+
+
+def erasure_audit(settings: Settings, user_id: str | None = None) -> list[dict]:
+    """The audit rows (all, or one user's under the current or previous key), oldest first."""
+    db = _connect(privacy_db(settings))
+    try:
+        sql, params = "SELECT id, user_token, at, reason, removed, status FROM erasure_audit", []
+        if user_id is not None:
+            params = Pseudonymizer.for_workspace(settings).candidates(user_id, "user_id")
+            sql += f" WHERE user_token IN ({','.join('?' * len(params))})"
+        rows = db.execute(sql + " ORDER BY id", params).fetchall()
+    finally:
+        db.close()
+    return [{"id": i, "user_token": t, "at": at, "reason": r, "removed": json.loads(rm), "status": s}
+            for i, t, at, r, rm, s in rows]
+
+
+def _check_reason(user_id: str, reason: str) -> None:
+    if not reason or not reason.strip() or len(reason) > 500:
+        raise ValueError("reason: 1-500 characters, e.g. a ticket reference")
+    if user_id in reason or re.search(r"\S+@\S+", reason):
+        raise ValueError("reason must not contain the user id or an email address: the audit keeps only tokens")
+
+
+def event_log_paths(settings: Settings) -> list[Path]:
+    """SQLite files directly under home that hold an EventLog (tables events + dead_letters);
+    `events.db` by convention."""
+    found = []
+    for path in sorted(settings.home.glob("*.db")):
+        if path.name == PRIVACY_DB:
+            continue
+        db = sqlite3.connect(path)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError:
+            continue
+        finally:
+            db.close()
+        if {"events", "dead_letters"} <= tables:
+            found.append(path)
+    return found
+
+
+def _mentions(raw, error: str, user_id: str) -> bool:
+    """Whether a dead letter names the user: as a whole token in its raw text or error, or as
+    any string value of its JSON (escaped forms included)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    word = re.compile(rf"(?<![\w-]){re.escape(user_id)}(?![\w-])")
+    if word.search(text) or word.search(error):
+        return True
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if item == user_id:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _erase_event_log(path: Path, user_id: str) -> tuple[int, int]:
+    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        db.execute("PRAGMA secure_delete=ON")
+        db.execute("BEGIN IMMEDIATE")
+        events = db.execute("DELETE FROM events WHERE json_extract(body, '$.user_id') = ?", (user_id,)).rowcount
+        doomed = [(i,) for i, raw, error in db.execute("SELECT id, raw, error FROM dead_letters")
+                  if _mentions(raw, error, user_id)]
+        db.executemany("DELETE FROM dead_letters WHERE id = ?", doomed)
+        db.execute("COMMIT")
+        _compact(db)
+    finally:
+        db.close()
+    return events, len(doomed)
+
+
+def _erase_offline(settings: Settings, user_id: str) -> dict[str, int]:
+    """Rewrite every parquet table under offline_dir that has the user's rows (atomic replace)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    removed = {}
+    tables = sorted(settings.offline_dir.rglob("*.parquet")) if settings.offline_dir.exists() else []
+    for path in tables:
+        if "user_id" not in pq.read_schema(path).names:
+            continue
+        table = pq.read_table(path)
+        hit = pc.fill_null(pc.equal(table["user_id"], user_id), False)
+        removed[f"offline.{path.stem}"] = n = int(pc.sum(hit).as_py() or 0)
+        if n:
+            tmp = path.with_name(path.name + ".erasing")
+            pq.write_table(table.filter(pc.invert(hit)), tmp)
+            os.replace(tmp, path)
+    return removed
+
+
+def _entity_key(user_id: str, version: int) -> bytes:
+    """Feast's online key bytes for a user entity."""
+    from hyperrec.online_reader import entity_key
+
+    return entity_key("user_id", user_id, version)
+
+
+def _compact(db: sqlite3.Connection) -> None:
+    """Leave no copy of deleted rows anywhere in the files. secure_delete zeroes the deleted
+    cells, but a page rebuilt by a B-tree rebalance can keep old bytes in its unused area
+    (seen here: an erased id still in events.db after a delete); VACUUM rewrites the
+    database from the live rows only, and the checkpoint moves that out of the WAL."""
+    db.execute("VACUUM")
+    busy, *_ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        raise RuntimeError("a reader kept the WAL from being checkpointed; erase again")
+
+
+def _erase_online_sqlite(config, key: bytes) -> dict[str, int]:
+    """Delete the key from every project table (`<project>_<view>[_v<N>]`, columns entity_key,
+    feature_name, value, ...). The key encodes the join key name, so only user-keyed views match."""
+    path = Path(config.online_store.path)
+    if config.repo_path and not path.is_absolute():
+        path = Path(config.repo_path) / path
+    if not path.exists():
+        return {}
+    prefix, removed = f"{config.project}_", {}
+    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        db.execute("PRAGMA secure_delete=ON")
+        db.execute("BEGIN IMMEDIATE")
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            quoted = '"' + table.replace('"', '""') + '"'  # as Feast's _quote_id
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({quoted})")}
+            if table.startswith(prefix) and "entity_key" in columns:
+                n = db.execute(f"DELETE FROM {quoted} WHERE entity_key = ?", (key,)).rowcount
+                removed[f"online.sqlite.{table[len(prefix):]}"] = n
+        db.execute("COMMIT")
+        _compact(db)
+    finally:
+        db.close()
+    return removed
+
+
+def _erase_online_redis(config, key: bytes) -> dict[str, int]:
+    """One hash per entity holds all its views: key = entity key bytes + project name."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    client = RedisOnlineStore()._get_client(config.online_store)  # Feast's own client (redis / cluster / sentinel)
+    try:
+        return {"online.redis": int(client.delete(key + config.project.encode("utf8")))}
+    finally:
+        client.close()
+
+
+def _erase_online(settings: Settings, user_id: str) -> dict[str, int]:
+    from hyperrec.featurestore import open_store
+
+    config = open_store(settings).config
+    key = _entity_key(user_id, config.entity_key_serialization_version)
+    if config.online_store.type == "sqlite":
+        return _erase_online_sqlite(config, key)
+    if config.online_store.type == "redis":
+        return _erase_online_redis(config, key)
+    raise NotImplementedError(f"erasure from a {config.online_store.type!r} online store")
+
+
+def recs_cache_key(user_id: str, *parts: str) -> str:
+    """The one place cache keys are built: hyperrec:recs:<user_id>[:<part>...]."""
+    return ":".join([RECS_CACHE_PREFIX + user_id, *parts])
+
+
+def _erase_recs_cache(connection_string: str, user_id: str) -> dict[str, int]:
+    """Delete hyperrec:recs:<user_id> and hyperrec:recs:<user_id>:* -- not <user_id>* (that
+    would take u10's cache along with u1's)."""
+    import redis
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    nodes, params = RedisOnlineStore._parse_connection_string(connection_string)  # Feast's host:port[,db=N]
+    client = redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
+    glob_safe = re.sub(r"([*?\[\]\\])", r"\\\1", recs_cache_key(user_id))
+    try:
+        keys = [recs_cache_key(user_id), *client.scan_iter(match=glob_safe + ":*", count=1000)]
+        return {"recs_cache": int(client.delete(*keys))}
+    finally:
+        client.close()
+
+
+def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Sequence[Path] | None = None,
+               recs_cache_url: str | None = None) -> ErasureReport:
+    """Remove `user_id` from the event log(s), Feast offline tables and online store, the
+    recommendation cache and the consent ledger; add it to the erasure list; audit it.
+
+    Idempotent: a repeat finds nothing and is audited too. The key is checked before
+    anything is touched; the user joins the erasure list before any store, so training
+    honours it even when a store below fails (the audit row then says so; run it again).
+    `event_logs`: default every EventLog under home (`event_log_paths`). The cache is
+    cleaned in `recs_cache_url`, default settings.redis_url when the online store is Redis.
+    """
+    token = Pseudonymizer.for_workspace(settings).token(user_id, "user_id")
+    _check_reason(user_id, reason)
+    db = _connect(privacy_db(settings))
+    db.execute("INSERT OR IGNORE INTO erased_users (user_id, first_erased_at) VALUES (?, ?)", (user_id, time.time()))
+    removed: dict[str, int] = {"event_log.events": 0, "event_log.dead_letters": 0}
+    status = "failed"
+    try:
+        for path in event_logs if event_logs is not None else event_log_paths(settings):
+            events, dead = _erase_event_log(Path(path), user_id)
+            removed["event_log.events"] += events
+            removed["event_log.dead_letters"] += dead
+        removed |= _erase_offline(settings, user_id)
+        removed |= _erase_online(settings, user_id)
+        cache = recs_cache_url or (settings.redis_url if settings.online_store == "redis" else None)
+        if cache:
+            removed |= _erase_recs_cache(cache, user_id)
+        removed["consent"] = db.execute("DELETE FROM consent WHERE user_id = ?", (user_id,)).rowcount
+        status = "done"
+    except Exception as exc:
+        status = f"failed: {type(exc).__name__}"  # not the message: it may quote the user
+        raise
+    finally:
+        db.execute("INSERT INTO erasure_audit (user_token, at, reason, removed, status) VALUES (?, ?, ?, ?, ?)",
+                   (token, datetime.now(UTC).isoformat(), reason, json.dumps(removed, sort_keys=True), status))
+        db.close()
+        log.info("erasure of %s %s: %s", token, status, removed)
+    return ErasureReport(token, removed, status)
