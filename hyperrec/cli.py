@@ -306,12 +306,22 @@ def ab_report(impressions: Path = typer.Option(..., help="parquet or CSV: user_i
 
 
 @app.command()
-def stream(home: Path | None = HomeOpt):
-    """Run the embedded stream processor in the foreground: events POSTed to the server's
-    /v1/events -> windowed features and recent items -> the online store (Ctrl-C stops it)."""
-    from hyperrec.stream import run
+def stream(home: Path | None = HomeOpt,
+           kafka: str = typer.Option("", help="bootstrap servers: consume the Kafka topic instead of the local log"),
+           topic: str = typer.Option("hyperrec.events", help="with --kafka: the typed event topic"),
+           group: str = typer.Option("hyperrec-online-features",
+                                     help="with --kafka: consumer group ('' = partition 0, offsets in the log)")):
+    """Run the stream processor in the foreground: events (POSTed to the server's /v1/events,
+    or from Kafka) -> windowed features and recent items -> the online store (Ctrl-C stops it)."""
+    settings = load_settings(home)
+    if kafka:
+        from hyperrec.kafka_source import run as run_kafka
 
-    run(load_settings(home), log=console.print)
+        run_kafka(settings, kafka, topic, group or None, log=console.print)
+    else:
+        from hyperrec.stream import run
+
+        run(settings, log=console.print)
 
 
 @app.command()

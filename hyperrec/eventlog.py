@@ -3,7 +3,8 @@ consumer offsets. Ingestion writes here; the stream processor reads from its off
 
 Every event is validated against `hyperrec.schemas.Event` at the door. Bad ones are kept
 with their raw bytes and the error in `dead_letters`, counted, and never block the rest;
-a replayed `event_id` is stored once. received = stored + dead-lettered + duplicates.
+a replayed `event_id` is stored once. Events of an erased user (`suppress`) are dropped
+without a trace, counted only. received = stored + dead-lettered + duplicates + suppressed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +52,7 @@ class AppendResult:
     duplicates: int
     dead_lettered: int
     errors: list[str]
+    suppressed: int = 0  # events of erased users: neither stored nor dead-lettered (that would keep them)
 
 
 def _raw_bytes(raw) -> bytes:
@@ -60,7 +62,10 @@ def _raw_bytes(raw) -> bytes:
 
 
 class EventLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, suppress: Container[str] = frozenset()):
+        """`suppress`: user ids whose events are dropped at the door (a live
+        `hyperrec.privacy.ErasureWatch` in the server and consumers)."""
+        self.suppress = suppress
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -83,7 +88,7 @@ class EventLog:
                now: datetime | None = None) -> AppendResult:
         """Validate and store a batch in one transaction; bad events go to dead_letters."""
         now = now or datetime.now(UTC)
-        stored = dup = dead = received = 0
+        stored = dup = dead = received = suppressed = 0
         errors: list[str] = []
         t = time.time()
         with self._lock, self.db:
@@ -99,12 +104,15 @@ class EventLog:
                     dead += 1
                     errors.append(message)
                     continue
+                if event.user_id in self.suppress:
+                    suppressed += 1
+                    continue
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO events (event_id, body, received_at) VALUES (?, ?, ?)",
                     (event.event_id, event.model_dump_json(), t))
                 stored += cur.rowcount
                 dup += 1 - cur.rowcount
-        return AppendResult(received, stored, dup, dead, errors)
+        return AppendResult(received, stored, dup, dead, errors, suppressed)
 
     def dead_letter(self, raw, error: str) -> None:
         """Keep a body that could not even be split into events (not JSON, not a list)."""

@@ -21,12 +21,27 @@ PUSHED_VIEWS = [v for v in FEATURE_VIEWS if v.push]  # each fed by a `<view>_pus
 
 
 class StreamProcessor:
-    def __init__(self, store, log: EventLog, consumer: str = "online-features"):
+    def __init__(self, store, log: EventLog, consumer: str = "online-features", erasures=None):
+        """`erasures`: a `hyperrec.privacy.ErasureWatch`; an erased user's windows are dropped
+        and their online rows deleted again at the next poll, and their events never folded."""
         self.store, self.log, self.consumer = store, log, consumer
         self.folds = StreamFolds()
+        self.erasures = erasures
+
+    def _forget_erased(self) -> None:
+        if self.erasures is None:
+            return
+        new = self.erasures.poll()
+        if new:
+            self.folds.forget(new)
+            for user in new:
+                self.erasures.erase_online(user)
 
     def warm_start(self, history: pd.DataFrame) -> None:
         """Rebuild the window state from recent history (at least the longest window)."""
+        if self.erasures is not None:
+            self.erasures.poll()
+            history = history[~history["user_id"].isin(self.erasures.users)] if not history.empty else history
         if not history.empty:
             self.folds.fold_frame(history)
 
@@ -47,10 +62,13 @@ class StreamProcessor:
 
     def run_once(self, limit: int = 10_000) -> int:
         """Process everything new in the log (up to `limit`); returns events processed."""
+        self._forget_erased()
         start = self.log.committed(self.consumer)
         last, events = self.log.read(start, limit)
         if events.empty:
             return 0
+        if self.erasures is not None:
+            events = events[~events["user_id"].isin(self.erasures.users)]
         self.process_batch(events)
         self.log.commit(self.consumer, last)  # only after the online write
         return len(events)
@@ -85,10 +103,12 @@ def tail(processor: StreamProcessor, stop: threading.Event, idle_s: float = 0.00
 def run(settings, stop: threading.Event | None = None, log=print) -> None:
     """`hyperrec stream`: the embedded stream processor, beside the model server."""
     from hyperrec.featurestore import open_store
+    from hyperrec.privacy import ErasureWatch
 
     stop = stop or threading.Event()
-    events = EventLog(settings.event_log)
-    processor = StreamProcessor(open_store(settings), events)
+    erasures = ErasureWatch(settings)
+    events = EventLog(settings.event_log, suppress=erasures)
+    processor = StreamProcessor(open_store(settings), events, erasures=erasures)
     started = time.monotonic()
     past = history(events, settings.data_dir / "world")
     processor.warm_start(past)

@@ -103,6 +103,12 @@ class StreamFolds:
     items: WindowFolder = field(default_factory=lambda: WindowFolder(ITEM_TYPES, ITEM_WINDOWS_S, "item_"))
     recent: RecentItems = field(default_factory=RecentItems)
 
+    def forget(self, user_ids) -> None:
+        """Drop erased users' windows and recent items (item counters are aggregates and stay)."""
+        for user in user_ids:
+            self.users.state.pop(user, None)
+            self.recent.state.pop(user, None)
+
     def fold_frame(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Fold events (in time order) and return snapshots per table: user_activity,
         item_popularity, user_recent_items; each row stamped 1 ms after its event."""

@@ -10,6 +10,7 @@ from kserve import model_server
 import hyperrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before kserve/TF load)
 from hyperrec.config import load_settings
 from hyperrec.eventlog import EventLog
+from hyperrec.privacy import ErasureWatch
 from serving.app import install
 from serving.recommender import RecommenderModel, ServerConfig
 
@@ -33,7 +34,8 @@ if __name__ == "__main__":
                           poll_s=args.poll_s)
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config)
     model.load()
-    install(model_server.app, {model.name: model}, events=EventLog(model.settings.event_log))
+    install(model_server.app, {model.name: model},
+            events=EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings)))
     server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False)  # configures logging
     if not args.request_logs:  # per-request lines cost more than some serving stages
         for name in ("uvicorn.access", "kserve.trace"):

@@ -120,7 +120,7 @@ def _install_ingestion(app: FastAPI, log) -> None:
         """Acknowledged = durable (the log commits with synchronous=FULL before we answer).
         200 with counts even when some events were dead-lettered: those are the client's to
         fix, and the rest must not be refused with them. received = stored + duplicates +
-        dead_lettered."""
+        dead_lettered + suppressed (events of erased users, dropped)."""
         raw = await request.body()
         try:
             batch = event_batch(raw)
@@ -129,7 +129,8 @@ def _install_ingestion(app: FastAPI, log) -> None:
             metrics.EVENTS.labels("dead_lettered").inc()
             return JSONResponse(status_code=400, content={"error": str(exc), "dead_lettered": 1})
         result = await run_in_threadpool(log.append, batch)
-        for outcome in ("stored", "duplicates", "dead_lettered"):
+        for outcome in ("stored", "duplicates", "dead_lettered", "suppressed"):
             metrics.EVENTS.labels(outcome).inc(getattr(result, outcome))
         return {"received": result.received, "stored": result.stored, "duplicates": result.duplicates,
-                "dead_lettered": result.dead_lettered, "errors": result.errors[:20]}
+                "dead_lettered": result.dead_lettered, "suppressed": result.suppressed,
+                "errors": result.errors[:20]}

@@ -14,4 +14,4 @@ SWAPS = Counter("hyperrec_model_swaps_total", "model versions swapped in")
 LOAD_FAILURES = Counter("hyperrec_model_load_failures_total", "model versions that failed to load")
 FEEDBACK = Counter("hyperrec_bandit_feedback_total", "exploration feedback received", ["outcome"])
 EVENTS = Counter("hyperrec_events_total", "events received on POST /v1/events, by outcome",
-                 ["outcome"])  # stored | duplicates | dead_lettered
+                 ["outcome"])  # stored | duplicates | dead_lettered | suppressed

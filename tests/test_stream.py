@@ -3,10 +3,11 @@ user's online features; a failed online write is retried, never lost or doubled.
 
 from datetime import timedelta
 
+import pandas as pd
 import pytest
 
 from hyperrec.eventlog import EventLog
-from hyperrec.features import ITEM_POPULARITY
+from hyperrec.features import ITEM_POPULARITY, MISSING
 from hyperrec.featurestore import online_features, online_user_features, open_store
 from hyperrec.stream import StreamProcessor
 
@@ -64,3 +65,35 @@ def test_a_failed_online_write_is_replayed_not_lost(env, tmp_path, monkeypatch):
     assert restarted.run_once() == 2
     after = online_user_features(store, [user], now=at + timedelta(seconds=5))
     assert after.loc[0, "clicks_30m"] == 2  # applied once, not lost or doubled
+
+
+def test_an_erased_user_is_forgotten_by_the_running_stream_and_suppressed_at_ingestion(env, tmp_path):
+    from hyperrec.privacy import ErasureWatch, erase_user
+
+    settings, world = env
+    store = open_store(settings)
+    erasures = ErasureWatch(settings)
+    log = EventLog(tmp_path / "events.db", suppress=erasures)
+    proc = StreamProcessor(store, log, erasures=erasures)
+    proc.warm_start(world.events)
+    user, item = world.users["user_id"].iloc[7], world.items["item_id"].iloc[3]
+    at = world.events["ts"].max().to_pydatetime() + timedelta(minutes=3)
+    log.append(clicks(user, item, at, 3, "e"), now=at + timedelta(minutes=1))
+    proc.run_once()
+    assert online_user_features(store, [user], now=at + timedelta(seconds=5)).loc[0, "clicks_30m"] == 3
+
+    erase_user(settings, user, "ticket DSR-7", event_logs=[tmp_path / "events.db"])
+    # a push racing the erasure writes the user's row back from the processor's memory...
+    proc.process_batch(pd.DataFrame(clicks(user, item, at + timedelta(seconds=9), 1, "race")).assign(
+        ts=lambda f: pd.to_datetime(f["ts"], utc=True)))
+    assert online_user_features(store, [user], now=at + timedelta(seconds=15)).loc[0, "clicks_30m"] == 4
+    # ...the next poll forgets the windows and deletes the row again
+    proc.run_once()
+    assert user not in proc.folds.users.state and user not in proc.folds.recent.state
+    after = online_user_features(store, [user], now=at + timedelta(seconds=15))
+    assert after.loc[0, "clicks_30m"] == MISSING["int"] and list(after.loc[0, "recent_items"]) == []
+    # new events of the erased user are dropped at the door: counted, not kept, not folded
+    result = log.append(clicks(user, item, at + timedelta(seconds=20), 2, "late"), now=at + timedelta(minutes=1))
+    assert (result.received, result.stored, result.dead_lettered, result.suppressed) == (2, 0, 0, 2)
+    assert log.counts() == {"events": 0, "dead_letters": 0} and proc.run_once() == 0
+    assert user not in proc.folds.users.state

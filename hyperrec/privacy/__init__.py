@@ -14,6 +14,7 @@ Everything lives in `<home>/privacy.db` (WAL, secure_delete). See docs/privacy.m
 from hyperrec.privacy.erasure import (
     RECS_CACHE_PREFIX,
     ErasureReport,
+    ErasureWatch,
     _entity_key,
     drop_erased,
     erase_user,
@@ -37,7 +38,7 @@ from hyperrec.privacy.pseudonyms import (
 
 __all__ = [
     "DEFAULT_CONSENT", "KEY_ENV", "PII_FIELDS", "PREVIOUS_KEY_ENV", "PRIVACY_DB", "PURPOSES", "RECS_CACHE_PREFIX",
-    "TOKEN", "ConsentLedger", "ErasureReport", "PIIKeyError", "Pseudonymizer", "Purpose", "_entity_key",
+    "TOKEN", "ConsentLedger", "ErasureReport", "ErasureWatch", "PIIKeyError", "Pseudonymizer", "Purpose", "_entity_key",
     "drop_erased", "erase_user", "erased_users", "erasure_audit", "event_log_paths", "privacy_db",
     "recs_cache_key", "scrub_user_frame", "scrub_user_record", "workspace_key_file",
 ]

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,42 @@ def erased_users(settings: Settings) -> set[str]:
         return {row[0] for row in db.execute("SELECT user_id FROM erased_users")}
     finally:
         db.close()
+
+
+class ErasureWatch:
+    """The erasure list as a live set, for long-running processes (ingestion, the stream
+    processor): re-read only when privacy.db changed (`PRAGMA data_version`, microseconds),
+    so checking it per batch costs nothing while nobody is erased."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.users: frozenset[str] = frozenset()
+        self._db = _connect(privacy_db(settings))
+        self._version: int | None = None
+        self._lock = threading.Lock()
+
+    def poll(self) -> frozenset[str]:
+        """Users erased since the last poll (all of them at the first)."""
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._version:
+                return frozenset()
+            self._version = version
+            users = frozenset(row[0] for row in self._db.execute("SELECT user_id FROM erased_users"))
+            new, self.users = users - self.users, users
+            return new
+
+    def __contains__(self, user_id: str) -> bool:
+        self.poll()
+        return user_id in self.users
+
+    def erase_online(self, user_id: str) -> dict[str, int]:
+        """Delete the user's online rows again: a stream push racing the erasure may have
+        written one back."""
+        return _erase_online(self.settings, user_id)
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def drop_erased(frame: pd.DataFrame, settings: Settings, user_col: str = "user_id") -> pd.DataFrame:
