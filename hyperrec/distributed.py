@@ -4,7 +4,7 @@ Every worker runs this same program. MultiWorkerMirroredStrategy reads TF_CONFIG
 cluster's worker addresses and this worker's index), each worker takes its share of
 every global batch, and gradients are all-reduced after each step, so every replica holds
 the same weights. On the cluster the training-operator sets TF_CONFIG
-(manifests/training/tfjob.yaml); with no TF_CONFIG the program trains as one worker.
+(manifests/base/training/tfjob.yaml); with no TF_CONFIG the program trains as one worker.
 
 Only the chief (worker 0) exports: the weights are the same everywhere, and several
 writers on one shared volume would overwrite each other. The other workers leave their

@@ -76,7 +76,11 @@ def submit(host: str, package: Path, home: str, world_dir: str, experiment: str 
     and with `cron` (six fields, e.g. "0 0 3 * * *") a recurring run as well."""
     import kfp
 
-    client = kfp.Client(host=host, namespace=namespace)
+    # inside a pod, authenticate as its service account (the projected token KFP's multi-user
+    # mode expects); from a laptop, kfp.Client's own defaults
+    token = Path("/var/run/secrets/kubeflow/pipelines/token")
+    credentials = kfp.client.ServiceAccountTokenVolumeCredentials(str(token)) if token.exists() else None
+    client = kfp.Client(host=host, namespace=namespace, credentials=credentials)
     exp = client.create_experiment(experiment, namespace=namespace)
     args = {"home": home, "world_dir": world_dir}
     run = client.create_run_from_pipeline_package(str(package), arguments=args, experiment_id=exp.experiment_id,

@@ -11,7 +11,8 @@ register_model does with the alias; deploy then verifies the roll-out (servers f
 the alias themselves) or reports that there was nothing to roll out.
 
 Secrets reach tasks as Kubernetes Secrets mounted into the environment (kfp-kubernetes),
-never as pipeline parameters; kfp.local ignores them and reads the local environment.
+never as pipeline parameters; so do the cluster settings (a ConfigMap) and the workspace
+volume. kfp.local ignores all three and reads the local environment.
 """
 
 from kfp import dsl, kubernetes
@@ -30,12 +31,21 @@ from components.validate_data import validate_data
 # tracking credentials (an open MLflow in the namespace) still runs
 SECRETS = {
     "hyperrec-mlflow": {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
-    "hyperrec-hmac": {"key": "HYPERREC_HMAC_KEY"},
+    "hyperrec-hmac": {"key": "HYPERREC_PII_KEY"},  # hyperrec.privacy.KEY_ENV
 }
+# What every task needs on a cluster: the settings ConfigMap (manifests/base/kustomization.yaml)
+# and the shared workspace volume at HYPERREC_HOME (manifests/base/storage.yaml)
+CONFIG_MAP = "hyperrec-config"
+CONFIG_KEYS = ("HYPERREC_HOME", "HYPERREC_ONLINE_STORE", "HYPERREC_REDIS", "MLFLOW_TRACKING_URI")
+HOME_PVC, HOME_PATH = "hyperrec-home", "/var/lib/hyperrec"
 
 
-def _with_secrets(task, *names: str):
-    for name in names:
+def _on_cluster(task, *secrets: str):
+    """Settings, workspace volume and `secrets` as environment (kfp-kubernetes; kfp.local
+    ignores all three and reads the local environment)."""
+    kubernetes.use_config_map_as_env(task, CONFIG_MAP, {k: k for k in CONFIG_KEYS})
+    kubernetes.mount_pvc(task, HOME_PVC, HOME_PATH)
+    for name in secrets:
         kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=SECRETS[name], optional=True)
     return task
 
@@ -45,22 +55,22 @@ def _with_secrets(task, *names: str):
                           "-> serving unit with index -> evaluate vs champion -> model gate -> MLflow -> deploy")
 def training_pipeline(home: str, world_dir: str, run_tag: str = "", epochs: int = 6, learning_rate: float = 0.003,
                       warm_start: bool = False, k: int = 20, endpoint: str = ""):
-    validated = _with_secrets(validate_data(home=home, world_dir=world_dir), "hyperrec-mlflow")
+    validated = _on_cluster(validate_data(home=home, world_dir=world_dir), "hyperrec-mlflow")
     with dsl.If(validated.outputs["Output"] == "passed", name="data-gate-passed"):
-        data = _with_secrets(build_training_set(home=home, world_dir=world_dir), "hyperrec-hmac")
-        retrieval = _with_secrets(train_retrieval(home=home, training_set=data.outputs["training_set"],
-                                                  max_epochs=epochs, learning_rate=learning_rate,
-                                                  warm_start=warm_start), "hyperrec-mlflow")
-        ranking = train_ranking(ranking_examples=retrieval.outputs["ranking_examples"])
-        unit = build_index(training_set=data.outputs["training_set"], retrieval=retrieval.outputs["retrieval"],
-                           ranker=ranking.outputs["ranker"])
-        evaluated = _with_secrets(evaluate_model(home=home, training_set=data.outputs["training_set"],
-                                                 model=unit.outputs["model"], k=k), "hyperrec-mlflow")
-        gated = gate_model(evaluation=evaluated.outputs["evaluation"])
-        registered = _with_secrets(register_model(home=home, world_dir=world_dir, run_tag=run_tag,
-                                                  model=unit.outputs["model"],
-                                                  evaluation=evaluated.outputs["evaluation"],
-                                                  decision=gated.outputs["decision"],
-                                                  data_report=validated.outputs["report"]), "hyperrec-mlflow")
-        _with_secrets(deploy(home=home, version=registered.outputs["version"], blessed=registered.outputs["blessed"],
-                             endpoint=endpoint), "hyperrec-mlflow")
+        data = _on_cluster(build_training_set(home=home, world_dir=world_dir), "hyperrec-hmac")
+        retrieval = _on_cluster(train_retrieval(home=home, training_set=data.outputs["training_set"],
+                                                max_epochs=epochs, learning_rate=learning_rate,
+                                                warm_start=warm_start), "hyperrec-mlflow")
+        ranking = _on_cluster(train_ranking(ranking_examples=retrieval.outputs["ranking_examples"]))
+        unit = _on_cluster(build_index(training_set=data.outputs["training_set"],
+                                       retrieval=retrieval.outputs["retrieval"], ranker=ranking.outputs["ranker"]))
+        evaluated = _on_cluster(evaluate_model(home=home, training_set=data.outputs["training_set"],
+                                               model=unit.outputs["model"], k=k), "hyperrec-mlflow")
+        gated = _on_cluster(gate_model(evaluation=evaluated.outputs["evaluation"]))
+        registered = _on_cluster(register_model(home=home, world_dir=world_dir, run_tag=run_tag,
+                                                model=unit.outputs["model"],
+                                                evaluation=evaluated.outputs["evaluation"],
+                                                decision=gated.outputs["decision"],
+                                                data_report=validated.outputs["report"]), "hyperrec-mlflow")
+        _on_cluster(deploy(home=home, version=registered.outputs["version"], blessed=registered.outputs["blessed"],
+                           endpoint=endpoint), "hyperrec-mlflow")
