@@ -8,12 +8,13 @@ UV_VERSION := 0.13.9
 # exactly then and is a no-op otherwise.
 STAMP := $(VENV)/.installed
 MOVIELENS ?= ../shared/data/ml-latest-small
+UI_PORT ?= 8000
 export TF_USE_LEGACY_KERAS := 1
 export DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast bench lock lint clean-data clean
+.PHONY: help install demo test test-fast bench ui lock lint clean-data clean
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +45,9 @@ bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/)
 	$(HYPERREC) bench detection --out var/bench/detection.json
 	@if [ -d $(MOVIELENS) ]; then $(HYPERREC) bench quality --path $(MOVIELENS) --home var/bench-home --out var/bench/quality.json; \
 	else echo "skipping bench quality: no MovieLens folder at $(MOVIELENS) (set MOVIELENS=...)"; fi
+
+ui: $(STAMP) ## monitoring dashboard in Evidently's UI on UI_PORT (seeds 14 demo days into an empty workspace)
+	$(PY) -m monitoring.ui --workspace var/monitoring --port $(UI_PORT)
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }

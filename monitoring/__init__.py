@@ -1,1 +1,2 @@
-"""Monitoring jobs on top of `hyperrec.monitor`: Evidently drift reports and snapshots (`reports`)."""
+"""Monitoring on top of `hyperrec.monitor`: Evidently drift reports and snapshots (`reports`), the
+dashboard project and its per-window snapshots (`dashboard`), and the UI launcher (`ui`, `make ui`)."""
