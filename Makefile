@@ -9,6 +9,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 MOVIELENS ?= ../shared/data/ml-latest-small
 UI_PORT ?= 8000
+UI_DEMO_DAYS ?= 0
 export TF_USE_LEGACY_KERAS := 1
 export DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
@@ -46,8 +47,8 @@ bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/)
 	@if [ -d $(MOVIELENS) ]; then $(HYPERREC) bench quality --path $(MOVIELENS) --home var/bench-home --out var/bench/quality.json; \
 	else echo "skipping bench quality: no MovieLens folder at $(MOVIELENS) (set MOVIELENS=...)"; fi
 
-ui: $(STAMP) ## monitoring dashboard in Evidently's UI on UI_PORT (seeds 14 demo days into an empty workspace)
-	$(PY) -m monitoring.ui --workspace var/monitoring --port $(UI_PORT)
+ui: $(STAMP) ## monitoring dashboard (Evidently UI on UI_PORT) over `hyperrec monitor`'s windows; UI_DEMO_DAYS=14 seeds synthetic days into an empty one
+	$(PY) -m monitoring.ui --workspace var/monitoring/evidently --port $(UI_PORT) --demo-days $(UI_DEMO_DAYS)
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }

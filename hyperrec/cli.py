@@ -325,6 +325,48 @@ def stream(home: Path | None = HomeOpt,
 
 
 @app.command()
+def monitor(home: Path | None = HomeOpt,
+            once: bool = typer.Option(True, "--once/--loop", help="one pass (a CronJob), or a pass every --every"),
+            every: float = typer.Option(3600.0, help="with --loop: seconds between passes"),
+            window_hours: float = typer.Option(24.0, help="the current window"),
+            reference_requests: int = typer.Option(2_000, help="the champion's first lists served: the reference"),
+            submit: bool = typer.Option(True, help="start a retraining run when the trigger fires"),
+            kfp_host: str = typer.Option("", envvar="KF_PIPELINES_ENDPOINT",
+                                         help="cluster: submit to this KFP API instead of a local retrain"),
+            package: Path | None = typer.Option(None, help="cluster: a compiled pipeline (default: compile this "
+                                                           "code's pipeline)"),
+            world_dir: str = typer.Option("/var/lib/hyperrec/data/world", help="cluster: the pipeline's world_dir")):
+    """Served traffic vs the champion's reference: drift and outcome checks, the retrain
+    decision (with its safeguards) and the run it starts, hit rate, embedding drift, index
+    recall; a dashboard snapshot per pass (`make ui`)."""
+    import time as _time
+
+    from hyperrec.retrain import KfpRetrain, LocalRetrain
+    from monitoring.job import run_once
+
+    settings = load_settings(home)
+    submitter = None
+    if submit:
+        submitter = KfpRetrain(kfp_host, package, str(settings.home), world_dir) if kfp_host else LocalRetrain(settings)
+    while True:
+        report = run_once(settings, submitter, window_s=window_hours * 3600, reference_requests=reference_requests)
+        console.print_json(json.dumps(report, default=float))
+        if once:
+            return
+        _time.sleep(every)
+
+
+@app.command()
+def retrain(run_id: str = typer.Option(..., "--run-id"), epochs: int = 6, home: Path | None = HomeOpt):
+    """One retraining run (what `monitor` starts in embedded mode): world + logged events ->
+    snapshot -> feature store -> training pipeline (kfp.local) -> the model gate decides."""
+    from hyperrec.retrain import run
+
+    outcome = run(load_settings(home), run_id, epochs=epochs, console=console)
+    console.print_json(json.dumps(outcome, default=str))
+
+
+@app.command()
 def recommend(user_ids: list[str], k: int = 10, port: int = 8080):
     """Ask a running server for recommendations (v1 protocol) and print them as JSON."""
     from serving.launch import recommend as ask

@@ -54,6 +54,16 @@ class Settings(BaseModel):
         return self.home / "events.db"
 
     @property
+    def impression_log(self) -> Path:
+        """What the server showed (SQLite, WAL): monitoring joins it with the event log."""
+        return self.home / "impressions.db"
+
+    @property
+    def monitoring_dir(self) -> Path:
+        """The retrain trigger's decision log and the Evidently workspace (`make ui`)."""
+        return self.home / "monitoring"
+
+    @property
     def pipeline_root(self) -> Path:
         return self.home / "pipeline_runs"
 

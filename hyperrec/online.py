@@ -24,7 +24,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -81,6 +81,8 @@ class Recommended:
     model_version: int
     explored_item: str | None = None
     explored_x: np.ndarray | None = None  # the bandit context of the explored item (for feedback)
+    query: np.ndarray | None = None  # the query embedding (personalized lists; monitoring samples it)
+    monitored: dict | None = None  # serving-time feature values the impression log keeps
 
 
 @dataclass(frozen=True)
@@ -202,13 +204,14 @@ def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request
         batch = [requests[i] for i in chosen]
         seen = [set(items) | set(r.exclude) for items, r in zip(rows["recent_items"], batch)]
         with timer("retrieval"):
-            candidates, scores = rec.retrieve(rows, rec.n_candidates, seen)
+            queries = rec.user_embeddings(rows)
+            candidates, scores = rec.search(queries, rec.n_candidates, seen)
         with timer("ranking"):
             logits = np.where(candidates >= 0, rec.rank(rows, candidates, scores), -np.inf)
         with timer("rerank"):
-            for i, result in zip(chosen, _rerank(unit, batch, candidates, logits, rows["recent_items"], experiment,
-                                                 bandit)):
-                out[i] = result
+            for i, query, result in zip(chosen, queries, _rerank(unit, batch, candidates, logits,
+                                                                 rows["recent_items"], experiment, bandit)):
+                out[i] = replace(result, query=query)
     with timer("rerank"):
         for i in np.flatnonzero(~personal):
             out[i] = _popular(unit, requests[i], experiment)

@@ -70,8 +70,12 @@ class Recommender:
 
     def retrieve(self, users, n: int, seen: list[set[str]]) -> tuple[np.ndarray, np.ndarray]:
         """[users, n] candidate positions and their retrieval scores, seen items skipped."""
+        return self.search(self.user_embeddings(users), n, seen)
+
+    def search(self, queries: np.ndarray, n: int, seen: list[set[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """`retrieve` from query embeddings already computed."""
         exclude = [np.fromiter(s, np.int64, len(s)) for s in self.candidate_indices(seen)]
-        return self.index.search(self.user_embeddings(users), n, exclude)
+        return self.index.search(queries, n, exclude)
 
     def rank(self, users, candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Ranker logits [users, n] for the retrieved candidates."""

@@ -56,6 +56,7 @@ class Event(Record):
     rating: Annotated[float, Field(ge=0.5, le=5.0)] | None = None
     session_id: str | None = None
     device: str | None = None
+    request_id: str | None = None  # the served list the interaction came from (outcome attribution)
 
     required_when: ClassVar[dict[str, str]] = {"click": "dwell_s", "rating": "rating"}
     kind_field: ClassVar[str | None] = "event_type"

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "true")  # before Evidently reads it
     parser = argparse.ArgumentParser(prog="python -m monitoring.ui",
                                      description="Serve the hyperrec monitoring dashboard in Evidently's UI.")
-    parser.add_argument("--workspace", default="var/monitoring", help="Evidently workspace folder")
+    parser.add_argument("--workspace", default="var/monitoring/evidently",
+                        help="Evidently workspace folder (`hyperrec monitor` writes <home>/monitoring/evidently)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--project", default=None, help="project name (default: hyperrec)")

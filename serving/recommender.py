@@ -21,9 +21,20 @@ from kserve.protocol.infer_type import InferRequest
 from hyperrec.bandit import LinUCB
 from hyperrec.batching import MicroBatcher
 from hyperrec.config import Settings
+from hyperrec.features import REQUEST_TS
 from hyperrec.hotswap import ModelSlot, versions_dir_cleanup
+from hyperrec.impressions import ImpressionLog, ImpressionRecorder
 from hyperrec.models.two_tower import NEW_USER, USER_INPUTS
-from hyperrec.online import Experiment, Recommended, Request, ServingUnit, StageTimer, apply_request, recommend_batch
+from hyperrec.monitor import FEATURES as MONITORED_FEATURES
+from hyperrec.online import (
+    Experiment,
+    Recommended,
+    Request,
+    ServingUnit,
+    StageTimer,
+    apply_request,
+    recommend_batch,
+)
 from hyperrec.online_reader import OnlineUserReader
 from hyperrec.privacy import ConsentLedger
 from hyperrec.registry import champion_watcher, model_version_dir
@@ -45,9 +56,10 @@ class ServerConfig:
 
 class RecommenderModel(kserve.Model):
     def __init__(self, name: str, settings: Settings, as_of: datetime | None = None,
-                 config: ServerConfig = ServerConfig(), experiment: Experiment = Experiment()):
+                 config: ServerConfig = ServerConfig(), experiment: Experiment = Experiment(),
+                 log_impressions: bool = True):
         """`as_of` fixes the clock feature TTLs are judged by (a simulated world's "now");
-        None means the wall clock."""
+        None means the wall clock. Served lists go to the impression log (monitoring)."""
         super().__init__(name)
         self.settings, self.as_of, self.config, self.experiment = settings, as_of, config, experiment
         self.bandit = LinUCB(EXPLORATION_DIM)
@@ -60,6 +72,7 @@ class RecommenderModel(kserve.Model):
                               on_swap=self._swapped, on_failure=lambda *_: metrics.LOAD_FAILURES.inc())
         self.batcher: MicroBatcher | None = None
         self._previous_version: int | None = None
+        self.impressions = ImpressionRecorder(ImpressionLog(settings.impression_log)) if log_impressions else None
 
     # --- model lifecycle -------------------------------------------------------------
     def load(self) -> bool:
@@ -102,6 +115,8 @@ class RecommenderModel(kserve.Model):
         self.slot.stop()
         if self.batcher is not None:
             self.batcher.close()
+        if self.impressions is not None:
+            self.impressions.close()
 
     # --- the request path -------------------------------------------------------------
     def _recommend(self, unit: ServingUnit, requests: list[Request]) -> list[Recommended]:
@@ -109,7 +124,10 @@ class RecommenderModel(kserve.Model):
         with self._timer("feature_fetch"):
             features = self.features.read([r.user_id or NEW_USER for r in requests], now=self.as_of)
         rows = apply_request(features, requests)
-        return recommend_batch(unit, rows, requests, self.experiment, self.bandit, self._timer)
+        results = recommend_batch(unit, rows, requests, self.experiment, self.bandit, self._timer)
+        monitored = {name: rows[name].tolist() for name in (*MONITORED_FEATURES, REQUEST_TS)}
+        return [replace(rec, monitored={name: values[i] for name, values in monitored.items()})
+                for i, rec in enumerate(results)]
 
     def _with_consent(self, requests: list[Request]) -> list[Request]:
         """A user who has not consented to personalization (now, per the ledger) gets the
@@ -135,6 +153,9 @@ class RecommenderModel(kserve.Model):
             metrics.ERRORS.labels("internal").inc()
             raise
         ids = [uuid.uuid4().hex for _ in results]
+        if self.impressions is not None:
+            self.impressions.add(ids, [r.user_id for r in requests], results, [rec.monitored for rec in results],
+                                 [rec.monitored[REQUEST_TS] for rec in results])
         for rid, rec in zip(ids, results):
             metrics.REQUESTS.labels(rec.policy, rec.arm).inc()
             if rec.explored_item is not None:

@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pandas as pd
 import pytest
@@ -275,6 +276,38 @@ def _click(user, item, at, event_id):
             "ts": at.isoformat(), "dwell_s": 40.0}
 
 
+def test_served_lists_are_logged_for_monitoring_and_outcomes_join_them(server):
+    from hyperrec.eventlog import EventLog
+    from hyperrec.impressions import ImpressionLog
+    from hyperrec.monitor import FEATURES
+    from hyperrec.traffic import attribute, shown_items
+
+    world, settings = server["world"], server["settings"]
+    users = consenting(world)[10:14]
+    answer = predict(server, [{"user_id": u, "k": 4} for u in users]).json()["predictions"]
+    ids = [p["request_id"] for p in answer]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # written off the request path, every 0.2 s
+        logged = ImpressionLog(settings.impression_log).read()
+        if set(ids) <= set(logged["request_id"]):
+            break
+        time.sleep(0.1)
+    logged = logged.set_index("request_id").loc[ids]
+    for p in answer:
+        row = logged.loc[p["request_id"]]
+        assert row["user_id"] == p["user_id"] and row["arm"] == p["arm"] and row["model_version"] == p["model_version"]
+        assert [i[0] for i in row["items"]] == [i["item_id"] for i in p["items"]]
+        assert all(pd.notna(row[f]) for f in FEATURES)
+    assert sum(q is not None for q in logged["query"]) >= 1  # the first personalized list keeps its query
+    clicked = answer[0]["items"][1]["item_id"]
+    at = pd.Timestamp(logged["ts"].iloc[0], unit="s", tz="UTC").to_pydatetime() + timedelta(seconds=5)
+    click = _click(users[0], clicked, at, "impression-click") | {"request_id": ids[0]}
+    assert requests.post(f"{server['url']}/v1/events", json=[click], timeout=30).json()["stored"] == 1
+    outcomes = attribute(shown_items(logged.reset_index()), EventLog(settings.event_log).read(0, 10**9)[1])
+    hits = outcomes[outcomes["clicked"] == 1]
+    assert list(zip(hits["request_id"], hits["item_id"])) == [(ids[0], clicked)]
+
+
 def test_event_ingestion_counts_reconcile_and_bad_events_are_dead_lettered(server):
     from hyperrec.eventlog import EventLog
 
@@ -287,7 +320,7 @@ def test_event_ingestion_counts_reconcile_and_bad_events_are_dead_lettered(serve
     first = requests.post(url, json=good + bad, timeout=30)
     assert first.status_code == 200, first.text
     assert first.json() | {"errors": None} == {"received": 5, "stored": 3, "duplicates": 0, "dead_lettered": 2,
-                                               "errors": None}
+                                               "suppressed": 0, "errors": None}
     assert any("dwell_s" in e for e in first.json()["errors"])
     replay = requests.post(url, json={"events": good}, timeout=30).json()  # at-least-once delivery: one effect
     assert (replay["stored"], replay["duplicates"]) == (0, 3)

@@ -110,14 +110,28 @@ def test_bad_data_stops_at_the_data_gate_with_nothing_registered(trained, tmp_pa
 
 
 def test_worse_model_is_rejected_and_the_alias_stays(trained):
+    """The gate -> register -> deploy tail of the pipeline, in-process on the functions its
+    components call (a second kfp.local training run cost minutes of suite time): a candidate
+    far below the champion on the same metrics is registered as rejected, nothing moves."""
+    from hyperrec.deploy import deploy
+    from hyperrec.model_gate import ModelGateConfig, decide
+    from hyperrec.registry import champion_model_dir, register_model
+
     settings, _, first = trained
-    result = run_local(settings, settings.data_dir / "world", epochs=1, k=20, learning_rate=1e-9)
-    assert result.version == first + 1 and not result.blessed
     client = configure(settings)
+    champion = client.get_run(client.get_model_version_by_alias(settings.model_name, "champion").tags["run_id"])
+    champion_metrics = champion.data.metrics
+    metric = ModelGateConfig().metric
+    worse = {**champion_metrics, metric: champion_metrics[metric] * 0.5}
+    verdict = decide(worse, champion_metrics)
+    assert not verdict.blessed
+    version = register_model(settings, champion_model_dir(settings), {"epochs": 1}, worse, verdict.to_dict())
+    assert version == first + 1
+    assert deploy(settings, settings.model_name, version, verdict.blessed, None)["status"] == "skipped"
     assert int(client.get_model_version_by_alias(settings.model_name, "champion").version) == first
-    mv = client.get_model_version(settings.model_name, str(result.version))
+    mv = client.get_model_version(settings.model_name, str(version))
     assert mv.tags["gate"] == "rejected" and "vs champion" in mv.tags["rejected_because"]
-    assert result.deploy_status == mv.tags["deploy_status"] == "skipped"
+    assert mv.tags["deploy_status"] == "skipped"
 
 
 def test_promote_and_rollback_move_the_alias_and_record_why(trained):

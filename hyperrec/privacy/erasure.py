@@ -164,6 +164,20 @@ def _erase_event_log(path: Path, user_id: str) -> tuple[int, int]:
     return events, len(doomed)
 
 
+def _erase_impressions(path: Path, user_id: str) -> int:
+    """The user's served lists in the impression log (monitoring data)."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        db.execute("PRAGMA secure_delete=ON")
+        gone = db.execute("DELETE FROM impressions WHERE user_id = ?", (user_id,)).rowcount
+        _compact(db)
+    finally:
+        db.close()
+    return gone
+
+
 def _erase_offline(settings: Settings, user_id: str) -> dict[str, int]:
     """Rewrite every parquet table under offline_dir that has the user's rows (atomic replace)."""
     import pyarrow.compute as pc
@@ -294,6 +308,7 @@ def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Seq
             events, dead = _erase_event_log(Path(path), user_id)
             removed["event_log.events"] += events
             removed["event_log.dead_letters"] += dead
+        removed["impressions"] = _erase_impressions(settings.impression_log, user_id)
         removed |= _erase_offline(settings, user_id)
         removed |= _erase_online(settings, user_id)
         cache = recs_cache_url or (settings.redis_url if settings.online_store == "redis" else None)

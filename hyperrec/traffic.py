@@ -1,0 +1,130 @@
+"""Served traffic as monitoring windows: impressions (what was shown, with the serving-time
+features) joined with outcomes (clicks, purchases from the event log), plus the checks
+that only served traffic allows: online hit rate, query-embedding drift and the recall of
+the serving index against exact search on live queries.
+
+Outcome attribution: an event that names the `request_id` of the list it came from counts
+for that list; an event without one counts for the latest list that showed the same item
+to the same user within `ATTRIBUTION_S` before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from hyperrec.monitor import FEATURES, Window
+
+ATTRIBUTION_S = 30 * 60
+OUTCOME_TYPES = {"click": "clicked", "purchase": "purchased"}
+
+
+def shown_items(impressions: pd.DataFrame) -> pd.DataFrame:
+    """One row per shown item: request_id, ts, user_id, arm, policy, model_version, position,
+    item_id, category, score."""
+    lengths = impressions["items"].map(len).to_numpy()
+    flat = [entry for items in impressions["items"] for entry in items]
+    meta = impressions[["request_id", "ts", "user_id", "arm", "policy", "model_version"]]
+    out = meta.loc[meta.index.repeat(lengths)].reset_index(drop=True)
+    out["position"] = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else np.array([], int)
+    out["item_id"] = [e[0] for e in flat]
+    out["category"] = [e[1] for e in flat]
+    out["score"] = np.array([e[2] for e in flat], float)
+    return out
+
+
+def attribute(shown: pd.DataFrame, events: pd.DataFrame, attribution_s: float = ATTRIBUTION_S) -> pd.DataFrame:
+    """`shown` plus 0/1 columns `clicked` and `purchased` (see the module doc)."""
+    out = shown.copy()
+    for col in OUTCOME_TYPES.values():
+        out[col] = 0
+    if events.empty or out.empty:
+        return out
+    events = events[events["event_type"].isin(list(OUTCOME_TYPES))].copy()
+    events["ts_s"] = pd.to_datetime(events["ts"], utc=True).astype("int64") / 1e9
+    has_request = events["request_id"].notna() if "request_id" in events else pd.Series(False, index=events.index)
+    slot = pd.Series(out.index, index=pd.MultiIndex.from_arrays([out["request_id"], out["item_id"]]))
+    slot = slot[~slot.index.duplicated()]
+    for kind, col in OUTCOME_TYPES.items():
+        of_kind = events[events["event_type"] == kind]
+        exact = of_kind[has_request.loc[of_kind.index]]
+        keys = pd.MultiIndex.from_arrays([exact["request_id"], exact["item_id"]])
+        rows = slot.reindex(keys).dropna().astype(int).to_numpy()
+        out.loc[rows, col] = 1
+        loose = of_kind[~has_request.loc[of_kind.index]].sort_values("ts_s")
+        if loose.empty:
+            continue
+        left = loose[["user_id", "item_id", "ts_s"]].rename(columns={"ts_s": "ts"})
+        right = out[out["user_id"].notna()][["user_id", "item_id", "ts"]].reset_index().sort_values("ts")
+        matched = pd.merge_asof(left.astype({"ts": float}), right.astype({"ts": float}), on="ts",
+                                by=["user_id", "item_id"], direction="backward", tolerance=float(attribution_s))
+        out.loc[matched["index"].dropna().astype(int).to_numpy(), col] = 1
+    return out
+
+
+def window(impressions: pd.DataFrame, events: pd.DataFrame, attribution_s: float = ATTRIBUTION_S
+           ) -> tuple[Window, pd.DataFrame]:
+    """The trigger's `Window` for a set of served lists, and the per-item outcomes."""
+    outcomes = attribute(shown_items(impressions), events, attribution_s)
+    features = impressions[list(FEATURES)].astype(float).reset_index(drop=True)
+    return Window(features, outcomes[["score", "category", "clicked"]]), outcomes
+
+
+def hit_rate(outcomes: pd.DataFrame) -> dict:
+    """Share of served lists with at least one click (personalized lists and all)."""
+    per_list = outcomes.groupby("request_id").agg(hit=("clicked", "max"), policy=("policy", "first"))
+    personal = per_list[per_list["policy"] == "personalized"]
+    return {"hit_rate": float(per_list["hit"].mean()) if len(per_list) else float("nan"),
+            "hit_rate_personalized": float(personal["hit"].mean()) if len(personal) else float("nan"),
+            "lists": len(per_list)}
+
+
+@dataclass(frozen=True)
+class EmbeddingDrift:
+    """Query embeddings of the current window against the reference's, on the reference's
+    top principal components (where the queries actually vary), and their norms."""
+
+    distances: dict[str, float]  # normed Wasserstein per component and for the norm
+    p_values: dict[str, float]  # KS
+    n_reference: int
+    n_current: int
+
+    @property
+    def max_distance(self) -> float:
+        return max(self.distances.values()) if self.distances else float("nan")
+
+
+def _queries(frame: pd.DataFrame) -> np.ndarray:
+    sampled = [q for q in frame["query"] if q is not None]
+    return np.stack(sampled) if sampled else np.zeros((0, 0), np.float32)
+
+
+def embedding_drift(reference: pd.DataFrame, current: pd.DataFrame, components: int = 3) -> EmbeddingDrift | None:
+    """None when either side has fewer than 30 sampled queries."""
+    ref, cur = _queries(reference), _queries(current)
+    if len(ref) < 30 or len(cur) < 30 or ref.shape[1] != cur.shape[1]:
+        return None
+    mean = ref.mean(axis=0)
+    _, _, vt = np.linalg.svd(ref - mean, full_matrices=False)
+    axes = {f"pc{i + 1}": vt[i] for i in range(min(components, len(vt)))}
+    project = {name: ((ref - mean) @ axis, (cur - mean) @ axis) for name, axis in axes.items()}
+    project["norm"] = (np.linalg.norm(ref, axis=1), np.linalg.norm(cur, axis=1))
+    distances, p_values = {}, {}
+    for name, (r, c) in project.items():
+        distances[name] = float(stats.wasserstein_distance(r, c) / max(float(np.std(r)), 1e-6))
+        p_values[name] = float(stats.ks_2samp(r, c)[1])
+    return EmbeddingDrift(distances, p_values, len(ref), len(cur))
+
+
+def index_recall(index, item_embeddings: np.ndarray, queries: np.ndarray, k: int = 50) -> float:
+    """Mean share of the exact top-k (inner product over the whole catalog) that the serving
+    index returns for the same live queries: 1.0 for an exact index by construction, the
+    real number for an approximate one."""
+    if len(queries) == 0:
+        return float("nan")
+    found, _ = index.search(queries.astype(np.float32), k, [np.array([], np.int64)] * len(queries))
+    exact = np.argpartition(-(queries @ item_embeddings.T), k - 1, axis=1)[:, :k]
+    return float(np.mean([len(set(f[f >= 0]) & set(e)) / k for f, e in zip(found, exact)]))

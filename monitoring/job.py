@@ -1,0 +1,125 @@
+"""`hyperrec monitor`: one pass of the monitoring job over served traffic.
+
+Reference: the first `reference_requests` lists the current champion served (the same
+serving-time feature computation as the window it is compared with; training rows are
+stamped at event times, not request times, and would differ by construction). Current:
+the champion's lists of the last `window_s`, ending `attribution_s` before the newest
+impression so that every list in it has had time to collect its clicks. Then:
+
+1. `RetrainTrigger.decide` (significance and size, minimum sample, cooldown, one run in
+   flight, dedupe) -> a decision line in `<home>/monitoring/decisions.jsonl`; when it
+   fires, the submitter starts the retraining run (embedded: `hyperrec retrain`; cluster:
+   the KFP pipeline);
+2. the checks only served traffic allows: online hit rate, query-embedding drift, and the
+   serving index's recall against exact search on the window's sampled live queries;
+3. one Evidently snapshot for the dashboard (`make ui`), and a line in `reports.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hyperrec.config import Settings
+from hyperrec.eventlog import EventLog
+from hyperrec.impressions import ImpressionLog
+from hyperrec.monitor import FEATURES, RetrainTrigger, TriggerConfig
+from hyperrec.traffic import ATTRIBUTION_S, embedding_drift, hit_rate, index_recall, window
+
+DAY = 86_400.0
+
+
+def paths(settings: Settings) -> dict[str, Path]:
+    root = settings.monitoring_dir
+    return {"decisions": root / "decisions.jsonl", "reports": root / "reports.jsonl", "workspace": root / "evidently"}
+
+
+def _champion_traffic(settings: Settings, version: int | None) -> tuple[int | None, pd.DataFrame]:
+    from hyperrec.registry import champion_version
+
+    version = champion_version(settings) if version is None else version
+    if version is None or not settings.impression_log.exists():
+        return version, pd.DataFrame()
+    log = ImpressionLog(settings.impression_log)
+    try:
+        served = log.read()
+    finally:
+        log.close()
+    return version, served[served["model_version"] == version].reset_index(drop=True)
+
+
+def _probe_index(settings: Settings, version: int, current: pd.DataFrame, k: int = 50) -> dict:
+    from hyperrec.online import ServingUnit
+    from hyperrec.registry import model_version_dir
+
+    queries = [q for q in current["query"] if q is not None][:500]
+    if not queries:
+        return {}
+    unit = ServingUnit(model_version_dir(settings, version), version)
+    rec = unit.rec
+    k = min(k, len(rec.item_ids))
+    recall = index_recall(rec.index, np.asarray(rec.item_embeddings, np.float32), np.stack(queries), k)
+    return {"index_kind": type(rec.index).__name__, "index_recall_at_k": recall,
+            "index_probe_queries": len(queries), "index_probe_k": k}
+
+
+def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, reference_requests: int = 2_000,
+             attribution_s: float = ATTRIBUTION_S, config: TriggerConfig = TriggerConfig(), dashboard: bool = True,
+             probe_index: bool = True, champion: int | None = None) -> dict:
+    """One monitoring pass; returns its report (also appended to reports.jsonl). `champion`:
+    the version whose traffic to judge (default: the registry's @champion)."""
+    out = paths(settings)
+    version, served = _champion_traffic(settings, champion)
+    report: dict = {"ran_at": time.time(), "champion": version}
+    if version is None or len(served) < reference_requests:
+        report |= {"status": "reference_not_ready",
+                   "detail": f"{len(served)} lists served by the champion, the reference needs {reference_requests}"}
+        return _append(out["reports"], report)
+    reference = served.iloc[:reference_requests]
+    end = float(served["ts"].max()) - attribution_s
+    start = max(end - window_s, float(reference["ts"].max()))
+    current = served[(served["ts"] > start) & (served["ts"] <= end)]
+    events = EventLog(settings.event_log).read(0, limit=2**62)[1]
+    ref_window, _ = window(reference, events, attribution_s)
+    cur_window, cur_outcomes = window(current, events, attribution_s) if len(current) else (None, None)
+    report |= {"reference": {"lists": len(reference), "from": float(reference["ts"].min()),
+                             "to": float(reference["ts"].max())},
+               "window": {"lists": len(current), "from": start, "to": end}}
+    if cur_window is None:
+        report["status"] = "no_current_window"
+        return _append(out["reports"], report)
+
+    trigger = RetrainTrigger(out["decisions"], config, submit=submitter.submit if submitter else None,
+                             is_running=submitter.is_running if submitter else None)
+    decision = trigger.decide(ref_window, cur_window, reference_id=f"champion-v{version}", now=end)
+    report |= {"status": decision.status, "retrain": decision.retrain, "reasons": decision.reasons,
+               "blocked_by": decision.blocked_by, "run_id": decision.run_id}
+    report |= hit_rate(cur_outcomes)
+    drift = embedding_drift(reference, current)
+    report["embedding_drift"] = None if drift is None else {
+        "max_distance": drift.max_distance, "distances": drift.distances, "p_values": drift.p_values,
+        "n_reference": drift.n_reference, "n_current": drift.n_current}
+    if probe_index:
+        report |= _probe_index(settings, version, current)
+    if dashboard:
+        from monitoring.dashboard import record_window, retrains_between
+
+        freshness = current["recency_s"].to_numpy(float)
+        report["snapshot_id"] = record_window(
+            out["workspace"], reference=ref_window.features, current=cur_window.features, numerical=list(FEATURES),
+            categorical=[], outcomes=cur_outcomes, freshness_s=freshness[freshness >= 0],
+            retrains=retrains_between(trigger.records(), start, end + 1), timestamp=datetime.fromtimestamp(end, UTC),
+            metadata={"champion": str(version), "status": decision.status})
+    return _append(out["reports"], report)
+
+
+def _append(path: Path, report: dict) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(report, default=float) + "\n")
+    return report

@@ -1,0 +1,207 @@
+"""Monitoring over served traffic: outcome attribution, hit rate, embedding drift, index
+recall, one `hyperrec monitor` pass end to end (impression log + event log -> decision,
+run submitted, safeguards, dashboard snapshot), and the embedded retrain submitter."""
+
+import json
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hyperrec.eventlog import EventLog
+from hyperrec.impressions import ImpressionLog, ImpressionRecorder
+from hyperrec.index import BruteForceIndex, IvfIndex
+from hyperrec.monitor import FEATURES, TriggerConfig
+from hyperrec.online import Recommended
+from hyperrec.traffic import attribute, embedding_drift, hit_rate, index_recall, shown_items
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+
+
+def served(request_id, ts, user, items, categories=None, policy="personalized", arm="control", version=1,
+           query=None, **features):
+    rec = Recommended(item_ids=list(items), titles=list(items), categories=list(categories or ["c"] * len(items)),
+                      scores=[1.0 - 0.1 * i for i in range(len(items))], reasons=[""] * len(items), policy=policy,
+                      arm=arm, model_version=version, query=query)
+    return request_id, user, rec, {f: float(features.get(f, 1.0)) for f in FEATURES}, ts
+
+
+def write(log, rows, query_every=1):
+    recorder = ImpressionRecorder(log, flush_s=60, query_every=query_every)
+    rids, users, recs, feats, times = zip(*rows)
+    recorder.add(rids, users, recs, feats, times)
+    recorder.close()
+
+
+def event(eid, user, item, ts, kind="click", request_id=None):
+    e = {"event_id": eid, "user_id": user, "item_id": item, "event_type": kind,
+         "ts": datetime.fromtimestamp(ts, UTC).isoformat(), "dwell_s": 5.0 if kind == "click" else None}
+    return e | ({"request_id": request_id} if request_id else {})
+
+
+def test_outcomes_are_attributed_by_request_id_or_the_latest_list_within_the_window(tmp_path):
+    log = ImpressionLog(tmp_path / "impressions.db")
+    write(log, [served("r1", T0, "u1", ["a", "b", "c"]), served("r2", T0 + 60, "u1", ["b", "d"]),
+                served("r3", T0, "u2", ["a", "b"]), served("r4", T0, None, ["a"], policy="popular")])
+    impressions = log.read()
+    assert list(impressions["request_id"]) == ["r1", "r3", "r4", "r2"] and impressions.loc[0, "views_7d"] == 1.0
+    events = pd.DataFrame([
+        event("e1", "u1", "a", T0 + 10, request_id="r1"),   # exact
+        event("e2", "u1", "b", T0 + 120),                    # loose: the latest list with b is r2, not r1
+        event("e3", "u2", "b", T0 + 3 * 3600),               # loose but hours later: no list
+        event("e4", "u1", "c", T0 + 30, kind="purchase"),    # a purchase from r1
+        event("e5", "u9", "a", T0 + 5),                       # another user's click
+    ])
+    out = attribute(shown_items(impressions), events).set_index(["request_id", "item_id"])
+    assert out["clicked"].to_dict() == {("r1", "a"): 1, ("r1", "b"): 0, ("r1", "c"): 0, ("r3", "a"): 0,
+                                        ("r3", "b"): 0, ("r4", "a"): 0, ("r2", "b"): 1, ("r2", "d"): 0}
+    assert out["purchased"].sum() == 1 and out.loc[("r1", "c"), "purchased"] == 1
+    rates = hit_rate(out.reset_index())
+    assert rates["lists"] == 4 and rates["hit_rate"] == 0.5 and rates["hit_rate_personalized"] == 2 / 3
+
+
+def test_embedding_drift_is_small_on_the_same_distribution_and_large_after_a_shift():
+    rng = np.random.default_rng(0)
+    cov = np.diag([4.0, 2.0, 1.0, 0.5, 0.1, 0.1, 0.1, 0.1])
+
+    def frame(n, shift=0.0):
+        q = rng.multivariate_normal(np.zeros(8), cov, n).astype(np.float32)
+        q[:, 0] += shift
+        return pd.DataFrame({"query": list(q)})
+
+    same = embedding_drift(frame(800), frame(800))
+    moved = embedding_drift(frame(800), frame(800, shift=1.5))
+    assert same.max_distance < 0.1 and moved.distances["pc1"] > 0.5
+    assert embedding_drift(frame(800), frame(10)) is None  # too few sampled queries to say
+
+
+def test_index_recall_is_exact_for_brute_force_and_measured_for_an_approximate_index():
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(4_000, 16)).astype(np.float32)
+    queries = rng.normal(size=(100, 16)).astype(np.float32)
+    assert index_recall(BruteForceIndex.build(items), items, queries, k=20) == 1.0
+    coarse = index_recall(IvfIndex.build(items, nlist=64, nprobe=1), items, queries, k=20)
+    fine = index_recall(IvfIndex.build(items, nlist=64, nprobe=64), items, queries, k=20)
+    assert coarse < 0.9 and fine == 1.0
+
+
+class FakeSubmitter:
+    def __init__(self):
+        self.submitted, self.running = [], True
+
+    def submit(self, decision):
+        self.submitted.append(decision["reasons"])
+        return f"run-{len(self.submitted)}"
+
+    def is_running(self, run_id):
+        return self.running
+
+
+def traffic(rng, n, start, shift, prefix, categories=("c0", "c1", "c2", "c3")):
+    """`n` lists an hour-spread apart of 10 s; users click the first item with p 0.15; after
+    the shift the activity features double."""
+    rows, events = [], []
+    for i in range(n):
+        ts = start + 10 * i
+        items = [f"i{(i + j) % 50}" for j in range(5)]
+        feats = {"views_7d": rng.poisson(20 * (1 + shift)), "clicks_7d": rng.poisson(3 * (1 + shift)),
+                 "ctr_7d": rng.beta(2, 12), "mean_dwell_7d": rng.gamma(3, 10), "recency_s": rng.exponential(600),
+                 "hour_of_day": int(ts // 3600) % 24}
+        rows.append(served(f"{prefix}{i}", ts, f"u{i % 300}", items,
+                           categories=[categories[(i + j) % 4] for j in range(5)],
+                           query=rng.normal(size=8).astype(np.float32) + shift, **feats))
+        if rng.random() < 0.15:
+            events.append(event(f"{prefix}e{i}", f"u{i % 300}", items[0], ts + 5, request_id=f"{prefix}{i}"))
+    return rows, events
+
+
+@pytest.mark.slow
+def test_one_monitor_pass_decides_submits_and_respects_its_safeguards(settings):
+    from monitoring.dashboard import list_windows
+    from monitoring.job import paths, run_once
+
+    rng = np.random.default_rng(3)
+    log, events = ImpressionLog(settings.impression_log), EventLog(settings.event_log)
+    ref_rows, ref_events = traffic(rng, 2_000, T0, 0.0, "ref")
+    write(log, ref_rows, query_every=5)
+    submitter = FakeSubmitter()
+    config = TriggerConfig(min_clicks=150)
+    early = run_once(settings, submitter, champion=1, config=config, probe_index=False, dashboard=False)
+    assert early["status"] == "no_current_window"  # the reference alone: nothing to compare yet
+
+    cur_rows, cur_events = traffic(rng, 2_400, T0 + 20_000 + 3_600, 1.0, "cur")
+    write(log, cur_rows, query_every=5)
+    events.append(ref_events + cur_events)
+    report = run_once(settings, submitter, champion=1, config=config, probe_index=False)
+    assert report["status"] == "fired" and report["run_id"] == "run-1" and submitter.submitted
+    assert any(r.startswith("feature:views_7d") for r in report["reasons"])
+    assert report["embedding_drift"]["distances"]["norm"] > 0.5
+    assert 0.1 < report["hit_rate"] < 0.2
+    # the window ends 30 min before the newest list (clicks still arriving are not counted as misses)
+    assert report["window"]["to"] == pytest.approx(cur_rows[-1][4] - 1800)
+    assert len(list_windows(paths(settings)["workspace"], "hyperrec")) == 1
+
+    again = run_once(settings, submitter, champion=1, config=config, probe_index=False, dashboard=False)
+    assert again["status"] == "blocked" and again["blocked_by"] == "in_flight" and len(submitter.submitted) == 1
+    submitter.running = False  # the run ended: the cooldown (from the first decision) still holds
+    third = run_once(settings, submitter, champion=1, config=config, probe_index=False, dashboard=False)
+    assert third["blocked_by"] == "cooldown" and len(submitter.submitted) == 1
+    decisions = [json.loads(line) for line in paths(settings)["decisions"].read_text().splitlines()]
+    assert [d.get("status") for d in decisions if d["event"] == "decision"] == ["fired", "blocked", "blocked"]
+    assert any(d["event"] == "run_finished" and d["run_id"] == "run-1" for d in decisions)
+
+
+STUB = """
+import sys, time
+from hyperrec.config import load_settings
+from hyperrec.retrain import _status_path, _write
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+settings = load_settings(args["--home"])
+time.sleep(1.0)
+_write(_status_path(settings, args["--run-id"]), {"run_id": args["--run-id"], "state": "succeeded"})
+"""
+
+
+def test_local_retrain_runs_detached_and_reports_when_it_ended(settings):
+    from hyperrec.retrain import LocalRetrain, run_status
+
+    submitter = LocalRetrain(settings, command=[sys.executable, "-c", STUB])
+    run_id = submitter.submit({"reasons": ["feature:views_7d"]})
+    assert submitter.is_running(run_id) and run_status(settings, run_id)["reasons"] == ["feature:views_7d"]
+    deadline = time.monotonic() + 60
+    while submitter.is_running(run_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert run_status(settings, run_id)["state"] == "succeeded" and not submitter.is_running(run_id)
+
+
+def test_a_retrain_that_died_without_a_status_counts_as_ended(settings):
+    from hyperrec.retrain import LocalRetrain
+
+    submitter = LocalRetrain(settings, command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    run_id = submitter.submit({})
+    deadline = time.monotonic() + 30
+    while submitter.is_running(run_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not submitter.is_running(run_id)
+
+
+def test_a_snapshot_appends_logged_events_once(settings):
+    from hyperrec.data.generate import WorldConfig, generate_world
+    from hyperrec.data.world import load_world, save_world
+    from hyperrec.retrain import snapshot_world
+
+    world = generate_world(WorldConfig(users=30, items=20, days=3, events=600, seed=4))
+    save_world(world, settings.data_dir / "world")
+    first = world.events.iloc[0]
+    later = world.events["ts"].max() + timedelta(minutes=1)
+    replayed = {k: v for k, v in first.to_dict().items() if not pd.isna(v)} | {"ts": first["ts"].isoformat()}
+    log = EventLog(settings.event_log)
+    result = log.append([event("new1", first["user_id"], first["item_id"], later.timestamp()), replayed],
+                        now=later.to_pydatetime() + timedelta(minutes=1))
+    assert result.stored == 2  # the world's own event, sent again through ingestion
+    snap = load_world(snapshot_world(settings, settings.data_dir / "snapshots" / "s1"))
+    assert len(snap.events) == len(world.events) + 1  # the replayed world event is not doubled
+    assert snap.events["event_id"].is_unique and snap.events["ts"].is_monotonic_increasing
