@@ -38,7 +38,7 @@ test: $(STAMP) ## run the whole test suite (unit + integration on real servers)
 test-fast: $(STAMP) ## unit tests only (skips the slow end-to-end tests)
 	$(PY) -m pytest -m "not slow"
 
-bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/)
+bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/, summary in BENCHMARKS.md)
 	$(HYPERREC) bench features --home var/bench-home --out var/bench/features.json
 	$(HYPERREC) bench index --out var/bench/index.json
 	$(HYPERREC) bench serving --out var/bench/serving.json
@@ -46,6 +46,7 @@ bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/)
 	$(HYPERREC) bench detection --out var/bench/detection.json
 	@if [ -d $(MOVIELENS) ]; then $(HYPERREC) bench quality --path $(MOVIELENS) --home var/bench-home --out var/bench/quality.json; \
 	else echo "skipping bench quality: no MovieLens folder at $(MOVIELENS) (set MOVIELENS=...)"; fi
+	$(HYPERREC) bench report --bench-dir var/bench --out BENCHMARKS.md
 
 ui: $(STAMP) ## monitoring dashboard (Evidently UI on UI_PORT) over `hyperrec monitor`'s windows; UI_DEMO_DAYS=14 seeds synthetic days into an empty one
 	$(PY) -m monitoring.ui --workspace var/monitoring/evidently --port $(UI_PORT) --demo-days $(UI_DEMO_DAYS)

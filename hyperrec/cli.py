@@ -253,6 +253,15 @@ def bench_detection_cmd(out: Path = typer.Option(Path("var/bench/detection.json"
     console.print(f"wrote {out}")
 
 
+@bench_app.command("report")
+def bench_report_cmd(bench_dir: Path = typer.Option(Path("var/bench"), help="where the benches wrote their JSON"),
+                     out: Path = typer.Option(Path("BENCHMARKS.md"))):
+    """BENCHMARKS.md from the benches' JSON: machine, date, each measure beside its target or anchor."""
+    from hyperrec.benchmarks_md import write
+
+    console.print(f"wrote {write(bench_dir, out)}")
+
+
 @bench_app.command("warm-start")
 def bench_warm_start_cmd(out: Path = typer.Option(Path("var/bench/warm_start.json")),
                          home: Path = typer.Option(Path("var/bench-warm"), help="workspace of its own"),
@@ -292,16 +301,29 @@ def privacy_erase(user_id: str, reason: str = typer.Option(..., help="why (a tic
 
 
 @ab_app.command("report")
-def ab_report(impressions: Path = typer.Option(..., help="parquet or CSV: user_id, arm, clicked, converted"),
+def ab_report(impressions: Path | None = typer.Option(None, help="parquet or CSV: user_id, arm, clicked, converted "
+                                                                "(default: the server's impression + event logs)"),
               control: str = "control", metric: str = typer.Option("clicked", help="clicked | converted"),
-              alpha: float = 0.05, min_lift: float = typer.Option(0.05, help="smallest relative lift worth finding")):
+              alpha: float = 0.05, min_lift: float = typer.Option(0.05, help="smallest relative lift worth finding"),
+              home: Path | None = HomeOpt):
     """Per-arm rates with confidence intervals, a two-proportion z-test (Holm-corrected for
     several arms), the Bayesian probability to beat control, and the verdict."""
     import pandas as pd
 
     from hyperrec.abtest import report
 
-    frame = pd.read_parquet(impressions) if impressions.suffix == ".parquet" else pd.read_csv(impressions)
+    if impressions is not None:
+        frame = pd.read_parquet(impressions) if impressions.suffix == ".parquet" else pd.read_csv(impressions)
+    else:
+        from hyperrec.eventlog import EventLog
+        from hyperrec.impressions import ImpressionLog
+        from hyperrec.traffic import attribute, shown_items
+
+        settings = load_settings(home)
+        served = shown_items(ImpressionLog(settings.impression_log).read())
+        frame = attribute(served[served["policy"] == "personalized"],
+                          EventLog(settings.event_log).read(0, limit=2**62)[1])
+        frame = frame.rename(columns={"purchased": "converted"})
     console.print(report(frame, control=control, metric=metric, alpha=alpha, min_detectable_lift=min_lift))
 
 
@@ -329,7 +351,7 @@ def monitor(home: Path | None = HomeOpt,
             once: bool = typer.Option(True, "--once/--loop", help="one pass (a CronJob), or a pass every --every"),
             every: float = typer.Option(3600.0, help="with --loop: seconds between passes"),
             window_hours: float = typer.Option(24.0, help="the current window"),
-            reference_requests: int = typer.Option(2_000, help="the champion's first lists served: the reference"),
+            reference_hours: float = typer.Option(24.0, help="the champion's first hours of traffic: the reference"),
             submit: bool = typer.Option(True, help="start a retraining run when the trigger fires"),
             kfp_host: str = typer.Option("", envvar="KF_PIPELINES_ENDPOINT",
                                          help="cluster: submit to this KFP API instead of a local retrain"),
@@ -349,7 +371,7 @@ def monitor(home: Path | None = HomeOpt,
     if submit:
         submitter = KfpRetrain(kfp_host, package, str(settings.home), world_dir) if kfp_host else LocalRetrain(settings)
     while True:
-        report = run_once(settings, submitter, window_s=window_hours * 3600, reference_requests=reference_requests)
+        report = run_once(settings, submitter, window_s=window_hours * 3600, reference_s=reference_hours * 3600)
         console.print_json(json.dumps(report, default=float))
         if once:
             return
@@ -375,14 +397,19 @@ def recommend(user_ids: list[str], k: int = 10, port: int = 8080):
 
 
 @app.command()
-def demo(users: int = 2_000, items: int = 1_000, days: int = 30, events: int = 200_000,
-         epochs: int = 6, port: int = 8765, home: Path | None = HomeOpt):
-    """The walking skeleton end to end: data -> Feast -> kfp.local training -> MLflow ->
-    KServe -> recommendations over HTTP."""
+def demo(users: int = 2_000, items: int = 1_000, days: int = 14, events: int = 200_000,
+         epochs: int = 6, port: int = 8765, sim_days: float = 3.0,
+         lists_per_day: int = typer.Option(0, help="0: the history's traffic intensity"),
+         step_hours: float = 6.0, max_retrains: int = 1, home: Path | None = HomeOpt):
+    """The whole story: data -> Feast -> kfp.local training -> MLflow -> KServe -> simulated
+    users whose tastes drift -> monitoring -> retraining -> swap -> CTR plot."""
+    from hyperrec.closed_loop import LoopConfig
     from hyperrec.demo import run_demo
 
     run_demo(load_settings(home), console, users=users, items=items, days=days, events=events,
-             epochs=epochs, port=port)
+             epochs=epochs, port=port, loop=LoopConfig(days=sim_days, lists_per_day=lists_per_day or None,
+                                                       step_hours=step_hours, epochs=epochs,
+                                                       max_retrains=max_retrains))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """`hyperrec monitor`: one pass of the monitoring job over served traffic.
 
-Reference: the first `reference_requests` lists the current champion served (the same
-serving-time feature computation as the window it is compared with; training rows are
-stamped at event times, not request times, and would differ by construction). Current:
-the champion's lists of the last `window_s`, ending `attribution_s` before the newest
-impression so that every list in it has had time to collect its clicks. Then:
+Reference: the lists the current champion served in its first `reference_s` (a whole day
+by default, so that daily cycles such as hour_of_day compare like with like; the same
+serving-time feature computation as the window it is compared with, whereas training rows
+are stamped at event times, not request times, and would differ by construction).
+Current: the champion's lists of the last `window_s` after the reference, ending
+`attribution_s` before the newest impression so that every list in it has had time to
+collect its clicks. Then:
 
 1. `RetrainTrigger.decide` (significance and size, minimum sample, cooldown, one run in
    flight, dedupe) -> a decision line in `<home>/monitoring/decisions.jsonl`; when it
@@ -68,7 +70,7 @@ def _probe_index(settings: Settings, version: int, current: pd.DataFrame, k: int
             "index_probe_queries": len(queries), "index_probe_k": k}
 
 
-def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, reference_requests: int = 2_000,
+def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, reference_s: float = DAY,
              attribution_s: float = ATTRIBUTION_S, config: TriggerConfig = TriggerConfig(), dashboard: bool = True,
              probe_index: bool = True, champion: int | None = None) -> dict:
     """One monitoring pass; returns its report (also appended to reports.jsonl). `champion`:
@@ -76,11 +78,13 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
     out = paths(settings)
     version, served = _champion_traffic(settings, champion)
     report: dict = {"ran_at": time.time(), "champion": version}
-    if version is None or len(served) < reference_requests:
+    span = float(served["ts"].max() - served["ts"].min()) if len(served) else 0.0
+    if version is None or span < reference_s or len(served) < config.min_requests:
         report |= {"status": "reference_not_ready",
-                   "detail": f"{len(served)} lists served by the champion, the reference needs {reference_requests}"}
+                   "detail": f"the champion served {len(served)} lists over {span / 3600:.1f} h; the reference needs "
+                             f"{reference_s / 3600:.0f} h and >= {config.min_requests} lists"}
         return _append(out["reports"], report)
-    reference = served.iloc[:reference_requests]
+    reference = served[served["ts"] < float(served["ts"].min()) + reference_s]
     end = float(served["ts"].max()) - attribution_s
     start = max(end - window_s, float(reference["ts"].max()))
     current = served[(served["ts"] > start) & (served["ts"] <= end)]

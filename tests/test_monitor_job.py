@@ -101,11 +101,11 @@ class FakeSubmitter:
 
 
 def traffic(rng, n, start, shift, prefix, categories=("c0", "c1", "c2", "c3")):
-    """`n` lists an hour-spread apart of 10 s; users click the first item with p 0.15; after
-    the shift the activity features double."""
+    """`n` lists 50 s apart; users click the first item with p 0.15; after the shift the
+    activity features double."""
     rows, events = [], []
     for i in range(n):
-        ts = start + 10 * i
+        ts = start + 50 * i
         items = [f"i{(i + j) % 50}" for j in range(5)]
         feats = {"views_7d": rng.poisson(20 * (1 + shift)), "clicks_7d": rng.poisson(3 * (1 + shift)),
                  "ctr_7d": rng.beta(2, 12), "mean_dwell_7d": rng.gamma(3, 10), "recency_s": rng.exponential(600),
@@ -130,9 +130,9 @@ def test_one_monitor_pass_decides_submits_and_respects_its_safeguards(settings):
     submitter = FakeSubmitter()
     config = TriggerConfig(min_clicks=150)
     early = run_once(settings, submitter, champion=1, config=config, probe_index=False, dashboard=False)
-    assert early["status"] == "no_current_window"  # the reference alone: nothing to compare yet
+    assert early["status"] == "too_few_samples"  # a day of reference, then a few hours: too little to judge
 
-    cur_rows, cur_events = traffic(rng, 2_400, T0 + 20_000 + 3_600, 1.0, "cur")
+    cur_rows, cur_events = traffic(rng, 2_400, T0 + 100_000 + 3_600, 1.0, "cur")
     write(log, cur_rows, query_every=5)
     events.append(ref_events + cur_events)
     report = run_once(settings, submitter, champion=1, config=config, probe_index=False)
@@ -150,7 +150,8 @@ def test_one_monitor_pass_decides_submits_and_respects_its_safeguards(settings):
     third = run_once(settings, submitter, champion=1, config=config, probe_index=False, dashboard=False)
     assert third["blocked_by"] == "cooldown" and len(submitter.submitted) == 1
     decisions = [json.loads(line) for line in paths(settings)["decisions"].read_text().splitlines()]
-    assert [d.get("status") for d in decisions if d["event"] == "decision"] == ["fired", "blocked", "blocked"]
+    assert [d.get("status") for d in decisions if d["event"] == "decision"] == ["too_few_samples", "fired", "blocked",
+                                                                                  "blocked"]
     assert any(d["event"] == "run_finished" and d["run_id"] == "run-1" for d in decisions)
 
 

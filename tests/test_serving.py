@@ -308,6 +308,31 @@ def test_served_lists_are_logged_for_monitoring_and_outcomes_join_them(server):
     assert list(zip(hits["request_id"], hits["item_id"])) == [(ids[0], clicked)]
 
 
+def test_simulated_users_play_the_server_and_every_click_is_attributed_to_its_list(server):
+    """The closed loop's traffic generator against the real server: lists served, events
+    posted with their request ids, and the platform's own logs account for every click."""
+    from hyperrec.eventlog import EventLog
+    from hyperrec.impressions import ImpressionLog
+    from hyperrec.simulate import Simulator
+    from hyperrec.traffic import attribute, shown_items
+
+    world, settings = server["world"], server["settings"]
+    t0 = world.events["ts"].max().to_pydatetime() + timedelta(hours=2)
+    served = Simulator(world, server["url"], seed=5).run(120, t0, t0 + timedelta(hours=1)).frame
+    assert len(served) == 120 and served["ts"].is_monotonic_increasing and served["clicks"].sum() > 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        logged = ImpressionLog(settings.impression_log).read()
+        if set(served["request_id"]) <= set(logged["request_id"]):
+            break
+        time.sleep(0.1)
+    outcomes = attribute(shown_items(logged[logged["request_id"].isin(served["request_id"])]),
+                         EventLog(settings.event_log).read(0, 10**9)[1])
+    per_list = outcomes.groupby("request_id")[["clicked", "purchased"]].sum()
+    expected = served.set_index("request_id")[["clicks", "purchases"]]
+    assert (per_list.loc[expected.index].to_numpy() == expected.to_numpy()).all()
+
+
 def test_event_ingestion_counts_reconcile_and_bad_events_are_dead_lettered(server):
     from hyperrec.eventlog import EventLog
 

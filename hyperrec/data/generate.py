@@ -132,16 +132,23 @@ def _impressions(cfg, rng, truth: Truth, item_cat, centroids, activity, n: int):
     return user, order[cat_start[cat] + pick], day
 
 
+def after_click(rng: np.random.Generator, affinity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What follows a click, by the user's affinity to the item: dwell seconds, added to
+    cart, purchased. Shared with `hyperrec.simulate`, so simulated traffic looks like history."""
+    dwell = np.round(np.exp(rng.normal(np.log(8 + 60 * np.clip(affinity, 0, 1)), 0.5)), 1)
+    cart = rng.random(len(affinity)) < 0.35 * sigmoid(3 * affinity)
+    purchase = cart & (rng.random(len(affinity)) < 0.5)
+    return dwell, cart, purchase
+
+
 def _interactions(cfg, rng, truth: Truth, user, item, day):
     """Turn impressions into the funnel of events with their timestamps (in days)."""
     aff = truth.affinity(user, item, day)
     click = rng.random(len(user)) < truth.click_probability(user, item, day)
     cu, ci, cd, ca = user[click], item[click], day[click], aff[click]
     clicked_at = cd + rng.uniform(1, 30, len(cu)) / 86_400
-    dwell = np.round(np.exp(rng.normal(np.log(8 + 60 * np.clip(ca, 0, 1)), 0.5)), 1)
-    cart = rng.random(len(cu)) < 0.35 * sigmoid(3 * ca)
+    dwell, cart, purchase = after_click(rng, ca)
     carted_at = clicked_at + dwell / 86_400
-    purchase = cart & (rng.random(len(cu)) < 0.5)
     bought_at = carted_at + rng.uniform(10, 600, len(cu)) / 86_400
     rated = purchase & (rng.random(len(cu)) < 0.4)
     rating = np.clip(np.round((3 + 2.5 * ca + rng.normal(0, 0.5, len(cu))) * 2) / 2, 0.5, 5.0)

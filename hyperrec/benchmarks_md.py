@@ -1,0 +1,130 @@
+"""`hyperrec bench report`: BENCHMARKS.md from the JSON files `make bench` wrote: the
+machine, the date, and per bench its headline measures next to their target or anchor.
+Only numbers found in the files are printed; a bench that did not run says so."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+Row = tuple[str, Callable[[dict], object], str]  # label, value from the bench's JSON, target or anchor
+
+
+def _get(*path: str) -> Callable[[dict], object]:
+    def read(data: dict):
+        for key in path:
+            data = data[key]
+        return data
+    return read
+
+
+def _quality_rows() -> list[Row]:
+    def model(name: str, metric: str):
+        return lambda d: next(r[metric] for r in d["rows"] if r["model"] == name)
+
+    return [("hyperrec NDCG@10", model("hyperrec", "ndcg@10"), "above the best baseline"),
+            ("best baseline", _get("best_baseline"), ""),
+            ("best baseline NDCG@10", lambda d: model(d["best_baseline"], "ndcg@10")(d), ""),
+            ("popularity NDCG@10", model("popularity", "ndcg@10"), "anchor")]
+
+
+def _index_rows() -> list[Row]:
+    def row(items: int, kind: str, key: str):
+        return lambda d: next(r[key] for r in d["rows"] if r["items"] == items and r["index"] == kind)
+
+    def recall(items: int, kind: str):
+        return lambda d: next(v for r in d["rows"] if r["items"] == items and r["index"] == kind
+                              for k, v in r.items() if k.startswith("recall@"))
+
+    return [("1M items, IVF recall@100 vs exact", recall(1_000_000, "ivf"), ""),
+            ("1M items, IVF p99 per query, ms", row(1_000_000, "ivf", "p99_ms"), ""),
+            ("1M items, exact p99 per query, ms", row(1_000_000, "brute", "p99_ms"), "anchor"),
+            ("100k items, IVF p99 per query, ms", row(100_000, "ivf", "p99_ms"), ""),
+            ("100k items, exact p99 per query, ms", row(100_000, "brute", "p99_ms"), "anchor")]
+
+
+BENCHES: dict[str, tuple[str, list[Row]]] = {
+    "serving": ("Serving (100k-item catalog, wrk on loopback, naive KServe path in the same run)", [
+        ("p99 at 500 req/s (open loop), ms", _get("p99_ms_at_500rps"), "<= 25"),
+        ("max req/s at p99 <= 50 ms", _get("max_rps_at_p99_50ms"), ">= 3x naive"),
+        ("naive: max req/s at p99 <= 50 ms", _get("naive_max_rps_at_p99_50ms"), "anchor"),
+        ("ratio to naive", _get("throughput_ratio_vs_naive"), ">= 3"),
+        ("non-2xx during a model swap", _get("swap_non2xx"), "0"),
+        ("p99 during the swap, ms", _get("swap", "p99_ms"), ""),
+    ]),
+    "freshness": ("Real-time loop (event POSTed -> changed recommendations)", [
+        ("event -> recs p50, ms", _get("event_to_recs_p50_ms"), ""),
+        ("event -> recs p99, ms", _get("event_to_recs_p99_ms"), "< 1000"),
+        ("durable ingestion, events/s", _get("ingest_events_per_s"), ""),
+    ]),
+    "features": ("Feature store lookups (SQLite vs Redis online store)", [
+        ("user lookup p99 SQLite, ms", _get("user_lookup_p99_ms_sqlite"), ""),
+        ("user lookup p99 Redis, ms", _get("user_lookup_p99_ms_redis"), ""),
+        ("event -> online p99, ms", _get("freshness_p99_ms"), ""),
+    ]),
+    "index": ("Candidate index (generated 64-d catalogs, one query at a time)", _index_rows()),
+    "detection": ("Drift trigger on the taste simulator", [
+        ("false-alarm rate", _get("false_alarm_rate"), "< 1%"),
+        ("same-distribution windows", _get("windows"), "200"),
+        ("requests to detect a taste shift (median)", _get("detection_delay_events"), "stated"),
+        ("any-p<0.05 rule on the same windows", _get("baseline_false_alarm_rates", "p_lt_0.05_any"), "anchor"),
+    ]),
+    "quality": ("Model quality on MovieLens (ml-latest-small, temporal split)", _quality_rows()),
+}
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    try:
+        mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                          if line.startswith("MemTotal")))
+        mem = f"{mem_kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration):
+        mem = "unknown memory"
+    return (f"{cpu}, {os.cpu_count()} cores, {mem}; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render(bench_dir: Path) -> str:
+    lines = ["# Benchmarks", "",
+             f"Written by `make bench` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC) from `{bench_dir}/*.json`.",
+             f"Machine: {_machine()}.", "",
+             "Each table: the measure, what this run measured, and the target or the anchor it is judged "
+             "against (anchors are measured in the same run).", ""]
+    for name, (title, rows) in BENCHES.items():
+        path = bench_dir / f"{name}.json"
+        lines += [f"## {title}", ""]
+        if not path.exists():
+            lines += [f"Not run (no `{path}`).", ""]
+            continue
+        data = json.loads(path.read_text())
+        stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        lines += [f"`{path.name}`, written {stamp:%Y-%m-%d %H:%M} UTC.", "", "| measure | value | target / anchor |",
+                  "|---|---|---|"]
+        for label, read, target in rows:
+            try:
+                value = _fmt(read(data))
+            except (KeyError, StopIteration, TypeError):
+                value = "(missing)"
+            lines.append(f"| {label} | {value} | {target} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(bench_dir: Path, out: Path) -> Path:
+    out.write_text(render(bench_dir))
+    return out

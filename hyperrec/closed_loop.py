@@ -1,0 +1,204 @@
+"""The closed loop, run for real on one machine: the model server and the stream processor
+as their own processes, simulated users over several simulated days (their tastes drift
+partway), the monitoring job every few simulated hours, and the retraining run it starts,
+gated, registered and hot-swapped into the running server. Outcomes are read back from the
+platform's own logs, per step, arm and model version, and plotted.
+
+While a retraining run works (minutes of wall time), simulated time stands still: the
+users wait for the platform, so what they see after it is exactly the new champion.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import requests
+from rich.console import Console
+
+from hyperrec.config import Settings, export_env
+from hyperrec.data.world import World
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    days: float = 3.0  # simulated days after the world's end
+    lists_per_day: int | None = None  # default: as many views a day as the world's history had
+    step_hours: float = 6.0  # the monitoring job runs after every step
+    epochs: int = 6  # of each retraining run
+    max_retrains: int = 1  # each costs minutes of wall time; later firings are recorded, not run
+    seed: int = 0
+
+
+def history_lists_per_day(world: World, examined_per_list: float) -> int:
+    """Lists a day that give as many views a day as the world's history had: the same
+    traffic intensity, so 7-day activity features do not drift merely because the
+    simulation is busier or quieter than the past."""
+    views = world.events[world.events["event_type"] == "view"]
+    days = max((world.events["ts"].max() - world.events["ts"].min()) / pd.Timedelta(days=1), 1.0)
+    return max(int(round(len(views) / days / examined_per_list)), 1)
+
+
+def _start_stream(settings: Settings, log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
+    return subprocess.Popen([sys.executable, "-m", "hyperrec.cli", "stream", "--home", str(settings.home)],
+                            env=export_env(settings), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _serving_version(url: str) -> int:
+    body = {"instances": [{"user_id": None, "recent_items": [], "k": 1}]}
+    return requests.post(f"{url}/v1/models/recommender:predict", json=body, timeout=30).json()[
+        "predictions"][0]["model_version"]
+
+
+def _wait_for_version(url: str, version: int, timeout_s: float = 300.0) -> float:
+    started = time.monotonic()
+    while _serving_version(url) != version:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"the server did not swap to v{version} within {timeout_s:.0f}s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: LoopConfig = LoopConfig()) -> dict:
+    """Simulate, monitor, retrain, swap; return per-step outcomes and every monitor report."""
+    from hyperrec.registry import champion_version
+    from hyperrec.retrain import LocalRetrain, run_status
+    from hyperrec.simulate import Simulator
+    from monitoring.job import run_once
+
+    sim = Simulator(world, url, seed=cfg.seed)
+    submitter = _Capped(LocalRetrain(settings, epochs=cfg.epochs), cfg.max_retrains)
+    stream = _start_stream(settings, settings.home / "logs" / "stream.log")
+    steps, reports, retrains = [], [], []
+    t = world.events["ts"].max().to_pydatetime()
+    step = timedelta(hours=cfg.step_hours)
+    n_steps = int(round(cfg.days * 24 / cfg.step_hours))
+    per_day = cfg.lists_per_day or history_lists_per_day(world, sim.examined_per_list)
+    lists = int(round(per_day * cfg.step_hours / 24))
+    console.print(f"{per_day:,} lists a day ({sim.examined_per_list:.1f} items examined per list: the history's "
+                  f"views a day)")
+    try:
+        time.sleep(2.0)  # the stream processor folds the history before it tails new events
+        for i in range(n_steps):
+            wall = time.monotonic()
+            served = sim.run(lists, t, t + step).frame
+            t += step
+            time.sleep(0.5)  # the last events reach the online store and the impression log
+            report = run_once(settings, submitter, probe_index=(i % 4 == 3))
+            reports.append(report)
+            ctr = served["clicks"].sum() / served["shown"].sum()
+            steps.append({"step": i, "sim_end": t, "lists": len(served), "ctr": float(ctr),
+                          "hit_rate": float((served["clicks"] > 0).mean()),
+                          "purchases_per_list": float(served["purchases"].mean()),
+                          "model_version": int(served["model_version"].mode()[0]), "monitor": report.get("status"),
+                          "wall_s": time.monotonic() - wall})
+            console.print(f"day {cfg.days * (i + 1) / n_steps:4.1f}: {len(served):,} lists, CTR {ctr:.3f}, "
+                          f"hit rate {steps[-1]['hit_rate']:.2f}, serving v{steps[-1]['model_version']}; "
+                          f"monitor: {report.get('status')} {', '.join(report.get('reasons') or [])[:90]}")
+            if report.get("run_id"):
+                retrains.append(_follow_retrain(settings, submitter, report["run_id"], url, console, t,
+                                                champion_version, run_status))
+    finally:
+        stream.terminate()
+        stream.wait(30)
+    frame = pd.DataFrame(steps)
+    return {"steps": frame, "reports": reports, "retrains": retrains, "served": _served_outcomes(settings)}
+
+
+class _Capped:
+    """The retrain submitter, refusing after `limit` runs (the trigger records the refusal as
+    submit_failed, so the decision log stays complete)."""
+
+    def __init__(self, submitter, limit: int):
+        self.submitter, self.limit, self.runs = submitter, limit, 0
+
+    def submit(self, decision: dict) -> str:
+        if self.runs >= self.limit:
+            raise RuntimeError(f"the demo runs at most {self.limit} retraining run(s)")
+        self.runs += 1
+        return self.submitter.submit(decision)
+
+    def is_running(self, run_id: str) -> bool:
+        return self.submitter.is_running(run_id)
+
+
+def _follow_retrain(settings, submitter, run_id, url, console, sim_time, champion_version, run_status) -> dict:
+    before = champion_version(settings)
+    started = time.monotonic()
+    with console.status(f"retraining ({run_id}): snapshot + features + kfp.local pipeline; simulated time waits"):
+        while submitter.is_running(run_id):
+            time.sleep(2.0)
+    status = run_status(settings, run_id) or {}
+    took = time.monotonic() - started
+    after = champion_version(settings)
+    swapped_s = _wait_for_version(url, after) if after != before else None
+    verdict = (f"v{after} passed the model gate and is serving (swap seen after {swapped_s:.1f}s)"
+               if after != before else f"the model gate kept v{before}: nothing deployed")
+    console.print(f"retrain {status.get('state', '?')} in {took:.0f}s: {verdict}")
+    return {"run_id": run_id, "sim_time": sim_time, "wall_s": took, "state": status.get("state"),
+            "version": status.get("version"), "blessed": status.get("blessed"), "champion_before": before,
+            "champion_after": after}
+
+
+def _served_outcomes(settings: Settings) -> pd.DataFrame:
+    """Per shown item, from the platform's own logs: arm, version, clicked, purchased."""
+    from hyperrec.eventlog import EventLog
+    from hyperrec.impressions import ImpressionLog
+    from hyperrec.traffic import attribute, shown_items
+
+    impressions = ImpressionLog(settings.impression_log).read()
+    return attribute(shown_items(impressions), EventLog(settings.event_log).read(0, limit=2**62)[1])
+
+
+def arm_table(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """CTR and conversion per arm with 95% Wilson intervals, per shown item; lists with a
+    click per arm (per list: the unit a user experiences)."""
+    from hyperrec.abtest import arm_metrics
+
+    personal = outcomes[outcomes["policy"] == "personalized"]
+    ctr = arm_metrics(personal, "clicked")
+    conv = arm_metrics(personal, "purchased")
+    return pd.DataFrame({"impressions": ctr["impressions"], "ctr": ctr["rate"], "ctr_low": ctr["ci_low"],
+                         "ctr_high": ctr["ci_high"], "conversion": conv["rate"], "conv_low": conv["ci_low"],
+                         "conv_high": conv["ci_high"]})
+
+
+def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out: Path, days: float) -> Path:
+    """CTR per step with the retrains (and the start of the taste drift) marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = (np.arange(len(steps)) + 1) * days / len(steps)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    ax.plot(x, steps["ctr"], marker="o", color="#1f77b4", label="CTR (clicks / shown items)")
+    ax2 = ax.twinx()
+    ax2.plot(x, steps["hit_rate"], marker=".", color="#ff7f0e", alpha=0.6, label="lists with a click")
+    ax2.set_ylabel("lists with a click")
+    for r in retrains:
+        day = (pd.Timestamp(r["sim_time"]) - steps["sim_end"].iloc[0]) / pd.Timedelta(days=1) + x[0]
+        label = f"retrain -> v{r['champion_after']}" if r["champion_after"] != r["champion_before"] \
+            else "retrain (gate said no)"
+        ax.axvline(day, color="#2ca02c", linestyle="--")
+        ax.annotate(label, (day, ax.get_ylim()[1]), xytext=(4, -14), textcoords="offset points", color="#2ca02c")
+    if drift_day is not None:
+        ax.axvspan(drift_day, x[-1], color="#d62728", alpha=0.06, label="tastes drifting")
+    ax.set_xlabel("simulated day after the training data ends")
+    ax.set_ylabel("CTR")
+    ax.set_title("hyperrec closed loop: served CTR, drift, retraining")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,127 @@
+"""Users with hidden tastes playing the live platform over HTTP: the closed loop's traffic.
+
+A synthetic world keeps the tastes that made its history (`hyperrec.data.truth`). The
+simulator continues that world past its end: users (drawn by their past activity) ask the
+running server for lists at simulated times, examine the top slots (position bias), click
+by the same rules that made the history (click, dwell, cart, purchase: `hyperrec.data.generate`),
+and every event is POSTed to
+`/v1/events` naming the list it came from. Explored slots get bandit feedback. Where the
+world planned a taste drift, it happens during the simulation, unseen by the model.
+
+Nothing here knows the model: it sees only the HTTP API, like an application would.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import requests
+
+from hyperrec.data.generate import after_click
+from hyperrec.data.world import World
+
+EXPLORED_PREFIX = "something new for you"  # the reason the server gives its exploration slot
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    k: int = 10
+    batch: int = 64  # users per HTTP call (one v1 request with that many instances)
+    examine_decay: float = 0.3  # P(a user looks at slot p) = 1 / (1 + decay * p)
+    timeout_s: float = 30.0
+
+
+@dataclass
+class Served:
+    """One row per served list: what was shown and what the user did with it."""
+
+    frame: pd.DataFrame  # ts, user_id, request_id, arm, policy, model_version, clicks, purchases, examined
+
+
+class Simulator:
+    def __init__(self, world: World, url: str, cfg: SimConfig = SimConfig(), seed: int = 0):
+        if world.truth is None:
+            raise ValueError("the simulator needs a synthetic world (its hidden tastes)")
+        self.world, self.url, self.cfg = world, url.rstrip("/"), cfg
+        self.rng = np.random.default_rng(seed)
+        self.truth = world.truth
+        self.user_ids = world.users["user_id"].to_numpy()
+        self.item_index = {item: i for i, item in enumerate(world.items["item_id"])}
+        counts = world.events["user_id"].value_counts().reindex(self.user_ids, fill_value=0).to_numpy(float)
+        self.activity = (counts + 1) / (counts + 1).sum()
+        self.start = pd.Timestamp(world.meta["config"]["start"], tz="UTC")  # the truth's day 0
+        self.session = requests.Session()
+
+    @property
+    def examined_per_list(self) -> float:
+        """Expected slots a user looks at in a list of k."""
+        return float(np.sum(1.0 / (1.0 + self.cfg.examine_decay * np.arange(self.cfg.k))))
+
+    def day_of(self, ts: pd.Timestamp) -> float:
+        """The world's day number of a time (fractional): what the hidden tastes depend on."""
+        return (ts - self.start) / pd.Timedelta(days=1)
+
+    def run(self, lists: int, t0: datetime, t1: datetime) -> Served:
+        """Serve `lists` lists at times spread over [t0, t1), play them, post the events."""
+        users = self.rng.choice(len(self.user_ids), size=lists, p=self.activity)
+        times = np.sort(self.rng.uniform(t0.timestamp(), t1.timestamp(), lists))
+        rows = []
+        for lo in range(0, lists, self.cfg.batch):
+            rows += self._batch(users[lo:lo + self.cfg.batch], times[lo:lo + self.cfg.batch])
+        return Served(pd.DataFrame(rows))
+
+    def _batch(self, users: np.ndarray, times: np.ndarray) -> list[dict]:
+        stamps = [datetime.fromtimestamp(t, UTC) for t in times]
+        body = {"instances": [{"user_id": str(self.user_ids[u]), "k": self.cfg.k,
+                               "context": {"time": ts.isoformat(), "device": "mobile", "page": "home"}}
+                              for u, ts in zip(users, stamps)]}
+        resp = self.session.post(f"{self.url}/v1/models/recommender:predict", json=body, timeout=self.cfg.timeout_s)
+        resp.raise_for_status()
+        events, feedback, rows = [], [], []
+        for u, ts, pred in zip(users, stamps, resp.json()["predictions"]):
+            items = [self.item_index[i["item_id"]] for i in pred["items"]]
+            n = len(items)
+            examined = self.rng.random(n) < 1.0 / (1.0 + self.cfg.examine_decay * np.arange(n))
+            users, shown, day = np.full(n, u), np.array(items, np.int64), self.day_of(pd.Timestamp(ts))
+            clicked = examined & (self.rng.random(n) < self.truth.click_probability(users, shown, day))
+            dwell, carted, bought = after_click(self.rng, self.truth.affinity(users, shown, day))
+            carted, bought = carted & clicked, bought & clicked
+            rid = pred["request_id"]
+            for pos, entry in enumerate(pred["items"]):
+                if not examined[pos]:
+                    continue
+                at = ts + timedelta(seconds=1 + pos)
+                events.append(_event("view", pred["user_id"], entry["item_id"], at, rid))
+                if clicked[pos]:
+                    events.append(_event("click", pred["user_id"], entry["item_id"], at + timedelta(seconds=2), rid,
+                                         dwell_s=float(dwell[pos])))
+                if carted[pos]:
+                    carted_at = at + timedelta(seconds=2 + float(dwell[pos]))
+                    events.append(_event("add_to_cart", pred["user_id"], entry["item_id"], carted_at, rid))
+                if bought[pos]:
+                    bought_at = carted_at + timedelta(minutes=2)
+                    events.append(_event("purchase", pred["user_id"], entry["item_id"], bought_at, rid))
+                if entry["reason"].startswith(EXPLORED_PREFIX):
+                    feedback.append({"request_id": rid, "item_id": entry["item_id"], "reward": float(clicked[pos])})
+            rows.append({"ts": ts, "user_id": pred["user_id"], "request_id": rid, "arm": pred["arm"],
+                         "policy": pred["policy"], "model_version": pred["model_version"],
+                         "clicks": int(clicked.sum()), "purchases": int(bought.sum()), "shown": n,
+                         "examined": int(examined.sum())})
+        if events:
+            resp = self.session.post(f"{self.url}/v1/events", json=events, timeout=self.cfg.timeout_s)
+            resp.raise_for_status()
+            if resp.json()["dead_lettered"]:
+                raise RuntimeError(f"the simulator sent bad events: {resp.json()['errors'][:3]}")
+        for fb in feedback:
+            self.session.post(f"{self.url}/v1/models/recommender:feedback", json=fb, timeout=self.cfg.timeout_s)
+        return rows
+
+
+def _event(kind: str, user: str, item: str, at: datetime, request_id: str, dwell_s: float | None = None) -> dict:
+    event = {"event_id": f"sim-{uuid.uuid4().hex}", "user_id": user, "item_id": item, "event_type": kind,
+             "ts": at.isoformat(), "request_id": request_id, "device": "mobile"}
+    return event | ({"dwell_s": dwell_s} if dwell_s is not None else {})
