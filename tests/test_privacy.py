@@ -16,6 +16,7 @@ import redis
 from hyperrec.eventlog import EventLog
 from hyperrec.features import MISSING, USER_VIEWS
 from hyperrec.featurestore import materialize, online_user_features, open_store
+from hyperrec.impressions import ImpressionLog
 from hyperrec.privacy import (
     ConsentLedger,
     PIIKeyError,
@@ -217,6 +218,10 @@ def workspace(make_workspace):
                         f'{{"user_id": "{gone}", broken'.encode(),
                         {"event_id": "bad-2", "user_id": kept, "item_id": "i1", "event_type": "click", "ts": "x"},
                         {"event_id": "bad-3", "user_id": gone + "0", "item_id": "i1", "event_type": "nope"}], now=end)
+            served = ImpressionLog(settings.impression_log)  # what the server showed them (monitoring)
+            served.write([(f"r-{u}-{i}", end.timestamp() + i, u, "control", "personalized", 1, "{}",
+                           '[["i1", "c", 0.5]]', None) for u in (gone, kept, gone + "0") for i in range(3)])
+            served.close()
             yield settings, on_redis, world, url, gone, kept, end
     finally:
         mp.undo()
@@ -294,6 +299,11 @@ def test_erased_user_is_gone_from_every_store_and_others_are_intact(workspace, c
     assert _event_users(settings).value_counts()[kept] == before["events"][kept]
     assert gone not in _dead_letter_text(settings).replace(gone + "0", "") and kept in _dead_letter_text(settings)
     for path in settings.home.glob("events.db*"):
+        assert gone.encode() not in path.read_bytes().replace((gone + "0").encode(), b""), path.name
+    # impression log: the user's served lists gone, the others kept, no bytes left behind
+    assert first.removed["impressions"] == 3
+    assert ImpressionLog(settings.impression_log).read()["user_id"].value_counts().to_dict() == {kept: 3, gone + "0": 3}
+    for path in settings.home.glob("impressions.db*"):
         assert gone.encode() not in path.read_bytes().replace((gone + "0").encode(), b""), path.name
     # offline parquet: no row of the user, every other row kept
     for view, rows in _offline_rows(settings).items():
