@@ -82,6 +82,26 @@ def hit_rate(outcomes: pd.DataFrame) -> dict:
             "lists": len(per_list)}
 
 
+def data_quality(reference: pd.DataFrame, current: pd.DataFrame, columns=FEATURES, max_missing: float = 0.01,
+                 max_out_of_range: float = 0.05) -> dict:
+    """Per serving-time feature: share of missing (NaN/inf) values and share outside the
+    reference's central 99.8% range; `problems` names the columns over the limits. A broken
+    feature pipeline shows here first, and it is a page to an engineer, not a retrain."""
+    out, problems = {}, []
+    for col in columns:
+        ref = reference[col].to_numpy(float)
+        cur = current[col].to_numpy(float)
+        ref = ref[np.isfinite(ref)]
+        finite = np.isfinite(cur)
+        lo, hi = (np.quantile(ref, [0.001, 0.999]) if len(ref) else (np.nan, np.nan))
+        outside = float(np.mean((cur[finite] < lo) | (cur[finite] > hi))) if finite.any() and len(ref) else 0.0
+        out[col] = {"missing_share": float(1 - finite.mean()) if len(cur) else 0.0, "out_of_range_share": outside,
+                    "reference_range": [float(lo), float(hi)]}
+        if out[col]["missing_share"] > max_missing or outside > max_out_of_range:
+            problems.append(col)
+    return {"columns": out, "problems": problems}
+
+
 @dataclass(frozen=True)
 class EmbeddingDrift:
     """Query embeddings of the current window against the reference's, on the reference's

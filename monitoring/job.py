@@ -12,8 +12,9 @@ collect its clicks. Then:
    flight, dedupe) -> a decision line in `<home>/monitoring/decisions.jsonl`; when it
    fires, the submitter starts the retraining run (embedded: `hyperrec retrain`; cluster:
    the KFP pipeline);
-2. the checks only served traffic allows: online hit rate, query-embedding drift, and the
-   serving index's recall against exact search on the window's sampled live queries;
+2. the checks only served traffic allows: online hit rate, query-embedding drift, the
+   serving index's recall against exact search on the window's sampled live queries, and
+   data quality of the serving-time features (missing and out-of-range shares);
 3. one Evidently snapshot for the dashboard (`make ui`), and a line in `reports.jsonl`.
 """
 
@@ -31,7 +32,7 @@ from hyperrec.config import Settings
 from hyperrec.eventlog import EventLog
 from hyperrec.impressions import ImpressionLog
 from hyperrec.monitor import FEATURES, RetrainTrigger, TriggerConfig
-from hyperrec.traffic import ATTRIBUTION_S, embedding_drift, hit_rate, index_recall, window
+from hyperrec.traffic import ATTRIBUTION_S, data_quality, embedding_drift, hit_rate, index_recall, window
 
 DAY = 86_400.0
 
@@ -104,6 +105,7 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
     report |= {"status": decision.status, "retrain": decision.retrain, "reasons": decision.reasons,
                "blocked_by": decision.blocked_by, "run_id": decision.run_id}
     report |= hit_rate(cur_outcomes)
+    report["data_quality"] = data_quality(reference, current)
     drift = embedding_drift(reference, current)
     report["embedding_drift"] = None if drift is None else {
         "max_distance": drift.max_distance, "distances": drift.distances, "p_values": drift.p_values,

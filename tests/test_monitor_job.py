@@ -63,6 +63,21 @@ def test_outcomes_are_attributed_by_request_id_or_the_latest_list_within_the_win
     assert rates["lists"] == 4 and rates["hit_rate"] == 0.5 and rates["hit_rate_personalized"] == 2 / 3
 
 
+def test_data_quality_names_a_feature_gone_missing_or_out_of_range():
+    from hyperrec.traffic import data_quality
+
+    rng = np.random.default_rng(2)
+    reference = pd.DataFrame({f: rng.gamma(3, 10, 2_000) for f in FEATURES})
+    current = pd.DataFrame({f: rng.gamma(3, 10, 2_000) for f in FEATURES})
+    assert data_quality(reference, current)["problems"] == []
+    current.loc[:99, "ctr_7d"] = np.nan  # 5% missing
+    current["mean_dwell_7d"] *= 100  # a unit change upstream (seconds -> centiseconds)
+    report = data_quality(reference, current)
+    assert report["problems"] == ["ctr_7d", "mean_dwell_7d"]
+    assert report["columns"]["ctr_7d"]["missing_share"] == pytest.approx(0.05)
+    assert report["columns"]["mean_dwell_7d"]["out_of_range_share"] > 0.9
+
+
 def test_embedding_drift_is_small_on_the_same_distribution_and_large_after_a_shift():
     rng = np.random.default_rng(0)
     cov = np.diag([4.0, 2.0, 1.0, 0.5, 0.1, 0.1, 0.1, 0.1])
@@ -140,6 +155,7 @@ def test_one_monitor_pass_decides_submits_and_respects_its_safeguards(settings):
     assert any(r.startswith("feature:views_7d") for r in report["reasons"])
     assert report["embedding_drift"]["distances"]["norm"] > 0.5
     assert 0.1 < report["hit_rate"] < 0.2
+    assert "views_7d" in report["data_quality"]["problems"]  # doubled activity leaves the reference's range
     # the window ends 30 min before the newest list (clicks still arriving are not counted as misses)
     assert report["window"]["to"] == pytest.approx(cur_rows[-1][4] - 1800)
     assert len(list_windows(paths(settings)["workspace"], "hyperrec")) == 1
