@@ -4,7 +4,7 @@ Reference: the lists the current champion served in its first `reference_s` (a w
 by default, so that daily cycles such as hour_of_day compare like with like; the same
 serving-time feature computation as the window it is compared with, whereas training rows
 are stamped at event times, not request times, and would differ by construction).
-Current: the champion's lists of the last `window_s` after the reference, ending
+Current: the champion's lists of the last full `window_s` after the reference, ending
 `attribution_s` before the newest impression so that every list in it has had time to
 collect its clicks. Then:
 
@@ -87,7 +87,12 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
         return _append(out["reports"], report)
     reference = served[served["ts"] < float(served["ts"].min()) + reference_s]
     end = float(served["ts"].max()) - attribution_s
-    start = max(end - window_s, float(reference["ts"].max()))
+    start = end - window_s
+    if start < float(reference["ts"].max()):  # a part of a day would "drift" in hour_of_day alone
+        report |= {"status": "window_not_ready", "detail": f"{(end - float(reference['ts'].max())) / 3600:.1f} h "
+                                                           f"served after the reference; the window needs "
+                                                           f"{window_s / 3600:.0f} h"}
+        return _append(out["reports"], report)
     current = served[(served["ts"] > start) & (served["ts"] <= end)]
     events = EventLog(settings.event_log).read(0, limit=2**62)[1]
     ref_window, _ = window(reference, events, attribution_s)

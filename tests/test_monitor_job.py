@@ -145,7 +145,7 @@ def test_one_monitor_pass_decides_submits_and_respects_its_safeguards(settings):
     submitter = FakeSubmitter()
     config = TriggerConfig(min_clicks=150)
     early = run_once(settings, submitter, champion=1, config=config, probe_index=False, dashboard=False)
-    assert early["status"] == "too_few_samples"  # a day of reference, then a few hours: too little to judge
+    assert early["status"] == "window_not_ready"  # a day of reference, then a few hours: not a whole day yet
 
     cur_rows, cur_events = traffic(rng, 2_400, T0 + 100_000 + 3_600, 1.0, "cur")
     write(log, cur_rows, query_every=5)
@@ -166,8 +166,7 @@ def test_one_monitor_pass_decides_submits_and_respects_its_safeguards(settings):
     third = run_once(settings, submitter, champion=1, config=config, probe_index=False, dashboard=False)
     assert third["blocked_by"] == "cooldown" and len(submitter.submitted) == 1
     decisions = [json.loads(line) for line in paths(settings)["decisions"].read_text().splitlines()]
-    assert [d.get("status") for d in decisions if d["event"] == "decision"] == ["too_few_samples", "fired", "blocked",
-                                                                                  "blocked"]
+    assert [d.get("status") for d in decisions if d["event"] == "decision"] == ["fired", "blocked", "blocked"]
     assert any(d["event"] == "run_finished" and d["run_id"] == "run-1" for d in decisions)
 
 
