@@ -7,7 +7,9 @@ update costs O(d²) and no matrix is ever inverted on the request path.
 
 Updates (the feedback endpoint) and choices (requests) run on different threads. An update
 builds new arrays and swaps them in under a lock, so a choice reads one consistent
-snapshot (A⁻¹, θ) without taking the lock.
+snapshot (A⁻¹, θ) without taking the lock. `sherman_morrison` is the update as a pure
+function, for a state kept elsewhere (several server processes share one state through
+`hyperrec.bandit_store` and `assign` the result).
 """
 
 from __future__ import annotations
@@ -60,18 +62,21 @@ class LinUCB:
         return int(ucb.argmax()), ucb
 
     def update(self, x: np.ndarray, reward: float) -> None:
-        """Credit `reward` to the context x that was shown: A += xxᵀ by Sherman–Morrison,
-        (A + xxᵀ)⁻¹ = A⁻¹ − (A⁻¹x)(A⁻¹x)ᵀ / (1 + xᵀA⁻¹x)."""
-        x = np.asarray(x, np.float64).reshape(-1)
-        reward = float(reward)
-        if x.shape != (self.dim,) or not np.isfinite(x).all() or not np.isfinite(reward):
-            raise ValueError(f"need a finite context of dim {self.dim} and a finite reward")
+        """Credit `reward` to the context x that was shown (see `sherman_morrison`)."""
         with self._lock:
             A_inv, b, _ = self._snapshot
-            Ax = A_inv @ x
-            A_inv = A_inv - np.outer(Ax, Ax) / (1.0 + x @ Ax)
-            self._set((A_inv + A_inv.T) / 2, b + reward * x)  # symmetrise: no drift over millions of updates
+            self._set(*sherman_morrison(A_inv, b, x, reward))
             self.updates += 1
+
+    def assign(self, A_inv: np.ndarray, b: np.ndarray, updates: int) -> None:
+        """Replace the state with one computed elsewhere (e.g. by another process, from a
+        shared store); choices see the old state or the new one, never a mix."""
+        A_inv, b = np.asarray(A_inv, np.float64), np.asarray(b, np.float64)
+        if A_inv.shape != (self.dim, self.dim) or b.shape != (self.dim,):
+            raise ValueError(f"state shapes {A_inv.shape}, {b.shape} do not match dim {self.dim}")
+        with self._lock:
+            self._set(A_inv, b)
+            self.updates = int(updates)
 
     # --- persistence across restarts ----------------------------------------------------
     def state(self) -> dict:
@@ -107,3 +112,15 @@ class LinUCB:
     @classmethod
     def load(cls, path: str | Path) -> LinUCB:
         return cls.from_state(json.loads(Path(path).read_text()))
+
+
+def sherman_morrison(A_inv: np.ndarray, b: np.ndarray, x: np.ndarray, reward: float) -> tuple[np.ndarray, np.ndarray]:
+    """One LinUCB update as new arrays (the inputs are not modified): A += xxᵀ by
+    Sherman–Morrison, (A + xxᵀ)⁻¹ = A⁻¹ − (A⁻¹x)(A⁻¹x)ᵀ / (1 + xᵀA⁻¹x), and b += reward·x."""
+    x = np.asarray(x, np.float64).reshape(-1)
+    reward = float(reward)
+    if x.shape != (len(b),) or not np.isfinite(x).all() or not np.isfinite(reward):
+        raise ValueError(f"need a finite context of dim {len(b)} and a finite reward")
+    Ax = A_inv @ x
+    A_inv = A_inv - np.outer(Ax, Ax) / (1.0 + x @ Ax)
+    return (A_inv + A_inv.T) / 2, b + reward * x  # symmetrise: no drift over millions of updates

@@ -221,12 +221,13 @@ def bench_quality_cmd(path: Path = typer.Option(..., help="a MovieLens folder (1
 @bench_app.command("serving")
 def bench_serving_cmd(out: Path = typer.Option(Path("var/bench/serving.json")),
                       home: Path = typer.Option(Path("var/bench-serving"), help="workspace for the 100k-item catalog"),
-                      seconds: int = typer.Option(10, help="seconds per load run"), rate: float = 500.0):
+                      seconds: int = typer.Option(10, help="seconds per load run"), rate: float = 500.0,
+                      workers: int = typer.Option(2, help="hyperrec server processes (the naive anchor stays one)")):
     """The full request path over a generated 100k-item catalog vs the naive per-request
     KServe path (one BruteForce SavedModel call), side by side; swap under load."""
     from hyperrec.serving_bench import run
 
-    run(load_settings(home), out, console, seconds=seconds, rate=rate)
+    run(load_settings(home), out, console, seconds=seconds, rate=rate, workers=workers)
     console.print(f"wrote {out}")
 
 
@@ -277,14 +278,16 @@ def bench_warm_start_cmd(out: Path = typer.Option(Path("var/bench/warm_start.jso
 @app.command()
 def serve(port: int | None = typer.Option(None, help="HTTP port (default $HYPERREC_PORT or 8080)"),
           home: Path | None = HomeOpt,
-          as_of: str | None = typer.Option(None, help="ISO time to judge feature freshness at (simulated worlds)")):
+          as_of: str | None = typer.Option(None, help="ISO time to judge feature freshness at (simulated worlds)"),
+          workers: int = typer.Option(1, help="server processes on the port (serving/workers.py)")):
     """Run the KServe model server in the foreground (Ctrl-C stops it)."""
     import os
     import sys
 
     settings = load_settings(home)
     http_port = port or settings.server_port
-    args = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(http_port)]
+    args = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(http_port),
+            "--workers", str(workers)]
     os.execv(sys.executable, args + (["--as_of", as_of] if as_of else []))
 
 

@@ -1,43 +1,86 @@
-"""`python -m serving [--home DIR] [--model_name NAME] [KServe flags]`: one ModelServer process."""
+"""`python -m serving [--home DIR] [--model_name NAME] [--workers N] [KServe flags]`: one
+ModelServer process, or with --workers N a supervisor and N of them on one port
+(serving/workers.py). The supervisor is decided on before kserve or TensorFlow is
+imported: it needs neither (they cost ~30 s and ~750 MB per process)."""
 
 import argparse
-import logging
+import sys
 from datetime import datetime
 
-import kserve
-from kserve import model_server
+DEFAULT_HTTP_PORT = 8080  # KServe's (kserve.constants.constants.DEFAULT_HTTP_PORT)
 
-import hyperrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before kserve/TF load)
-from hyperrec.config import load_settings
-from hyperrec.eventlog import EventLog
-from hyperrec.privacy import ErasureWatch
-from serving.app import install
-from serving.recommender import RecommenderModel, ServerConfig
 
-parser = argparse.ArgumentParser(parents=[model_server.parser])
-parser.add_argument("--home", default=None, help="hyperrec workspace (default $HYPERREC_HOME or ./var)")
-parser.add_argument("--as_of", default=None, type=datetime.fromisoformat,
-                    help="ISO time feature freshness is judged at (a simulated world's now); default: wall clock")
-parser.add_argument("--max_batch", type=int, default=ServerConfig.max_batch, help="micro-batch size limit")
-parser.add_argument("--max_wait_ms", type=float, default=ServerConfig.max_wait_ms,
-                    help="longest a request waits for its micro-batch to fill")
-parser.add_argument("--max_in_flight", type=int, default=ServerConfig.max_in_flight,
-                    help="micro-batches running at once (each in its own thread)")
-parser.add_argument("--poll_s", type=float, default=ServerConfig.poll_s, help="champion alias check interval")
-parser.add_argument("--request_logs", action="store_true",
-                    help="log every request (uvicorn access + KServe timing lines: ~6 lines per request)")
-parser.set_defaults(model_name="recommender")
+def worker_args(argv: list[str]) -> argparse.Namespace:
+    """The flags that decide between a supervisor and a server process."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--worker_slot", type=int, default=None)
+    parser.add_argument("--http_port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument("--home", default=None)
+    return parser.parse_known_args(argv)[0]
 
-if __name__ == "__main__":
-    args, _ = parser.parse_known_args()
+
+def server_parser() -> argparse.ArgumentParser:
+    from kserve import model_server
+
+    from serving.recommender import ServerConfig
+
+    parser = argparse.ArgumentParser(parents=[model_server.parser], conflict_handler="resolve")
+    parser.add_argument("--home", default=None, help="hyperrec workspace (default $HYPERREC_HOME or ./var)")
+    parser.add_argument("--as_of", default=None, type=datetime.fromisoformat,
+                        help="ISO time feature freshness is judged at (a simulated world's now); default: wall clock")
+    parser.add_argument("--max_batch", type=int, default=ServerConfig.max_batch, help="micro-batch size limit")
+    parser.add_argument("--max_wait_ms", type=float, default=ServerConfig.max_wait_ms,
+                        help="longest a request waits for its micro-batch to fill")
+    parser.add_argument("--max_in_flight", type=int, default=ServerConfig.max_in_flight,
+                        help="micro-batches running at once (each in its own thread)")
+    parser.add_argument("--poll_s", type=float, default=ServerConfig.poll_s, help="champion alias check interval")
+    parser.add_argument("--request_logs", action="store_true",
+                        help="log every request (uvicorn access + KServe timing lines: ~6 lines per request)")
+    # replaces KServe's --workers, whose multi-process mode cannot carry our model (serving/workers.py)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port (1: this process serves alone)")
+    # set by the supervisor for its workers
+    parser.add_argument("--worker_slot", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--status_fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.set_defaults(model_name="recommender")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> None:
+    import logging
+
+    import kserve
+    from kserve import model_server
+
+    import hyperrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF loads)
+    from hyperrec.config import load_settings
+    from hyperrec.eventlog import EventLog
+    from hyperrec.privacy import ErasureWatch
+    from serving.app import install
+    from serving.recommender import RecommenderModel, ServerConfig
+    from serving.workers import serve as serve_on_socket
+
     config = ServerConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_in_flight=args.max_in_flight,
-                          poll_s=args.poll_s)
+                          poll_s=args.poll_s, worker=args.worker_slot)
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config)
     model.load()
-    install(model_server.app, {model.name: model},
-            events=EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings)))
-    server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False)  # configures logging
+    events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings))
+    events.db.execute("PRAGMA busy_timeout = 30000")  # other processes' writes are waited for, not failed
+    install(model_server.app, {model.name: model}, events=events)
+    server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1)  # configures logging
     if not args.request_logs:  # per-request lines cost more than some serving stages
         for name in ("uvicorn.access", "kserve.trace"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    server.start([model])
+    serve_on_socket(server, model, args)  # ModelServer.start's REST server, on our socket (serving/workers.py)
+
+
+if __name__ == "__main__":
+    early = worker_args(sys.argv[1:])
+    if early.workers > 1 and early.worker_slot is None and not {"-h", "--help"} & set(sys.argv):
+        from serving.workers import supervise
+
+        sys.exit(supervise(early, sys.argv[1:]))
+    import hyperrec  # noqa: F401  (before kserve: it imports TF-dependent modules)
+
+    serve(server_parser().parse_known_args()[0])

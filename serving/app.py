@@ -1,11 +1,13 @@
 """What the recommendation server adds to KServe's FastAPI app: a request-size limit (413),
 400 instead of FastAPI's 422 for a v2 body that fails its schema (every client mistake is
-a 400 with {"error": ...}), the bandit feedback endpoint, and event ingestion
-(`POST /v1/events` into the durable event log the stream processor tails)."""
+a 400 with {"error": ...}), the answering process in a response header, the bandit
+feedback endpoint, and event ingestion (`POST /v1/events` into the durable event log the
+stream processor tails)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,6 +56,26 @@ class _TooLarge(Exception):
     pass
 
 
+class WorkerHeader:
+    """ASGI middleware: every response names the process that answered it
+    (`x-hyperrec-worker: <pid>`), so a client or a test can tell the workers apart."""
+
+    def __init__(self, app, worker: str | None = None):
+        self.app = app
+        self.header = (b"x-hyperrec-worker", (worker or str(os.getpid())).encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
 class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,6 +106,7 @@ def install(app: FastAPI, models: dict, events=None) -> None:
     """Add the middleware, the 400 handler, `POST /v1/models/{name}:feedback` and, given an
     EventLog, `POST /v1/events`."""
     app.add_middleware(BodyLimit)
+    app.add_middleware(WorkerHeader)
 
     async def schema_error(_, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
@@ -103,7 +126,7 @@ def install(app: FastAPI, models: dict, events=None) -> None:
             body = Feedback.model_validate_json(await request.body())
         except ValidationError as exc:
             return JSONResponse(status_code=400, content={"error": str(exc.errors(include_url=False))[:2000]})
-        if not model.feedback(body.request_id, body.item_id, body.reward):
+        if not await model.feedback(body.request_id, body.item_id, body.reward):
             return JSONResponse(status_code=404, content={
                 "error": f"no exploration slot for request {body.request_id} and item {body.item_id} "
                          "(not an explored item, already credited, or expired)"})

@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -19,6 +17,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
 from hyperrec.bandit import LinUCB
+from hyperrec.bandit_store import BanditStore, Credit, store_path
 from hyperrec.batching import MicroBatcher
 from hyperrec.config import Settings
 from hyperrec.features import REQUEST_TS
@@ -51,7 +50,9 @@ class ServerConfig:
     max_wait_ms: float = 2.0
     max_in_flight: int = 2
     poll_s: float = 5.0  # how often the champion alias is checked
-    pending_feedback: int = 100_000  # exploration contexts kept for feedback (oldest dropped)
+    pending_feedback: int = 100_000  # exploration contexts kept for feedback (oldest dropped), all workers together
+    feedback_wait_s: float = 1.0  # how long feedback for an unknown request waits for another worker to record it
+    worker: int | None = None  # this process's slot in a multi-process server (None: the only process)
 
 
 class RecommenderModel(kserve.Model):
@@ -62,9 +63,11 @@ class RecommenderModel(kserve.Model):
         None means the wall clock. Served lists go to the impression log (monitoring)."""
         super().__init__(name)
         self.settings, self.as_of, self.config, self.experiment = settings, as_of, config, experiment
+        # the bandit's state and the pending exploration contexts live in a file every worker
+        # process shares: feedback may reach another worker than the one that served the list
         self.bandit = LinUCB(EXPLORATION_DIM)
-        self._pending: OrderedDict[str, tuple[str, object]] = OrderedDict()  # request id -> (item, context)
-        self._pending_lock = threading.Lock()
+        self.bandit_store = BanditStore(store_path(settings.home), self.bandit, limit=config.pending_feedback)
+        metrics.BANDIT_UPDATES.set_function(lambda: self.bandit.updates)
         self.features = OnlineUserReader(settings, features=USER_INPUTS)  # only what the model reads
         self.consent = ConsentLedger.open(settings)
         self._timer = StageTimer(lambda stage, s: metrics.STAGE_SECONDS.labels(stage).observe(s))
@@ -109,7 +112,10 @@ class RecommenderModel(kserve.Model):
 
     @property
     def _versions_dir(self):
-        return self.settings.home / "serving" / "versions"
+        """Where this process downloads versions: each worker of a multi-process server has
+        its own folder (two workers writing, or cleaning up, one folder would race)."""
+        root = self.settings.home / "serving" / "versions"
+        return root if self.config.worker is None else root / f"worker-{self.config.worker}"
 
     def stop(self) -> None:
         self.slot.stop()
@@ -117,6 +123,7 @@ class RecommenderModel(kserve.Model):
             self.batcher.close()
         if self.impressions is not None:
             self.impressions.close()
+        self.bandit_store.close()
 
     # --- the request path -------------------------------------------------------------
     def _recommend(self, unit: ServingUnit, requests: list[Request]) -> list[Recommended]:
@@ -159,26 +166,26 @@ class RecommenderModel(kserve.Model):
         for rid, rec in zip(ids, results):
             metrics.REQUESTS.labels(rec.policy, rec.arm).inc()
             if rec.explored_item is not None:
-                self._remember(rid, rec.explored_item, rec.explored_x)
+                self.bandit_store.remember(rid, rec.explored_item, rec.explored_x)
         if v2:
             return v2_response(self.name, payload.id or uuid.uuid4().hex, results, ids)
         return v1_response(requests, results, ids)
 
     # --- bandit feedback --------------------------------------------------------------
-    def _remember(self, request_id: str, item_id: str, x) -> None:
-        with self._pending_lock:
-            self._pending[request_id] = (item_id, x)
-            while len(self._pending) > self.config.pending_feedback:
-                self._pending.popitem(last=False)
-
-    def feedback(self, request_id: str, item_id: str, reward: float) -> bool:
-        """Credit the exploration slot of an earlier response: True if it was one."""
-        with self._pending_lock:
-            item, x = self._pending.get(request_id, (None, None))
-            if item != item_id:
-                metrics.FEEDBACK.labels("unknown").inc()
-                return False
-            del self._pending[request_id]
-        self.bandit.update(x, reward)
+    async def feedback(self, request_id: str, item_id: str, reward: float) -> bool:
+        """Credit the exploration slot of an earlier response: True if it was one. The list
+        may have been served by another worker that has not written its pending contexts
+        yet (it does every 50 ms): in a multi-process server an unknown request is looked
+        up again for up to `feedback_wait_s` before it is refused."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.config.feedback_wait_s if self.config.worker is not None else 0.0)
+        while True:
+            outcome = await loop.run_in_executor(None, self.bandit_store.credit, request_id, item_id, reward)
+            if outcome is not Credit.UNKNOWN or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        if outcome is not Credit.CREDITED:
+            metrics.FEEDBACK.labels("unknown").inc()
+            return False
         metrics.FEEDBACK.labels("clicked" if reward > 0 else "ignored").inc()
         return True

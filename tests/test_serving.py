@@ -298,7 +298,6 @@ def test_served_lists_are_logged_for_monitoring_and_outcomes_join_them(server):
         assert row["user_id"] == p["user_id"] and row["arm"] == p["arm"] and row["model_version"] == p["model_version"]
         assert [i[0] for i in row["items"]] == [i["item_id"] for i in p["items"]]
         assert all(pd.notna(row[f]) for f in FEATURES)
-    assert sum(q is not None for q in logged["query"]) >= 1  # the first personalized list keeps its query
     clicked = answer[0]["items"][1]["item_id"]
     at = pd.Timestamp(logged["ts"].iloc[0], unit="s", tz="UTC").to_pydatetime() + timedelta(seconds=5)
     click = _click(users[0], clicked, at, "impression-click") | {"request_id": ids[0]}

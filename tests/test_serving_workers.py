@@ -1,0 +1,242 @@
+"""`python -m serving --workers 2` over real HTTP: both processes answer on one port,
+bandit feedback reaches the shared state whichever worker it lands on, a new champion
+reaches both, events and impressions from both are stored, a killed worker is replaced,
+and SIGTERM stops everything.
+
+Every request here opens a new connection (no session), so the kernel hands it to either
+worker; `x-hyperrec-worker` names the process that answered."""
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from hyperrec.models.two_tower import TwoTowerConfig
+from hyperrec.registry import register_model
+from hyperrec.services import free_port
+from hyperrec.train import fit_models
+from hyperrec.training_set import build_training_set
+from serving.launch import start_server, stop_server, wait_ready
+
+pytestmark = pytest.mark.slow
+BLESSED = {"blessed": True, "reasons": []}
+PREDICT = "/v1/models/recommender:predict"
+
+
+@pytest.fixture(scope="module")
+def server(make_workspace):
+    """The pattern of tests/test_serving.py: a small world, one quickly trained model, and a
+    server with two workers polling the alias every half second."""
+    with make_workspace("workers", users=300, items=150, days=10, events=25_000, seed=7) as (settings, world):
+        data_dir, model_dir = settings.data_dir / "training_set", settings.data_dir / "model"
+        build_training_set(settings, settings.data_dir / "world", data_dir)
+        fit_models(data_dir, model_dir, TwoTowerConfig(epochs=2), log=lambda *_: None)
+        version = register_model(settings, model_dir, {}, {}, BLESSED)
+        port = free_port()
+        proc = start_server(settings, port, settings.home / "server.log",
+                            as_of=world.events["ts"].max().to_pydatetime(),
+                            extra_args=("--poll_s", "0.5", "--workers", "2"))
+        try:
+            wait_ready(proc, port)
+            yield {"settings": settings, "world": world, "model_dir": model_dir, "version": version,
+                   "url": f"http://127.0.0.1:{port}", "port": port, "proc": proc}
+        finally:
+            stop_server(proc)
+
+
+def predict(server, instances):
+    resp = requests.post(server["url"] + PREDICT, json={"instances": instances}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.headers["x-hyperrec-worker"], resp.json()["predictions"]
+
+
+def children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def until(condition, timeout_s: float, every_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(every_s)
+    return condition()
+
+
+def bandit_updates(server) -> tuple[str, float]:
+    resp = requests.get(server["url"] + "/metrics", timeout=10)
+    line = next(x for x in resp.text.splitlines() if x.startswith("hyperrec_bandit_updates "))
+    return resp.headers["x-hyperrec-worker"], float(line.split()[1])
+
+
+def test_both_workers_answer_on_one_port(server):
+    users = server["world"].users["user_id"].iloc[:40].tolist()
+    seen = {}
+    for user in users:
+        worker, [rec] = predict(server, [{"user_id": user, "k": 5}])
+        assert rec["model_version"] == server["version"] and len(rec["items"]) == 5
+        seen[worker] = seen.get(worker, 0) + 1
+    assert len(seen) == 2, f"answers by worker: {seen}"
+    assert {int(w) for w in seen} == children(server["proc"].pid)  # the supervisor's two children
+    server["workers"] = {int(w) for w in seen}
+    # each downloaded the champion into its own folder
+    versions = server["settings"].home / "serving" / "versions"
+    assert {p.name for p in versions.iterdir()} == {"worker-0", "worker-1"}
+
+
+def test_feedback_reaches_the_shared_bandit_from_either_worker(server):
+    users = server["world"].users["user_id"].iloc[:120].tolist()
+    explored = []  # (served by, request id, item)
+    for i in range(0, len(users), 4):
+        worker, recs = predict(server, [{"user_id": u, "k": 8} for u in users[i:i + 4]])
+        explored += [(worker, r["request_id"], it["item_id"]) for r in recs for it in r["items"]
+                     if it["reason"].startswith("something new for you")]
+    assert len(explored) >= 10, "the exploring arm fills a slot for about half the users"
+    url = server["url"] + "/v1/models/recommender:feedback"
+    credited, crossed = 0, 0
+    for served_by, rid, item in explored:  # each credit lands on whichever worker takes the connection
+        resp = requests.post(url, json={"request_id": rid, "item_id": item, "reward": 1.0}, timeout=10)
+        assert resp.status_code == 200 and resp.json() == {"updated": True}, resp.text
+        credited += 1
+        crossed += resp.headers["x-hyperrec-worker"] != served_by
+        if crossed:
+            break
+    assert crossed, "no credit landed on the other worker"
+    credited_at = time.monotonic()
+    # a second credit is refused by either worker, at once
+    for _ in range(4):
+        again = requests.post(url, json={"request_id": rid, "item_id": item, "reward": 1.0}, timeout=10)
+        assert again.status_code == 404 and "already credited" in again.json()["error"]
+    # both workers' bandits have every credit within ~1 s (each re-reads the store every 0.25 s)
+    latest = {}
+
+    def caught_up():
+        worker, updates = bandit_updates(server)
+        latest[worker] = updates
+        return len(latest) == 2 and all(u == credited for u in latest.values())
+
+    assert until(caught_up, timeout_s=1.5), f"bandit updates per worker: {latest}, expected {credited}"
+    assert time.monotonic() - credited_at < 1.5
+    # feedback that no worker served is refused (after waiting out the pending writes)
+    unknown = requests.post(url, json={"request_id": "nope", "item_id": "nope", "reward": 1.0}, timeout=10)
+    assert unknown.status_code == 404
+
+
+def test_events_and_impressions_from_both_workers_are_stored(server):
+    """Several processes writing the same SQLite logs wait for each other (busy timeouts)."""
+    from hyperrec.eventlog import EventLog
+    from hyperrec.impressions import ImpressionLog
+
+    world, settings = server["world"], server["settings"]
+    at = world.events["ts"].max().to_pydatetime()
+    users, items = world.users["user_id"].tolist(), world.items["item_id"].tolist()
+
+    def post(batch_no):
+        events = [{"event_id": f"multi-{batch_no}-{i}", "user_id": users[(batch_no + i) % len(users)],
+                   "item_id": items[i % len(items)], "event_type": "click", "ts": at.isoformat(), "dwell_s": 5.0}
+                  for i in range(25)]
+        resp = requests.post(f"{server['url']}/v1/events", json=events, timeout=60)
+        return resp.status_code, resp.headers["x-hyperrec-worker"], resp.json()
+
+    def serve(i):
+        return predict(server, [{"user_id": users[i], "k": 3}])
+
+    with ThreadPoolExecutor(8) as pool:
+        posted = list(pool.map(post, range(40)))
+        served = list(pool.map(serve, range(40)))
+    assert all(status == 200 for status, _, _ in posted)
+    assert sum(body["stored"] for _, _, body in posted) == 1000
+    assert {worker for _, worker, _ in posted} == {str(w) for w in server["workers"]}
+    stored = EventLog(settings.event_log).read(0, 10**9)[1]
+    assert stored["event_id"].str.startswith("multi-").sum() == 1000
+    ids = {rec["request_id"] for _, recs in served for rec in recs}
+    assert {worker for worker, _ in served} == {str(w) for w in server["workers"]}
+    assert until(lambda: ids <= set(ImpressionLog(settings.impression_log).read()["request_id"]), 10, 0.2)
+
+
+def test_a_new_champion_reaches_both_workers(server):
+    new = register_model(server["settings"], server["model_dir"], {}, {}, BLESSED)  # moves the alias
+    latest = {}
+
+    def both_new():
+        worker, [rec] = predict(server, [{"user_id": "u", "k": 2}])
+        latest[worker] = rec["model_version"]
+        return len(latest) == 2 and set(latest.values()) == {new}
+
+    assert until(both_new, timeout_s=60, every_s=0.1), f"versions per worker: {latest}"
+    versions = server["settings"].home / "serving" / "versions"
+    assert all((versions / f"worker-{slot}" / str(new)).is_dir() for slot in (0, 1))
+    server["version"] = new
+
+
+def test_a_killed_worker_is_replaced_while_the_other_serves(server):
+    victim, survivor = sorted(server["workers"])
+    os.kill(victim, signal.SIGKILL)
+    replaced = until(lambda: children(server["proc"].pid) - {victim, survivor}, timeout_s=10, every_s=0.2)
+    assert replaced, "the supervisor did not start a replacement"
+    for _ in range(10):  # the survivor serves meanwhile; the replacement joins only once it is loaded
+        worker, _ = predict(server, [{"user_id": "u", "k": 2}])
+        assert worker == str(survivor)
+    assert server["proc"].poll() is None
+
+
+CREDITOR = """
+import sys
+from pathlib import Path
+from hyperrec.bandit import LinUCB
+from hyperrec.bandit_store import BanditStore, Credit
+store = BanditStore(Path(sys.argv[1]), LinUCB(int(sys.argv[2])))
+outcomes = [store.credit(f"r{i}", "item", 1.0) for i in range(int(sys.argv[3]), 200, 2)]
+assert all(o is Credit.CREDITED for o in outcomes), outcomes
+store.close()
+"""
+
+
+def test_credits_from_two_processes_at_once_all_count(tmp_path):
+    """The store's transactions serialise concurrent credits: none is lost or applied twice."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from hyperrec.bandit import LinUCB
+    from hyperrec.bandit_store import BanditStore
+
+    rng = np.random.default_rng(3)
+    xs = rng.random((200, 5))
+    path = tmp_path / "bandit.db"
+    store = BanditStore(path, LinUCB(5))
+    for i, x in enumerate(xs):
+        store.remember(f"r{i}", "item", x)
+    store.flush()
+    procs = [subprocess.Popen([sys.executable, "-c", CREDITOR, str(path), "5", str(half)]) for half in (0, 1)]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    assert until(store.refresh, timeout_s=2) or store.bandit.updates == 200
+    assert store.bandit.updates == 200
+    np.testing.assert_allclose(store.bandit.A_inv, np.linalg.inv(np.eye(5) + xs.T @ xs), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(store.bandit.b, xs.sum(axis=0))
+    store.close()
+
+
+def test_sigterm_stops_the_supervisor_and_every_worker(server):
+    proc = server["proc"]
+    workers = children(proc.pid)
+    assert workers
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the supervisor"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server["url"] + "/v2/health/ready", timeout=5)
