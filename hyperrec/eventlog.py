@@ -67,7 +67,8 @@ class EventLog:
         `hyperrec.privacy.ErasureWatch` in the server and consumers)."""
         self.suppress = suppress
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # timeout: other processes' writes (server workers, the stream processor) are waited for, not failed
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a crash
         self.db.executescript(SCHEMA)

@@ -66,7 +66,6 @@ def serve(args: argparse.Namespace) -> None:
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config)
     model.load()
     events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings))
-    events.db.execute("PRAGMA busy_timeout = 30000")  # other processes' writes are waited for, not failed
     install(model_server.app, {model.name: model}, events=events)
     server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1)  # configures logging
     if not args.request_logs:  # per-request lines cost more than some serving stages
