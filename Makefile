@@ -23,7 +23,7 @@ help: ## list the verbs
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip sync --python $(PY) requirements.lock
+	$(VENV)/bin/uv pip sync --compile-bytecode --python $(PY) requirements.lock
 	$(VENV)/bin/uv pip install --python $(PY) --no-deps -e .
 	@touch $@
 
