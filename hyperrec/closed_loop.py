@@ -68,8 +68,7 @@ def _wait_for_version(url: str, version: int, timeout_s: float = 300.0) -> float
 
 def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: LoopConfig = LoopConfig()) -> dict:
     """Simulate, monitor, retrain, swap; return per-step outcomes and every monitor report."""
-    from hyperrec.registry import champion_version
-    from hyperrec.retrain import LocalRetrain, run_status
+    from hyperrec.retrain import LocalRetrain
     from hyperrec.simulate import Simulator
     from monitoring.job import run_once
 
@@ -103,8 +102,7 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: 
                           f"hit rate {steps[-1]['hit_rate']:.2f}, serving v{steps[-1]['model_version']}; "
                           f"monitor: {report.get('status')} {', '.join(report.get('reasons') or [])[:90]}")
             if report.get("run_id"):
-                retrains.append(_follow_retrain(settings, submitter, report["run_id"], url, console, t,
-                                                champion_version, run_status))
+                retrains.append(_follow_retrain(settings, submitter, report["run_id"], url, console, t))
     finally:
         stream.terminate()
         stream.wait(30)
@@ -129,7 +127,10 @@ class _Capped:
         return self.submitter.is_running(run_id)
 
 
-def _follow_retrain(settings, submitter, run_id, url, console, sim_time, champion_version, run_status) -> dict:
+def _follow_retrain(settings, submitter, run_id, url, console, sim_time) -> dict:
+    from hyperrec.registry import champion_version
+    from hyperrec.retrain import run_status
+
     before = champion_version(settings)
     started = time.monotonic()
     with console.status(f"retraining ({run_id}): snapshot + features + kfp.local pipeline; simulated time waits"):

@@ -48,6 +48,19 @@ def find_redis_server() -> str:
     return find_debian_binary("redis-server", "redis-server")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of process `pid` (from /proc), e.g. a server supervisor's workers."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -26,6 +26,7 @@ from rich.console import Console
 from hyperrec.bench_report import target_table, write_json
 from hyperrec.config import Settings, export_env
 from hyperrec.loadgen import open_loop, wrk
+from hyperrec.services import child_pids
 
 HOST = "127.0.0.1"
 PATH = "/v1/models/recommender:predict"
@@ -77,18 +78,6 @@ def _launch(cmd: list[str], settings: Settings, port: int, log: Path):
         proc = subprocess.Popen(cmd, env=export_env(settings), stdout=out, stderr=subprocess.STDOUT)
     wait_ready(proc, port, timeout_s=600)
     return proc
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return sorted(out)
 
 
 def _cpu_seconds(pids: list[int]) -> dict[int, float]:
@@ -175,7 +164,7 @@ def run(settings: Settings, out: Path | None, console: Console, seconds: int = 1
         full = _sweep(port, bodies, (1, 2, 4, 8, 16, 32, 64), seconds, console, "hyperrec")
         result["runs"] = full
         result["max_rps_at_p99_50ms"] = _best_under_budget(full)
-        servers = _children(proc.pid) if workers > 1 else [proc.pid]
+        servers = child_pids(proc.pid) if workers > 1 else [proc.pid]
         cpu_before = _cpu_seconds(servers)
         fixed = open_loop(HOST, port, PATH, bodies, rate=rate, seconds=max(seconds, 20)).summary()
         cpu = _cpu_seconds(servers)

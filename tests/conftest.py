@@ -46,3 +46,35 @@ def make_workspace(tmp_path_factory):
             mp.undo()
 
     return build
+
+
+@pytest.fixture(scope="session")
+def champion_server(make_workspace):
+    """A factory: a small world, one quickly trained model registered as champion (the
+    pipeline and its gates are tested elsewhere), and a real server on it, started with
+    `extra_args`; yields what the serving tests need."""
+    from hyperrec.models.two_tower import TwoTowerConfig
+    from hyperrec.registry import register_model
+    from hyperrec.services import free_port as any_free_port
+    from hyperrec.train import fit_models
+    from hyperrec.training_set import build_training_set
+    from serving.launch import start_server, stop_server, wait_ready
+
+    @contextmanager
+    def build(name: str, extra_args: tuple[str, ...] = ()):
+        with make_workspace(name, users=300, items=150, days=10, events=25_000, seed=7) as (settings, world):
+            data_dir, model_dir = settings.data_dir / "training_set", settings.data_dir / "model"
+            build_training_set(settings, settings.data_dir / "world", data_dir)
+            fit_models(data_dir, model_dir, TwoTowerConfig(epochs=2), log=lambda *_: None)
+            version = register_model(settings, model_dir, {}, {}, {"blessed": True, "reasons": []})
+            port = any_free_port()
+            proc = start_server(settings, port, settings.home / "server.log",
+                                as_of=world.events["ts"].max().to_pydatetime(), extra_args=extra_args)
+            try:
+                wait_ready(proc, port)
+                yield {"settings": settings, "world": world, "model_dir": model_dir, "version": version,
+                       "url": f"http://127.0.0.1:{port}", "port": port, "proc": proc}
+            finally:
+                stop_server(proc)
+
+    return build

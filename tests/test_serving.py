@@ -13,35 +13,18 @@ import pytest
 import requests
 
 from hyperrec.deploy import deploy
-from hyperrec.models.two_tower import TwoTowerConfig
 from hyperrec.registry import configure, move_alias, register_model
-from hyperrec.services import free_port
-from hyperrec.train import fit_models
-from hyperrec.training_set import build_training_set
-from serving.launch import start_server, stop_server, wait_ready
 
 pytestmark = pytest.mark.slow
 BLESSED = {"blessed": True, "reasons": []}
 
 
 @pytest.fixture(scope="module")
-def server(make_workspace, tmp_path_factory):
+def server(champion_server):
     """A small world, one quickly trained model registered as champion (the pipeline and its
     gates are tested elsewhere), and a server polling the alias every half second."""
-    with make_workspace("serving", users=300, items=150, days=10, events=25_000, seed=7) as (settings, world):
-        data_dir, model_dir = settings.data_dir / "training_set", settings.data_dir / "model"
-        build_training_set(settings, settings.data_dir / "world", data_dir)
-        fit_models(data_dir, model_dir, TwoTowerConfig(epochs=2), log=lambda *_: None)
-        version = register_model(settings, model_dir, {}, {}, BLESSED)
-        port = free_port()
-        proc = start_server(settings, port, settings.home / "server.log",
-                            as_of=world.events["ts"].max().to_pydatetime(), extra_args=("--poll_s", "0.5"))
-        try:
-            wait_ready(proc, port)
-            yield {"settings": settings, "world": world, "model_dir": model_dir, "version": version,
-                   "url": f"http://127.0.0.1:{port}", "proc": proc}
-        finally:
-            stop_server(proc)
+    with champion_server("serving", ("--poll_s", "0.5")) as built:
+        yield built
 
 
 def consenting(world) -> list[str]:

@@ -15,12 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from hyperrec.models.two_tower import TwoTowerConfig
 from hyperrec.registry import register_model
-from hyperrec.services import free_port
-from hyperrec.train import fit_models
-from hyperrec.training_set import build_training_set
-from serving.launch import start_server, stop_server, wait_ready
+from hyperrec.services import child_pids
 
 pytestmark = pytest.mark.slow
 BLESSED = {"blessed": True, "reasons": []}
@@ -28,42 +24,16 @@ PREDICT = "/v1/models/recommender:predict"
 
 
 @pytest.fixture(scope="module")
-def server(make_workspace):
-    """The pattern of tests/test_serving.py: a small world, one quickly trained model, and a
-    server with two workers polling the alias every half second."""
-    with make_workspace("workers", users=300, items=150, days=10, events=25_000, seed=7) as (settings, world):
-        data_dir, model_dir = settings.data_dir / "training_set", settings.data_dir / "model"
-        build_training_set(settings, settings.data_dir / "world", data_dir)
-        fit_models(data_dir, model_dir, TwoTowerConfig(epochs=2), log=lambda *_: None)
-        version = register_model(settings, model_dir, {}, {}, BLESSED)
-        port = free_port()
-        proc = start_server(settings, port, settings.home / "server.log",
-                            as_of=world.events["ts"].max().to_pydatetime(),
-                            extra_args=("--poll_s", "0.5", "--workers", "2"))
-        try:
-            wait_ready(proc, port)
-            yield {"settings": settings, "world": world, "model_dir": model_dir, "version": version,
-                   "url": f"http://127.0.0.1:{port}", "port": port, "proc": proc}
-        finally:
-            stop_server(proc)
+def server(champion_server):
+    """conftest's champion server, with two workers polling the alias every half second."""
+    with champion_server("workers", ("--poll_s", "0.5", "--workers", "2")) as built:
+        yield built
 
 
 def predict(server, instances):
     resp = requests.post(server["url"] + PREDICT, json={"instances": instances}, timeout=30)
     assert resp.status_code == 200, resp.text
     return resp.headers["x-hyperrec-worker"], resp.json()["predictions"]
-
-
-def children(pid: int) -> set[int]:
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.add(int(stat.parent.name))
-    return out
 
 
 def until(condition, timeout_s: float, every_s: float = 0.05):
@@ -89,7 +59,7 @@ def test_both_workers_answer_on_one_port(server):
         assert rec["model_version"] == server["version"] and len(rec["items"]) == 5
         seen[worker] = seen.get(worker, 0) + 1
     assert len(seen) == 2, f"answers by worker: {seen}"
-    assert {int(w) for w in seen} == children(server["proc"].pid)  # the supervisor's two children
+    assert {int(w) for w in seen} == set(child_pids(server["proc"].pid))  # the supervisor's two children
     server["workers"] = {int(w) for w in seen}
     # each downloaded the champion into its own folder
     versions = server["settings"].home / "serving" / "versions"
@@ -184,7 +154,7 @@ def test_a_new_champion_reaches_both_workers(server):
 def test_a_killed_worker_is_replaced_while_the_other_serves(server):
     victim, survivor = sorted(server["workers"])
     os.kill(victim, signal.SIGKILL)
-    replaced = until(lambda: children(server["proc"].pid) - {victim, survivor}, timeout_s=10, every_s=0.2)
+    replaced = until(lambda: set(child_pids(server["proc"].pid)) - {victim, survivor}, timeout_s=10, every_s=0.2)
     assert replaced, "the supervisor did not start a replacement"
     for _ in range(10):  # the survivor serves meanwhile; the replacement joins only once it is loaded
         worker, _ = predict(server, [{"user_id": "u", "k": 2}])
@@ -232,7 +202,7 @@ def test_credits_from_two_processes_at_once_all_count(tmp_path):
 
 def test_sigterm_stops_the_supervisor_and_every_worker(server):
     proc = server["proc"]
-    workers = children(proc.pid)
+    workers = set(child_pids(proc.pid))
     assert workers
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
