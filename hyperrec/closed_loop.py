@@ -1,8 +1,10 @@
 """The closed loop, run for real on one machine: the model server and the stream processor
 as their own processes, simulated users over several simulated days (their tastes drift
 partway), the monitoring job every few simulated hours, and the retraining run it starts,
-gated, registered and hot-swapped into the running server. Outcomes are read back from the
-platform's own logs, per step, arm and model version, and plotted.
+gated, registered and hot-swapped into the running server, either as champion or as a
+challenger on online trial (a share of users) until the monitoring job's A/B test
+promotes or retires it. Outcomes are read back from the platform's own logs, per step,
+arm and model version, and plotted.
 
 While a retraining run works (minutes of wall time), simulated time stands still: the
 users wait for the platform, so what they see after it is exactly the new champion.
@@ -33,6 +35,7 @@ class LoopConfig:
     step_hours: float = 6.0  # the monitoring job runs after every step
     epochs: int = 6  # of each retraining run
     max_retrains: int = 1  # each costs minutes of wall time; later firings are recorded, not run
+    canary_share: float = 0.5  # of users a challenger serves while on trial (half: the fastest A/B test)
     seed: int = 0
 
 
@@ -51,17 +54,14 @@ def _start_stream(settings: Settings, log_path: Path) -> subprocess.Popen:
                             env=export_env(settings), stdout=log, stderr=subprocess.STDOUT)
 
 
-def _serving_version(url: str) -> int:
-    body = {"instances": [{"user_id": None, "recent_items": [], "k": 1}]}
-    return requests.post(f"{url}/v1/models/recommender:predict", json=body, timeout=30).json()[
-        "predictions"][0]["model_version"]
-
-
-def _wait_for_version(url: str, version: int, timeout_s: float = 300.0) -> float:
+def _wait_for_gauge(url: str, gauge: str, version: int, timeout_s: float = 300.0) -> float:
+    """Seconds until the server's Prometheus `gauge` (hyperrec_model_version, or
+    hyperrec_canary_version) reads `version`. Read from /metrics, not by asking for a list:
+    a probe list would be logged as traffic."""
     started = time.monotonic()
-    while _serving_version(url) != version:
+    while f"\n{gauge} {float(version)}\n" not in requests.get(f"{url}/metrics", timeout=30).text:
         if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"the server did not swap to v{version} within {timeout_s:.0f}s")
+            raise TimeoutError(f"the server's {gauge} did not reach {version} within {timeout_s:.0f}s")
         time.sleep(0.5)
     return time.monotonic() - started
 
@@ -75,7 +75,7 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: 
     sim = Simulator(world, url, seed=cfg.seed)
     submitter = _Capped(LocalRetrain(settings, epochs=cfg.epochs), cfg.max_retrains)
     stream = _start_stream(settings, settings.home / "logs" / "stream.log")
-    steps, reports, retrains = [], [], []
+    steps, reports, retrains, trials, per_version = [], [], [], [], []
     t = world.events["ts"].max().to_pydatetime()
     step = timedelta(hours=cfg.step_hours)
     n_steps = int(round(cfg.days * 24 / cfg.step_hours))
@@ -93,6 +93,9 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: 
             report = run_once(settings, submitter, probe_index=(i % 4 == 3))
             reports.append(report)
             ctr = served["clicks"].sum() / served["shown"].sum()
+            for v, group in served.groupby("model_version"):
+                per_version.append({"step": i, "sim_end": t, "model_version": int(v), "lists": len(group),
+                                    "ctr": float(group["clicks"].sum() / group["shown"].sum())})
             steps.append({"step": i, "sim_end": t, "lists": len(served), "ctr": float(ctr),
                           "hit_rate": float((served["clicks"] > 0).mean()),
                           "purchases_per_list": float(served["purchases"].mean()),
@@ -101,13 +104,18 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: 
             console.print(f"day {cfg.days * (i + 1) / n_steps:4.1f}: {len(served):,} lists, CTR {ctr:.3f}, "
                           f"hit rate {steps[-1]['hit_rate']:.2f}, serving v{steps[-1]['model_version']}; "
                           f"monitor: {report.get('status')} {', '.join(report.get('reasons') or [])[:90]}")
+            trial = report.get("trial")
+            if trial and trial["action"] != "continue":
+                trials.append({"sim_time": t, **trial})
+                console.print(f"online trial of v{trial['challenger']}: {trial['action']} ({trial['reason']})")
             if report.get("run_id"):
                 retrains.append(_follow_retrain(settings, submitter, report["run_id"], url, console, t))
     finally:
         stream.terminate()
         stream.wait(30)
     frame = pd.DataFrame(steps)
-    return {"steps": frame, "reports": reports, "retrains": retrains, "served": _served_outcomes(settings)}
+    return {"steps": frame, "reports": reports, "retrains": retrains, "trials": trials,
+            "per_version": pd.DataFrame(per_version), "served": _served_outcomes(settings)}
 
 
 class _Capped:
@@ -128,7 +136,7 @@ class _Capped:
 
 
 def _follow_retrain(settings, submitter, run_id, url, console, sim_time) -> dict:
-    from hyperrec.registry import champion_version
+    from hyperrec.registry import challenger_version, champion_version
     from hyperrec.retrain import run_status
 
     before = champion_version(settings)
@@ -138,14 +146,21 @@ def _follow_retrain(settings, submitter, run_id, url, console, sim_time) -> dict
             time.sleep(2.0)
     status = run_status(settings, run_id) or {}
     took = time.monotonic() - started
-    after = champion_version(settings)
-    swapped_s = _wait_for_version(url, after) if after != before else None
-    verdict = (f"v{after} passed the model gate and is serving (swap seen after {swapped_s:.1f}s)"
-               if after != before else f"the model gate kept v{before}: nothing deployed")
+    after, trial = champion_version(settings), challenger_version(settings)
+    on_trial = trial is not None and trial == status.get("version")
+    if after != before:
+        seen_s = _wait_for_gauge(url, "hyperrec_model_version", after)
+        verdict = f"v{after} passed the model gate and is serving (swap seen after {seen_s:.1f}s)"
+    elif on_trial:
+        seen_s = _wait_for_gauge(url, "hyperrec_canary_version", trial)
+        verdict = (f"v{trial} trails v{before} offline on logged traffic, within the canary margin: it serves its "
+                   f"share of users until the A/B test decides (loaded after {seen_s:.1f}s)")
+    else:
+        verdict = f"the model gate kept v{before}: nothing deployed"
     console.print(f"retrain {status.get('state', '?')} in {took:.0f}s: {verdict}")
     return {"run_id": run_id, "sim_time": sim_time, "wall_s": took, "state": status.get("state"),
             "version": status.get("version"), "blessed": status.get("blessed"), "champion_before": before,
-            "champion_after": after}
+            "champion_after": after, "challenger": trial if on_trial else None}
 
 
 def _served_outcomes(settings: Settings) -> pd.DataFrame:
@@ -171,33 +186,48 @@ def arm_table(outcomes: pd.DataFrame) -> pd.DataFrame:
                          "conv_high": conv["ci_high"]})
 
 
-def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out: Path, days: float) -> Path:
-    """CTR per step with the retrains (and the start of the taste drift) marked."""
+def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out: Path, days: float,
+         trials: list[dict] = (), per_version: pd.DataFrame | None = None) -> Path:
+    """CTR per step with the retrains, the online trials' outcomes and the start of the taste
+    drift marked; while two versions serve side by side, each one's CTR as well."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = (np.arange(len(steps)) + 1) * days / len(steps)
+    day_of_step = dict(zip(steps["step"], x))
+
+    def day_of(sim_time) -> float:
+        return (pd.Timestamp(sim_time) - steps["sim_end"].iloc[0]) / pd.Timedelta(days=1) + x[0]
+
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
-    ax.plot(x, steps["ctr"], marker="o", color="#1f77b4", label="CTR (clicks / shown items)")
+    ax.plot(x, steps["ctr"], marker="o", color="#1f77b4", label="CTR (clicks / shown items), all users")
+    if per_version is not None and len(per_version):
+        shared = per_version.groupby("step")["model_version"].transform("nunique") > 1
+        for (v, group), colour in zip(per_version[shared].groupby("model_version"), ("#9467bd", "#8c564b", "#e377c2")):
+            ax.plot(group["step"].map(day_of_step), group["ctr"], marker="s", linestyle=":", color=colour,
+                    label=f"CTR of v{v}'s users while two versions serve")
     ax2 = ax.twinx()
     ax2.plot(x, steps["hit_rate"], marker=".", color="#ff7f0e", alpha=0.6, label="lists with a click")
     ax2.set_ylabel("lists with a click")
-    for r in retrains:
-        day = (pd.Timestamp(r["sim_time"]) - steps["sim_end"].iloc[0]) / pd.Timedelta(days=1) + x[0]
-        label = f"retrain -> v{r['champion_after']}" if r["champion_after"] != r["champion_before"] \
-            else "retrain (gate said no)"
-        ax.axvline(day, color="#2ca02c", linestyle="--")
-        ax.annotate(label, (day, ax.get_ylim()[1]), xytext=(4, -14), textcoords="offset points", color="#2ca02c")
+    marks = [(day_of(r["sim_time"]), f"retrain -> v{r['champion_after']}" if r["champion_after"] != r["champion_before"]
+              else (f"retrain -> v{r['challenger']} on trial" if r.get("challenger") else "retrain (gate said no)"),
+              "#2ca02c") for r in retrains]
+    marks += [(day_of(t["sim_time"]), f"v{t['challenger']} {'promoted' if t['action'] == 'promote' else 'retired'}",
+               "#17becf" if t["action"] == "promote" else "#7f7f7f") for t in trials]
+    for i, (day, label, colour) in enumerate(marks):
+        ax.axvline(day, color=colour, linestyle="--")
+        ax.annotate(label, (day, ax.get_ylim()[1]), xytext=(4, -14 - 12 * i), textcoords="offset points",
+                    color=colour, fontsize=8)
     if drift_day is not None:
         ax.axvspan(drift_day, x[-1], color="#d62728", alpha=0.06, label="tastes drifting")
     ax.set_xlabel("simulated day after the training data ends")
     ax.set_ylabel("CTR")
-    ax.set_title("hyperrec closed loop: served CTR, drift, retraining")
+    ax.set_title("hyperrec closed loop: served CTR, drift, retraining, online trial")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", fontsize=8)
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

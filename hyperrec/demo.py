@@ -71,7 +71,8 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     t = time.monotonic()
     log_path = settings.home / "logs" / "server.log"
     world_now = world.events["ts"].max().to_pydatetime()  # serve as of the simulated clock
-    proc = start_server(settings, port, log_path, as_of=world_now, extra_args=("--poll_s", "1"))
+    proc = start_server(settings, port, log_path, as_of=world_now,
+                        extra_args=("--poll_s", "1", "--canary_share", str(loop.canary_share)))
     try:
         with console.status(f"starting model server on :{port} (loads the champion from MLflow)"):
             ready_s = wait_ready(proc, port)
@@ -102,7 +103,8 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
 
     console.rule("[bold]summary")
     steps, retrains = result["steps"], result["retrains"]
-    png = plot(steps, retrains, drift_day - days, settings.home / "demo" / "ctr.png", loop.days)
+    png = plot(steps, retrains, drift_day - days, settings.home / "demo" / "ctr.png", loop.days, result["trials"],
+               result["per_version"])
     arms = arm_table(result["served"])
     table = Table(title="served lists per experiment arm (personalized; 95% Wilson intervals)", title_justify="left")
     for col in ("arm", "shown items", "CTR", "conversion"):
@@ -113,8 +115,12 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
         table.add_row(arm, f"{int(row['impressions']):,}", ctr, conversion)
     console.print(table)
     for r in retrains:
+        trial = f", v{r['challenger']} on online trial" if r.get("challenger") else ""
         console.print(f"retrain {r['run_id']}: {r['state']}, {r['wall_s']:.0f}s; champion v{r['champion_before']} -> "
-                      f"v{r['champion_after']}")
+                      f"v{r['champion_after']}{trial}")
+    for trial in result["trials"]:
+        console.print(f"online trial of v{trial['challenger']} vs v{trial['champion']}: {trial['action']}; "
+                      f"{trial['lists']['challenger']:,} vs {trial['lists']['champion']:,} lists; {trial['reason']}")
     before = steps[steps["sim_end"] <= retrains[0]["sim_time"]] if retrains else steps
     after = steps[steps["sim_end"] > retrains[0]["sim_time"]] if retrains else steps.iloc[0:0]
     if len(after):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import requests
 
 from hyperrec.config import Settings
-from hyperrec.registry import tag_version
+from hyperrec.registry import challenger_version, tag_version
 
 SERVED_NAME = "recommender"  # the KServe model name in the v1 predict path
 PROBE = {"instances": [{"user_id": "deploy-probe", "k": 1}]}
@@ -36,12 +36,16 @@ def serving_version(endpoint: str, timeout_s: float = 5.0) -> int | None:
 def deploy(settings: Settings, model_name: str, version: int, blessed: bool, endpoint: str | None,
            timeout_s: float = 120) -> dict:
     """Verify the roll-out of `version` of registered model `model_name`:
-    rejected -> "skipped"; no endpoint -> "alias-moved" (servers pick it up themselves);
+    rejected -> "skipped" (or "canary": the gate sent it to an online trial);
+    no endpoint -> "alias-moved" (servers pick it up themselves);
     else poll the endpoint until it serves `version` -> "serving", or raise RuntimeError
     after `timeout_s`. Every outcome is tagged on the version (deploy_status, ...)."""
     settings = settings.model_copy(update={"model_name": model_name})
     at = datetime.now(UTC).isoformat(timespec="seconds")
-    if not blessed:
+    if not blessed and challenger_version(settings) == version:
+        out = {"status": "canary", "reason": "on online trial: servers give it to their canary share of users and "
+                                             "the monitoring job's A/B test promotes or retires it"}
+    elif not blessed:
         out = {"status": "skipped", "reason": "rejected by the model gate: the champion alias did not move"}
     elif not endpoint:
         out = {"status": "alias-moved",

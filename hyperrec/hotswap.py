@@ -5,6 +5,9 @@ answers a probe is the reference swapped (one assignment, so every batch sees ei
 old unit or the new one, never a mix). A version that fails to load (corrupt or
 incompatible artifact) is recorded and skipped; the old one keeps serving. This is the
 TF Serving / Triton reload semantics the fault list asks for.
+
+An optional slot (the challenger on trial) may also become empty: when its alias goes,
+the unit is dropped and its traffic returns to the champion.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ class ModelSlot:
 
     def __init__(self, resolve: Callable[[], int | None], load: Callable[[int], object],
                  probe: Callable[[object], None], on_swap: Callable[[object], None] | None = None,
-                 on_failure: Callable[[int, str], None] | None = None):
+                 on_failure: Callable[[int, str], None] | None = None, optional: bool = False):
         self._resolve, self._load, self._probe = resolve, load, probe
+        self.optional = optional  # True: no version to serve empties the slot (else: keep serving)
         self._on_swap, self._on_failure = on_swap, on_failure
         self.unit = None  # read without a lock: a single reference, replaced in one step
         self.events = SwapEvents()
@@ -53,6 +57,10 @@ class ModelSlot:
         serving yet (a server with no model must not report ready)."""
         with self._lock:
             version = self._resolve()
+            if version is None and self.optional and self.unit is not None:
+                log.info("no longer serving version %s: its alias is gone", self.version)
+                self.unit = None
+                return True
             if version is None or version == self.version or version in self.events.failures:
                 return False
             try:
@@ -63,7 +71,7 @@ class ModelSlot:
                 log.error("model version %s failed to load, still serving %s: %s", version, self.version, exc)
                 if self._on_failure is not None:
                     self._on_failure(version, self.events.failures[version])
-                if self.unit is None:
+                if self.unit is None and not self.optional:
                     raise
                 return False
             old, self.unit = self.unit, unit

@@ -160,7 +160,7 @@ class Decision:
     reference_id: str
     counts: dict
     checks: dict = field(default_factory=dict)
-    blocked_by: str | None = None  # "cooldown" | "in_flight" | "duplicate" | "submit_failed"
+    blocked_by: str | None = None  # "cooldown" | "in_flight" | "trial" | "duplicate" | "submit_failed"
     run_id: str | None = None
     event: str = "decision"
 
@@ -208,7 +208,9 @@ class RetrainTrigger:
         """Tell the trigger a retraining run ended (succeeded or not): a new one may start."""
         self._write({"event": "run_finished", "run_id": run_id, "ts": time.time() if now is None else now})
 
-    def _blocker(self, drifted: list[str], reference_id: str, now: float) -> str | None:
+    def _blocker(self, drifted: list[str], reference_id: str, now: float, on_trial: bool = False) -> str | None:
+        if on_trial:  # the last retrain's model is still being A/B tested: it is the answer in flight
+            return "trial"
         if self.in_flight and self.is_running is not None and not self.is_running(self.in_flight):
             self.run_finished(self.in_flight, now)
         if self.in_flight:
@@ -219,8 +221,10 @@ class RetrainTrigger:
             return "duplicate"
         return None
 
-    def decide(self, reference: Window, current: Window, reference_id: str, now: float | None = None) -> Decision:
-        """Assess `current` against `reference`, apply the safeguards, submit if it fires, log."""
+    def decide(self, reference: Window, current: Window, reference_id: str, now: float | None = None,
+               on_trial: bool = False) -> Decision:
+        """Assess `current` against `reference`, apply the safeguards, submit if it fires, log.
+        `on_trial`: a challenger is serving a share of users (blocks a new run)."""
         now = time.time() if now is None else now
         clicks = int(current.outcomes["clicked"].sum())
         counts = {"requests": len(current.features), "impressions": len(current.outcomes), "clicks": clicks}
@@ -231,7 +235,7 @@ class RetrainTrigger:
         else:
             result = assess(reference, current, self.config, self.drift_fn)
             drifted, base["checks"] = result["drifted"], result["checks"]
-            blocker = self._blocker(drifted, reference_id, now) if drifted else None
+            blocker = self._blocker(drifted, reference_id, now, on_trial) if drifted else None
             if not drifted:
                 decision = Decision(**base, retrain=False, status="no_drift", reasons=[])
             elif blocker:

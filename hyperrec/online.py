@@ -85,6 +85,12 @@ class Recommended:
     monitored: dict | None = None  # serving-time feature values the impression log keeps
 
 
+def stable_fraction(salt: str, key: str) -> float:
+    """A uniform number in [0, 1) fixed by (salt, key): the same user lands in the same arm
+    or canary group on every request, worker and restart; another salt is independent."""
+    return int.from_bytes(hashlib.sha256(f"{salt}:{key}".encode()).digest()[:8], "big") / 2**64
+
+
 @dataclass(frozen=True)
 class Experiment:
     """Arms of the re-ranking experiment and their traffic shares; assignment is a stable
@@ -104,7 +110,7 @@ class Experiment:
 
     def assign(self, key: str) -> str:
         names, bounds = self._bounds
-        u = int.from_bytes(hashlib.sha256(f"{self.salt}:{key}".encode()).digest()[:8], "big") / 2**64
+        u = stable_fraction(self.salt, key)
         return names[min(bisect.bisect_right(bounds, u), len(names) - 1)]
 
 

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from hyperrec.config import Settings
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"  # a version on trial: served to a share of users until the A/B test decides
 HISTORY_TAG = "champion_history"
 EXPERIMENT = "hyperrec-training"
 
@@ -70,14 +71,15 @@ def register_model(settings: Settings, model_dir: Path, params: dict, metrics: d
                    artifacts: dict[str, str] | None = None, tags: dict | None = None) -> int:
     """Log one MLflow run (params, metrics, the gate's decision, text artifacts, git commit)
     and register the model as a new version. A blessed version becomes `champion` (the
-    previous one is remembered for rollback); a rejected one is registered with the
-    reasons and no alias moves."""
+    previous one is remembered for rollback); one the gate sends to an online trial becomes
+    `challenger`; a rejected one is registered with the reasons and no alias moves."""
     client = configure(settings)
     blessed = bool(gate["blessed"])
+    outcome = "blessed" if blessed else ("canary" if gate.get("canary") else "rejected")
     with mlflow.start_run(run_name="train-two-stage") as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
-        mlflow.set_tags({"git_commit": _git_commit(), "gate": "blessed" if blessed else "rejected", **(tags or {})})
+        mlflow.set_tags({"git_commit": _git_commit(), "gate": outcome, **(tags or {})})
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
             artifacts={"model_dir": str(model_dir)},
@@ -90,30 +92,68 @@ def register_model(settings: Settings, model_dir: Path, params: dict, metrics: d
             mlflow.log_text(text, name)
     version = str(info.registered_model_version)
     client.set_model_version_tag(settings.model_name, version, "run_id", run.info.run_id)
-    client.set_model_version_tag(settings.model_name, version, "gate", "blessed" if blessed else "rejected")
+    client.set_model_version_tag(settings.model_name, version, "gate", outcome)
     if blessed:
         move_alias(settings, int(version), "passed the model gate")
     else:
         client.set_model_version_tag(settings.model_name, version, "rejected_because", "; ".join(gate["reasons"]))
+        if gate.get("canary"):
+            start_challenger(settings, int(version), "offline: " + "; ".join(gate["reasons"]))
     return int(version)
 
 
-def champion_version(settings: Settings) -> int | None:
+def alias_version(settings: Settings, alias: str) -> int | None:
     client = configure(settings)
     try:
-        return int(client.get_model_version_by_alias(settings.model_name, CHAMPION).version)
+        return int(client.get_model_version_by_alias(settings.model_name, alias).version)
     except mlflow.exceptions.MlflowException:
         return None
 
 
-def champion_watcher(settings: Settings) -> Callable[[], int | None]:
-    """`champion_version` for a poller. Asking MLflow holds the GIL for ~18 ms (SQLAlchemy
+def champion_version(settings: Settings) -> int | None:
+    return alias_version(settings, CHAMPION)
+
+
+def challenger_version(settings: Settings) -> int | None:
+    return alias_version(settings, CHALLENGER)
+
+
+def start_challenger(settings: Settings, version: int, reason: str) -> None:
+    """Put `version` on trial: servers give it to their canary share of users (a newer
+    challenger replaces an older one, which is recorded as retired)."""
+    client = configure(settings)
+    previous = challenger_version(settings)
+    if previous is not None and previous != version:
+        end_challenger(settings, "retired", f"replaced by v{version}")
+    client.set_registered_model_alias(settings.model_name, CHALLENGER, str(version))
+    tag_version(settings, version, {"canary_started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                    "canary_reason": reason})
+
+
+def end_challenger(settings: Settings, outcome: str, reason: str) -> int | None:
+    """End the trial: "promoted" moves `champion` to the challenger, "retired" drops it.
+    Either way the challenger alias goes and the outcome is tagged on the version."""
+    if outcome not in ("promoted", "retired"):
+        raise ValueError(f"outcome must be 'promoted' or 'retired', got {outcome!r}")
+    version = challenger_version(settings)
+    if version is None:
+        return None
+    if outcome == "promoted":
+        move_alias(settings, version, f"won its online trial: {reason}")
+    configure(settings).delete_registered_model_alias(settings.model_name, CHALLENGER)
+    tag_version(settings, version, {"canary_outcome": outcome, "canary_outcome_reason": reason,
+                                    "canary_ended_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    return version
+
+
+def alias_watcher(settings: Settings, alias: str = CHAMPION) -> Callable[[], int | None]:
+    """`alias_version` for a poller. Asking MLflow holds the GIL for ~18 ms (SQLAlchemy
     session, entity building), a stall every serving request in flight waits out. With a
     SQLite tracking store the answer can only change when the database files do, so their
     modification times are checked first (microseconds) and MLflow is asked only then.
     Other stores (an MLflow server) are asked every time: that wait is I/O, not the GIL."""
     if not settings.tracking_uri.startswith("sqlite:///"):
-        return lambda: champion_version(settings)
+        return lambda: alias_version(settings, alias)
     db = Path(settings.tracking_uri.removeprefix("sqlite:///"))
     files = [db, db.with_name(db.name + "-wal")]
     last: dict = {"stamp": None, "version": None}
@@ -121,7 +161,7 @@ def champion_watcher(settings: Settings) -> Callable[[], int | None]:
     def current() -> int | None:
         stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
         if stamp != last["stamp"]:
-            last["version"] = champion_version(settings)
+            last["version"] = alias_version(settings, alias)
             last["stamp"] = stamp
         return last["version"]
     return current

@@ -8,6 +8,8 @@ Current: the champion's lists of the last full `window_s` after the reference, e
 `attribution_s` before the newest impression so that every list in it has had time to
 collect its clicks. Then:
 
+0. when a challenger is on trial, its A/B test against the champion (`hyperrec.canary`):
+   promote, retire or keep collecting -> a line in `<home>/monitoring/trials.jsonl`;
 1. `RetrainTrigger.decide` (significance and size, minimum sample, cooldown, one run in
    flight, dedupe) -> a decision line in `<home>/monitoring/decisions.jsonl`; when it
    fires, the submitter starts the retraining run (embedded: `hyperrec retrain`; cluster:
@@ -28,31 +30,73 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hyperrec.canary import CONTINUE, PROMOTE, CanaryConfig, judge, lists_with_outcomes
 from hyperrec.config import Settings
 from hyperrec.eventlog import EventLog
 from hyperrec.impressions import ImpressionLog
 from hyperrec.monitor import FEATURES, RetrainTrigger, TriggerConfig
-from hyperrec.traffic import ATTRIBUTION_S, data_quality, embedding_drift, hit_rate, index_recall, window
+from hyperrec.registry import champion_version
+from hyperrec.traffic import (
+    ATTRIBUTION_S,
+    attribute,
+    data_quality,
+    embedding_drift,
+    hit_rate,
+    index_recall,
+    shown_items,
+    window,
+)
 
 DAY = 86_400.0
 
 
 def paths(settings: Settings) -> dict[str, Path]:
     root = settings.monitoring_dir
-    return {"decisions": root / "decisions.jsonl", "reports": root / "reports.jsonl", "workspace": root / "evidently"}
+    return {"decisions": root / "decisions.jsonl", "reports": root / "reports.jsonl", "workspace": root / "evidently",
+            "trials": root / "trials.jsonl"}
 
 
-def _champion_traffic(settings: Settings, version: int | None) -> tuple[int | None, pd.DataFrame]:
-    from hyperrec.registry import champion_version
-
-    version = champion_version(settings) if version is None else version
-    if version is None or not settings.impression_log.exists():
-        return version, pd.DataFrame()
+def _served(settings: Settings) -> pd.DataFrame:
+    if not settings.impression_log.exists():
+        return pd.DataFrame(columns=["request_id", "ts", "user_id", "model_version", "items"])
     log = ImpressionLog(settings.impression_log)
     try:
-        served = log.read()
+        return log.read()
     finally:
         log.close()
+
+
+def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, attribution_s: float = ATTRIBUTION_S,
+                config: CanaryConfig = CanaryConfig()) -> dict | None:
+    """The challenger's A/B test over the lists served since its first one (each with
+    `attribution_s` to collect its clicks); promote or retire it in the registry when
+    decided. None when no challenger is on trial."""
+    from hyperrec.registry import challenger_version, end_challenger
+
+    challenger = challenger_version(settings)
+    if challenger is None or champion is None or challenger == champion:
+        return None
+    own = served[served["model_version"] == challenger]
+    if own.empty:
+        return {"action": CONTINUE, "reason": "the challenger has not served yet", "challenger": challenger,
+                "champion": champion}
+    end = float(served["ts"].max()) - attribution_s
+    trial = served[(served["ts"] >= float(own["ts"].min())) & (served["ts"] <= end)]
+    events = EventLog(settings.event_log).read(0, limit=2**62)[1]
+    outcomes = attribute(shown_items(trial), events, attribution_s) if len(trial) else pd.DataFrame(
+        columns=["request_id", "ts", "user_id", "model_version", "clicked", "purchased"])
+    verdict = judge(lists_with_outcomes(outcomes), champion, challenger, config).to_dict()
+    if verdict["action"] != CONTINUE:
+        end_challenger(settings, "promoted" if verdict["action"] == PROMOTE else "retired", verdict["reason"])
+    verdict["ts"] = end
+    _append(paths(settings)["trials"], verdict)
+    return verdict
+
+
+def _champion_traffic(settings: Settings, served: pd.DataFrame, version: int | None) -> tuple[int | None, pd.DataFrame]:
+    version = champion_version(settings) if version is None else version
+    if version is None or served.empty:
+        return version, served.iloc[0:0]
     return version, served[served["model_version"] == version].reset_index(drop=True)
 
 
@@ -77,8 +121,12 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
     """One monitoring pass; returns its report (also appended to reports.jsonl). `champion`:
     the version whose traffic to judge (default: the registry's @champion)."""
     out = paths(settings)
-    version, served = _champion_traffic(settings, champion)
+    everything = _served(settings)
+    trial = judge_trial(settings, everything, champion or champion_version(settings), attribution_s)
+    version, served = _champion_traffic(settings, everything, champion)
     report: dict = {"ran_at": time.time(), "champion": version}
+    if trial is not None:
+        report["trial"] = trial
     span = float(served["ts"].max() - served["ts"].min()) if len(served) else 0.0
     if version is None or span < reference_s or len(served) < config.min_requests:
         report |= {"status": "reference_not_ready",
@@ -106,7 +154,8 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
 
     trigger = RetrainTrigger(out["decisions"], config, submit=submitter.submit if submitter else None,
                              is_running=submitter.is_running if submitter else None)
-    decision = trigger.decide(ref_window, cur_window, reference_id=f"champion-v{version}", now=end)
+    on_trial = trial is not None and trial["action"] == CONTINUE
+    decision = trigger.decide(ref_window, cur_window, reference_id=f"champion-v{version}", now=end, on_trial=on_trial)
     report |= {"status": decision.status, "retrain": decision.retrain, "reasons": decision.reasons,
                "blocked_by": decision.blocked_by, "run_id": decision.run_id}
     report |= hit_rate(cur_outcomes)

@@ -10,6 +10,13 @@ from datetime import datetime
 DEFAULT_HTTP_PORT = 8080  # KServe's (kserve.constants.constants.DEFAULT_HTTP_PORT)
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def worker_args(argv: list[str]) -> argparse.Namespace:
     """The flags that decide between a supervisor and a server process."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -35,6 +42,8 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_in_flight", type=int, default=ServerConfig.max_in_flight,
                         help="micro-batches running at once (each in its own thread)")
     parser.add_argument("--poll_s", type=float, default=ServerConfig.poll_s, help="champion alias check interval")
+    parser.add_argument("--canary_share", type=_share, default=ServerConfig.canary_share,
+                        help="share of users served the registry's challenger while one is on trial (0: never)")
     parser.add_argument("--request_logs", action="store_true",
                         help="log every request (uvicorn access + KServe timing lines: ~6 lines per request)")
     # replaces KServe's --workers, whose multi-process mode cannot carry our model (serving/workers.py)
@@ -62,7 +71,7 @@ def serve(args: argparse.Namespace) -> None:
     from serving.workers import serve as serve_on_socket
 
     config = ServerConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_in_flight=args.max_in_flight,
-                          poll_s=args.poll_s, worker=args.worker_slot)
+                          poll_s=args.poll_s, worker=args.worker_slot, canary_share=args.canary_share)
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config)
     model.load()
     events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings))

@@ -10,6 +10,7 @@ BATCH_SIZE = Histogram("hyperrec_batch_size", "requests per micro-batch", bucket
 REQUESTS = Counter("hyperrec_recommendations_total", "recommendation lists served", ["policy", "arm"])
 ERRORS = Counter("hyperrec_errors_total", "failed requests", ["kind"])  # bad_request | internal
 MODEL_VERSION = Gauge("hyperrec_model_version", "registered model version being served")
+CANARY_VERSION = Gauge("hyperrec_canary_version", "challenger version served to the canary share (0: none)")
 SWAPS = Counter("hyperrec_model_swaps_total", "model versions swapped in")
 LOAD_FAILURES = Counter("hyperrec_model_load_failures_total", "model versions that failed to load")
 FEEDBACK = Counter("hyperrec_bandit_feedback_total", "exploration feedback received", ["outcome"])

@@ -1,7 +1,13 @@
 """The recommendation Model on KServe: parse (v1 or v2) -> micro-batch -> online user
 features (Feast's online store, read directly: hyperrec.online_reader) -> retrieval ->
 ranking -> re-ranking, from the serving unit the champion alias
-names (hot-swapped in the background)."""
+names (hot-swapped in the background).
+
+Online trial: while the registry names a `challenger`, a stable hash of the request key
+sends `canary_share` of users to it (both units loaded side by side); the monitoring job's
+A/B test over the impression log promotes or retires it (`hyperrec.canary`). This splits
+model versions inside each process; KServe's canaryTrafficPercent splits revisions (new
+images or configs) across pods, and the two compose."""
 
 from __future__ import annotations
 
@@ -33,15 +39,17 @@ from hyperrec.online import (
     StageTimer,
     apply_request,
     recommend_batch,
+    stable_fraction,
 )
 from hyperrec.online_reader import OnlineUserReader
 from hyperrec.privacy import ConsentLedger
-from hyperrec.registry import champion_watcher, model_version_dir
+from hyperrec.registry import CHALLENGER, alias_watcher, model_version_dir
 from hyperrec.rerank import EXPLORATION_DIM
 from serving import metrics
 from serving.protocol import parse_v1, parse_v2, v1_response, v2_response
 
 log = logging.getLogger("hyperrec.serving")
+CANARY_SALT = "hyperrec-canary-1"
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class ServerConfig:
     pending_feedback: int = 100_000  # exploration contexts kept for feedback (oldest dropped), all workers together
     feedback_wait_s: float = 1.0  # how long feedback for an unknown request waits for another worker to record it
     worker: int | None = None  # this process's slot in a multi-process server (None: the only process)
+    canary_share: float = 0.2  # users given the challenger while one is on trial (0: never load one)
 
 
 class RecommenderModel(kserve.Model):
@@ -71,8 +80,12 @@ class RecommenderModel(kserve.Model):
         self.features = OnlineUserReader(settings, features=USER_INPUTS)  # only what the model reads
         self.consent = ConsentLedger.open(settings)
         self._timer = StageTimer(lambda stage, s: metrics.STAGE_SECONDS.labels(stage).observe(s))
-        self.slot = ModelSlot(resolve=champion_watcher(settings), load=self._load_unit, probe=self._probe,
+        self.slot = ModelSlot(resolve=alias_watcher(settings), load=self._load_champion, probe=self._probe,
                               on_swap=self._swapped, on_failure=lambda *_: metrics.LOAD_FAILURES.inc())
+        trial = alias_watcher(settings, CHALLENGER) if config.canary_share > 0 else (lambda: None)
+        self.canary = ModelSlot(resolve=trial, load=self._load_unit, probe=self._probe, on_swap=self._swapped,
+                                on_failure=lambda *_: metrics.LOAD_FAILURES.inc(), optional=True)
+        metrics.CANARY_VERSION.set_function(lambda: self.canary.version or 0)
         self.batcher: MicroBatcher | None = None
         self._previous_version: int | None = None
         self.impressions = ImpressionRecorder(ImpressionLog(settings.impression_log)) if log_impressions else None
@@ -86,9 +99,16 @@ class RecommenderModel(kserve.Model):
         self.batcher = MicroBatcher(self._run_batch, self.config.max_batch, self.config.max_wait_ms,
                                     self.config.max_in_flight,
                                     on_batch=lambda size, _: metrics.BATCH_SIZE.observe(size))
+        self.canary.refresh()
         self.slot.watch(self.config.poll_s)
+        self.canary.watch(self.config.poll_s)
         self.ready = True
         return True
+
+    def _load_champion(self, version: int) -> ServingUnit:
+        """A promoted challenger is already loaded and warm: the champion takes that unit."""
+        trial = self.canary.unit
+        return trial if trial is not None and trial.version == version else self._load_unit(version)
 
     def _load_unit(self, version: int) -> ServingUnit:
         return ServingUnit(model_version_dir(self.settings, version, self._versions_dir / str(version)), version)
@@ -104,11 +124,16 @@ class RecommenderModel(kserve.Model):
         # the collector, or every full collection walks them all while requests wait.
         gc.collect()
         gc.freeze()
-        metrics.MODEL_VERSION.set(unit.version)
-        metrics.SWAPS.inc()
-        # keep the predecessor's files: batches that started before the swap may still read them
-        versions_dir_cleanup(self._versions_dir, {unit.version, self._previous_version or -1})
-        self._previous_version = unit.version
+        if unit is self.slot.unit:
+            metrics.MODEL_VERSION.set(unit.version)
+            metrics.SWAPS.inc()
+            self._previous_version, previous = unit.version, self._previous_version
+        else:
+            previous = self._previous_version
+        # keep the predecessor's files (batches that started before the swap may still read
+        # them) and the challenger's
+        keep = {v for v in (self.slot.version, previous, self.canary.version) if v is not None}
+        versions_dir_cleanup(self._versions_dir, keep)
 
     @property
     def _versions_dir(self):
@@ -119,6 +144,7 @@ class RecommenderModel(kserve.Model):
 
     def stop(self) -> None:
         self.slot.stop()
+        self.canary.stop()
         if self.batcher is not None:
             self.batcher.close()
         if self.impressions is not None:
@@ -145,7 +171,21 @@ class RecommenderModel(kserve.Model):
                 for r in requests]
 
     def _run_batch(self, requests: list[Request]) -> list[Recommended]:
-        return self._recommend(self.slot.unit, requests)  # one unit for the whole batch
+        champion, trial = self.slot.unit, self.canary.unit  # one unit per request for the whole batch
+        if trial is None or trial.version == champion.version:
+            return self._recommend(champion, requests)
+        on_trial = [self._in_canary(r.key) for r in requests]
+        out: list[Recommended | None] = [None] * len(requests)
+        for unit, flag in ((champion, False), (trial, True)):
+            rows = [i for i, t in enumerate(on_trial) if t == flag]
+            if rows:
+                for i, rec in zip(rows, self._recommend(unit, [requests[i] for i in rows])):
+                    out[i] = rec
+        return out
+
+    def _in_canary(self, key: str) -> bool:
+        """Stable per user; independent of the re-ranking experiment's assignment."""
+        return stable_fraction(CANARY_SALT, key) < self.config.canary_share
 
     async def predict(self, payload, headers=None, response_headers=None):
         v2 = isinstance(payload, InferRequest)

@@ -221,3 +221,50 @@ def test_a_snapshot_appends_logged_events_once(settings):
     snap = load_world(snapshot_world(settings, settings.data_dir / "snapshots" / "s1"))
     assert len(snap.events) == len(world.events) + 1  # the replayed world event is not doubled
     assert snap.events["event_id"].is_unique and snap.events["ts"].is_monotonic_increasing
+
+
+def _two_versions(settings):
+    """A registry with versions 1 (champion) and 2 (challenger on trial); no artifacts needed."""
+    from hyperrec.registry import configure, move_alias, start_challenger
+
+    client = configure(settings)
+    client.create_registered_model(settings.model_name)
+    for _ in range(2):
+        client.create_model_version(settings.model_name, source=(settings.home / "nothing").as_uri())
+    move_alias(settings, 1, "test")
+    start_challenger(settings, 2, "test")
+
+
+def trial_traffic(settings, rng, n, p_click: dict[int, float], start: float, prefix: str) -> None:
+    """Log `n` lists 20 s apart from `start`, users alternating between the versions, and a
+    click on the first item with the version's probability."""
+    rows, events = [], []
+    for i in range(n):
+        version, ts, rid = 1 + i % 2, start + 20 * i, f"{prefix}{i}"
+        rows.append(served(rid, ts, f"u{i % 600}", ["a", "b", "c"], version=version))
+        if rng.random() < p_click[version]:
+            events.append(event(f"{rid}-click", f"u{i % 600}", "a", ts + 5, request_id=rid))
+    write(ImpressionLog(settings.impression_log), rows)
+    EventLog(settings.event_log).append(events)
+
+
+def test_the_monitor_promotes_a_challenger_that_wins_its_online_trial(settings):
+    from hyperrec.registry import challenger_version, champion_version
+    from monitoring.job import paths, run_once
+
+    _two_versions(settings)
+    rng = np.random.default_rng(11)
+    trial_traffic(settings, rng, 1_000, {1: 0.15, 2: 0.30}, T0, "early")
+    early = run_once(settings, FakeSubmitter(), probe_index=False, dashboard=False)
+    assert early["trial"]["action"] == "continue" and "need 1,000" in early["trial"]["reason"]
+    assert challenger_version(settings) == 2
+
+    trial_traffic(settings, rng, 4_000, {1: 0.15, 2: 0.30}, T0 + 20_000, "more")
+    report = run_once(settings, FakeSubmitter(), probe_index=False, dashboard=False)
+    trial = report["trial"]
+    assert trial["action"] == "promote" and trial["rates"]["challenger"] > trial["rates"]["champion"]
+    assert trial["lists"]["champion"] >= 1_000 and trial["p_always_valid"] < 0.05
+    assert champion_version(settings) == 2 and challenger_version(settings) is None
+    recorded = [json.loads(line) for line in paths(settings)["trials"].read_text().splitlines()]
+    assert [r["action"] for r in recorded] == ["continue", "promote"]
+    assert run_once(settings, FakeSubmitter(), probe_index=False, dashboard=False).get("trial") is None

@@ -87,6 +87,15 @@ def test_cooldown_blocks_until_it_expires(tmp_path, windows):
     assert trigger.decide(ref, shifted, "m2", now=25 * HOUR).retrain
 
 
+def test_a_challenger_on_trial_blocks_a_new_run(tmp_path, windows):
+    """The last retrain's model is still being A/B tested: its answer is in flight."""
+    ref, _, shifted = windows
+    trigger = RetrainTrigger(tmp_path / "log.jsonl")
+    blocked = trigger.decide(ref, shifted, "m1", now=0, on_trial=True)
+    assert (blocked.retrain, blocked.blocked_by) == (False, "trial")
+    assert trigger.decide(ref, shifted, "m1", now=HOUR).retrain
+
+
 def test_in_flight_run_blocks_until_finished(tmp_path, windows):
     ref, _, shifted = windows
     running = {"yes": True}

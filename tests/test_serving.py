@@ -240,6 +240,61 @@ def test_corrupt_artifact_fails_to_load_and_the_old_model_keeps_serving(server, 
     assert predict(server, [{"user_id": "u"}]).json()["predictions"][0]["model_version"] == serving
 
 
+def _wait_metric(server, name, value, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while _metric(server, name) != value:
+        assert time.monotonic() < deadline, f"{name} stayed {_metric(server, name)}, expected {value}"
+        time.sleep(0.2)
+
+
+def _versions_by_user(server, users):
+    out = {}
+    for lo in range(0, len(users), 64):
+        for pred in predict(server, [{"user_id": u, "k": 3} for u in users[lo:lo + 64]]).json()["predictions"]:
+            out[pred["user_id"]] = pred["model_version"]
+    return out
+
+
+def test_a_challenger_serves_its_share_of_users_until_promoted_or_retired(server):
+    """The gate's online trial: the challenger alias loads a second unit; exactly the users
+    the canary hash picks (20% by default) get it, on every request; promotion moves them
+    all to it without reloading, retirement moves them all back."""
+    from hyperrec.online import stable_fraction
+    from hyperrec.registry import challenger_version, end_challenger
+    from serving.recommender import CANARY_SALT, ServerConfig
+
+    settings, champion = server["settings"], server["version"]
+    users = consenting(server["world"])[:240]
+    trial = {"blessed": False, "canary": True, "reasons": ["ndcg_at_10 vs champion: 0.09 < required 0.097"]}
+    challenger = register_model(settings, server["model_dir"], {}, {}, trial)
+    assert challenger_version(settings) == challenger and _metric(server, "hyperrec_model_version") == champion
+    assert deploy(settings, settings.model_name, challenger, blessed=False, endpoint=None)["status"] == "canary"
+    _wait_metric(server, "hyperrec_canary_version", challenger)
+
+    expected = {u: challenger if stable_fraction(CANARY_SALT, u) < ServerConfig.canary_share else champion
+                for u in users}
+    assert 0.1 < sum(v == challenger for v in expected.values()) / len(users) < 0.3
+    assert _versions_by_user(server, users) == expected
+    assert _versions_by_user(server, users) == expected  # stable across requests
+
+    swaps = _metric(server, "hyperrec_model_swaps_total")
+    end_challenger(settings, "promoted", "test: it won")
+    _wait_metric(server, "hyperrec_model_version", challenger)
+    _wait_metric(server, "hyperrec_canary_version", 0)
+    assert set(_versions_by_user(server, users).values()) == {challenger}
+    assert _metric(server, "hyperrec_model_swaps_total") == swaps + 1
+    tags = configure(settings).get_model_version(settings.model_name, str(challenger)).tags
+    assert tags["canary_outcome"] == "promoted" and challenger_version(settings) is None
+
+    retired = register_model(settings, server["model_dir"], {}, {}, trial)
+    _wait_metric(server, "hyperrec_canary_version", retired)
+    assert retired in set(_versions_by_user(server, users).values())
+    end_challenger(settings, "retired", "test: it lost")
+    _wait_metric(server, "hyperrec_canary_version", 0)
+    assert set(_versions_by_user(server, users).values()) == {challenger}
+    server["version"] = challenger
+
+
 def test_a_server_without_a_champion_refuses_to_start(tmp_path, monkeypatch):
     """load() is what the process runs before it binds its port: no champion, no server."""
     from hyperrec.config import load_settings
