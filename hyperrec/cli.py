@@ -335,18 +335,26 @@ def stream(home: Path | None = HomeOpt,
            kafka: str = typer.Option("", help="bootstrap servers: consume the Kafka topic instead of the local log"),
            topic: str = typer.Option("hyperrec.events", help="with --kafka: the typed event topic"),
            group: str = typer.Option("hyperrec-online-features",
-                                     help="with --kafka: consumer group ('' = partition 0, offsets in the log)")):
+                                     help="with --kafka: consumer group ('' = partition 0, offsets in the log)"),
+           experiment: str = typer.Option("rerank", help="the server's --experiment: its real-time-off arm's users "
+                                                         "are skipped")):
     """Run the stream processor in the foreground: events (POSTed to the server's /v1/events,
     or from Kafka) -> windowed features and recent items -> the online store (Ctrl-C stops it)."""
+    from hyperrec.online import EXPERIMENTS
+
     settings = load_settings(home)
+    if experiment not in EXPERIMENTS:
+        raise typer.BadParameter(f"unknown experiment {experiment!r}; known: {sorted(EXPERIMENTS)}")
+    chosen = EXPERIMENTS[experiment]
+    batch_only = chosen.batch_only if any(not arm.realtime for arm in chosen.arms.values()) else None
     if kafka:
         from hyperrec.kafka_source import run as run_kafka
 
-        run_kafka(settings, kafka, topic, group or None, log=console.print)
+        run_kafka(settings, kafka, topic, group or None, log=console.print, batch_only=batch_only)
     else:
         from hyperrec.stream import run
 
-        run(settings, log=console.print)
+        run(settings, log=console.print, batch_only=batch_only)
 
 
 @app.command()

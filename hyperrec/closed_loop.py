@@ -36,6 +36,7 @@ class LoopConfig:
     epochs: int = 6  # of each retraining run
     max_retrains: int = 1  # each costs minutes of wall time; later firings are recorded, not run
     canary_share: float = 0.5  # of users a challenger serves while on trial (half: the fastest A/B test)
+    experiment: str = "ablation"  # the server's re-ranking arms (hyperrec.online.EXPERIMENTS)
     seed: int = 0
 
 
@@ -48,9 +49,10 @@ def history_lists_per_day(world: World, examined_per_list: float) -> int:
     return max(int(round(len(views) / days / examined_per_list)), 1)
 
 
-def _start_stream(settings: Settings, log_path: Path) -> subprocess.Popen:
+def _start_stream(settings: Settings, log_path: Path, experiment: str) -> subprocess.Popen:
     log = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen([sys.executable, "-m", "hyperrec.cli", "stream", "--home", str(settings.home)],
+    return subprocess.Popen([sys.executable, "-m", "hyperrec.cli", "stream", "--home", str(settings.home),
+                             "--experiment", experiment],
                             env=export_env(settings), stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -74,7 +76,7 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: 
 
     sim = Simulator(world, url, seed=cfg.seed)
     submitter = _Capped(LocalRetrain(settings, epochs=cfg.epochs), cfg.max_retrains)
-    stream = _start_stream(settings, settings.home / "logs" / "stream.log")
+    stream = _start_stream(settings, settings.home / "logs" / "stream.log", cfg.experiment)
     steps, reports, retrains, trials, per_version = [], [], [], [], []
     t = world.events["ts"].max().to_pydatetime()
     step = timedelta(hours=cfg.step_hours)
@@ -173,17 +175,37 @@ def _served_outcomes(settings: Settings) -> pd.DataFrame:
     return attribute(shown_items(impressions), EventLog(settings.event_log).read(0, limit=2**62)[1])
 
 
-def arm_table(outcomes: pd.DataFrame) -> pd.DataFrame:
-    """CTR and conversion per arm with 95% Wilson intervals, per shown item; lists with a
-    click per arm (per list: the unit a user experiences)."""
-    from hyperrec.abtest import arm_metrics
+def arm_table(outcomes: pd.DataFrame, full: str | None = "full") -> pd.DataFrame:
+    """Per arm (personalized lists): CTR and conversion per shown item with 95% Wilson
+    intervals, and, when the arms are the ablation experiment's, each switched-off
+    mechanism's lift: share of lists with a click in `full` minus in the arm, with its 95%
+    interval and a Holm-adjusted two-sided p-value over the comparisons. The lift is judged
+    per list, the unit a user experiences (items of one list are not independent)."""
+    from hyperrec.abtest import arm_metrics, holm_adjust, two_proportion_z_test
+    from hyperrec.canary import lists_with_outcomes
 
     personal = outcomes[outcomes["policy"] == "personalized"]
     ctr = arm_metrics(personal, "clicked")
     conv = arm_metrics(personal, "purchased")
-    return pd.DataFrame({"impressions": ctr["impressions"], "ctr": ctr["rate"], "ctr_low": ctr["ci_low"],
-                         "ctr_high": ctr["ci_high"], "conversion": conv["rate"], "conv_low": conv["ci_low"],
-                         "conv_high": conv["ci_high"]})
+    table = pd.DataFrame({"impressions": ctr["impressions"], "ctr": ctr["rate"], "ctr_low": ctr["ci_low"],
+                          "ctr_high": ctr["ci_high"], "conversion": conv["rate"], "conv_low": conv["ci_low"],
+                          "conv_high": conv["ci_high"]})
+    lists = lists_with_outcomes(personal).merge(personal[["request_id", "arm"]].drop_duplicates("request_id"),
+                                                on="request_id")
+    hits = lists.groupby("arm")["clicked"].agg(["sum", "count"])
+    table["lists"] = hits["count"]
+    table["lists_with_click"] = hits["sum"] / hits["count"]
+    if full is None or full not in hits.index or len(hits) < 2:
+        return table
+    ablated = [a for a in hits.index if a != full]
+    tests = {a: two_proportion_z_test(int(hits.at[a, "sum"]), int(hits.at[a, "count"]), int(hits.at[full, "sum"]),
+                                      int(hits.at[full, "count"])) for a in ablated}
+    adjusted = dict(zip(ablated, holm_adjust([tests[a].p_value for a in ablated])))
+    table["mechanism_lift"] = pd.Series({a: tests[a].difference for a in ablated})
+    table["lift_low"] = pd.Series({a: tests[a].ci_low for a in ablated})
+    table["lift_high"] = pd.Series({a: tests[a].ci_high for a in ablated})
+    table["lift_p_holm"] = pd.Series(adjusted)
+    return table
 
 
 def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out: Path, days: float,

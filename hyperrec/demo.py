@@ -23,6 +23,24 @@ def _recent_categories(world_events: pd.DataFrame, items: pd.DataFrame, user: st
     return ", ".join(cats) or "(no clicks)"
 
 
+def _arms_rich(arms: pd.DataFrame) -> Table:
+    """The per-arm table: rates with intervals and, for the ablation arms, the lift of the
+    mechanism each one switches off."""
+    table = Table(title="served lists per experiment arm (personalized; 95% intervals). Lift of a mechanism: "
+                        "lists with a click in 'full' minus in the arm without it", title_justify="left")
+    for col in ("arm", "shown items", "CTR", "conversion", "lists with a click", "mechanism lift", "p (Holm)"):
+        table.add_column(col)
+    for arm, row in arms.iterrows():
+        has_lift = "mechanism_lift" in arms and not pd.isna(row.get("mechanism_lift"))
+        lift = f"{row['mechanism_lift']:+.4f} [{row['lift_low']:+.4f}, {row['lift_high']:+.4f}]" if has_lift else ""
+        ctr = f"{row['ctr']:.4f} [{row['ctr_low']:.4f}, {row['ctr_high']:.4f}]"
+        table.add_row(arm, f"{int(row['impressions']):,}", ctr,
+                      f"{row['conversion']:.4f} [{row['conv_low']:.4f}, {row['conv_high']:.4f}]",
+                      f"{row['lists_with_click']:.4f} of {int(row['lists']):,}", lift,
+                      f"{row['lift_p_holm']:.2g}" if has_lift else "")
+    return table
+
+
 def _fresh_loop_state(settings: Settings) -> None:
     """A demo tells one story: the previous run's served traffic, decisions and snapshots go
     (the registry keeps its history; the world is regenerated from the same seed)."""
@@ -72,7 +90,8 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     log_path = settings.home / "logs" / "server.log"
     world_now = world.events["ts"].max().to_pydatetime()  # serve as of the simulated clock
     proc = start_server(settings, port, log_path, as_of=world_now,
-                        extra_args=("--poll_s", "1", "--canary_share", str(loop.canary_share)))
+                        extra_args=("--poll_s", "1", "--canary_share", str(loop.canary_share),
+                                    "--experiment", loop.experiment))
     try:
         with console.status(f"starting model server on :{port} (loads the champion from MLflow)"):
             ready_s = wait_ready(proc, port)
@@ -106,14 +125,7 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     png = plot(steps, retrains, drift_day - days, settings.home / "demo" / "ctr.png", loop.days, result["trials"],
                result["per_version"])
     arms = arm_table(result["served"])
-    table = Table(title="served lists per experiment arm (personalized; 95% Wilson intervals)", title_justify="left")
-    for col in ("arm", "shown items", "CTR", "conversion"):
-        table.add_column(col)
-    for arm, row in arms.iterrows():
-        ctr = f"{row['ctr']:.4f} [{row['ctr_low']:.4f}, {row['ctr_high']:.4f}]"
-        conversion = f"{row['conversion']:.4f} [{row['conv_low']:.4f}, {row['conv_high']:.4f}]"
-        table.add_row(arm, f"{int(row['impressions']):,}", ctr, conversion)
-    console.print(table)
+    console.print(_arms_rich(arms))
     for r in retrains:
         trial = f", v{r['challenger']} on online trial" if r.get("challenger") else ""
         console.print(f"retrain {r['run_id']}: {r['state']}, {r['wall_s']:.0f}s; champion v{r['champion_before']} -> "

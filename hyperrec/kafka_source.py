@@ -78,7 +78,7 @@ class KafkaEventConsumer:
 
 
 def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str | None = GROUP,
-        stop: threading.Event | None = None, log=print) -> None:
+        stop: threading.Event | None = None, log=print, batch_only=None) -> None:
     """`hyperrec stream --kafka`: the cluster's event consumer (one per replica of the
     Deployment, sharing the topic's partitions through the consumer group)."""
     from hyperrec.eventlog import EventLog
@@ -89,7 +89,7 @@ def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str | None = GRO
     stop = stop or threading.Event()
     erasures = ErasureWatch(settings)
     events = EventLog(settings.event_log, suppress=erasures)
-    processor = StreamProcessor(open_store(settings), events, erasures=erasures)
+    processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only)
     processor.warm_start(history(events, settings.data_dir / "world"))
     consumer = KafkaEventConsumer(processor, bootstrap, topic, group_id=group_id)
     log(f"kafka consumer on {bootstrap} topic {topic} group {group_id}")

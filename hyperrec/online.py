@@ -114,6 +114,24 @@ class Experiment:
         return names[min(bisect.bisect_right(bounds, u), len(names) - 1)]
 
 
+    def batch_only(self, key: str) -> bool:
+        """Whether this user's arm runs without real-time features (see RerankConfig.realtime)."""
+        return not self.arms[self.assign(key)].realtime
+
+
+# Named experiments, chosen by `python -m serving --experiment` and `hyperrec stream
+# --experiment` (both must agree: the stream processor skips the batch-only arm's users).
+EXPERIMENTS = {
+    # the re-ranking A/B test: plain relevance vs MMR diversity plus the bandit's exploration slot
+    "rerank": Experiment(),
+    # the closed loop's ablations: each arm switches one mechanism off, "full" keeps them all
+    "ablation": Experiment(arms={"full": RerankConfig(), "no-mmr": RerankConfig(mmr_lambda=1.0),
+                                 "no-bandit": RerankConfig(exploration_slot=None),
+                                 "no-realtime": RerankConfig(realtime=False)},
+                           salt="hyperrec-ablation-1"),
+}
+
+
 class StageTimer:
     """Seconds per named stage of one batch (the server exports them as histograms)."""
 

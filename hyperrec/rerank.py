@@ -31,6 +31,7 @@ class RerankConfig:
     mmr_lambda: float = 0.85  # 1.0: pure relevance; lower trades relevance for diversity
     exploration_slot: int | None = 4  # 0-based position the bandit fills; None: no exploration
     exploration_pool: int = 50  # the bandit picks among ranked candidates below the top k, up to this rank
+    realtime: bool = True  # False: the stream processor leaves this arm's users alone (batch features only)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -21,12 +22,17 @@ PUSHED_VIEWS = [v for v in FEATURE_VIEWS if v.push]  # each fed by a `<view>_pus
 
 
 class StreamProcessor:
-    def __init__(self, store, log: EventLog, consumer: str = "online-features", erasures=None):
+    def __init__(self, store, log: EventLog, consumer: str = "online-features", erasures=None,
+                 batch_only: Callable[[str], bool] | None = None):
         """`erasures`: a `hyperrec.privacy.ErasureWatch`; an erased user's windows are dropped
-        and their online rows deleted again at the next poll, and their events never folded."""
+        and their online rows deleted again at the next poll, and their events never folded.
+        `batch_only(user)`: True for users whose features must stay what batch
+        materialization wrote (an experiment's real-time-off arm); their events are skipped."""
         self.store, self.log, self.consumer = store, log, consumer
         self.folds = StreamFolds()
         self.erasures = erasures
+        self.batch_only = batch_only
+        self._batch_only_seen: dict[str, bool] = {}
 
     def _forget_erased(self) -> None:
         if self.erasures is None:
@@ -49,6 +55,8 @@ class StreamProcessor:
         """Fold a batch and push the newest snapshot per entity to each streamed view."""
         from feast.data_source import PushMode
 
+        if self.batch_only is not None and not events.empty:
+            events = events[~events["user_id"].map(self._is_batch_only).astype(bool)]
         snapshots = self.folds.fold_frame(events)
         pushed = {}
         for view in PUSHED_VIEWS:
@@ -59,6 +67,13 @@ class StreamProcessor:
             self.store.push(f"{view.name}_push", latest, to=PushMode.ONLINE)
             pushed[view.name] = len(latest)
         return pushed
+
+    def _is_batch_only(self, user: str) -> bool:
+        if not isinstance(user, str):  # an anonymous event: no user features to keep
+            return False
+        if user not in self._batch_only_seen:
+            self._batch_only_seen[user] = bool(self.batch_only(user))
+        return self._batch_only_seen[user]
 
     def run_once(self, limit: int = 10_000) -> int:
         """Process everything new in the log (up to `limit`); returns events processed."""
@@ -100,7 +115,8 @@ def tail(processor: StreamProcessor, stop: threading.Event, idle_s: float = 0.00
             stop.wait(idle_s)
 
 
-def run(settings, stop: threading.Event | None = None, log=print) -> None:
+def run(settings, stop: threading.Event | None = None, log=print, batch_only: Callable[[str], bool] | None = None
+        ) -> None:
     """`hyperrec stream`: the embedded stream processor, beside the model server."""
     from hyperrec.featurestore import open_store
     from hyperrec.privacy import ErasureWatch
@@ -108,7 +124,7 @@ def run(settings, stop: threading.Event | None = None, log=print) -> None:
     stop = stop or threading.Event()
     erasures = ErasureWatch(settings)
     events = EventLog(settings.event_log, suppress=erasures)
-    processor = StreamProcessor(open_store(settings), events, erasures=erasures)
+    processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only)
     started = time.monotonic()
     past = history(events, settings.data_dir / "world")
     processor.warm_start(past)

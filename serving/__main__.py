@@ -30,6 +30,7 @@ def worker_args(argv: list[str]) -> argparse.Namespace:
 def server_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
+    from hyperrec.online import EXPERIMENTS
     from serving.recommender import ServerConfig
 
     parser = argparse.ArgumentParser(parents=[model_server.parser], conflict_handler="resolve")
@@ -44,6 +45,9 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--poll_s", type=float, default=ServerConfig.poll_s, help="champion alias check interval")
     parser.add_argument("--canary_share", type=_share, default=ServerConfig.canary_share,
                         help="share of users served the registry's challenger while one is on trial (0: never)")
+    parser.add_argument("--experiment", default="rerank", choices=sorted(EXPERIMENTS),
+                        help="the re-ranking experiment's arms (hyperrec.online.EXPERIMENTS); a stream processor "
+                             "must run with the same one")
     parser.add_argument("--request_logs", action="store_true",
                         help="log every request (uvicorn access + KServe timing lines: ~6 lines per request)")
     # replaces KServe's --workers, whose multi-process mode cannot carry our model (serving/workers.py)
@@ -72,7 +76,10 @@ def serve(args: argparse.Namespace) -> None:
 
     config = ServerConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_in_flight=args.max_in_flight,
                           poll_s=args.poll_s, worker=args.worker_slot, canary_share=args.canary_share)
-    model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config)
+    from hyperrec.online import EXPERIMENTS
+
+    model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config,
+                             experiment=EXPERIMENTS[args.experiment])
     model.load()
     events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings))
     install(model_server.app, {model.name: model}, events=events)

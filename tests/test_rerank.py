@@ -7,6 +7,7 @@ import json
 import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from hyperrec.bandit import LinUCB
@@ -369,3 +370,18 @@ def test_concurrent_updates_keep_the_inverse_consistent():
     assert bandit.updates == threads * per_thread and not errors
     np.testing.assert_allclose(bandit.A_inv, np.linalg.inv(A), rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(bandit.b, X.T @ rewards.reshape(-1), rtol=1e-9)
+
+
+def test_the_ablation_experiment_switches_one_mechanism_off_per_arm():
+    from hyperrec.online import EXPERIMENTS
+
+    ablation = EXPERIMENTS["ablation"]
+    full = ablation.arms["full"]
+    for name, arm in ablation.arms.items():
+        differs = {f for f in ("mmr_lambda", "exploration_slot", "realtime") if getattr(arm, f) != getattr(full, f)}
+        assert len(differs) == (0 if name == "full" else 1), name
+    shares = pd.Series([ablation.assign(f"u{i}") for i in range(8_000)]).value_counts(normalize=True)
+    assert set(shares.index) == set(ablation.arms) and shares.between(0.22, 0.28).all()
+    batch_only = [u for u in (f"u{i}" for i in range(200)) if ablation.batch_only(u)]
+    assert batch_only and all(ablation.assign(u) == "no-realtime" for u in batch_only)
+    assert not any(EXPERIMENTS["rerank"].batch_only(f"u{i}") for i in range(200))

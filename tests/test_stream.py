@@ -44,6 +44,32 @@ def test_new_events_reach_the_online_store(env, tmp_path):
     assert proc.run_once() == 0  # nothing new: nothing pushed again
 
 
+def test_a_batch_only_arm_keeps_its_materialized_features(env, tmp_path):
+    """The ablation's real-time-off arm: the stream processor skips its users' events (the
+    log keeps them for the next batch run); everyone else's still reach the online store."""
+    from hyperrec.online import EXPERIMENTS
+
+    settings, world = env
+    store = open_store(settings)
+    log = EventLog(tmp_path / "events.db")
+    ablation = EXPERIMENTS["ablation"]
+    proc = StreamProcessor(store, log, batch_only=ablation.batch_only)
+    proc.warm_start(world.events)
+    users = world.users["user_id"].tolist()
+    skipped = next(u for u in users if ablation.assign(u) == "no-realtime")
+    streamed = next(u for u in users if ablation.assign(u) != "no-realtime")
+    item = world.items["item_id"].iloc[-2]
+    at = world.events["ts"].max().to_pydatetime() + timedelta(minutes=10)
+    before = online_user_features(store, [skipped, streamed], now=at).set_index("user_id")
+    log.append(clicks(skipped, item, at, 2, "s") + clicks(streamed, item, at, 2, "t"), now=at + timedelta(minutes=1))
+    assert proc.run_once() == 4  # all consumed (and committed): the skipped ones are not retried
+    after = online_user_features(store, [skipped, streamed], now=at + timedelta(seconds=5)).set_index("user_id")
+    assert after.loc[streamed, "clicks_30m"] == 2 and after.loc[streamed, "recent_items"][:2] == [item] * 2
+    assert after.loc[skipped, "clicks_7d"] == before.loc[skipped, "clicks_7d"]
+    assert after.loc[skipped, "recent_items"] == before.loc[skipped, "recent_items"]
+    assert len(log.read(0, limit=100)[1]) == 4  # the events themselves are kept
+
+
 def test_a_failed_online_write_is_replayed_not_lost(env, tmp_path, monkeypatch):
     settings, world = env
     store = open_store(settings)
