@@ -37,10 +37,12 @@ def shown_items(impressions: pd.DataFrame) -> pd.DataFrame:
 
 
 def attribute(shown: pd.DataFrame, events: pd.DataFrame, attribution_s: float = ATTRIBUTION_S) -> pd.DataFrame:
-    """`shown` plus 0/1 columns `clicked` and `purchased` (see the module doc)."""
+    """`shown` plus 0/1 columns `clicked` and `purchased` (see the module doc), and
+    `dwell_s`: the seconds spent after the click (NaN when not clicked or not reported)."""
     out = shown.copy()
     for col in OUTCOME_TYPES.values():
         out[col] = 0
+    out["dwell_s"] = np.nan
     if events.empty or out.empty:
         return out
     events = events[events["event_type"].isin(list(OUTCOME_TYPES))].copy()
@@ -52,8 +54,11 @@ def attribute(shown: pd.DataFrame, events: pd.DataFrame, attribution_s: float = 
         of_kind = events[events["event_type"] == kind]
         exact = of_kind[has_request.loc[of_kind.index]]
         keys = pd.MultiIndex.from_arrays([exact["request_id"], exact["item_id"]])
-        rows = slot.reindex(keys).dropna().astype(int).to_numpy()
+        found = slot.reindex(keys)
+        rows = found.dropna().astype(int).to_numpy()
         out.loc[rows, col] = 1
+        if kind == "click" and "dwell_s" in exact:
+            out.loc[rows, "dwell_s"] = exact["dwell_s"].to_numpy(float)[found.notna().to_numpy()]
         loose = of_kind[~has_request.loc[of_kind.index]].sort_values("ts_s")
         if loose.empty:
             continue
@@ -61,7 +66,10 @@ def attribute(shown: pd.DataFrame, events: pd.DataFrame, attribution_s: float = 
         right = out[out["user_id"].notna()][["user_id", "item_id", "ts"]].reset_index().sort_values("ts")
         matched = pd.merge_asof(left.astype({"ts": float}), right.astype({"ts": float}), on="ts",
                                 by=["user_id", "item_id"], direction="backward", tolerance=float(attribution_s))
-        out.loc[matched["index"].dropna().astype(int).to_numpy(), col] = 1
+        hit = matched["index"].notna().to_numpy()
+        out.loc[matched["index"][hit].astype(int).to_numpy(), col] = 1
+        if kind == "click" and "dwell_s" in loose:
+            out.loc[matched["index"][hit].astype(int).to_numpy(), "dwell_s"] = loose["dwell_s"].to_numpy(float)[hit]
     return out
 
 
@@ -80,6 +88,20 @@ def hit_rate(outcomes: pd.DataFrame) -> dict:
     return {"hit_rate": float(per_list["hit"].mean()) if len(per_list) else float("nan"),
             "hit_rate_personalized": float(personal["hit"].mean()) if len(personal) else float("nan"),
             "lists": len(per_list)}
+
+
+def outcomes_by_arm_and_version(outcomes: pd.DataFrame) -> list[dict]:
+    """Per (arm, model version): lists, shown items, CTR, conversion (per shown item), share
+    of lists with a click, and mean dwell after a click: what each variant did for users."""
+    rows = []
+    for (arm, version), group in outcomes.groupby(["arm", "model_version"], sort=True):
+        per_list = group.groupby("request_id")["clicked"].max()
+        dwell = group.loc[group["clicked"] == 1, "dwell_s"].dropna()
+        rows.append({"arm": str(arm), "model_version": int(version), "lists": len(per_list), "shown": len(group),
+                     "ctr": float(group["clicked"].mean()), "conversion": float(group["purchased"].mean()),
+                     "lists_with_click": float(per_list.mean()),
+                     "mean_dwell_s": float(dwell.mean()) if len(dwell) else None})
+    return rows
 
 
 def data_quality(reference: pd.DataFrame, current: pd.DataFrame, columns=FEATURES, max_missing: float = 0.01,
@@ -104,8 +126,9 @@ def data_quality(reference: pd.DataFrame, current: pd.DataFrame, columns=FEATURE
 
 @dataclass(frozen=True)
 class EmbeddingDrift:
-    """Query embeddings of the current window against the reference's, on the reference's
-    top principal components (where the queries actually vary), and their norms."""
+    """Embeddings of the current window against the reference's (live queries, or the items
+    shown), on the reference's top principal components (where they actually vary), and
+    their norms."""
 
     distances: dict[str, float]  # normed Wasserstein per component and for the norm
     p_values: dict[str, float]  # KS
@@ -123,8 +146,31 @@ def _queries(frame: pd.DataFrame) -> np.ndarray:
 
 
 def embedding_drift(reference: pd.DataFrame, current: pd.DataFrame, components: int = 3) -> EmbeddingDrift | None:
-    """None when either side has fewer than 30 sampled queries."""
-    ref, cur = _queries(reference), _queries(current)
+    """Drift of the sampled query embeddings; None when either side has fewer than 30."""
+    return vector_drift(_queries(reference), _queries(current), components)
+
+
+def served_item_drift(reference: pd.DataFrame, current: pd.DataFrame, item_ids: np.ndarray,
+                      item_embeddings: np.ndarray, sample: int = 5_000, seed: int = 0) -> EmbeddingDrift | None:
+    """Drift of what is recommended, in the model's own item space: the embeddings of the
+    items shown in each window (one per shown slot, up to `sample`), compared like the
+    queries. Catches the model steering users to another region of the catalog even when
+    the category mix looks the same. None with fewer than 30 shown known items a side."""
+    index = {item: i for i, item in enumerate(item_ids)}
+    rng = np.random.default_rng(seed)
+
+    def vectors(frame: pd.DataFrame) -> np.ndarray:
+        rows = np.array([index[e[0]] for items in frame["items"] for e in items if e[0] in index], np.int64)
+        if len(rows) > sample:
+            rows = rng.choice(rows, sample, replace=False)
+        return item_embeddings[rows] if len(rows) else np.zeros((0, item_embeddings.shape[1]), np.float32)
+
+    return vector_drift(vectors(reference), vectors(current))
+
+
+def vector_drift(ref: np.ndarray, cur: np.ndarray, components: int = 3) -> EmbeddingDrift | None:
+    """Two samples of vectors: per top principal component of `ref` and for the norm, the
+    normed Wasserstein distance and the KS p-value. None with fewer than 30 a side."""
     if len(ref) < 30 or len(cur) < 30 or ref.shape[1] != cur.shape[1]:
         return None
     mean = ref.mean(axis=0)

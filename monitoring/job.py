@@ -14,9 +14,11 @@ collect its clicks. Then:
    flight, dedupe) -> a decision line in `<home>/monitoring/decisions.jsonl`; when it
    fires, the submitter starts the retraining run (embedded: `hyperrec retrain`; cluster:
    the KFP pipeline);
-2. the checks only served traffic allows: online hit rate, query-embedding drift, the
-   serving index's recall against exact search on the window's sampled live queries, and
-   data quality of the serving-time features (missing and out-of-range shares);
+2. the checks only served traffic allows: online hit rate; CTR, conversion and dwell per
+   arm and model version; drift of the query embeddings and of the shown items' embeddings
+   (what is recommended, in the model's item space); the serving index's recall against
+   exact search on the window's sampled live queries; data quality of the serving-time
+   features (missing and out-of-range shares);
 3. one Evidently snapshot for the dashboard (`make ui`), and a line in `reports.jsonl`.
 """
 
@@ -43,6 +45,8 @@ from hyperrec.traffic import (
     embedding_drift,
     hit_rate,
     index_recall,
+    outcomes_by_arm_and_version,
+    served_item_drift,
     shown_items,
     window,
 )
@@ -100,14 +104,38 @@ def _champion_traffic(settings: Settings, served: pd.DataFrame, version: int | N
     return version, served[served["model_version"] == version].reset_index(drop=True)
 
 
+def _model_dir(settings: Settings, version: int) -> Path:
+    """The version's exported files, downloaded once per version for every later pass."""
+    from hyperrec.registry import model_version_dir
+
+    cache = settings.monitoring_dir / "models" / str(version)
+    done = cache / "path.txt"
+    if not done.exists():
+        path = model_version_dir(settings, version, cache / "files")
+        done.write_text(str(path))
+    return Path(done.read_text())
+
+
+def _item_drift(settings: Settings, version: int, reference: pd.DataFrame, current: pd.DataFrame) -> dict | None:
+    import mlflow
+
+    try:
+        with np.load(_model_dir(settings, version) / "candidates.npz", allow_pickle=False) as z:
+            drift = served_item_drift(reference, current, z["item_ids"].astype(str), z["embeddings"])
+    except (mlflow.exceptions.MlflowException, OSError) as exc:  # the decision is made; report, do not fail
+        return {"error": f"v{version}'s item embeddings unavailable: {exc}"[:300]}
+    return None if drift is None else {"max_distance": drift.max_distance, "distances": drift.distances,
+                                       "p_values": drift.p_values, "n_reference": drift.n_reference,
+                                       "n_current": drift.n_current}
+
+
 def _probe_index(settings: Settings, version: int, current: pd.DataFrame, k: int = 50) -> dict:
     from hyperrec.online import ServingUnit
-    from hyperrec.registry import model_version_dir
 
     queries = [q for q in current["query"] if q is not None][:500]
     if not queries:
         return {}
-    unit = ServingUnit(model_version_dir(settings, version), version)
+    unit = ServingUnit(_model_dir(settings, version), version)
     rec = unit.rec
     k = min(k, len(rec.item_ids))
     recall = index_recall(rec.index, np.asarray(rec.item_embeddings, np.float32), np.stack(queries), k)
@@ -159,11 +187,13 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
     report |= {"status": decision.status, "retrain": decision.retrain, "reasons": decision.reasons,
                "blocked_by": decision.blocked_by, "run_id": decision.run_id}
     report |= hit_rate(cur_outcomes)
+    report["outcomes"] = outcomes_by_arm_and_version(cur_outcomes)
     report["data_quality"] = data_quality(reference, current)
     drift = embedding_drift(reference, current)
     report["embedding_drift"] = None if drift is None else {
         "max_distance": drift.max_distance, "distances": drift.distances, "p_values": drift.p_values,
         "n_reference": drift.n_reference, "n_current": drift.n_current}
+    report["item_embedding_drift"] = _item_drift(settings, version, reference, current)
     if probe_index:
         report |= _probe_index(settings, version, current)
     if dashboard:

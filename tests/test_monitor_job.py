@@ -59,6 +59,8 @@ def test_outcomes_are_attributed_by_request_id_or_the_latest_list_within_the_win
     assert out["clicked"].to_dict() == {("r1", "a"): 1, ("r1", "b"): 0, ("r1", "c"): 0, ("r3", "a"): 0,
                                         ("r3", "b"): 0, ("r4", "a"): 0, ("r2", "b"): 1, ("r2", "d"): 0}
     assert out["purchased"].sum() == 1 and out.loc[("r1", "c"), "purchased"] == 1
+    assert out.loc[("r1", "a"), "dwell_s"] == 5.0 and out.loc[("r2", "b"), "dwell_s"] == 5.0  # exact and loose
+    assert out["dwell_s"].notna().sum() == 2
     rates = hit_rate(out.reset_index())
     assert rates["lists"] == 4 and rates["hit_rate"] == 0.5 and rates["hit_rate_personalized"] == 2 / 3
 
@@ -91,6 +93,24 @@ def test_embedding_drift_is_small_on_the_same_distribution_and_large_after_a_shi
     moved = embedding_drift(frame(800), frame(800, shift=1.5))
     assert same.max_distance < 0.1 and moved.distances["pc1"] > 0.5
     assert embedding_drift(frame(800), frame(10)) is None  # too few sampled queries to say
+
+
+def test_served_item_drift_sees_recommendations_move_in_the_item_space():
+    from hyperrec.traffic import served_item_drift
+
+    rng = np.random.default_rng(5)
+    item_ids = np.array([f"i{j}" for j in range(200)])
+    embeddings = rng.normal(size=(200, 8)).astype(np.float32)
+    embeddings[100:, 0] += 4.0  # the second half of the catalog lies elsewhere
+
+    def lists(items, n):
+        return pd.DataFrame({"items": [[(items[(i + j) % len(items)], "c", 1.0) for j in range(5)] for i in range(n)]})
+
+    first_half, second_half = item_ids[:100], item_ids[100:]
+    same = served_item_drift(lists(first_half, 300), lists(first_half[::-1], 300), item_ids, embeddings)
+    moved = served_item_drift(lists(first_half, 300), lists(second_half, 300), item_ids, embeddings)
+    assert same.max_distance < 0.2 and moved.max_distance > 1.0 and moved.n_current == 1_500
+    assert served_item_drift(lists(first_half, 3), lists(second_half, 3), item_ids, embeddings) is None
 
 
 def test_index_recall_is_exact_for_brute_force_and_measured_for_an_approximate_index():
@@ -155,6 +175,10 @@ def test_one_monitor_pass_decides_submits_and_respects_its_safeguards(settings):
     assert any(r.startswith("feature:views_7d") for r in report["reasons"])
     assert report["embedding_drift"]["distances"]["norm"] > 0.5
     assert 0.1 < report["hit_rate"] < 0.2
+    [variant] = report["outcomes"]  # one arm, one version
+    assert (variant["arm"], variant["model_version"], variant["mean_dwell_s"]) == ("control", 1, 5.0)
+    assert variant["lists"] == report["window"]["lists"] and 0.02 < variant["ctr"] < 0.04
+    assert "unavailable" in report["item_embedding_drift"]["error"]  # no registered model in this test
     assert "views_7d" in report["data_quality"]["problems"]  # doubled activity leaves the reference's range
     # the window ends 30 min before the newest list (clicks still arriving are not counted as misses)
     assert report["window"]["to"] == pytest.approx(cur_rows[-1][4] - 1800)
