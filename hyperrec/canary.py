@@ -27,7 +27,7 @@ PROMOTE, RETIRE, CONTINUE = "promote", "retire", "continue"
 @dataclass(frozen=True)
 class CanaryConfig:
     alpha: float = 0.05  # of the always-valid test
-    min_lists: int = 1_000  # per version, before any decision
+    min_lists: int = 500  # per version, before any decision (the normal approximation needs a few hundred)
     max_lists: int = 100_000  # per version; undecided by then -> retire (no evidence it serves better)
     min_detectable_lift: float = 0.10  # relative; the mSPRT mixture's spread (tau): larger decides big effects sooner
     guardrail: str = "purchased"  # retire a challenger significantly worse on this, whatever its clicks

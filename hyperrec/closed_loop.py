@@ -30,7 +30,8 @@ from hyperrec.data.world import World
 
 @dataclass(frozen=True)
 class LoopConfig:
-    days: float = 3.0  # simulated days after the world's end
+    days: float = 5.0  # simulated days after the world's end: drift, detection, retrain, trial, promotion
+    drift_after_days: float = 1.0  # tastes start to drift after the monitor's reference day
     lists_per_day: int | None = None  # default: as many views a day as the world's history had
     step_hours: float = 6.0  # the monitoring job runs after every step
     epochs: int = 6  # of each retraining run

@@ -60,7 +60,7 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     _fresh_loop_state(settings)
     world_dir = settings.data_dir / "world"
     console.rule("[bold]1. data: a synthetic world")
-    drift_day = days + loop.days * 0.3  # tastes start to drift during the simulated days, not in the history
+    drift_day = days + loop.drift_after_days  # after the day the monitor takes as its reference
     world = generate_step(settings, world_dir, console, users=users, items=items, days=days, events=events,
                           drift_start_day=drift_day)
     console.print(f"{len(world.users):,} users, {len(world.items):,} items, {len(world.events):,} events "

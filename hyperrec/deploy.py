@@ -19,6 +19,8 @@ from hyperrec.registry import challenger_version, tag_version
 
 SERVED_NAME = "recommender"  # the KServe model name in the v1 predict path
 PROBE = {"instances": [{"user_id": "deploy-probe", "k": 1}]}
+PROBE_HEADERS = {"x-hyperrec-probe": "deploy"}  # the server answers but does not log it as traffic
+CONFIRMATIONS = 10  # answers in a row: a multi-process server's workers swap one by one
 
 
 def serving_version(endpoint: str, timeout_s: float = 5.0) -> int | None:
@@ -26,7 +28,7 @@ def serving_version(endpoint: str, timeout_s: float = 5.0) -> int | None:
     unexpected body)."""
     url = f"{endpoint.rstrip('/')}/v1/models/{SERVED_NAME}:predict"
     try:
-        resp = requests.post(url, json=PROBE, timeout=timeout_s)
+        resp = requests.post(url, json=PROBE, headers=PROBE_HEADERS, timeout=timeout_s)
         resp.raise_for_status()
         return int(resp.json()["predictions"][0]["model_version"])
     except (requests.RequestException, ValueError, KeyError, IndexError, TypeError):
@@ -38,7 +40,8 @@ def deploy(settings: Settings, model_name: str, version: int, blessed: bool, end
     """Verify the roll-out of `version` of registered model `model_name`:
     rejected -> "skipped" (or "canary": the gate sent it to an online trial);
     no endpoint -> "alias-moved" (servers pick it up themselves);
-    else poll the endpoint until it serves `version` -> "serving", or raise RuntimeError
+    else poll the endpoint until it serves `version` in CONFIRMATIONS answers in a row (each
+    worker process of the server, or replica behind it, swaps on its own) -> "serving", or raise RuntimeError
     after `timeout_s`. Every outcome is tagged on the version (deploy_status, ...)."""
     settings = settings.model_copy(update={"model_name": model_name})
     at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -51,13 +54,16 @@ def deploy(settings: Settings, model_name: str, version: int, blessed: bool, end
         out = {"status": "alias-moved",
                "reason": "no endpoint to verify: servers follow the champion alias and swap on their own"}
     else:
-        t0, seen = time.monotonic(), None
+        t0, seen, in_a_row = time.monotonic(), None, 0
         while True:
             seen = serving_version(endpoint, timeout_s=min(5.0, timeout_s))
             seconds = round(time.monotonic() - t0, 1)
-            if seen == version:
+            in_a_row = in_a_row + 1 if seen == version else 0
+            if in_a_row >= CONFIRMATIONS:
                 out = {"status": "serving", "endpoint": endpoint, "seconds": seconds}
                 break
+            if seen == version:
+                continue  # confirm at once: only a changed answer needs waiting for
             if seconds >= timeout_s:
                 reason = (f"{endpoint} still serves version {seen} after {seconds:.0f} s, not {version}"
                           if seen is not None else f"{endpoint} gave no usable answer for {seconds:.0f} s")

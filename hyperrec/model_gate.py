@@ -12,8 +12,10 @@ be worse. When the test data is logged traffic (a retrain after drift), its clic
 only land on what the champion chose to show, so offline metrics favour the champion by
 construction. Measured on the closed loop's first retrain after a taste drift: offline,
 NDCG@10 0.426 champion vs 0.405 candidate; online, the same 2,000 simulated lists over the
-same window, CTR 0.0457 champion vs 0.0558 candidate. Such a candidate is served to a
-share of users and the A/B test (`hyperrec.canary`) promotes or retires it.
+same window, CTR 0.0457 champion vs 0.0558 candidate. Another run's retrain trailed by 15%
+overall and 19% in one category. A candidate within the margin is served to a share of
+users and the A/B test (`hyperrec.canary`) promotes or retires it; one that fails the
+absolute checks (the floor, beating popularity) never reaches users.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class ModelGateConfig:
     max_relative_drop: float = 0.03  # vs champion: candidate >= champion * (1 - this) - abs tolerance
     abs_tolerance: float = 0.002
     min_segment_users: int = 20  # smaller segments are too noisy to veto a model
-    canary_max_relative_drop: float | None = 0.15  # trailing the champion by less -> online trial; None: never
+    canary_max_relative_drop: float | None = 0.30  # trailing the champion by less -> online trial; None: never
 
 
 @dataclass

@@ -50,6 +50,7 @@ from serving.protocol import parse_v1, parse_v2, v1_response, v2_response
 
 log = logging.getLogger("hyperrec.serving")
 CANARY_SALT = "hyperrec-canary-1"
+PROBE_HEADER = "x-hyperrec-probe"  # a deploy or health check: answered like any request, not logged as traffic
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class RecommenderModel(kserve.Model):
             metrics.ERRORS.labels("internal").inc()
             raise
         ids = [uuid.uuid4().hex for _ in results]
-        if self.impressions is not None:
+        if self.impressions is not None and not (headers or {}).get(PROBE_HEADER):
             self.impressions.add(ids, [r.user_id for r in requests], results, [rec.monitored for rec in results],
                                  [rec.monitored[REQUEST_TS] for rec in results])
         for rid, rec in zip(ids, results):

@@ -39,7 +39,7 @@ def test_guardrail_retires_a_challenger_that_clicks_more_but_sells_less():
 def test_too_few_lists_and_a_long_tie_are_handled():
     rng = np.random.default_rng(2)
     early = judge(_lists(rng, 200, 0.40, 0.60), CHAMPION, CHALLENGER)
-    assert early.action == CONTINUE and "need 1,000" in early.reason
+    assert early.action == CONTINUE and "need 500" in early.reason
     tie = judge(_lists(rng, 3000, 0.40, 0.40), CHAMPION, CHALLENGER, CanaryConfig(max_lists=3000))
     assert tie.action == RETIRE and tie.reason.startswith("no evidence")
 
@@ -78,6 +78,6 @@ def test_other_versions_are_ignored():
 
 
 def test_min_lists_is_respected():
-    lists = _lists(np.random.default_rng(5), 500, 0.2, 0.4)
-    assert judge(lists, CHAMPION, CHALLENGER).action == CONTINUE  # default: 1,000 per group
-    assert judge(lists, CHAMPION, CHALLENGER, CanaryConfig(min_lists=400)).action == PROMOTE
+    lists = _lists(np.random.default_rng(5), 400, 0.2, 0.4)
+    assert judge(lists, CHAMPION, CHALLENGER).action == CONTINUE  # default: 500 per group
+    assert judge(lists, CHAMPION, CHALLENGER, CanaryConfig(min_lists=300)).action == PROMOTE

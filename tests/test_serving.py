@@ -315,12 +315,14 @@ def _click(user, item, at, event_id):
 
 
 def test_served_lists_are_logged_for_monitoring_and_outcomes_join_them(server):
+    from hyperrec.deploy import serving_version
     from hyperrec.eventlog import EventLog
     from hyperrec.impressions import ImpressionLog
     from hyperrec.monitor import FEATURES
     from hyperrec.traffic import attribute, shown_items
 
     world, settings = server["world"], server["settings"]
+    assert serving_version(server["url"]) == server["version"]  # a deploy probe: answered, not logged
     users = consenting(world)[10:14]
     answer = predict(server, [{"user_id": u, "k": 4} for u in users]).json()["predictions"]
     ids = [p["request_id"] for p in answer]
@@ -330,6 +332,7 @@ def test_served_lists_are_logged_for_monitoring_and_outcomes_join_them(server):
         if set(ids) <= set(logged["request_id"]):
             break
         time.sleep(0.1)
+    assert "deploy-probe" not in set(logged["user_id"])
     logged = logged.set_index("request_id").loc[ids]
     for p in answer:
         row = logged.loc[p["request_id"]]
