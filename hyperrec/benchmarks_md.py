@@ -48,7 +48,27 @@ def _index_rows() -> list[Row]:
             ("100k items, exact p99 per query, ms", row(100_000, "brute", "p99_ms"), "anchor")]
 
 
-BENCHES: dict[str, tuple[str, list[Row]]] = {
+def _closed_loop_rows(data: dict) -> list[Row]:
+    """Rows that depend on what the run did (its CTR turns, its trial, its arms)."""
+    rows: list[Row] = [("`make demo` wall time, s", _get("seconds_total"), "< 600 after setup")]
+    rows += [(label, _get("ctr", label), "") for label in data.get("ctr", {})]
+    for i in range(len(data.get("retrains", []))):
+        rows.append((f"retrain {i + 1}: wall time, s", lambda d, i=i: d["retrains"][i]["wall_s"], ""))
+    for i in range(len(data.get("trials", []))):
+        rows += [(f"online trial {i + 1}: outcome", lambda d, i=i: d["trials"][i]["action"], ""),
+                 (f"online trial {i + 1}: lists with a click, challenger - champion",
+                  lambda d, i=i: f"{d['trials'][i]['difference']:+.4f} [{d['trials'][i]['ci'][0]:+.4f}, "
+                                 f"{d['trials'][i]['ci'][1]:+.4f}]", "95% CI"),
+                 (f"online trial {i + 1}: always-valid p", lambda d, i=i: d["trials"][i]["p_always_valid"], "< 0.05")]
+    for arm in data.get("lifts", {}):
+        rows.append((f"lift of the mechanism `{arm}` switches off (lists with a click)",
+                     lambda d, arm=arm: f"{d['lifts'][arm]['lift']:+.4f} [{d['lifts'][arm]['low']:+.4f}, "
+                                        f"{d['lifts'][arm]['high']:+.4f}], p {d['lifts'][arm]['p_holm']:.2g}",
+                     "95% CI, Holm p"))
+    return rows
+
+
+BENCHES: dict[str, tuple[str, list[Row] | Callable[[dict], list[Row]]]] = {
     "serving": ("Serving (100k-item catalog, wrk on loopback, naive KServe path in the same run)", [
         ("p99 at 500 req/s (open loop), ms", _get("p99_ms_at_500rps"), "<= 25"),
         ("max req/s at p99 <= 50 ms", _get("max_rps_at_p99_50ms"), ">= 3x naive"),
@@ -75,6 +95,8 @@ BENCHES: dict[str, tuple[str, list[Row]]] = {
         ("any-p<0.05 rule on the same windows", _get("baseline_false_alarm_rates", "p_lt_0.05_any"), "anchor"),
     ]),
     "quality": ("Model quality on MovieLens (ml-latest-small, temporal split)", _quality_rows()),
+    "closed_loop": ("Closed loop (`make demo`: drift, detection, retrain, online trial, ablation arms)",
+                    _closed_loop_rows),
 }
 
 
@@ -115,7 +137,7 @@ def render(bench_dir: Path) -> str:
         stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         lines += [f"`{path.name}`, written {stamp:%Y-%m-%d %H:%M} UTC.", "", "| measure | value | target / anchor |",
                   "|---|---|---|"]
-        for label, read, target in rows:
+        for label, read, target in (rows(data) if callable(rows) else rows):
             try:
                 value = _fmt(read(data))
             except (KeyError, StopIteration, TypeError):

@@ -4,9 +4,12 @@ swap) with a plot of served CTR."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +24,41 @@ def _recent_categories(world_events: pd.DataFrame, items: pd.DataFrame, user: st
     clicks = world_events[(world_events["user_id"] == user) & (world_events["event_type"] == "click")]
     cats = items.set_index("item_id").loc[clicks["item_id"].tail(n), "category"]
     return ", ".join(cats) or "(no clicks)"
+
+
+def story_numbers(steps: pd.DataFrame, retrains: list[dict], trials: list[dict], drift_day: float,
+                  loop: LoopConfig) -> dict:
+    """Served CTR at the turns of the story: before the drift, in the step the retrain was
+    started, and after the trial ended (or after the retrain, when there was no trial)."""
+    day = (np.arange(len(steps)) + 1) * loop.step_hours / 24
+    ctr = {"CTR before the drift": float(steps["ctr"][day <= drift_day].mean())}
+    if retrains:
+        fired = steps["sim_end"] <= retrains[0]["sim_time"]
+        ctr["CTR in the step the retrain started"] = float(steps["ctr"][fired].iloc[-1])
+        decided = [t for t in trials if t["action"] != "continue"]
+        after = steps["sim_end"] > (decided[0]["sim_time"] if decided else retrains[0]["sim_time"])
+        label = f"CTR after v{decided[0]['challenger']} was {decided[0]['action']}d" if decided \
+            else "CTR after the retrain"
+        if after.any():
+            ctr[label] = float(steps["ctr"][after].mean())
+    return {"ctr": ctr}
+
+
+def write_summary(path: Path, story: dict, arms: pd.DataFrame, timings: dict, total_s: float, retrains: list[dict],
+                  trials: list[dict]) -> Path:
+    """The closed loop's numbers for `hyperrec bench report` (BENCHMARKS.md)."""
+    lifts = {arm: {"lift": row["mechanism_lift"], "low": row["lift_low"], "high": row["lift_high"],
+                   "p_holm": row["lift_p_holm"], "lists": int(row["lists"])}
+             for arm, row in arms.iterrows() if "mechanism_lift" in arms and pd.notna(row["mechanism_lift"])}
+    data = {"seconds_total": total_s, "timings_s": timings, **story, "lifts": lifts,
+            "lists_with_click": {arm: float(v) for arm, v in arms["lists_with_click"].items()},
+            "retrains": [{k: r[k] for k in ("wall_s", "state", "champion_before", "champion_after", "challenger")}
+                         for r in retrains],
+            "trials": [{k: t[k] for k in ("action", "reason", "lists", "rates", "difference", "ci", "p_always_valid")}
+                       for t in trials if t["action"] != "continue"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=float))
+    return path
 
 
 def _arms_rich(arms: pd.DataFrame) -> Table:
@@ -133,16 +171,16 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     for trial in result["trials"]:
         console.print(f"online trial of v{trial['challenger']} vs v{trial['champion']}: {trial['action']}; "
                       f"{trial['lists']['challenger']:,} vs {trial['lists']['champion']:,} lists; {trial['reason']}")
-    before = steps[steps["sim_end"] <= retrains[0]["sim_time"]] if retrains else steps
-    after = steps[steps["sim_end"] > retrains[0]["sim_time"]] if retrains else steps.iloc[0:0]
-    if len(after):
-        console.print(f"CTR in the last step before the retrain {before['ctr'].iloc[-1]:.4f}; "
-                      f"after it, mean {after['ctr'].mean():.4f} over {len(after)} steps")
+    story = story_numbers(steps, retrains, result["trials"], drift_day - days, loop)
+    console.print(" ".join(f"{label} {value:.4f};" for label, value in story["ctr"].items()))
     console.print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
                   + f"; total {time.monotonic() - t0:.0f}s")
     console.print(f"plot: {png}")
     console.print("dashboards: make ui (Evidently, http://127.0.0.1:8000); "
                   f"MLflow: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}")
     console.print(f"decisions: {settings.monitoring_dir / 'decisions.jsonl'}; logs: {settings.home / 'logs'}")
+    summary = write_summary(settings.home / "bench" / "closed_loop.json", story, arms, timings,
+                            time.monotonic() - t0, retrains, result["trials"])
+    console.print(f"summary for BENCHMARKS.md: {summary}")
     return {"version": version, "metrics": metrics, "recommendations": recs, "timings": timings,
             "steps": steps, "retrains": retrains, "arms": arms, "plot": png}

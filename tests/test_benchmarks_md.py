@@ -1,0 +1,28 @@
+"""BENCHMARKS.md is written from the benches' JSON only: every number in it comes from a file,
+a bench that did not run says so, and the closed loop's rows follow what that run did."""
+
+import json
+
+from hyperrec.benchmarks_md import render
+
+
+def test_the_report_prints_what_the_files_hold_and_names_what_did_not_run(tmp_path):
+    (tmp_path / "serving.json").write_text(json.dumps({
+        "p99_ms_at_500rps": 540.2, "max_rps_at_p99_50ms": 359, "naive_max_rps_at_p99_50ms": 52,
+        "throughput_ratio_vs_naive": 6.93, "swap_non2xx": 0}))
+    (tmp_path / "closed_loop.json").write_text(json.dumps({
+        "seconds_total": 701.3, "ctr": {"CTR before the drift": 0.0971, "CTR after v2 was promoted": 0.081},
+        "retrains": [{"wall_s": 300.0}],
+        "trials": [{"action": "promote", "difference": 0.071, "ci": [0.03, 0.11], "p_always_valid": 0.004}],
+        "lifts": {"no-mmr": {"lift": -0.012, "low": -0.05, "high": 0.026, "p_holm": 0.9}}}))
+    text = render(tmp_path)
+    assert "| max req/s at p99 <= 50 ms | 359 | >= 3x naive |" in text
+    assert "| p99 at 500 req/s (open loop), ms | 540.2 | <= 25 |" in text
+    assert "| p99 during the swap, ms | (missing) |" in text
+    assert f"Not run (no `{tmp_path / 'index.json'}`)." in text
+    assert "| `make demo` wall time, s | 701.3 | < 600 after setup |" in text
+    assert "| CTR after v2 was promoted | 0.0810 |" in text
+    assert "| online trial 1: outcome | promote |" in text
+    assert "+0.0710 [+0.0300, +0.1100]" in text
+    assert "| lift of the mechanism `no-mmr` switches off (lists with a click) | -0.0120 [-0.0500, +0.0260], p 0.9 |" \
+        in text
