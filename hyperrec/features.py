@@ -40,6 +40,9 @@ USER_ACTIVITY = FeatureViewSpec(
 USER_RECENT_ITEMS = FeatureViewSpec(
     "user_recent_items", "user_id", {"recent_items": "string_list", "recent_items_ts": "int_list"},
     timedelta(days=30), push=True)
+# no TTL: a purchase stays a purchase, however long the user has been away
+USER_PURCHASES = FeatureViewSpec("user_purchases", "user_id", {"purchased_items": "string_list"}, timedelta(0),
+                                 push=True)
 ITEM_METADATA = FeatureViewSpec(
     "item_metadata", "item_id",
     {"category": "string", "brand": "string", "price": "float", "price_bucket": "int", "description": "string"},
@@ -47,8 +50,9 @@ ITEM_METADATA = FeatureViewSpec(
 ITEM_POPULARITY = FeatureViewSpec(
     "item_popularity", "item_id", _window_features(ITEM_TYPES, ITEM_WINDOWS_S, "item_"), timedelta(days=7),
     push=True)
-FEATURE_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS, ITEM_METADATA, ITEM_POPULARITY)
-USER_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS)
+FEATURE_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS, ITEM_METADATA, ITEM_POPULARITY, USER_PURCHASES)
+USER_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS)  # what the models learn from
+SERVING_USER_VIEWS = (*USER_VIEWS, USER_PURCHASES)  # plus what re-ranking filters by
 ITEM_VIEWS = (ITEM_METADATA, ITEM_POPULARITY)
 
 # request-time features computed by a Feast on-demand view from the request and user_activity
@@ -134,4 +138,5 @@ def offline_tables(world) -> dict[str, pd.DataFrame]:
         USER_RECENT_ITEMS.name: windowed["user_recent_items"],
         ITEM_METADATA.name: item_metadata_table(world.items),
         ITEM_POPULARITY.name: windowed["item_popularity"],
+        USER_PURCHASES.name: windowed["user_purchases"],
     }

@@ -8,6 +8,8 @@ never meets an index, ranker or co-engagement table from another training run.
 Policy per request:
 - personalized: a user the model knows (id in its vocabulary) or any user or anonymous
   session with recent items -> retrieval -> ranking -> re-ranking (MMR, exploration slot);
+  never an item the user recently engaged with or ever bought (`purchased_items`, when the
+  features carry it), nor one the request excludes;
 - popular-in-context: nothing to personalize from (a brand-new visitor), or no consent
   to personalization -> the most popular items, in the page's category when there is one.
   Measured on ml-latest-small, the model with no history is no better than popularity.
@@ -226,7 +228,8 @@ def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request
         rows = take(features, chosen)
         rows["user_id"] = np.array([u if u in unit.known_users else NEW_USER for u in rows["user_id"]], object)
         batch = [requests[i] for i in chosen]
-        seen = [set(items) | set(r.exclude) for items, r in zip(rows["recent_items"], batch)]
+        bought = rows.get("purchased_items", [()] * len(batch))
+        seen = [set(items) | set(r.exclude) | set(b) for items, r, b in zip(rows["recent_items"], batch, bought)]
         with timer("retrieval"):
             queries = rec.user_embeddings(rows)
             candidates, scores = rec.search(queries, rec.n_candidates, seen)

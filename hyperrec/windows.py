@@ -1,5 +1,5 @@
 """Windowed features from the event stream: counts per event type over 30 min / 1 day /
-7 days, dwell and CTR, and each user's recent items.
+7 days, dwell and CTR, each user's recent items, and the items each user has bought.
 
 Two implementations of one definition: `StreamFolds` folds one event at a time (the
 stream processor, pushing online), `replay` computes the same snapshots for a whole
@@ -25,6 +25,7 @@ POSITIVE = ("click", "add_to_cart", "purchase")
 # a film at all means it was watched: the sequence signal, whatever the score)
 ENGAGED = (*POSITIVE, "rating")
 RECENT_N = 20
+PURCHASED_N = 200  # distinct items kept per user: what serving must never offer again
 STAMP_DELAY = pd.Timedelta(milliseconds=1)
 
 
@@ -90,6 +91,19 @@ class RecentItems:
         return {"recent_items": [i for i, _ in recent], "recent_items_ts": [t for _, t in recent]}
 
 
+class Purchases:
+    """The distinct items each user bought, most recently bought first (PURCHASED_N kept)."""
+
+    def __init__(self, n: int = PURCHASED_N):
+        self.n = n
+        self.state: dict[str, list[str]] = {}
+
+    def fold(self, user: str, item: str) -> dict:
+        bought = [item, *(i for i in self.state.get(user, ()) if i != item)][:self.n]
+        self.state[user] = bought
+        return {"purchased_items": list(bought)}
+
+
 USER_TYPES = {"view": "views", "click": "clicks", "add_to_cart": "carts", "purchase": "purchases"}
 ITEM_TYPES = {"view": "views", "click": "clicks"}
 ITEM_WINDOWS_S = {"1d": 86_400, "7d": 7 * 86_400}
@@ -102,21 +116,23 @@ class StreamFolds:
     users: WindowFolder = field(default_factory=lambda: WindowFolder(USER_TYPES))
     items: WindowFolder = field(default_factory=lambda: WindowFolder(ITEM_TYPES, ITEM_WINDOWS_S, "item_"))
     recent: RecentItems = field(default_factory=RecentItems)
+    purchases: Purchases = field(default_factory=Purchases)
 
     def forget(self, user_ids) -> None:
-        """Drop erased users' windows and recent items (item counters are aggregates and stay)."""
+        """Drop erased users' windows, recent and bought items (item counters are aggregates and stay)."""
         for user in user_ids:
             self.users.state.pop(user, None)
             self.recent.state.pop(user, None)
+            self.purchases.state.pop(user, None)
 
     def fold_frame(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Fold events (in time order) and return snapshots per table: user_activity,
-        item_popularity, user_recent_items; each row stamped 1 ms after its event."""
+        item_popularity, user_recent_items, user_purchases; each row stamped 1 ms after its event."""
         events = events.sort_values("ts", kind="stable")
         ts_ms = (events["ts"].astype("int64") // 1_000_000).to_numpy()  # ns -> ms
         dwell = pd.to_numeric(events["dwell_s"], errors="coerce").fillna(0.0).to_numpy() if "dwell_s" in events \
             else np.zeros(len(events))
-        rows = {"user_activity": [], "item_popularity": [], "user_recent_items": []}
+        rows = {"user_activity": [], "item_popularity": [], "user_recent_items": [], "user_purchases": []}
         for user, item, kind, t, d in zip(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
                                           events["event_type"].to_numpy(), ts_ms, dwell):
             d = float(d) if kind == "click" else 0.0
@@ -124,11 +140,13 @@ class StreamFolds:
             rows["item_popularity"].append({"item_id": item, "ts_ms": t, **self.items.fold(item, t, kind, d)})
             if kind in ENGAGED:
                 rows["user_recent_items"].append({"user_id": user, "ts_ms": t, **self.recent.fold(user, item, t)})
+            if kind == "purchase":
+                rows["user_purchases"].append({"user_id": user, "ts_ms": t, **self.purchases.fold(user, item)})
         return {name: _stamp(pd.DataFrame(r)) for name, r in rows.items()}
 
 
 def _stamp(df: pd.DataFrame) -> pd.DataFrame:
-    if df.empty:
+    if "ts_ms" not in df:  # no rows and no columns (a stream batch without such events)
         return df
     df["event_timestamp"] = pd.to_datetime(df.pop("ts_ms"), unit="ms", utc=True) + STAMP_DELAY
     return df
@@ -192,6 +210,15 @@ def _recent_table(events: pd.DataFrame, ts_ms: np.ndarray, n: int = RECENT_N) ->
     return table.sort_values("row").drop(columns="row").reset_index(drop=True)  # event order
 
 
+def _purchases_table(events: pd.DataFrame, ts_ms: np.ndarray) -> pd.DataFrame:
+    bought = events["event_type"].to_numpy() == "purchase"
+    folder, rows = Purchases(), []
+    for user, item, t in zip(events["user_id"].to_numpy()[bought], events["item_id"].to_numpy()[bought],
+                             ts_ms[bought]):
+        rows.append({"user_id": user, "ts_ms": t, **folder.fold(user, item)})  # purchases are few: fold them
+    return pd.DataFrame(rows, columns=["user_id", "ts_ms", "purchased_items"])
+
+
 def replay(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The snapshots StreamFolds().fold_frame(events) would produce, computed at once."""
     events = events.sort_values("ts", kind="stable").reset_index(drop=True)
@@ -203,5 +230,6 @@ def replay(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "user_activity": _window_table(events, "user_id", folds.users, ts_ms, dwell),
         "item_popularity": _window_table(events, "item_id", folds.items, ts_ms, dwell),
         "user_recent_items": _recent_table(events, ts_ms),
+        "user_purchases": _purchases_table(events, ts_ms),
     }
     return {name: _stamp(t) for name, t in tables.items()}

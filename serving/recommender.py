@@ -26,7 +26,7 @@ from hyperrec.bandit import LinUCB
 from hyperrec.bandit_store import BanditStore, Credit, store_path
 from hyperrec.batching import MicroBatcher
 from hyperrec.config import Settings
-from hyperrec.features import REQUEST_TS
+from hyperrec.features import REQUEST_TS, SERVING_USER_VIEWS
 from hyperrec.hotswap import ModelSlot, versions_dir_cleanup
 from hyperrec.impressions import ImpressionLog, ImpressionRecorder
 from hyperrec.models.two_tower import NEW_USER, USER_INPUTS
@@ -78,7 +78,8 @@ class RecommenderModel(kserve.Model):
         self.bandit = LinUCB(EXPLORATION_DIM)
         self.bandit_store = BanditStore(store_path(settings.home), self.bandit, limit=config.pending_feedback)
         metrics.BANDIT_UPDATES.set_function(lambda: self.bandit.updates)
-        self.features = OnlineUserReader(settings, features=USER_INPUTS)  # only what the model reads
+        # only what the model reads, plus the purchases re-ranking filters out
+        self.features = OnlineUserReader(settings, SERVING_USER_VIEWS, features=[*USER_INPUTS, "purchased_items"])
         self.consent = ConsentLedger.open(settings)
         self._timer = StageTimer(lambda stage, s: metrics.STAGE_SECONDS.labels(stage).observe(s))
         self.slot = ModelSlot(resolve=alias_watcher(settings), load=self._load_champion, probe=self._probe,

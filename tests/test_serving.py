@@ -440,6 +440,36 @@ def test_clicks_shift_recommendations_toward_their_category_within_a_second(serv
     assert elapsed < 1.0, f"took {elapsed:.2f} s"
 
 
+def test_a_bought_item_is_never_offered_again(server):
+    """The long-term purchase filter: after a purchase and 25 later clicks, the bought item
+    has left the user's 20 recent items, and still never comes back."""
+    from hyperrec.eventlog import EventLog
+    from hyperrec.featurestore import online_user_features, open_store
+    from hyperrec.stream import StreamProcessor, history
+
+    settings, world = server["settings"], server["world"]
+    user = consenting(world)[7]
+    first = predict(server, [{"user_id": user, "k": 10}]).json()["predictions"][0]
+    bought = first["items"][0]["item_id"]
+    others = [i for i in world.items["item_id"] if i != bought and i not in {x["item_id"] for x in first["items"]}]
+    at = world.events["ts"].max().to_pydatetime() + timedelta(minutes=5)
+    events = [{"event_id": f"buy-{user}", "user_id": user, "item_id": bought, "event_type": "purchase",
+               "ts": at.isoformat()}]
+    events += [_click(user, item, at + timedelta(seconds=i + 1), f"after-buy-{user}-{i}")
+               for i, item in enumerate(others[:25])]
+    assert requests.post(f"{server['url']}/v1/events", json=events, timeout=30).json()["stored"] == 26
+    store, log = open_store(settings), EventLog(settings.event_log)
+    processor = StreamProcessor(store, log)
+    processor.warm_start(history(log, settings.data_dir / "world"))
+    while processor.run_once():
+        pass
+    online = online_user_features(store, [user], now=at + timedelta(minutes=1))
+    assert bought not in list(online.loc[0, "recent_items"])  # not what keeps it out
+    again = predict(server, [{"user_id": user, "k": 100}]).json()["predictions"][0]
+    assert again["policy"] == "personalized" and len(again["items"]) >= 50
+    assert bought not in {i["item_id"] for i in again["items"]}
+
+
 def test_consent_decides_personalization_and_a_withdrawal_counts_at_once(server):
     from hyperrec.privacy import ConsentLedger
 

@@ -50,3 +50,13 @@ def test_stream_and_replay_agree_on_a_generated_world():
     for name, s in streamed.items():
         r = replayed[name][s.columns]
         pd.testing.assert_frame_equal(s.reset_index(drop=True), r.reset_index(drop=True), check_dtype=False)
+
+
+@pytest.mark.parametrize("fold", [lambda e: StreamFolds().fold_frame(e), replay], ids=["stream", "replay"])
+def test_purchases_are_distinct_newest_first_and_only_purchases(fold):
+    history = events([("u", item, kind, f"2026-01-01 10:0{i}:00", None, None)
+                      for i, (item, kind) in enumerate([("a", "purchase"), ("b", "click"), ("b", "purchase"),
+                                                        ("a", "purchase"), ("c", "add_to_cart")])])
+    bought = fold(history)["user_purchases"]
+    assert [list(x) for x in bought["purchased_items"]] == [["a"], ["b", "a"], ["a", "b"]]
+    assert bought["event_timestamp"].iloc[-1] == pd.Timestamp("2026-01-01 10:03:00.001", tz="UTC")
