@@ -32,6 +32,8 @@ from hyperrec.data.world import World
 class LoopConfig:
     days: float = 5.0  # simulated days after the world's end: drift, detection, retrain, trial, promotion
     drift_after_days: float = 1.0  # tastes start to drift after the monitor's reference day
+    drift_spread_days: float = 0.25  # a taste shift, not a slow slide: drifting users start within 6 h
+    drift_max_days: float = 1.0  # and have moved within a day, so the retrain sees the new tastes
     lists_per_day: int | None = None  # default: as many views a day as the world's history had
     step_hours: float = 6.0  # the monitoring job runs after every step
     epochs: int = 6  # of each retraining run

@@ -79,3 +79,16 @@ def test_world_round_trips_through_disk(world, tmp_path):
     pd.testing.assert_frame_equal(back.events, world.events)
     np.testing.assert_array_equal(back.truth.item_vec, world.truth.item_vec)
     assert back.meta["config"]["seed"] == 3
+
+
+def test_a_taste_shift_can_be_made_abrupt():
+    """The demo's drift: users start within 6 h of the start day and move within a day."""
+    world = generate_world(WorldConfig(users=300, items=50, days=10, events=2_000, seed=4, drift_start_day=11.0,
+                                       drift_spread_days=0.25, drift_max_days=1.0))
+    truth = world.truth
+    assert truth.drift_start.min() >= 11.0 and truth.drift_start.max() <= 11.25
+    assert truth.drift_days.min() >= 0.5 and truth.drift_days.max() <= 1.0
+    drifting = np.abs(truth.user_shift).sum(axis=1) > 0
+    users = np.flatnonzero(drifting)[:20]
+    assert np.allclose(truth.taste(users, 10.9), truth.taste(users, 11.0))  # not started
+    assert not np.allclose(truth.taste(users, 11.0), truth.taste(users, 12.3))  # done by then

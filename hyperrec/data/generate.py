@@ -45,6 +45,8 @@ class WorldConfig:
     new_item_share: float = 0.3  # items that appear during the simulated days
     drifting_user_share: float = 0.5
     drift_start_day: float | None = None  # default: 60% into the period
+    drift_spread_days: float | None = None  # users start drifting within this after the start (default 10% of days)
+    drift_max_days: float | None = None  # a drift takes 25-100% of this, at least half a day (default 20% of days)
     chunk: int = 500_000  # impressions per vectorized chunk (bounds memory)
 
     def __post_init__(self):
@@ -95,8 +97,12 @@ def _make_users(cfg: WorldConfig, rng, centroids: np.ndarray, start: pd.Timestam
     target = normalize(centroids[rng.integers(0, n_cat, cfg.users)] + 0.3 * rng.normal(size=base.shape))
     shift = np.where(drifting[:, None], 1.5 * (target - base), 0.0)
     drift_start_day = cfg.drift_start_day if cfg.drift_start_day is not None else 0.6 * cfg.days
-    drift_start = drift_start_day + rng.uniform(0, 0.1 * cfg.days, cfg.users)
-    drift_days = np.maximum(rng.uniform(0.05, 0.2, cfg.users) * cfg.days, 0.5)
+    spread = 0.1 * cfg.days if cfg.drift_spread_days is None else cfg.drift_spread_days
+    drift_start = drift_start_day + rng.uniform(0, spread, cfg.users)
+    if cfg.drift_max_days is None:
+        drift_days = np.maximum(rng.uniform(0.05, 0.2, cfg.users) * cfg.days, 0.5)
+    else:
+        drift_days = np.maximum(rng.uniform(0.25, 1.0, cfg.users) * cfg.drift_max_days, 0.5)
     first, last = rng.choice(FIRST, cfg.users), rng.choice(LAST, cfg.users)
     signup = start - pd.to_timedelta(rng.integers(1, 3 * 365, cfg.users), unit="D")
     users = pd.DataFrame({
