@@ -28,6 +28,8 @@ app.add_typer(privacy_app, name="privacy")
 ab_app = typer.Typer(no_args_is_help=True, help="A/B tests over logged impressions.")
 app.add_typer(ab_app, name="ab")
 console = Console()
+if not console.is_terminal:  # piped or logged (CI, `make demo > log`): rich would wrap tables at 80 columns
+    console = Console(width=140)
 
 HomeOpt = typer.Option(None, "--home", help="workspace directory (default $HYPERREC_HOME or ./var)")
 
