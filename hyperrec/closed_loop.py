@@ -59,14 +59,21 @@ def _start_stream(settings: Settings, log_path: Path, experiment: str) -> subpro
                             env=export_env(settings), stdout=log, stderr=subprocess.STDOUT)
 
 
+def _gauge_values(url: str, gauge: str) -> list[float]:
+    """A gauge's values on the server's /metrics: one, or one per worker (a pid label)."""
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    return [float(line.split()[-1]) for line in text.splitlines()
+            if line.startswith(gauge + " ") or line.startswith(gauge + "{")]
+
+
 def _wait_for_gauge(url: str, gauge: str, version: int, timeout_s: float = 300.0) -> float:
     """Seconds until the server's Prometheus `gauge` (hyperrec_model_version, or
-    hyperrec_canary_version) reads `version`. Read from /metrics, not by asking for a list:
-    a probe list would be logged as traffic."""
+    hyperrec_canary_version) reads `version` in every worker. Read from /metrics, not by
+    asking for a list: a probe list would be logged as traffic."""
     started = time.monotonic()
-    while f"\n{gauge} {float(version)}\n" not in requests.get(f"{url}/metrics", timeout=30).text:
+    while not (values := _gauge_values(url, gauge)) or any(v != version for v in values):
         if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"the server's {gauge} did not reach {version} within {timeout_s:.0f}s")
+            raise TimeoutError(f"the server's {gauge} did not reach {version} within {timeout_s:.0f}s: {values}")
         time.sleep(0.5)
     return time.monotonic() - started
 

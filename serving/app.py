@@ -1,6 +1,7 @@
 """What the recommendation server adds to KServe's FastAPI app: a request-size limit (413),
 400 instead of FastAPI's 422 for a v2 body that fails its schema (every client mistake is
-a 400 with {"error": ...}), the answering process in a response header, the bandit
+a 400 with {"error": ...}), the answering process in a response header, /metrics over
+every worker under --workers (serving/metrics.py), the bandit
 feedback endpoint, and event ingestion (`POST /v1/events` into the durable event log the
 stream processor tails)."""
 
@@ -11,7 +12,7 @@ import os
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_BODY_BYTES = 1 << 20
@@ -113,6 +114,14 @@ def install(app: FastAPI, models: dict, events=None) -> None:
         return JSONResponse(status_code=400, content={"error": problems[:2000]})
 
     app.add_exception_handler(RequestValidationError, schema_error)
+
+    from serving import metrics
+
+    if metrics.MULTIPROCESS:  # registered before KServe's own /metrics, so this one answers
+        @app.get("/metrics")
+        async def all_workers_metrics(request: Request):
+            body, content_type = metrics.scrape(request.headers.get("accept"))
+            return Response(content=body, headers={"content-type": content_type})
 
     if events is not None:
         _install_ingestion(app, events)

@@ -77,7 +77,7 @@ class RecommenderModel(kserve.Model):
         # process shares: feedback may reach another worker than the one that served the list
         self.bandit = LinUCB(EXPLORATION_DIM)
         self.bandit_store = BanditStore(store_path(settings.home), self.bandit, limit=config.pending_feedback)
-        metrics.BANDIT_UPDATES.set_function(lambda: self.bandit.updates)
+        metrics.track(metrics.BANDIT_UPDATES, lambda: self.bandit.updates)
         # only what the model reads, plus the purchases re-ranking filters out
         self.features = OnlineUserReader(settings, SERVING_USER_VIEWS, features=[*USER_INPUTS, "purchased_items"])
         self.consent = ConsentLedger.open(settings)
@@ -87,7 +87,7 @@ class RecommenderModel(kserve.Model):
         trial = alias_watcher(settings, CHALLENGER) if config.canary_share > 0 else (lambda: None)
         self.canary = ModelSlot(resolve=trial, load=self._load_unit, probe=self._probe, on_swap=self._swapped,
                                 on_failure=lambda *_: metrics.LOAD_FAILURES.inc(), optional=True)
-        metrics.CANARY_VERSION.set_function(lambda: self.canary.version or 0)
+        metrics.track(metrics.CANARY_VERSION, lambda: self.canary.version or 0)
         self.batcher: MicroBatcher | None = None
         self._previous_version: int | None = None
         self.impressions = ImpressionRecorder(ImpressionLog(settings.impression_log)) if log_impressions else None

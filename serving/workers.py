@@ -24,7 +24,8 @@ it fails at once instead of after every worker has loaded.
 - SIGTERM/SIGINT to the supervisor stops the workers (SIGTERM, then SIGKILL after
   `GRACE_S`). A worker whose supervisor is gone (its stdin closes) stops itself.
 - Shared state lives in files: the bandit and pending feedback in `hyperrec.bandit_store`,
-  events and impressions in their SQLite logs (WAL, busy timeouts).
+  events and impressions in their SQLite logs (WAL, busy timeouts), Prometheus samples in
+  `<home>/serving/prometheus` (emptied at start; /metrics from any worker covers all).
 
 KServe 0.21's own `--workers` (RESTServerMultiProcess) was not used: it pickles the
 ModelServer's model repository into `spawn` children (our model holds threads, locks,
@@ -39,6 +40,7 @@ import asyncio
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +48,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("hyperrec.workers")
 
@@ -78,8 +81,13 @@ def _worker_argv(argv: list[str]) -> list[str]:
 
 
 class Supervisor:
-    def __init__(self, n: int, port: int, argv: list[str]):
+    def __init__(self, n: int, port: int, argv: list[str], metrics_dir: Path | None = None):
+        """`metrics_dir`: emptied, then where every worker writes its Prometheus samples."""
         self.n, self.port, self.argv = n, port, _worker_argv(argv)
+        self.metrics_dir = metrics_dir
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
         self.sock: socket.socket | None = None
         self.workers: dict[int, _Worker] = {}
         self.failures = dict.fromkeys(range(n), 0)
@@ -89,7 +97,8 @@ class Supervisor:
     def _start(self, slot: int) -> None:
         read, write = os.pipe()
         cmd = [sys.executable, "-m", "serving", *self.argv, "--worker_slot", str(slot), "--status_fd", str(write)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=[write])
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)} if self.metrics_dir else None
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=[write], env=env)
         os.close(write)
         self.workers[slot] = _Worker(slot, proc, read)
         log.info("worker %s starting (pid %s)", slot, proc.pid)
@@ -143,6 +152,7 @@ class Supervisor:
                 code = worker.proc.returncode
                 os.close(worker.status)
                 del self.workers[slot]
+                self._forget_metrics(worker.proc.pid)
                 if not self.listening:
                     log.error("worker %s exited with code %s before the server was ready: stopping", slot, code)
                     return code or 1
@@ -160,6 +170,13 @@ class Supervisor:
                     del restart_at[slot]
                     self._start(slot)
         return 0
+
+    def _forget_metrics(self, pid: int) -> None:
+        """A dead worker's live gauges go; its counters stay in the sums."""
+        if self.metrics_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, str(self.metrics_dir))
 
     def _stop_all(self) -> None:
         for worker in self.workers.values():
@@ -190,7 +207,8 @@ def supervise(args, argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     # the shared bandit store exists before any worker opens it (no first-writer race)
     init_store(store_path(load_settings(args.home).home), EXPLORATION_DIM)
-    return Supervisor(args.workers, args.http_port, argv).run()
+    home = load_settings(args.home).home
+    return Supervisor(args.workers, args.http_port, argv, metrics_dir=home / "serving" / "prometheus").run()
 
 
 # --- a worker ----------------------------------------------------------------------------

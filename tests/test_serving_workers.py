@@ -45,10 +45,16 @@ def until(condition, timeout_s: float, every_s: float = 0.05):
     return condition()
 
 
-def bandit_updates(server) -> tuple[str, float]:
-    resp = requests.get(server["url"] + "/metrics", timeout=10)
-    line = next(x for x in resp.text.splitlines() if x.startswith("hyperrec_bandit_updates "))
-    return resp.headers["x-hyperrec-worker"], float(line.split()[1])
+def per_worker(server, gauge) -> dict[int, float]:
+    """A gauge's value per live worker (pid label), from one scrape of any worker."""
+    text = requests.get(server["url"] + "/metrics", timeout=10).text
+    return {int(line.split('pid="')[1].split('"')[0]): float(line.split()[-1])
+            for line in text.splitlines() if line.startswith(gauge + "{")}
+
+
+def total(server, counter) -> float:
+    text = requests.get(server["url"] + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(counter + "{"))
 
 
 def test_both_workers_answer_on_one_port(server):
@@ -64,6 +70,18 @@ def test_both_workers_answer_on_one_port(server):
     # each downloaded the champion into its own folder
     versions = server["settings"].home / "serving" / "versions"
     assert {p.name for p in versions.iterdir()} == {"worker-0", "worker-1"}
+
+
+def test_metrics_from_either_worker_cover_both(server):
+    """/metrics answered by one worker sums both workers' counters and lists each one's
+    gauges (prometheus multiprocess mode)."""
+    before = total(server, "hyperrec_recommendations_total")
+    users = server["world"].users["user_id"].iloc[:30].tolist()
+    answered = {predict(server, [{"user_id": u, "k": 3}])[0] for u in users}
+    assert len(answered) == 2
+    for _ in range(6):  # whichever worker answers the scrape
+        assert total(server, "hyperrec_recommendations_total") == before + 30
+    assert per_worker(server, "hyperrec_model_version") == dict.fromkeys(server["workers"], float(server["version"]))
 
 
 def test_feedback_reaches_the_shared_bandit_from_either_worker(server):
@@ -93,9 +111,8 @@ def test_feedback_reaches_the_shared_bandit_from_either_worker(server):
     latest = {}
 
     def caught_up():
-        worker, updates = bandit_updates(server)
-        latest[worker] = updates
-        return len(latest) == 2 and all(u == credited for u in latest.values())
+        latest.update(per_worker(server, "hyperrec_bandit_updates"))
+        return set(latest) == server["workers"] and all(u == credited for u in latest.values())
 
     assert until(caught_up, timeout_s=1.5), f"bandit updates per worker: {latest}, expected {credited}"
     assert time.monotonic() - credited_at < 1.5
@@ -156,6 +173,7 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(server):
     os.kill(victim, signal.SIGKILL)
     replaced = until(lambda: set(child_pids(server["proc"].pid)) - {victim, survivor}, timeout_s=10, every_s=0.2)
     assert replaced, "the supervisor did not start a replacement"
+    assert until(lambda: victim not in per_worker(server, "hyperrec_model_version"), timeout_s=5)  # its gauges go
     for _ in range(10):  # the survivor serves meanwhile; the replacement joins only once it is loaded
         worker, _ = predict(server, [{"user_id": "u", "k": 2}])
         assert worker == str(survivor)
