@@ -44,7 +44,7 @@ def test_model_gate_blesses_a_better_model_and_rejects_worse_ones():
     assert decide(_metrics(0.10), None).blessed  # first model: beats popularity
     assert not decide(_metrics(0.051), None).blessed  # within 5% of popularity
     assert decide(_metrics(0.100, cold=0.08), _metrics(0.101, cold=0.08)).blessed  # within tolerance
-    worse = decide(_metrics(0.06), _metrics(0.10))
+    worse = decide(_metrics(0.045, pop=0.02), _metrics(0.10))
     assert not worse.blessed and not worse.canary and "ndcg_at_10 vs champion" in worse.reasons[0]
     segment = decide(_metrics(0.11, cold=0.02), _metrics(0.10, cold=0.08))
     assert not segment.blessed and segment.reasons[0].startswith("cold_items")
@@ -52,17 +52,20 @@ def test_model_gate_blesses_a_better_model_and_rejects_worse_ones():
 
 
 def test_a_candidate_close_behind_the_champion_goes_to_an_online_trial():
-    """Within the canary margin (30%) of the champion, and only there: offline metrics on
-    logged traffic favour the champion, so the A/B test decides. Far behind, or behind
-    popularity, stays rejected."""
-    close = decide(_metrics(0.080), _metrics(0.100))
+    """Within the canary margin (50% overall) of the champion, and only there: offline
+    metrics on logged traffic favour the champion, so the A/B test decides. Far behind
+    (overall or in a segment), or behind popularity, stays rejected; a segment near zero
+    for both cannot block a trial."""
+    close = decide(_metrics(0.072), _metrics(0.100))
     assert not close.blessed and close.canary and close.to_dict()["canary"]
     assert "ONLINE TRIAL" in close.to_markdown()
-    assert not decide(_metrics(0.065), _metrics(0.100)).canary  # 35% behind
-    assert not decide(_metrics(0.090, cold=0.02), _metrics(0.100, cold=0.08)).canary  # a segment far behind
+    assert not decide(_metrics(0.045, pop=0.02), _metrics(0.100)).canary  # 55% behind
+    assert decide(_metrics(0.090, cold=0.0), _metrics(0.100, cold=0.004)).canary  # a near-zero segment
+    assert not decide(_metrics(0.090, cold=0.03), _metrics(0.100, cold=0.08)).canary  # a segment 62% behind
+    assert not decide(_metrics(0.090, cold=0.0, pop=0.09), _metrics(0.100, cold=0.004)).canary  # popularity wins
     assert not decide(_metrics(0.051, pop=0.05), _metrics(0.052)).canary  # no better than popularity
     assert not decide(_metrics(0.12), _metrics(0.10)).canary  # blessed outright
-    assert not decide(_metrics(0.080), _metrics(0.100), ModelGateConfig(canary_max_relative_drop=None)).canary
+    assert not decide(_metrics(0.072), _metrics(0.100), ModelGateConfig(canary_max_relative_drop=None)).canary
 
 
 def test_small_segments_do_not_veto():

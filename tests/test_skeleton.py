@@ -122,7 +122,7 @@ def test_worse_model_is_rejected_and_the_alias_stays(trained):
     champion = client.get_run(client.get_model_version_by_alias(settings.model_name, "champion").tags["run_id"])
     champion_metrics = champion.data.metrics
     metric = ModelGateConfig().metric
-    worse = {**champion_metrics, metric: champion_metrics[metric] * 0.5}
+    worse = {**champion_metrics, metric: champion_metrics[metric] * 0.4}  # beyond the online-trial margin
     verdict = decide(worse, champion_metrics)
     assert not verdict.blessed
     version = register_model(settings, champion_model_dir(settings), {"epochs": 1}, worse, verdict.to_dict())
