@@ -12,10 +12,12 @@ the unit is dropped and its traffic returns to the champion.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,11 +99,45 @@ class ModelSlot:
         self._stop.set()
 
 
+@contextmanager
+def _locked(path: Path, blocking: bool = True):
+    """An exclusive flock on `path` (created); yields False when not blocking and taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_shared(root: Path, version: int, download: Callable[[Path], Path], load: Callable[[Path], object]):
+    """Download `version` into `root/<version>` once for every process sharing `root` (the
+    workers of one server), then load it. Both happen under the version's lock, so a
+    second worker waits and reuses the files, and no cleanup removes them mid-load.
+    `download(folder) -> model dir` fetches the files; `load(model dir)` builds the unit."""
+    folder, done = root / str(version), root / str(version) / ".complete"
+    with _locked(root / f"{version}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a download that died halfway
+            model_dir = download(folder)
+            done.write_text(str(model_dir))
+        return load(Path(done.read_text()))
+
+
 def versions_dir_cleanup(root: Path, keep: set[int]) -> None:
-    """Remove downloaded versions other than `keep` (the serving one and its predecessor,
-    which in-flight batches may still hold)."""
-    if not root.exists():
+    """Remove downloaded versions older than every one in `keep` (this process's serving
+    version, its predecessor, which in-flight batches may still hold, and a challenger).
+    Newer ones may be what another worker is about to load; one being loaded is locked
+    and skipped."""
+    if not root.exists() or not keep:
         return
     for child in root.iterdir():
-        if child.name.isdigit() and int(child.name) not in keep:
-            shutil.rmtree(child, ignore_errors=True)
+        if child.is_dir() and child.name.isdigit() and int(child.name) < min(keep):
+            with _locked(root / f"{child.name}.lock", blocking=False) as mine:
+                if mine:
+                    shutil.rmtree(child, ignore_errors=True)

@@ -27,7 +27,7 @@ from hyperrec.bandit_store import BanditStore, Credit, store_path
 from hyperrec.batching import MicroBatcher
 from hyperrec.config import Settings
 from hyperrec.features import REQUEST_TS, SERVING_USER_VIEWS
-from hyperrec.hotswap import ModelSlot, versions_dir_cleanup
+from hyperrec.hotswap import ModelSlot, load_shared, versions_dir_cleanup
 from hyperrec.impressions import ImpressionLog, ImpressionRecorder
 from hyperrec.models.two_tower import NEW_USER, USER_INPUTS
 from hyperrec.monitor import FEATURES as MONITORED_FEATURES
@@ -113,7 +113,10 @@ class RecommenderModel(kserve.Model):
         return trial if trial is not None and trial.version == version else self._load_unit(version)
 
     def _load_unit(self, version: int) -> ServingUnit:
-        return ServingUnit(model_version_dir(self.settings, version, self._versions_dir / str(version)), version)
+        def download(folder):
+            return model_version_dir(self.settings, version, folder)
+
+        return load_shared(self._versions_dir, version, download, lambda model_dir: ServingUnit(model_dir, version))
 
     def _probe(self, unit: ServingUnit) -> None:
         """One personalized and one popular request through the new unit before it serves."""
@@ -139,10 +142,9 @@ class RecommenderModel(kserve.Model):
 
     @property
     def _versions_dir(self):
-        """Where this process downloads versions: each worker of a multi-process server has
-        its own folder (two workers writing, or cleaning up, one folder would race)."""
-        root = self.settings.home / "serving" / "versions"
-        return root if self.config.worker is None else root / f"worker-{self.config.worker}"
+        """Where versions are downloaded: one folder for all workers of a multi-process
+        server, each version fetched once (hyperrec.hotswap.load_shared)."""
+        return self.settings.home / "serving" / "versions"
 
     def stop(self) -> None:
         self.slot.stop()

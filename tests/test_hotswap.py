@@ -70,3 +70,49 @@ def test_nothing_to_fall_back_on_raises():
     with pytest.raises(OSError):
         slot.refresh()
     assert slot.unit is None
+
+
+def test_an_optional_slot_empties_when_its_alias_goes_and_a_bad_challenger_never_raises():
+    reg = Registry()
+    slot = ModelSlot(lambda: reg.champion, reg.load, lambda unit: None, optional=True)
+    assert slot.refresh() and slot.version == 1
+    reg.champion = None  # the challenger alias was removed
+    assert slot.refresh() and slot.unit is None and not slot.refresh()
+    reg.champion, reg.broken = 3, {3}
+    assert not slot.refresh() and slot.unit is None  # nothing served yet, but an optional slot does not raise
+
+
+def test_workers_download_a_version_once_and_cleanup_spares_what_is_in_use(tmp_path):
+    """Two loaders at once (threads, each with its own lock handle, as two processes would
+    have): one downloads, the other waits and reuses the files. Cleanup removes only
+    versions older than every kept one, and skips a version someone holds the lock of."""
+    import threading
+
+    from hyperrec.hotswap import _locked, load_shared, versions_dir_cleanup
+
+    downloads = []
+
+    def download(folder):
+        downloads.append(folder.name)
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "weights").write_text("w")
+        return folder / "model"
+
+    loaded = []
+    threads = [threading.Thread(target=lambda: loaded.append(load_shared(tmp_path, 5, download, lambda d: d)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert downloads == ["5"] and loaded == [tmp_path / "5" / "model"] * 2
+    for v in (3, 4):
+        load_shared(tmp_path, v, download, lambda d: d)
+    with _locked(tmp_path / "3.lock"):  # someone is loading 3
+        versions_dir_cleanup(tmp_path, {5})
+        assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["3", "5"]
+    versions_dir_cleanup(tmp_path, {5})
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["5"]
+    (tmp_path / "5" / ".complete").unlink()  # a download that died halfway is fetched again
+    load_shared(tmp_path, 5, download, lambda d: d)
+    assert downloads.count("5") == 2

@@ -67,9 +67,9 @@ def test_both_workers_answer_on_one_port(server):
     assert len(seen) == 2, f"answers by worker: {seen}"
     assert {int(w) for w in seen} == set(child_pids(server["proc"].pid))  # the supervisor's two children
     server["workers"] = {int(w) for w in seen}
-    # each downloaded the champion into its own folder
+    # one download of the champion, shared by both
     versions = server["settings"].home / "serving" / "versions"
-    assert {p.name for p in versions.iterdir()} == {"worker-0", "worker-1"}
+    assert {p.name for p in versions.iterdir() if p.is_dir()} == {str(server["version"])}
 
 
 def test_metrics_from_either_worker_cover_both(server):
@@ -164,7 +164,7 @@ def test_a_new_champion_reaches_both_workers(server):
 
     assert until(both_new, timeout_s=60, every_s=0.1), f"versions per worker: {latest}"
     versions = server["settings"].home / "serving" / "versions"
-    assert all((versions / f"worker-{slot}" / str(new)).is_dir() for slot in (0, 1))
+    assert (versions / str(new) / ".complete").exists()
     server["version"] = new
 
 
