@@ -248,7 +248,15 @@ def msprt_p_value(s_a, n_a, s_b, n_b, tau: float):
         raise ValueError("mSPRT needs impressions in both arms (an arm has zero impressions)")
     pooled = (s_a + s_b) / (n_a + n_b)
     var = pooled * (1 - pooled) * (1 / n_a + 1 / n_b)
-    diff = s_b / n_b - s_a / n_a
+    return msprt_p_value_of_difference(s_b / n_b - s_a / n_a, var, tau)
+
+
+def msprt_p_value_of_difference(diff, var, tau: float):
+    """The same always-valid p-value for any difference of means with its variance (e.g.
+    clicks per list: var = s_a²/n_a + s_b²/n_b)."""
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    diff, var = np.asarray(diff, np.float64), np.asarray(var, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         z2 = np.where(var > 0, diff**2 / var, 0.0)
         log_lambda = 0.5 * np.log(var / (var + tau**2)) + 0.5 * z2 * tau**2 / (var + tau**2)

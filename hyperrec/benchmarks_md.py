@@ -48,6 +48,10 @@ def _index_rows() -> list[Row]:
             ("100k items, exact p99 per query, ms", row(100_000, "brute", "p99_ms"), "anchor")]
 
 
+def _interval(d: dict) -> str:
+    return f"{d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+
+
 def _closed_loop_rows(data: dict) -> list[Row]:
     """Rows that depend on what the run did (its CTR turns, its trial, its arms)."""
     rows: list[Row] = [("`make demo` wall time, s", _get("seconds_total"), "< 600 after setup")]
@@ -56,10 +60,13 @@ def _closed_loop_rows(data: dict) -> list[Row]:
         rows.append((f"retrain {i + 1}: wall time, s", lambda d, i=i: d["retrains"][i]["wall_s"], ""))
     for i in range(len(data.get("trials", []))):
         rows += [(f"online trial {i + 1}: outcome", lambda d, i=i: d["trials"][i]["action"], ""),
-                 (f"online trial {i + 1}: lists with a click, challenger - champion",
-                  lambda d, i=i: f"{d['trials'][i]['difference']:+.4f} [{d['trials'][i]['ci'][0]:+.4f}, "
-                                 f"{d['trials'][i]['ci'][1]:+.4f}]", "95% CI"),
-                 (f"online trial {i + 1}: always-valid p", lambda d, i=i: d["trials"][i]["p_always_valid"], "< 0.05")]
+                 (f"online trial {i + 1}: lists per version", lambda d, i=i: "{champion:,} champion, {challenger:,} "
+                  "challenger".format(**d["trials"][i]["lists"]), ""),
+                 (f"online trial {i + 1}: clicks per list, champion -> challenger",
+                  lambda d, i=i: "{champion:.4f} -> {challenger:.4f}".format(**d["trials"][i]["metric"]["means"]), ""),
+                 (f"online trial {i + 1}: difference", lambda d, i=i: _interval(d["trials"][i]["metric"]), "95% CI"),
+                 (f"online trial {i + 1}: always-valid p",
+                  lambda d, i=i: d["trials"][i]["metric"]["p_always_valid"], "< 0.05")]
     for arm in data.get("lifts", {}):
         rows.append((f"lift of the mechanism `{arm}` switches off (lists with a click)",
                      lambda d, arm=arm: f"{d['lifts'][arm]['lift']:+.4f} [{d['lifts'][arm]['low']:+.4f}, "

@@ -54,7 +54,7 @@ def write_summary(path: Path, story: dict, arms: pd.DataFrame, timings: dict, to
             "lists_with_click": {arm: float(v) for arm, v in arms["lists_with_click"].items()},
             "retrains": [{k: r[k] for k in ("wall_s", "state", "champion_before", "champion_after", "challenger")}
                          for r in retrains],
-            "trials": [{k: t[k] for k in ("action", "reason", "lists", "rates", "difference", "ci", "p_always_valid")}
+            "trials": [{k: t[k] for k in ("action", "reason", "lists", "users", "metric", "guardrail")}
                        for t in trials if t["action"] != "continue"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=float))

@@ -13,7 +13,9 @@ def test_the_report_prints_what_the_files_hold_and_names_what_did_not_run(tmp_pa
     (tmp_path / "closed_loop.json").write_text(json.dumps({
         "seconds_total": 701.3, "ctr": {"CTR before the drift": 0.0971, "CTR after v2 was promoted": 0.081},
         "retrains": [{"wall_s": 300.0}],
-        "trials": [{"action": "promote", "difference": 0.071, "ci": [0.03, 0.11], "p_always_valid": 0.004}],
+        "trials": [{"action": "promote", "lists": {"champion": 2100, "challenger": 2000},
+                    "metric": {"means": {"champion": 0.41, "challenger": 0.52}, "difference": 0.11,
+                               "ci": [0.03, 0.19], "p_always_valid": 0.004}}],
         "lifts": {"no-mmr": {"lift": -0.012, "low": -0.05, "high": 0.026, "p_holm": 0.9}}}))
     text = render(tmp_path)
     assert "| max req/s at p99 <= 50 ms | 359 | >= 3x naive |" in text
@@ -23,6 +25,8 @@ def test_the_report_prints_what_the_files_hold_and_names_what_did_not_run(tmp_pa
     assert "| `make demo` wall time, s | 701.3 | < 600 after setup |" in text
     assert "| CTR after v2 was promoted | 0.0810 |" in text
     assert "| online trial 1: outcome | promote |" in text
-    assert "+0.0710 [+0.0300, +0.1100]" in text
+    assert "| online trial 1: difference | +0.1100 [+0.0300, +0.1900] | 95% CI |" in text
+    assert "| online trial 1: clicks per list, champion -> challenger | 0.4100 -> 0.5200 |" in text
+    assert "2,100 champion, 2,000 challenger" in text
     assert "| lift of the mechanism `no-mmr` switches off (lists with a click) | -0.0120 [-0.0500, +0.0260], p 0.9 |" \
         in text

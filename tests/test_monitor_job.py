@@ -286,8 +286,9 @@ def test_the_monitor_promotes_a_challenger_that_wins_its_online_trial(settings):
     trial_traffic(settings, rng, 4_000, {1: 0.15, 2: 0.30}, T0 + 20_000, "more")
     report = run_once(settings, FakeSubmitter(), probe_index=False, dashboard=False)
     trial = report["trial"]
-    assert trial["action"] == "promote" and trial["rates"]["challenger"] > trial["rates"]["champion"]
-    assert trial["lists"]["champion"] >= 500 and trial["p_always_valid"] < 0.05
+    means = trial["metric"]["means"]
+    assert trial["action"] == "promote" and means["challenger"] > means["champion"]
+    assert trial["lists"]["champion"] >= 500 and trial["metric"]["p_always_valid"] < 0.05
     assert champion_version(settings) == 2 and challenger_version(settings) is None
     recorded = [json.loads(line) for line in paths(settings)["trials"].read_text().splitlines()]
     assert [r["action"] for r in recorded] == ["continue", "promote"]
