@@ -95,6 +95,15 @@ class _SqliteRows:
             conn = self._local.conn = sqlite3.connect(self.path, timeout=5.0)
         return conn
 
+    def check(self, views: Sequence[FeatureViewSpec]) -> None:
+        """Fail at startup, not on every request, when a view has no online table yet (a
+        workspace built before the view existed, or never applied)."""
+        tables = {name for (name,) in self._conn().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [v.name for v in views if f"{PROJECT}_{v.name}" not in tables]
+        if missing:
+            raise RuntimeError(f"the online store {self.path} has no table for {missing}: run `hyperrec features "
+                               "build` (feast apply + materialize) for this workspace")
+
     def read(self, views: Sequence[FeatureViewSpec], keys: list[bytes]) -> list[dict]:
         """Per view, {entity key: (event seconds, {feature: Value bytes})}."""
         out = []
@@ -164,6 +173,11 @@ class OnlineUserReader:
         self._decode = _decoder()
         self.rows = (_SqliteRows(settings.feast_dir / "online_store.db") if settings.online_store == "sqlite"
                      else _RedisRows(settings.redis_url))
+
+    def check(self) -> None:
+        """Raise (naming the fix) when the online store lacks a view this reader needs."""
+        if isinstance(self.rows, _SqliteRows):
+            self.rows.check(self.views)
 
     def read(self, user_ids: Sequence[str], now: datetime | None = None) -> Columns:
         now_s = (now or datetime.now(UTC)).timestamp()

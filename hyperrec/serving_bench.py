@@ -37,6 +37,7 @@ def prepare(settings: Settings, console: Console, items: int = 100_000, users: i
             events: int = 300_000) -> dict:
     """World + Feast + one registered champion; reused when the catalog size matches."""
     from hyperrec.data.world import load_world
+    from hyperrec.features import FEATURE_VIEWS
     from hyperrec.models.two_tower import TwoTowerConfig
     from hyperrec.privacy import privacy_db
     from hyperrec.registry import champion_model_dir, register_model
@@ -46,12 +47,17 @@ def prepare(settings: Settings, console: Console, items: int = 100_000, users: i
 
     world_dir = settings.data_dir / "world"
     marker = settings.home / "bench-serving.json"
+    views = [v.name for v in FEATURE_VIEWS]
     if marker.exists() and json.loads(marker.read_text()).get("items") == items and champion_model_dir(settings):
         console.print(f"reusing the {items:,}-item workspace in {settings.home}")
         world = load_world(world_dir)
         if not privacy_db(settings).exists():  # a workspace from before the consent ledger
             record_consents(settings, world.users)
-        return json.loads(marker.read_text()) | {"world": world}
+        info = json.loads(marker.read_text())
+        if info.get("feature_views") != views:  # a workspace from before a feature view was added
+            feature_step(settings, world_dir, console)
+            marker.write_text(json.dumps(info | {"feature_views": views}))
+        return info | {"world": world}
     t = time.monotonic()
     world = generate_step(settings, world_dir, console, users=users, items=items, days=10, events=events, seed=11)
     feature_step(settings, world_dir, console)
@@ -59,7 +65,8 @@ def prepare(settings: Settings, console: Console, items: int = 100_000, users: i
     build_training_set(settings, world_dir, data_dir)
     fit_models(data_dir, model_dir, TwoTowerConfig(epochs=1), log=console.print)
     version = register_model(settings, model_dir, {"purpose": "serving-bench"}, {}, {"blessed": True, "reasons": []})
-    info = {"items": items, "users": users, "version": version, "prepare_s": round(time.monotonic() - t, 1)}
+    info = {"items": items, "users": users, "version": version, "prepare_s": round(time.monotonic() - t, 1),
+            "feature_views": views}
     marker.write_text(json.dumps(info))
     return info | {"world": world}
 

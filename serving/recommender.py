@@ -98,6 +98,7 @@ class RecommenderModel(kserve.Model):
         self.slot.refresh()
         if self.slot.unit is None:
             raise RuntimeError(f"no '{self.settings.model_name}@champion' in the registry: train and register first")
+        self.features.check()
         self.batcher = MicroBatcher(self._run_batch, self.config.max_batch, self.config.max_wait_ms,
                                     self.config.max_in_flight,
                                     on_batch=lambda size, _: metrics.BATCH_SIZE.observe(size))

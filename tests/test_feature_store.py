@@ -76,3 +76,23 @@ def test_incremental_materialization_loads_only_what_is_new(store_world):
     assert online_user_features(store, ["u-late"], now=later).loc[0, "views_7d"] == 0
     materialize_incremental(settings, (later + timedelta(minutes=1)).to_pydatetime())
     assert online_user_features(store, ["u-late"], now=later).loc[0, "views_7d"] == 41
+
+
+def test_a_workspace_without_a_newer_view_fails_at_startup_naming_the_fix(settings):
+    """A workspace built before `user_purchases` existed: the server's reader refuses at
+    load time instead of failing every request."""
+    import sqlite3
+
+    from hyperrec.features import SERVING_USER_VIEWS, USER_VIEWS
+    from hyperrec.online_reader import PROJECT, OnlineUserReader
+
+    settings.feast_dir.mkdir(parents=True)
+    db = sqlite3.connect(settings.feast_dir / "online_store.db")
+    for view in USER_VIEWS:  # everything but the purchases
+        db.execute(f'CREATE TABLE "{PROJECT}_{view.name}" (entity_key BLOB, feature_name TEXT, value BLOB, '
+                   "event_ts TIMESTAMP, created_ts TIMESTAMP)")
+    db.commit()
+    db.close()
+    OnlineUserReader(settings, USER_VIEWS).check()
+    with pytest.raises(RuntimeError, match=r"no table for \['user_purchases'\].*hyperrec features build"):
+        OnlineUserReader(settings, SERVING_USER_VIEWS).check()
