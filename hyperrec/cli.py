@@ -411,7 +411,7 @@ def recommend(user_ids: list[str], k: int = 10, port: int = 8080):
 
 @app.command()
 def demo(users: int = 2_000, items: int = 1_000, days: int = 14, events: int = 200_000,
-         epochs: int = 6, port: int = 8765, sim_days: float = 5.0,
+         epochs: int = 6, port: int = 8765, sim_days: float = 6.5,
          lists_per_day: int = typer.Option(0, help="0: the history's traffic intensity"),
          step_hours: float = 6.0, max_retrains: int = 1, home: Path | None = HomeOpt):
     """The whole story: data -> Feast -> kfp.local training -> MLflow -> KServe -> simulated

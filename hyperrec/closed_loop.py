@@ -30,7 +30,7 @@ from hyperrec.data.world import World
 
 @dataclass(frozen=True)
 class LoopConfig:
-    days: float = 5.0  # simulated days after the world's end: drift, detection, retrain, trial, promotion
+    days: float = 6.5  # simulated days after the world's end: drift, detection, retrain, trial, promotion, after
     drift_after_days: float = 1.0  # tastes start to drift after the monitor's reference day
     drift_spread_days: float = 0.25  # a taste shift, not a slow slide: drifting users start within 6 h
     drift_max_days: float = 1.0  # and have moved within a day, so the retrain sees the new tastes
