@@ -115,7 +115,6 @@ class Experiment:
         u = stable_fraction(self.salt, key)
         return names[min(bisect.bisect_right(bounds, u), len(names) - 1)]
 
-
     def batch_only(self, key: str) -> bool:
         """Whether this user's arm runs without real-time features (see RerankConfig.realtime)."""
         return not self.arms[self.assign(key)].realtime

@@ -89,7 +89,8 @@ class RecommenderModel(kserve.Model):
                                 on_failure=lambda *_: metrics.LOAD_FAILURES.inc(), optional=True)
         metrics.track(metrics.CANARY_VERSION, lambda: self.canary.version or 0)
         self.batcher: MicroBatcher | None = None
-        self._previous_version: int | None = None
+        self._champion_version: int | None = None  # the last champion swapped in, and the one before it
+        self._predecessor: int | None = None
         self.impressions = ImpressionRecorder(ImpressionLog(settings.impression_log)) if log_impressions else None
 
     # --- model lifecycle -------------------------------------------------------------
@@ -130,15 +131,13 @@ class RecommenderModel(kserve.Model):
         # the collector, or every full collection walks them all while requests wait.
         gc.collect()
         gc.freeze()
-        if unit is self.slot.unit:
+        if unit is self.slot.unit:  # a new champion (else a challenger was loaded)
             metrics.MODEL_VERSION.set(unit.version)
             metrics.SWAPS.inc()
-            self._previous_version, previous = unit.version, self._previous_version
-        else:
-            previous = self._previous_version
+            self._predecessor, self._champion_version = self._champion_version, unit.version
         # keep the predecessor's files (batches that started before the swap may still read
         # them) and the challenger's
-        keep = {v for v in (self.slot.version, previous, self.canary.version) if v is not None}
+        keep = {v for v in (self.slot.version, self._predecessor, self.canary.version) if v is not None}
         versions_dir_cleanup(self._versions_dir, keep)
 
     @property
