@@ -100,12 +100,13 @@ class ModelSlot:
 
 
 @contextmanager
-def _locked(path: Path, blocking: bool = True):
-    """An exclusive flock on `path` (created); yields False when not blocking and taken."""
+def _locked(path: Path, blocking: bool = True, shared: bool = False):
+    """An flock on `path` (created): exclusive, or shared (many readers, no writer); yields
+    False when not blocking and taken."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return
@@ -117,16 +118,21 @@ def _locked(path: Path, blocking: bool = True):
 
 def load_shared(root: Path, version: int, download: Callable[[Path], Path], load: Callable[[Path], object]):
     """Download `version` into `root/<version>` once for every process sharing `root` (the
-    workers of one server), then load it. Both happen under the version's lock, so a
-    second worker waits and reuses the files, and no cleanup removes them mid-load.
-    `download(folder) -> model dir` fetches the files; `load(model dir)` builds the unit."""
-    folder, done = root / str(version), root / str(version) / ".complete"
-    with _locked(root / f"{version}.lock"):
-        if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)  # a download that died halfway
-            model_dir = download(folder)
-            done.write_text(str(model_dir))
-        return load(Path(done.read_text()))
+    workers of one server), then load it. The download holds the version's lock alone (a
+    second worker waits, then reuses the files); loading holds it shared, so the workers
+    load side by side and no cleanup removes the files mid-load. `download(folder) -> model
+    dir` fetches the files; `load(model dir)` builds the unit."""
+    folder, done, lock = root / str(version), root / str(version) / ".complete", root / f"{version}.lock"
+    for _ in range(2):  # a cleanup may remove the files between the download and the load: fetch again
+        if not done.exists():  # (taking the lock alone would wait out another worker's load)
+            with _locked(lock):
+                if not done.exists():
+                    shutil.rmtree(folder, ignore_errors=True)  # a download that died halfway
+                    done.write_text(str(download(folder)))
+        with _locked(lock, shared=True):
+            if done.exists():
+                return load(Path(done.read_text()))
+    raise RuntimeError(f"version {version}'s files in {folder} kept disappearing before they could be loaded")
 
 
 def versions_dir_cleanup(root: Path, keep: set[int]) -> None:

@@ -84,9 +84,11 @@ def test_an_optional_slot_empties_when_its_alias_goes_and_a_bad_challenger_never
 
 def test_workers_download_a_version_once_and_cleanup_spares_what_is_in_use(tmp_path):
     """Two loaders at once (threads, each with its own lock handle, as two processes would
-    have): one downloads, the other waits and reuses the files. Cleanup removes only
+    have): one downloads, the other waits and reuses the files, both load at the same time.
+    Cleanup removes only
     versions older than every kept one, and skips a version someone holds the lock of."""
     import threading
+    import time
 
     from hyperrec.hotswap import _locked, load_shared, versions_dir_cleanup
 
@@ -98,14 +100,22 @@ def test_workers_download_a_version_once_and_cleanup_spares_what_is_in_use(tmp_p
         (folder / "model" / "weights").write_text("w")
         return folder / "model"
 
-    loaded = []
-    threads = [threading.Thread(target=lambda: loaded.append(load_shared(tmp_path, 5, download, lambda d: d)))
+    loaded, loading, most = [], [0], [0]
+
+    def slow_load(model_dir):  # two workers load side by side (the lock is shared while loading)
+        loading[0] += 1
+        most[0] = max(most[0], loading[0])
+        time.sleep(0.3)
+        loading[0] -= 1
+        return model_dir
+
+    threads = [threading.Thread(target=lambda: loaded.append(load_shared(tmp_path, 5, download, slow_load)))
                for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert downloads == ["5"] and loaded == [tmp_path / "5" / "model"] * 2
+    assert downloads == ["5"] and loaded == [tmp_path / "5" / "model"] * 2 and most[0] == 2
     for v in (3, 4):
         load_shared(tmp_path, v, download, lambda d: d)
     with _locked(tmp_path / "3.lock"):  # someone is loading 3
