@@ -4,6 +4,7 @@ ModelServer process, or with --workers N a supervisor and N of them on one port
 imported: it needs neither (they cost ~30 s and ~750 MB per process)."""
 
 import argparse
+import os
 import sys
 from datetime import datetime
 
@@ -90,7 +91,20 @@ def serve(args: argparse.Namespace) -> None:
     serve_on_socket(server, model, args)  # ModelServer.start's REST server, on our socket (serving/workers.py)
 
 
+def _metrics_mode() -> None:
+    """prometheus_client picks one- or multi-process mode when first imported, from
+    PROMETHEUS_MULTIPROC_DIR. Feast sets that variable (to a temp dir of its own) in any
+    process that imports feast.metrics, and children inherit it: a server started from such
+    a process would report every process's samples in that dir. Only the dir our supervisor
+    gives its workers (HYPERREC_METRICS_DIR) counts."""
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):
+        os.environ.pop(name, None)
+    if folder := os.environ.get("HYPERREC_METRICS_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
 if __name__ == "__main__":
+    _metrics_mode()
     early = worker_args(sys.argv[1:])
     if early.workers > 1 and early.worker_slot is None and not {"-h", "--help"} & set(sys.argv):
         from serving.workers import supervise

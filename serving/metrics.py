@@ -1,7 +1,8 @@
 """Prometheus metrics of the recommendation server (exported on KServe's /metrics, next to
 its own per-step histograms).
 
-Under `--workers N` the supervisor sets PROMETHEUS_MULTIPROC_DIR for its workers: every
+Under `--workers N` the supervisor sets HYPERREC_METRICS_DIR for its workers (each maps it
+to PROMETHEUS_MULTIPROC_DIR before prometheus_client is imported): every
 process writes its samples to files there and whichever worker answers /metrics reports
 all of them (counters and histograms summed; gauges per live process, a `pid` label).
 A gauge read from a function (`track`) is then sampled into its file every 0.25 s, since
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition
 from prometheus_client.multiprocess import MultiProcessCollector
 
-MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+MULTIPROCESS = bool(os.environ.get("HYPERREC_METRICS_DIR"))  # set by the supervisor (see serving/__main__.py)
 
 STAGE_SECONDS = Histogram(
     "hyperrec_stage_seconds", "seconds per batch spent in each serving stage", ["stage"],

@@ -97,7 +97,7 @@ class Supervisor:
     def _start(self, slot: int) -> None:
         read, write = os.pipe()
         cmd = [sys.executable, "-m", "serving", *self.argv, "--worker_slot", str(slot), "--status_fd", str(write)]
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)} if self.metrics_dir else None
+        env = {**os.environ, "HYPERREC_METRICS_DIR": str(self.metrics_dir)} if self.metrics_dir else None
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=[write], env=env)
         os.close(write)
         self.workers[slot] = _Worker(slot, proc, read)
