@@ -24,8 +24,10 @@ collect its clicks. Then:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,11 +72,11 @@ def _served(settings: Settings) -> pd.DataFrame:
         log.close()
 
 
-def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, attribution_s: float = ATTRIBUTION_S,
-                config: CanaryConfig = CanaryConfig()) -> dict | None:
+def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, events: Callable[[], pd.DataFrame],
+                attribution_s: float = ATTRIBUTION_S, config: CanaryConfig = CanaryConfig()) -> dict | None:
     """The challenger's A/B test over the lists served since its first one (each with
     `attribution_s` to collect its clicks); promote or retire it in the registry when
-    decided. None when no challenger is on trial."""
+    decided. None when no challenger is on trial. `events()`: the event log, read once per pass."""
     from hyperrec.registry import challenger_version, end_challenger
 
     challenger = challenger_version(settings)
@@ -86,8 +88,7 @@ def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, 
                 "champion": champion}
     end = float(served["ts"].max()) - attribution_s
     trial = served[(served["ts"] >= float(own["ts"].min())) & (served["ts"] <= end)]
-    events = EventLog(settings.event_log).read(0, limit=2**62)[1]
-    outcomes = attribute(shown_items(trial), events, attribution_s) if len(trial) else pd.DataFrame(
+    outcomes = attribute(shown_items(trial), events(), attribution_s) if len(trial) else pd.DataFrame(
         columns=["request_id", "ts", "user_id", "model_version", "clicked", "purchased"])
     verdict = judge(lists_with_outcomes(outcomes), champion, challenger, config).to_dict()
     if verdict["action"] != CONTINUE:
@@ -105,15 +106,13 @@ def _champion_traffic(settings: Settings, served: pd.DataFrame, version: int | N
 
 
 def _model_dir(settings: Settings, version: int) -> Path:
-    """The version's exported files, downloaded once per version for every later pass."""
+    """The version's exported files, downloaded once per version for every later pass (the
+    servers' download-once mechanism, in the monitor's own folder)."""
+    from hyperrec.hotswap import load_shared
     from hyperrec.registry import model_version_dir
 
-    cache = settings.monitoring_dir / "models" / str(version)
-    done = cache / "path.txt"
-    if not done.exists():
-        path = model_version_dir(settings, version, cache / "files")
-        done.write_text(str(path))
-    return Path(done.read_text())
+    return load_shared(settings.monitoring_dir / "models", version,
+                       lambda folder: model_version_dir(settings, version, folder), lambda model_dir: model_dir)
 
 
 def _item_drift(settings: Settings, version: int, reference: pd.DataFrame, current: pd.DataFrame) -> dict | None:
@@ -150,7 +149,8 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
     the version whose traffic to judge (default: the registry's @champion)."""
     out = paths(settings)
     everything = _served(settings)
-    trial = judge_trial(settings, everything, champion or champion_version(settings), attribution_s)
+    events = functools.cache(lambda: EventLog(settings.event_log).read(0, limit=2**62)[1])
+    trial = judge_trial(settings, everything, champion or champion_version(settings), events, attribution_s)
     version, served = _champion_traffic(settings, everything, champion)
     report: dict = {"ran_at": time.time(), "champion": version}
     if trial is not None:
@@ -170,9 +170,8 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
                                                            f"{window_s / 3600:.0f} h"}
         return _append(out["reports"], report)
     current = served[(served["ts"] > start) & (served["ts"] <= end)]
-    events = EventLog(settings.event_log).read(0, limit=2**62)[1]
-    ref_window, _ = window(reference, events, attribution_s)
-    cur_window, cur_outcomes = window(current, events, attribution_s) if len(current) else (None, None)
+    ref_window, _ = window(reference, events(), attribution_s)
+    cur_window, cur_outcomes = window(current, events(), attribution_s) if len(current) else (None, None)
     report |= {"reference": {"lists": len(reference), "from": float(reference["ts"].min()),
                              "to": float(reference["ts"].max())},
                "window": {"lists": len(current), "from": start, "to": end}}
