@@ -29,15 +29,15 @@ def _recent_categories(world_events: pd.DataFrame, items: pd.DataFrame, user: st
 def story_numbers(steps: pd.DataFrame, retrains: list[dict], trials: list[dict], drift_day: float,
                   loop: LoopConfig) -> dict:
     """Served CTR at the turns of the story: before the drift, in the step the retrain was
-    started, and after the trial ended (or after the retrain, when there was no trial)."""
+    started, and after the trial ended (or after the retrain, when there was no trial).
+    `trials`: the decided ones (run_loop keeps only those)."""
     day = (np.arange(len(steps)) + 1) * loop.step_hours / 24
     ctr = {"CTR before the drift": float(steps["ctr"][day <= drift_day].mean())}
     if retrains:
         fired = steps["sim_end"] <= retrains[0]["sim_time"]
         ctr["CTR in the step the retrain started"] = float(steps["ctr"][fired].iloc[-1])
-        decided = [t for t in trials if t["action"] != "continue"]
-        after = steps["sim_end"] > (decided[0]["sim_time"] if decided else retrains[0]["sim_time"])
-        label = f"CTR after v{decided[0]['challenger']} was {decided[0]['action']}d" if decided \
+        after = steps["sim_end"] > (trials[0]["sim_time"] if trials else retrains[0]["sim_time"])
+        label = f"CTR after v{trials[0]['challenger']} was {trials[0]['action']}d" if trials \
             else "CTR after the retrain"
         if after.any():
             ctr[label] = float(steps["ctr"][after].mean())
@@ -55,7 +55,7 @@ def write_summary(path: Path, story: dict, arms: pd.DataFrame, timings: dict, to
             "retrains": [{k: r[k] for k in ("wall_s", "state", "champion_before", "champion_after", "challenger")}
                          for r in retrains],
             "trials": [{k: t[k] for k in ("action", "reason", "lists", "users", "metric", "guardrail")}
-                       for t in trials if t["action"] != "continue"]}
+                       for t in trials]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=float))
     return path
