@@ -8,6 +8,10 @@ and every event is POSTed to
 `/v1/events` naming the list it came from. Explored slots get bandit feedback. Where the
 world planned a taste drift, it happens during the simulation, unseen by the model.
 
+Users also tire of what they have clicked (`Boredom`): without that, a simulated user
+clicks the same favourite forever, and a server that keeps showing it looks better than one
+that has learned, a second ago, that it was just seen.
+
 Nothing here knows the model: it sees only the HTTP API, like an application would.
 """
 
@@ -32,7 +36,37 @@ class SimConfig:
     k: int = 10
     batch: int = 64  # users per HTTP call (one v1 request with that many instances)
     examine_decay: float = 0.3  # P(a user looks at slot p) = 1 / (1 + decay * p)
+    satiation: float = 0.5  # each earlier click on an item multiplies P(click) on it by this (1: no satiation)
+    satiation_half_life_days: float = 3.0  # how fast that wears off
     timeout_s: float = 30.0
+
+
+class Boredom:
+    """How tired each user is of each item: every click adds 1, and the sum halves every
+    `half_life_days`. P(click) is multiplied by `factor ** boredom`, so a user who clicked an
+    item this morning is half as likely to click it again now (factor 0.5), and a week later
+    nearly as likely as before. Seeded from the history's clicks, so the first simulated day
+    already knows what each user clicked last week."""
+
+    def __init__(self, factor: float, half_life_days: float):
+        self.factor, self.half_life = factor, half_life_days
+        self.level: dict[tuple[int, int], tuple[float, float]] = {}  # (user, item) -> (boredom, as of day)
+
+    def seed(self, users: np.ndarray, items: np.ndarray, days: np.ndarray) -> None:
+        for u, i, d in zip(users.tolist(), items.tolist(), days.tolist()):
+            self.clicked(u, i, d)
+
+    def _at(self, key: tuple[int, int], day: float) -> float:
+        level, since = self.level.get(key, (0.0, day))
+        return level * 0.5 ** ((day - since) / self.half_life)
+
+    def multiplier(self, user: int, items: np.ndarray, day: float) -> np.ndarray:
+        if self.factor >= 1.0:
+            return np.ones(len(items))
+        return self.factor ** np.array([self._at((int(user), int(i)), day) for i in items])
+
+    def clicked(self, user: int, item: int, day: float) -> None:
+        self.level[(user, item)] = (self._at((user, item), day) + 1.0, day)
 
 
 @dataclass
@@ -55,6 +89,11 @@ class Simulator:
         self.activity = (counts + 1) / (counts + 1).sum()
         self.start = pd.Timestamp(world.meta["config"]["start"], tz="UTC")  # the truth's day 0
         self.session = requests.Session()
+        self.boredom = Boredom(cfg.satiation, cfg.satiation_half_life_days)
+        clicks = world.events[world.events["event_type"] == "click"]
+        self.boredom.seed(pd.Index(self.user_ids).get_indexer(clicks["user_id"]),
+                          clicks["item_id"].map(self.item_index).to_numpy(),
+                          self.day_of(clicks["ts"]).to_numpy())
 
     @property
     def examined_per_list(self) -> float:
@@ -87,7 +126,10 @@ class Simulator:
             n = len(items)
             examined = self.rng.random(n) < 1.0 / (1.0 + self.cfg.examine_decay * np.arange(n))
             users, shown, day = np.full(n, u), np.array(items, np.int64), self.day_of(pd.Timestamp(ts))
-            clicked = examined & (self.rng.random(n) < self.truth.click_probability(users, shown, day))
+            p_click = self.truth.click_probability(users, shown, day) * self.boredom.multiplier(u, shown, day)
+            clicked = examined & (self.rng.random(n) < p_click)
+            for i in shown[clicked]:
+                self.boredom.clicked(int(u), int(i), day)
             dwell, carted, bought = after_click(self.rng, self.truth.affinity(users, shown, day))
             carted, bought = carted & clicked, bought & clicked
             rid = pred["request_id"]
