@@ -133,6 +133,12 @@ class EventLog:
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True, format="ISO8601")
         return rows[-1][0], frame
 
+    def count_upto(self, offset: int) -> int:
+        """Events at offsets <= `offset`: falls when one of them is deleted (an erasure);
+        offsets are never reused (AUTOINCREMENT)."""
+        with self._lock:
+            return self.db.execute("SELECT COUNT(*) FROM events WHERE offset <= ?", (offset,)).fetchone()[0]
+
     def committed(self, consumer: str) -> int:
         with self._lock:
             row = self.db.execute("SELECT offset FROM consumer_offsets WHERE consumer = ?", (consumer,)).fetchone()

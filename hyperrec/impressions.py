@@ -51,19 +51,31 @@ class ImpressionLog:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
+    COLUMNS = ("request_id", "ts", "user_id", "arm", "policy", "model_version", "features", "items", "query")
+
     def read(self, start: float = 0.0, end: float = float("inf")) -> pd.DataFrame:
         """Impressions with start <= ts < end: one row per served list; `features` expanded
         into columns, `items` a list of (item_id, category, score), `query` an array or None."""
         with self._lock:
-            rows = self.db.execute("SELECT request_id, ts, user_id, arm, policy, model_version, features, items, "
-                                   "query FROM impressions WHERE ts >= ? AND ts < ? ORDER BY ts",
-                                   (start, min(end, 1e18))).fetchall()
-        cols = ["request_id", "ts", "user_id", "arm", "policy", "model_version", "features", "items", "query"]
-        frame = pd.DataFrame(rows, columns=cols)
-        features = pd.DataFrame([json.loads(f) for f in frame.pop("features")], index=frame.index)
-        frame["items"] = [json.loads(i) for i in frame["items"]]
-        frame["query"] = [np.frombuffer(q, np.float32) if q is not None else None for q in frame["query"]]
-        return pd.concat([frame, features], axis=1)
+            rows = self.db.execute(f"SELECT {', '.join(self.COLUMNS)} FROM impressions WHERE ts >= ? AND ts < ? "
+                                   "ORDER BY ts", (start, min(end, 1e18))).fetchall()
+        return _decode(rows)
+
+    def read_after(self, rowid: int) -> tuple[int, pd.DataFrame]:
+        """Rows logged after `rowid`, in logging order, and the last rowid: for a reader that
+        keeps what it decoded before (`monitoring.job`)."""
+        with self._lock:
+            rows = self.db.execute(f"SELECT rowid, {', '.join(self.COLUMNS)} FROM impressions WHERE rowid > ? "
+                                   "ORDER BY rowid", (rowid,)).fetchall()
+        return (rows[-1][0] if rows else rowid), _decode([r[1:] for r in rows])
+
+    def fingerprint(self, rowid: int) -> tuple[int, str | None]:
+        """(rows up to `rowid`, the request id at `rowid`): changes when any of those rows is
+        deleted (an erasure), even if SQLite later reuses the last rowid."""
+        with self._lock:
+            count = self.db.execute("SELECT COUNT(*) FROM impressions WHERE rowid <= ?", (rowid,)).fetchone()[0]
+            last = self.db.execute("SELECT request_id FROM impressions WHERE rowid = ?", (rowid,)).fetchone()
+        return count, (last[0] if last else None)
 
     def span(self) -> tuple[float, float] | None:
         with self._lock:
@@ -72,6 +84,14 @@ class ImpressionLog:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _decode(rows: list[tuple]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(ImpressionLog.COLUMNS))
+    features = pd.DataFrame([json.loads(f) for f in frame.pop("features")], index=frame.index)
+    frame["items"] = [json.loads(i) for i in frame["items"]]
+    frame["query"] = [np.frombuffer(q, np.float32) if q is not None else None for q in frame["query"]]
+    return pd.concat([frame, features], axis=1)
 
 
 def impression_row(request_id: str, ts: float, user_id: str | None, rec, features: dict,

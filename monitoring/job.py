@@ -62,14 +62,47 @@ def paths(settings: Settings) -> dict[str, Path]:
             "trials": root / "trials.jsonl"}
 
 
+class _Decoded:
+    """An append-only log's rows as decoded by this process's earlier passes: a pass decodes
+    only the rows logged since. The demo's loop and `hyperrec monitor --loop` pass every few
+    hours over days of traffic, and decoding all of it again cost about a second a pass at
+    30k lists. A row deleted since (a user's erasure) changes the fingerprint, and the log
+    is read again from the start."""
+
+    def __init__(self):
+        self.last, self.mark, self.frame = 0, None, pd.DataFrame()
+
+    def update(self, read_after, fingerprint, order_by: str | None = None) -> pd.DataFrame:
+        if self.last and fingerprint(self.last) != self.mark:
+            self.__init__()
+        last, new = read_after(self.last)
+        if not new.empty:
+            frame = pd.concat([self.frame, new], ignore_index=True) if len(self.frame) else new
+            self.frame = frame.sort_values(order_by, kind="stable", ignore_index=True) if order_by else frame
+            self.last, self.mark = last, fingerprint(last)
+        return self.frame
+
+
+_DECODED: dict[tuple[str, Path], _Decoded] = {}
+
+
 def _served(settings: Settings) -> pd.DataFrame:
+    """Every logged impression, ordered by time."""
     if not settings.impression_log.exists():
         return pd.DataFrame(columns=["request_id", "ts", "user_id", "model_version", "items"])
     log = ImpressionLog(settings.impression_log)
     try:
-        return log.read()
+        cache = _DECODED.setdefault(("impressions", settings.impression_log), _Decoded())
+        return cache.update(log.read_after, log.fingerprint, order_by="ts")
     finally:
         log.close()
+
+
+def _events(settings: Settings) -> pd.DataFrame:
+    """Every logged event, in logging order."""
+    log = EventLog(settings.event_log)
+    cache = _DECODED.setdefault(("events", settings.event_log), _Decoded())
+    return cache.update(lambda after: log.read(after, limit=2**62), log.count_upto)
 
 
 def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, events: Callable[[], pd.DataFrame],
@@ -129,16 +162,20 @@ def _item_drift(settings: Settings, version: int, reference: pd.DataFrame, curre
 
 
 def _probe_index(settings: Settings, version: int, current: pd.DataFrame, k: int = 50) -> dict:
-    from hyperrec.online import ServingUnit
+    """The served index's recall@k against exact search on its own candidate embeddings, for
+    live queries. Needs the index and the embeddings only, not the towers (no TensorFlow)."""
+    from hyperrec.index import load_index
 
     queries = [q for q in current["query"] if q is not None][:500]
     if not queries:
         return {}
-    unit = ServingUnit(_model_dir(settings, version), version)
-    rec = unit.rec
-    k = min(k, len(rec.item_ids))
-    recall = index_recall(rec.index, np.asarray(rec.item_embeddings, np.float32), np.stack(queries), k)
-    return {"index_kind": type(rec.index).__name__, "index_recall_at_k": recall,
+    model_dir = _model_dir(settings, version)
+    index = load_index(model_dir / "index")
+    with np.load(model_dir / "candidates.npz", allow_pickle=False) as z:
+        embeddings = z["embeddings"].astype(np.float32)
+    k = min(k, len(embeddings))
+    recall = index_recall(index, embeddings, np.stack(queries), k)
+    return {"index_kind": type(index).__name__, "index_recall_at_k": recall,
             "index_probe_queries": len(queries), "index_probe_k": k}
 
 
@@ -149,7 +186,7 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
     the version whose traffic to judge (default: the registry's @champion)."""
     out = paths(settings)
     everything = _served(settings)
-    events = functools.cache(lambda: EventLog(settings.event_log).read(0, limit=2**62)[1])
+    events = functools.cache(lambda: _events(settings))
     trial = judge_trial(settings, everything, champion or champion_version(settings), events, attribution_s)
     version, served = _champion_traffic(settings, everything, champion)
     report: dict = {"ran_at": time.time(), "champion": version}

@@ -123,6 +123,31 @@ def test_index_recall_is_exact_for_brute_force_and_measured_for_an_approximate_i
     assert coarse < 0.9 and fine == 1.0
 
 
+def test_the_monitor_decodes_only_new_rows_and_rereads_after_an_erasure(tmp_path, monkeypatch):
+    """A pass reuses what earlier passes decoded, picks up rows logged since, and after a
+    user's erasure deleted logged rows it never reports them again."""
+    from hyperrec import impressions
+    from hyperrec.config import load_settings
+    from monitoring import job
+
+    monkeypatch.setattr(job, "_DECODED", {})
+    settings = load_settings(tmp_path / "home")
+    log, events = ImpressionLog(settings.impression_log), EventLog(settings.event_log)
+    write(log, [served("r2", T0 + 60, "u2", ["b"]), served("r1", T0, "u1", ["a"])])
+    events.append([event("e1", "u1", "a", T0 + 5, request_id="r1")])
+    assert list(job._served(settings)["request_id"]) == ["r1", "r2"] and len(job._events(settings)) == 1
+    decoded, real_decode = [], impressions._decode
+    monkeypatch.setattr(impressions, "_decode", lambda rows: decoded.append(len(rows)) or real_decode(rows))
+    write(log, [served("r3", T0 - 30, "u3", ["c"])])  # logged later, served earlier: still in time order
+    events.append([event("e2", "u2", "b", T0 + 65, request_id="r2")])
+    assert list(job._served(settings)["request_id"]) == ["r3", "r1", "r2"] and decoded == [1]
+    assert list(job._events(settings)["event_id"]) == ["e1", "e2"]
+    log.db.execute("DELETE FROM impressions WHERE user_id = 'u1'")  # what an erasure does
+    events.db.execute("DELETE FROM events WHERE event_id = 'e1'")
+    assert list(job._served(settings)["request_id"]) == ["r3", "r2"]
+    assert list(job._events(settings)["event_id"]) == ["e2"]
+
+
 class FakeSubmitter:
     def __init__(self):
         self.submitted, self.running = [], True
