@@ -1,8 +1,9 @@
 """Retraining runs the monitor starts, and how it learns that they ended.
 
 - Embedded (`LocalRetrain`): a detached `hyperrec retrain` process. It snapshots the world
-  plus every event the platform has logged since (`snapshot_world`), rebuilds the feature
-  store from that snapshot and runs the training pipeline through kfp.local; its status
+  plus every event the platform has logged since (`snapshot_world`), rewrites the feature
+  store's offline tables from that snapshot (the online store is the stream processor's)
+  and runs the training pipeline through kfp.local; its status
   file says when it ended. The model gate decides what reaches `@champion`, so a retrain
   on bad data deploys nothing and cannot loop.
 - Cluster (`KfpRetrain`): the compiled pipeline submitted to the KFP API; the run's state
@@ -56,7 +57,7 @@ def run(settings: Settings, run_id: str, epochs: int = 6, console=None) -> dict:
     _write(status, {"run_id": run_id, "state": "running", "pid": os.getpid(), "started": time.time()})
     try:
         world = snapshot_world(settings, settings.data_dir / "snapshots" / run_id)
-        feature_step(settings, world, console)
+        feature_step(settings, world, console, online=False)
         result = run_local(settings, world, epochs=epochs)
         outcome = {"state": "succeeded", "version": result.version, "blessed": result.blessed,
                    "stopped_at_data_gate": result.stopped_at_data_gate, "deploy_status": result.deploy_status}

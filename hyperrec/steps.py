@@ -44,12 +44,15 @@ def pseudonymized(settings: Settings, world: World) -> World:
     return dataclasses.replace(world, users=scrub_user_frame(world.users, Pseudonymizer.for_workspace(settings)))
 
 
-def feature_step(settings: Settings, world_dir: Path, console: Console) -> dict[str, int]:
+def feature_step(settings: Settings, world_dir: Path, console: Console, online: bool = True) -> dict[str, int]:
     """Offline tables -> `feast apply` -> backfill the online store over the whole history.
 
     Always a backfill: the offline tables were just rewritten, so "since the last
     materialization" would miss every older row of the new history. Appended data is
-    loaded with `hyperrec features materialize` (materialize-incremental)."""
+    loaded with `hyperrec features materialize` (materialize-incremental).
+    `online=False` (a retrain): the offline tables and the registry only. Training reads
+    the offline store; the online store is the stream processor's to keep current (a
+    backfill from a snapshot writes no newer value than it already holds)."""
     from hyperrec.featurestore import apply_repo, materialize, write_offline_tables
 
     world = load_world(world_dir)
@@ -59,8 +62,9 @@ def feature_step(settings: Settings, world_dir: Path, console: Console) -> dict[
         apply_repo(settings)
     end = pd.Timestamp(world.events["ts"].max()).to_pydatetime()
     start = pd.Timestamp(min(world.users["signup_ts"].min(), world.items["created_ts"].min())).to_pydatetime()
-    with console.status(f"feast materialize -> {settings.online_store} online store"):
-        materialize(settings, start, end)
+    if online:
+        with console.status(f"feast materialize -> {settings.online_store} online store"):
+            materialize(settings, start, end)
     console.print("feast: " + ", ".join(f"{k} {v:,} rows" for k, v in counts.items()))
     record_consents(settings, world.users)
     return counts
