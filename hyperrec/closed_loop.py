@@ -126,7 +126,10 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: 
         stream.terminate()
         stream.wait(30)
     frame = pd.DataFrame(steps)
-    return {"steps": frame, "reports": reports, "retrains": retrains, "trials": trials,
+    open_trial = next((r["trial"] for r in reversed(reports) if r.get("trial")), None)
+    if open_trial and open_trial["action"] != "continue":
+        open_trial = None
+    return {"steps": frame, "reports": reports, "retrains": retrains, "trials": trials, "open_trial": open_trial,
             "per_version": pd.DataFrame(per_version), "served": _served_outcomes(settings)}
 
 

@@ -45,7 +45,7 @@ def story_numbers(steps: pd.DataFrame, retrains: list[dict], trials: list[dict],
 
 
 def write_summary(path: Path, story: dict, arms: pd.DataFrame, timings: dict, total_s: float, retrains: list[dict],
-                  trials: list[dict]) -> Path:
+                  trials: list[dict], open_trial: dict | None = None) -> Path:
     """The closed loop's numbers for `hyperrec bench report` (BENCHMARKS.md)."""
     lifts = {arm: {"lift": row["mechanism_lift"], "low": row["lift_low"], "high": row["lift_high"],
                    "p_holm": row["lift_p_holm"], "lists": int(row["lists"])}
@@ -55,7 +55,7 @@ def write_summary(path: Path, story: dict, arms: pd.DataFrame, timings: dict, to
             "retrains": [{k: r[k] for k in ("wall_s", "state", "champion_before", "champion_after", "challenger")}
                          for r in retrains],
             "trials": [{k: t[k] for k in ("action", "reason", "lists", "users", "metric", "guardrail")}
-                       for t in trials]}
+                       for t in trials + ([open_trial] if open_trial and open_trial.get("metric") else [])]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=float))
     return path
@@ -172,6 +172,13 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     for trial in result["trials"]:
         console.print(f"online trial of v{trial['challenger']} vs v{trial['champion']}: {trial['action']}; "
                       f"{trial['lists']['challenger']:,} vs {trial['lists']['champion']:,} lists; {trial['reason']}")
+    if (trial := result.get("open_trial")) and trial.get("metric"):
+        m = trial["metric"]
+        console.print(f"online trial of v{trial['challenger']} vs v{trial['champion']}: still undecided after "
+                      f"{trial['lists']['challenger']:,} vs {trial['lists']['champion']:,} lists; clicks per list "
+                      f"{m['means']['challenger']:.4f} vs {m['means']['champion']:.4f}, difference 95% CI "
+                      f"[{m['ci'][0]:+.4f}, {m['ci'][1]:+.4f}], always-valid p {m['p_always_valid']:.2g} "
+                      f"(the trial continues; see the README on trial power)")
     story = story_numbers(steps, retrains, result["trials"], drift_day - days, loop)
     console.print(" ".join(f"{label} {value:.4f};" for label, value in story["ctr"].items()))
     console.print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
@@ -181,7 +188,7 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
                   f"MLflow: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}")
     console.print(f"decisions: {settings.monitoring_dir / 'decisions.jsonl'}; logs: {settings.home / 'logs'}")
     summary = write_summary(settings.home / "bench" / "closed_loop.json", story, arms, timings,
-                            time.monotonic() - t0, retrains, result["trials"])
+                            time.monotonic() - t0, retrains, result["trials"], result.get("open_trial"))
     console.print(f"summary for BENCHMARKS.md: {summary}")
     return {"version": version, "metrics": metrics, "recommendations": recs, "timings": timings,
             "steps": steps, "retrains": retrains, "arms": arms, "plot": png}
