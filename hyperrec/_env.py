@@ -22,8 +22,23 @@ def apply() -> None:
     """Set the defaults unless the caller already chose a value."""
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
-    # ibis (Feast's DuckDB offline store) calls a DuckDB method deprecated in DuckDB 2.0,
-    # once per feature view: harmless, and it buried the demo's output
-    warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
+    quiet_known_warnings()
     if os.environ["TF_USE_LEGACY_KERAS"] != "1":
         raise RuntimeError("TF_USE_LEGACY_KERAS must be 1: TFRS needs tf-keras (Keras 2)")
+
+
+# Harmless warnings that buried the demo's output, each from a dependency's own code
+KNOWN_WARNINGS = (
+    # ibis (Feast's DuckDB offline store) calls a method DuckDB 2.0 deprecated, once per view
+    (r"fetch_arrow_table\(\) is deprecated", DeprecationWarning),
+    # Evidently's drift tests on windows of a few thousand rows
+    (r"ks_2samp: Exact calculation unsuccessful", RuntimeWarning),
+)
+
+
+def quiet_known_warnings() -> None:
+    """(Re)install the filters for KNOWN_WARNINGS in front: importing feast puts its own
+    `simplefilter("once", DeprecationWarning)` ahead of everything, so modules that import
+    feast call this again afterwards."""
+    for message, category in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)

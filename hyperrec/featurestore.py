@@ -54,6 +54,9 @@ def open_store(settings: Settings):
     and ${HYPERREC_REDIS} in the yaml from the process environment, so they are set here first."""
     from feast import FeatureStore
 
+    from hyperrec._env import quiet_known_warnings
+
+    quiet_known_warnings()  # importing feast put its own filters in front
     os.environ["HYPERREC_HOME"] = str(settings.home)
     os.environ["HYPERREC_REDIS"] = settings.redis_url
     return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=settings.feature_store_yaml)
