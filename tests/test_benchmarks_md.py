@@ -22,7 +22,7 @@ def test_the_report_prints_what_the_files_hold_and_names_what_did_not_run(tmp_pa
     assert "| p99 at 500 req/s (open loop), ms | 540.2 | <= 25 |" in text
     assert "| p99 during the swap, ms | (missing) |" in text
     assert f"Not run (no `{tmp_path / 'index.json'}`)." in text
-    assert "| `make demo` wall time, s | 701.3 | < 600 after setup |" in text
+    assert "| `make demo`, world to summary, s | 701.3 | < 600 after setup |" in text
     assert "| CTR after v2 was promoted | 0.0810 |" in text
     assert "| online trial 1: outcome | promote |" in text
     assert "| online trial 1: difference | +0.1100 [+0.0300, +0.1900] | 95% CI |" in text
