@@ -31,6 +31,8 @@ def apply() -> None:
 KNOWN_WARNINGS = (
     # ibis (Feast's DuckDB offline store) calls a method DuckDB 2.0 deprecated, once per view
     (r"fetch_arrow_table\(\) is deprecated", DeprecationWarning),
+    # MLflow's SQLAlchemy tracking store, on SQLAlchemy 2.1
+    (r"The ``noload`` loader strategy is deprecated", DeprecationWarning),
     # Evidently's drift tests on windows of a few thousand rows
     (r"ks_2samp: Exact calculation unsuccessful", RuntimeWarning),
 )
