@@ -76,7 +76,7 @@ class _Decoded:
         if self.last and fingerprint(self.last) != self.mark:
             self.__init__()
         last, new = read_after(self.last)
-        if not new.empty:
+        if not new.empty or self.frame.columns.empty:  # keep the reader's columns even with no rows yet
             frame = pd.concat([self.frame, new], ignore_index=True) if len(self.frame) else new
             self.frame = frame.sort_values(order_by, kind="stable", ignore_index=True) if order_by else frame
             self.last, self.mark = last, fingerprint(last)

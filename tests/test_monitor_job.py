@@ -133,6 +133,7 @@ def test_the_monitor_decodes_only_new_rows_and_rereads_after_an_erasure(tmp_path
     monkeypatch.setattr(job, "_DECODED", {})
     settings = load_settings(tmp_path / "home")
     log, events = ImpressionLog(settings.impression_log), EventLog(settings.event_log)
+    assert job._served(settings).empty and "model_version" in job._served(settings)  # no rows yet, same columns
     write(log, [served("r2", T0 + 60, "u2", ["b"]), served("r1", T0, "u1", ["a"])])
     events.append([event("e1", "u1", "a", T0 + 5, request_id="r1")])
     assert list(job._served(settings)["request_id"]) == ["r1", "r2"] and len(job._events(settings)) == 1
