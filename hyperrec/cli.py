@@ -339,7 +339,9 @@ def stream(home: Path | None = HomeOpt,
            group: str = typer.Option("hyperrec-online-features",
                                      help="with --kafka: consumer group ('' = partition 0, offsets in the log)"),
            experiment: str = typer.Option("rerank", help="the server's --experiment: its real-time-off arm's users "
-                                                         "are skipped")):
+                                                         "are skipped"),
+           ready_file: Path | None = typer.Option(None, help="local log: created once the history is folded and "
+                                                             "new events are tailed")):
     """Run the stream processor in the foreground: events (POSTed to the server's /v1/events,
     or from Kafka) -> windowed features and recent items -> the online store (Ctrl-C stops it)."""
     from hyperrec.online import EXPERIMENTS
@@ -356,7 +358,7 @@ def stream(home: Path | None = HomeOpt,
     else:
         from hyperrec.stream import run
 
-        run(settings, log=console.print, batch_only=batch_only)
+        run(settings, log=console.print, batch_only=batch_only, ready_file=ready_file)
 
 
 @app.command()

@@ -52,11 +52,30 @@ def history_lists_per_day(world: World, examined_per_list: float) -> int:
     return max(int(round(len(views) / days / examined_per_list)), 1)
 
 
-def _start_stream(settings: Settings, log_path: Path, experiment: str) -> subprocess.Popen:
-    log = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
+def start_stream(settings: Settings, experiment: str) -> subprocess.Popen:
+    """`hyperrec stream` as a child process (its output in logs/stream.log); it creates
+    logs/stream.ready once it tails new events (`wait_tailing`)."""
+    ready = settings.home / "logs" / "stream.ready"
+    ready.parent.mkdir(parents=True, exist_ok=True)
+    ready.unlink(missing_ok=True)
+    log = open(settings.home / "logs" / "stream.log", "ab")  # noqa: SIM115 (the child owns it)
     return subprocess.Popen([sys.executable, "-m", "hyperrec.cli", "stream", "--home", str(settings.home),
-                             "--experiment", experiment],
+                             "--experiment", experiment, "--ready-file", str(ready)],
                             env=export_env(settings), stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_tailing(settings: Settings, proc: subprocess.Popen, timeout_s: float = 300.0) -> float:
+    """Seconds until the stream processor tails new events. Users start only then: before,
+    the monitor's reference day was served without real-time features (the processor was
+    still importing and folding the history), and recency_s "drifted" in every run."""
+    ready, started = settings.home / "logs" / "stream.ready", time.monotonic()
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the stream processor exited with code {proc.returncode}: see logs/stream.log")
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"the stream processor was not tailing after {timeout_s:.0f}s: see logs/stream.log")
+        time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def _gauge_values(url: str, gauge: str) -> list[float]:
@@ -78,15 +97,17 @@ def _wait_for_gauge(url: str, gauge: str, version: int, timeout_s: float = 300.0
     return time.monotonic() - started
 
 
-def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: LoopConfig = LoopConfig()) -> dict:
-    """Simulate, monitor, retrain, swap; return per-step outcomes and every monitor report."""
+def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: LoopConfig = LoopConfig(),
+             stream: subprocess.Popen | None = None) -> dict:
+    """Simulate, monitor, retrain, swap; return per-step outcomes and every monitor report.
+    `stream`: a stream processor already started (`start_stream`; stopped here at the end)."""
     from hyperrec.retrain import LocalRetrain
     from hyperrec.simulate import Simulator
     from monitoring.job import run_once
 
     sim = Simulator(world, url, seed=cfg.seed)
     submitter = _Capped(LocalRetrain(settings, epochs=cfg.epochs), cfg.max_retrains)
-    stream = _start_stream(settings, settings.home / "logs" / "stream.log", cfg.experiment)
+    stream = stream or start_stream(settings, cfg.experiment)
     steps, reports, retrains, trials, per_version = [], [], [], [], []
     t = world.events["ts"].max().to_pydatetime()
     step = timedelta(hours=cfg.step_hours)
@@ -96,7 +117,8 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: 
     console.print(f"{per_day:,} lists a day ({sim.examined_per_list:.1f} items examined per list: the history's "
                   f"views a day)")
     try:
-        time.sleep(2.0)  # the stream processor folds the history before it tails new events
+        waited = wait_tailing(settings, stream)
+        console.print(f"stream processor tailing the event log (waited {waited:.1f}s for it)")
         for i in range(n_steps):
             wall = time.monotonic()
             served = sim.run(lists, t, t + step).frame

@@ -91,7 +91,7 @@ def _fresh_loop_state(settings: Settings) -> None:
 
 def run_demo(settings: Settings, console: Console, users: int, items: int, days: int, events: int,
              epochs: int, port: int, loop: LoopConfig = LoopConfig()) -> dict:
-    from hyperrec.closed_loop import arm_table, plot, run_loop
+    from hyperrec.closed_loop import arm_table, plot, run_loop, start_stream
     from serving.launch import recommend, start_server, stop_server, wait_ready
 
     timings, t0 = {}, time.monotonic()
@@ -131,6 +131,7 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     proc = start_server(settings, port, log_path, as_of=world_now,
                         extra_args=("--poll_s", "1", "--canary_share", str(loop.canary_share),
                                     "--experiment", loop.experiment))
+    stream = start_stream(settings, loop.experiment)  # folds the history while the server loads
     try:
         with console.status(f"starting model server on :{port} (loads the champion from MLflow)"):
             ready_s = wait_ready(proc, port)
@@ -154,9 +155,10 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
         console.rule(f"[bold]5. the closed loop: {loop.days:.0f} simulated days of users, monitoring every "
                      f"{loop.step_hours:.0f} h, retraining when it fires")
         t = time.monotonic()
-        result = run_loop(settings, world, f"http://127.0.0.1:{port}", console, loop)
+        result = run_loop(settings, world, f"http://127.0.0.1:{port}", console, loop, stream)
         timings["closed loop"] = time.monotonic() - t
     finally:
+        stream.terminate()
         stop_server(proc)
 
     console.rule("[bold]summary")

@@ -115,9 +115,11 @@ def tail(processor: StreamProcessor, stop: threading.Event, idle_s: float = 0.00
             stop.wait(idle_s)
 
 
-def run(settings, stop: threading.Event | None = None, log=print, batch_only: Callable[[str], bool] | None = None
-        ) -> None:
-    """`hyperrec stream`: the embedded stream processor, beside the model server."""
+def run(settings, stop: threading.Event | None = None, log=print, batch_only: Callable[[str], bool] | None = None,
+        ready_file: Path | None = None) -> None:
+    """`hyperrec stream`: the embedded stream processor, beside the model server.
+    `ready_file` is created once the history is folded and tailing starts: until then the
+    online store lags every new event (imports and the fold take ~30 s on 2 cores)."""
     from hyperrec.featurestore import open_store
     from hyperrec.privacy import ErasureWatch
 
@@ -130,4 +132,7 @@ def run(settings, stop: threading.Event | None = None, log=print, batch_only: Ca
     processor.warm_start(past)
     log(f"stream processor: {len(past):,} past events folded in {time.monotonic() - started:.1f} s; "
         f"tailing {settings.event_log}")
+    if ready_file is not None:
+        ready_file.parent.mkdir(parents=True, exist_ok=True)
+        ready_file.touch()
     tail(processor, stop)

@@ -123,3 +123,32 @@ def test_an_erased_user_is_forgotten_by_the_running_stream_and_suppressed_at_ing
     assert (result.received, result.stored, result.dead_lettered, result.suppressed) == (2, 0, 0, 2)
     assert log.counts() == {"events": 0, "dead_letters": 0} and proc.run_once() == 0
     assert user not in proc.folds.users.state
+
+
+def test_the_ready_file_appears_once_history_is_folded_and_new_events_flow_after_it(env):
+    """`hyperrec stream --ready-file`: what the demo waits on before users start."""
+    import threading
+    import time
+
+    from hyperrec.stream import run
+
+    settings, world = env
+    ready, stop = settings.home / "logs" / "stream.ready", threading.Event()
+    ready.unlink(missing_ok=True)
+    thread = threading.Thread(target=run, args=(settings, stop), kwargs={"log": lambda *_: None, "ready_file": ready})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert thread.is_alive() and time.monotonic() < deadline, "the processor never reported tailing"
+            time.sleep(0.05)
+        user, item = world.users["user_id"].iloc[5], world.items["item_id"].iloc[5]
+        at = world.events["ts"].max().to_pydatetime() + timedelta(hours=1)
+        EventLog(settings.event_log).append(clicks(user, item, at, 2, "ready-"), now=at)
+        store = open_store(settings)
+        while online_user_features(store, [user], now=at + timedelta(seconds=5)).loc[0, "clicks_30m"] != 2:
+            assert time.monotonic() < deadline, "an event after the ready file never reached the online store"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(30)
