@@ -118,18 +118,20 @@ def _locked(path: Path, blocking: bool = True, shared: bool = False):
 
 def load_shared(root: Path, version: int, download: Callable[[Path], Path], load: Callable[[Path], object]):
     """Download `version` into `root/<version>` once for every process sharing `root` (the
-    workers of one server), then load it. The download holds the version's lock alone (a
-    second worker waits, then reuses the files); loading holds it shared, so the workers
-    load side by side and no cleanup removes the files mid-load. `download(folder) -> model
-    dir` fetches the files; `load(model dir)` builds the unit."""
-    folder, done, lock = root / str(version), root / str(version) / ".complete", root / f"{version}.lock"
+    workers of one server), then load it. The download holds the version's download lock (a
+    second worker waits for the download only, then reuses the files); loading holds the
+    version's lock shared, so the workers load side by side and no cleanup removes the files
+    mid-load. Two locks, because a worker waiting to download under the load lock would wait
+    out the other's whole load. `download(folder) -> model dir` fetches the files;
+    `load(model dir)` builds the unit."""
+    folder, done = root / str(version), root / str(version) / ".complete"
     for _ in range(2):  # a cleanup may remove the files between the download and the load: fetch again
-        if not done.exists():  # (taking the lock alone would wait out another worker's load)
-            with _locked(lock):
+        if not done.exists():
+            with _locked(root / f"{version}.download.lock"):
                 if not done.exists():
                     shutil.rmtree(folder, ignore_errors=True)  # a download that died halfway
                     done.write_text(str(download(folder)))
-        with _locked(lock, shared=True):
+        with _locked(root / f"{version}.lock", shared=True):
             if done.exists():
                 return load(Path(done.read_text()))
     raise RuntimeError(f"version {version}'s files in {folder} kept disappearing before they could be loaded")
@@ -138,12 +140,13 @@ def load_shared(root: Path, version: int, download: Callable[[Path], Path], load
 def versions_dir_cleanup(root: Path, keep: set[int]) -> None:
     """Remove downloaded versions older than every one in `keep` (this process's serving
     version, its predecessor, which in-flight batches may still hold, and a challenger).
-    Newer ones may be what another worker is about to load; one being loaded is locked
-    and skipped."""
+    Newer ones may be what another worker is about to load; one being downloaded or loaded
+    is locked and skipped."""
     if not root.exists() or not keep:
         return
     for child in root.iterdir():
         if child.is_dir() and child.name.isdigit() and int(child.name) < min(keep):
-            with _locked(root / f"{child.name}.lock", blocking=False) as mine:
-                if mine:
+            with _locked(root / f"{child.name}.lock", blocking=False) as not_loading, \
+                    _locked(root / f"{child.name}.download.lock", blocking=False) as not_downloading:
+                if not_loading and not_downloading:
                     shutil.rmtree(child, ignore_errors=True)

@@ -84,11 +84,10 @@ def test_an_optional_slot_empties_when_its_alias_goes_and_a_bad_challenger_never
 
 def test_workers_download_a_version_once_and_cleanup_spares_what_is_in_use(tmp_path):
     """Two loaders at once (threads, each with its own lock handle, as two processes would
-    have): one downloads, the other waits and reuses the files, both load at the same time.
-    Cleanup removes only
-    versions older than every kept one, and skips a version someone holds the lock of."""
+    have): one downloads, the other waits for the download only and reuses the files, both
+    load at the same time. Cleanup removes only versions older than every kept one, and
+    skips a version someone is downloading or loading."""
     import threading
-    import time
 
     from hyperrec.hotswap import _locked, load_shared, versions_dir_cleanup
 
@@ -100,25 +99,25 @@ def test_workers_download_a_version_once_and_cleanup_spares_what_is_in_use(tmp_p
         (folder / "model" / "weights").write_text("w")
         return folder / "model"
 
-    loaded, loading, most = [], [0], [0]
+    loaded, both_loading = [], threading.Barrier(2, timeout=30)
 
-    def slow_load(model_dir):  # two workers load side by side (the lock is shared while loading)
-        loading[0] += 1
-        most[0] = max(most[0], loading[0])
-        time.sleep(0.3)
-        loading[0] -= 1
+    def side_by_side_load(model_dir):  # the lock is shared while loading: each loader sees the other
+        both_loading.wait()  # raises BrokenBarrierError if the loads were serialised
         return model_dir
 
-    threads = [threading.Thread(target=lambda: loaded.append(load_shared(tmp_path, 5, download, slow_load)))
+    threads = [threading.Thread(target=lambda: loaded.append(load_shared(tmp_path, 5, download, side_by_side_load)))
                for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert downloads == ["5"] and loaded == [tmp_path / "5" / "model"] * 2 and most[0] == 2
+    assert downloads == ["5"] and loaded == [tmp_path / "5" / "model"] * 2 and not both_loading.broken
     for v in (3, 4):
         load_shared(tmp_path, v, download, lambda d: d)
     with _locked(tmp_path / "3.lock"):  # someone is loading 3
+        versions_dir_cleanup(tmp_path, {5})
+        assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["3", "5"]
+    with _locked(tmp_path / "3.download.lock"):  # someone is downloading 3 again
         versions_dir_cleanup(tmp_path, {5})
         assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["3", "5"]
     versions_dir_cleanup(tmp_path, {5})
