@@ -33,6 +33,10 @@ KNOWN_WARNINGS = (
     (r"fetch_arrow_table\(\) is deprecated", DeprecationWarning),
     # MLflow's SQLAlchemy tracking store, on SQLAlchemy 2.1
     (r"The ``noload`` loader strategy is deprecated", DeprecationWarning),
+    # importing Evidently: its legacy test utilities and the litestar its UI is built on
+    (r"numpy\.core is deprecated", DeprecationWarning),
+    (r"Call to deprecated function 'Dependency'", Warning),
+    (r"Use of deprecated class 'DependencyKwarg'", Warning),
     # Evidently's drift tests on windows of a few thousand rows
     (r"ks_2samp: Exact calculation unsuccessful", RuntimeWarning),
 )
