@@ -52,10 +52,14 @@ def history_lists_per_day(world: World, examined_per_list: float) -> int:
     return max(int(round(len(views) / days / examined_per_list)), 1)
 
 
+def _ready_file(settings: Settings) -> Path:
+    return settings.home / "logs" / "stream.ready"
+
+
 def start_stream(settings: Settings, experiment: str) -> subprocess.Popen:
     """`hyperrec stream` as a child process (its output in logs/stream.log); it creates
-    logs/stream.ready once it tails new events (`wait_tailing`)."""
-    ready = settings.home / "logs" / "stream.ready"
+    logs/stream.ready once it tails new events (`wait_tailing`). The caller stops it."""
+    ready = _ready_file(settings)
     ready.parent.mkdir(parents=True, exist_ok=True)
     ready.unlink(missing_ok=True)
     log = open(settings.home / "logs" / "stream.log", "ab")  # noqa: SIM115 (the child owns it)
@@ -68,7 +72,7 @@ def wait_tailing(settings: Settings, proc: subprocess.Popen, timeout_s: float = 
     """Seconds until the stream processor tails new events. Users start only then: before,
     the monitor's reference day was served without real-time features (the processor was
     still importing and folding the history), and recency_s "drifted" in every run."""
-    ready, started = settings.home / "logs" / "stream.ready", time.monotonic()
+    ready, started = _ready_file(settings), time.monotonic()
     while not ready.exists():
         if proc.poll() is not None:
             raise RuntimeError(f"the stream processor exited with code {proc.returncode}: see logs/stream.log")
@@ -97,17 +101,17 @@ def _wait_for_gauge(url: str, gauge: str, version: int, timeout_s: float = 300.0
     return time.monotonic() - started
 
 
-def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: LoopConfig = LoopConfig(),
-             stream: subprocess.Popen | None = None) -> dict:
+def run_loop(settings: Settings, world: World, url: str, console: Console, stream: subprocess.Popen,
+             cfg: LoopConfig = LoopConfig()) -> dict:
     """Simulate, monitor, retrain, swap; return per-step outcomes and every monitor report.
-    `stream`: a stream processor already started (`start_stream`; stopped here at the end)."""
+    `stream`: the stream processor (`start_stream`), stopped by the caller; users start once
+    it tails new events."""
     from hyperrec.retrain import LocalRetrain
     from hyperrec.simulate import Simulator
     from monitoring.job import run_once
 
     sim = Simulator(world, url, seed=cfg.seed)
     submitter = _Capped(LocalRetrain(settings, epochs=cfg.epochs), cfg.max_retrains)
-    stream = stream or start_stream(settings, cfg.experiment)
     steps, reports, retrains, trials, per_version = [], [], [], [], []
     t = world.events["ts"].max().to_pydatetime()
     step = timedelta(hours=cfg.step_hours)
@@ -116,37 +120,33 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, cfg: 
     lists = int(round(per_day * cfg.step_hours / 24))
     console.print(f"{per_day:,} lists a day ({sim.examined_per_list:.1f} items examined per list: the history's "
                   f"views a day)")
-    try:
-        waited = wait_tailing(settings, stream)
-        console.print(f"stream processor tailing the event log (waited {waited:.1f}s for it)")
-        for i in range(n_steps):
-            wall = time.monotonic()
-            served = sim.run(lists, t, t + step).frame
-            t += step
-            time.sleep(0.5)  # the last events reach the online store and the impression log
-            report = run_once(settings, submitter, probe_index=(i % 4 == 3))
-            reports.append(report)
-            ctr = served["clicks"].sum() / served["shown"].sum()
-            for v, group in served.groupby("model_version"):
-                per_version.append({"step": i, "sim_end": t, "model_version": int(v), "lists": len(group),
-                                    "ctr": float(group["clicks"].sum() / group["shown"].sum())})
-            steps.append({"step": i, "sim_end": t, "lists": len(served), "ctr": float(ctr),
-                          "hit_rate": float((served["clicks"] > 0).mean()),
-                          "purchases_per_list": float(served["purchases"].mean()),
-                          "model_version": int(served["model_version"].mode()[0]), "monitor": report.get("status"),
-                          "wall_s": time.monotonic() - wall})
-            console.print(f"day {cfg.days * (i + 1) / n_steps:4.1f}: {len(served):,} lists, CTR {ctr:.3f}, "
-                          f"hit rate {steps[-1]['hit_rate']:.2f}, serving v{steps[-1]['model_version']}; "
-                          f"monitor: {report.get('status')} {', '.join(report.get('reasons') or [])[:90]}")
-            trial = report.get("trial")
-            if trial and trial["action"] != "continue":
-                trials.append({"sim_time": t, **trial})
-                console.print(f"online trial of v{trial['challenger']}: {trial['action']} ({trial['reason']})")
-            if report.get("run_id"):
-                retrains.append(_follow_retrain(settings, submitter, report["run_id"], url, console, t))
-    finally:
-        stream.terminate()
-        stream.wait(30)
+    waited = wait_tailing(settings, stream)
+    console.print(f"stream processor tailing the event log (waited {waited:.1f}s for it)")
+    for i in range(n_steps):
+        wall = time.monotonic()
+        served = sim.run(lists, t, t + step).frame
+        t += step
+        time.sleep(0.5)  # the last events reach the online store and the impression log
+        report = run_once(settings, submitter, probe_index=(i % 4 == 3))
+        reports.append(report)
+        ctr = served["clicks"].sum() / served["shown"].sum()
+        for v, group in served.groupby("model_version"):
+            per_version.append({"step": i, "sim_end": t, "model_version": int(v), "lists": len(group),
+                                "ctr": float(group["clicks"].sum() / group["shown"].sum())})
+        steps.append({"step": i, "sim_end": t, "lists": len(served), "ctr": float(ctr),
+                      "hit_rate": float((served["clicks"] > 0).mean()),
+                      "purchases_per_list": float(served["purchases"].mean()),
+                      "model_version": int(served["model_version"].mode()[0]), "monitor": report.get("status"),
+                      "wall_s": time.monotonic() - wall})
+        console.print(f"day {cfg.days * (i + 1) / n_steps:4.1f}: {len(served):,} lists, CTR {ctr:.3f}, "
+                      f"hit rate {steps[-1]['hit_rate']:.2f}, serving v{steps[-1]['model_version']}; "
+                      f"monitor: {report.get('status')} {', '.join(report.get('reasons') or [])[:90]}")
+        trial = report.get("trial")
+        if trial and trial["action"] != "continue":
+            trials.append({"sim_time": t, **trial})
+            console.print(f"online trial of v{trial['challenger']}: {trial['action']} ({trial['reason']})")
+        if report.get("run_id"):
+            retrains.append(_follow_retrain(settings, submitter, report["run_id"], url, console, t))
     frame = pd.DataFrame(steps)
     open_trial = next((r["trial"] for r in reversed(reports) if r.get("trial")), None)
     if open_trial and open_trial["action"] != "continue":

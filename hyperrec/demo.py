@@ -155,10 +155,11 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
         console.rule(f"[bold]5. the closed loop: {loop.days:.0f} simulated days of users, monitoring every "
                      f"{loop.step_hours:.0f} h, retraining when it fires")
         t = time.monotonic()
-        result = run_loop(settings, world, f"http://127.0.0.1:{port}", console, loop, stream)
+        result = run_loop(settings, world, f"http://127.0.0.1:{port}", console, stream, loop)
         timings["closed loop"] = time.monotonic() - t
     finally:
         stream.terminate()
+        stream.wait(30)
         stop_server(proc)
 
     console.rule("[bold]summary")
