@@ -48,6 +48,13 @@ def _index_rows() -> list[Row]:
             ("100k items, exact p99 per query, ms", row(100_000, "brute", "p99_ms"), "anchor")]
 
 
+def _trial_sizes(trial: dict) -> str:
+    lists = trial["lists"]
+    if trial.get("design") == "interleaved":
+        return f"{lists['interleaved']:,} interleaved (clicks counted per version's items)"
+    return f"{lists['champion']:,} champion, {lists['challenger']:,} challenger"
+
+
 def _interval(d: dict) -> str:
     return f"{d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
 
@@ -60,8 +67,7 @@ def _closed_loop_rows(data: dict) -> list[Row]:
         rows.append((f"retrain {i + 1}: wall time, s", lambda d, i=i: d["retrains"][i]["wall_s"], ""))
     for i in range(len(data.get("trials", []))):
         rows += [(f"online trial {i + 1}: outcome", lambda d, i=i: d["trials"][i]["action"], ""),
-                 (f"online trial {i + 1}: lists per version", lambda d, i=i: "{champion:,} champion, {challenger:,} "
-                  "challenger".format(**d["trials"][i]["lists"]), ""),
+                 (f"online trial {i + 1}: lists", lambda d, i=i: _trial_sizes(d["trials"][i]), ""),
                  (f"online trial {i + 1}: clicks per list, champion -> challenger",
                   lambda d, i=i: "{champion:.4f} -> {challenger:.4f}".format(**d["trials"][i]["metric"]["means"]), ""),
                  (f"online trial {i + 1}: difference", lambda d, i=i: _interval(d["trials"][i]["metric"]), "95% CI"),

@@ -7,6 +7,12 @@ trial (`hyperrec.model_gate`); the servers give it a stable share of users (salt
 the user, `serving.recommender`); this module judges the trial from the platform's own
 logs: the lists each version served since the trial began, and what users did with them.
 
+Two designs, chosen by the servers (`ServerConfig.trial`) and recognised here from the log:
+- interleaved (the default): the trial share's lists mix both versions' items by team draft
+  (`hyperrec.interleave`); per list, the challenger's clicks minus the champion's is a
+  paired difference, free of the between-user and between-moment variance of an A/B test;
+- A/B: the trial share is served the challenger's lists, the rest the champion's.
+
 Unit of analysis: the served list (the items of one list are not independent trials).
 Metric: clicks per list, which keeps a list's second and third click (measured on a demo's
 trial, 3,400 lists each: z 4.0 for clicks per list vs 2.8 for "got any click"; the rule
@@ -32,8 +38,9 @@ ROLES = ("champion", "challenger")
 @dataclass(frozen=True)
 class CanaryConfig:
     alpha: float = 0.05  # of the always-valid test
-    min_lists: int = 500  # per version, before any decision (the normal approximation needs a few hundred)
-    max_lists: int = 100_000  # per version; undecided by then -> retire (no evidence it serves better)
+    min_lists: int = 500  # per version (or interleaved lists), before any decision (the normal approximation
+    # needs a few hundred)
+    max_lists: int = 100_000  # the same count; undecided by then -> retire (no evidence it serves better)
     # relative difference the mSPRT mixture is spread over (tau = champion's mean x this):
     # a retrain after a detected drift is a large change (+27% CTR in both measured cases)
     min_detectable_lift: float = 0.2
@@ -57,13 +64,26 @@ class TrialVerdict:
     reason: str
     champion: int
     challenger: int
-    lists: dict[str, int]  # per role
+    lists: dict[str, int]  # per role (A/B), or {"interleaved": n}
     users: dict[str, int]
     metric: Difference | None = None
     guardrail: Difference | None = None
+    design: str = "ab"  # or "interleaved"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def sizes(self) -> str:
+        return describe_sizes(self.to_dict())
+
+
+def describe_sizes(verdict: dict) -> str:
+    """'1,234 interleaved lists' or '900 vs 950 lists' (challenger vs champion)."""
+    lists = verdict["lists"]
+    if verdict.get("design") == "interleaved":
+        return f"{lists['interleaved']:,} interleaved lists"
+    return f"{lists['challenger']:,} vs {lists['champion']:,} lists"
 
 
 def lists_with_outcomes(outcomes: pd.DataFrame) -> pd.DataFrame:
@@ -77,6 +97,22 @@ def lists_with_outcomes(outcomes: pd.DataFrame) -> pd.DataFrame:
     return lists.assign(clicked=(lists["clicks"] > 0).astype(int), purchased=(lists["purchases"] > 0).astype(int))
 
 
+def team_lists(outcomes: pd.DataFrame, champion: int, challenger: int) -> pd.DataFrame:
+    """Per-shown-item outcomes with a `team` column (`hyperrec.traffic.shown_items`) -> one
+    row per interleaved list of this trial: request_id, ts, user_id and, per team,
+    clicks_champion, clicks_challenger, purchases_champion, purchases_challenger."""
+    roles = {champion: "champion", challenger: "challenger"}
+    mixed = outcomes[outcomes["interleaved"].astype(bool) & (outcomes["model_version"] == challenger)
+                     & outcomes["team"].isin(roles)]
+    columns = {f"{name}_{role}": mixed[column].where(mixed["team"] == version, 0).astype(int)
+               for column, name in (("clicked", "clicks"), ("purchased", "purchases"))
+               for version, role in roles.items()}
+    return (mixed[["request_id", "ts", "user_id"]].assign(**columns)
+            .groupby("request_id", sort=False)
+            .agg(ts=("ts", "first"), user_id=("user_id", "first"), **{c: (c, "sum") for c in columns})
+            .reset_index())
+
+
 def compare(trial: pd.DataFrame, column: str, lift: float) -> Difference:
     """challenger - champion on the per-list mean of `column` (`trial` has an `arm` column)."""
     from hyperrec.abtest import msprt_p_value_of_difference
@@ -88,6 +124,37 @@ def compare(trial: pd.DataFrame, column: str, lift: float) -> Difference:
     half = 1.959964 * np.sqrt(var)
     return Difference({"champion": float(a.mean()), "challenger": float(b.mean())}, float(diff),
                       (float(diff - half), float(diff + half)), float(msprt_p_value_of_difference(diff, var, tau)))
+
+
+def compare_paired(lists: pd.DataFrame, name: str, lift: float) -> Difference:
+    """challenger - champion on the per-list difference of `name`_challenger and `name`_champion
+    (team_lists): a paired comparison, one observation per interleaved list."""
+    from hyperrec.abtest import msprt_p_value_of_difference
+
+    a, b = (lists[f"{name}_{role}"].to_numpy(float) for role in ROLES)
+    d = b - a
+    diff, var = d.mean(), d.var(ddof=1) / len(d)
+    tau = max(a.mean(), 1.0 / len(d)) * lift
+    half = 1.959964 * np.sqrt(var)
+    return Difference({"champion": float(a.mean()), "challenger": float(b.mean())}, float(diff),
+                      (float(diff - half), float(diff + half)), float(msprt_p_value_of_difference(diff, var, tau)))
+
+
+def judge_interleaved(lists: pd.DataFrame, champion: int, challenger: int,
+                      cfg: CanaryConfig = CanaryConfig()) -> TrialVerdict:
+    """Decide the trial from its interleaved lists (team_lists): the same rules as `judge`,
+    on each list's challenger-minus-champion clicks (and purchases for the guardrail)."""
+    n = len(lists)
+    users = lists["user_id"].fillna(lists["request_id"]).nunique() if n else 0
+    base = {"champion": champion, "challenger": challenger, "lists": {"interleaved": n},
+            "users": {"interleaved": int(users)}, "design": "interleaved"}
+    if n < cfg.min_lists:
+        return TrialVerdict(CONTINUE, f"collecting: {n:,} interleaved lists, need {cfg.min_lists:,} before deciding",
+                            **base)
+    metric = compare_paired(lists, cfg.metric, cfg.min_detectable_lift)
+    guard = compare_paired(lists, cfg.guardrail, cfg.min_detectable_lift)
+    return _decide(metric, guard, cfg, base, unit="per interleaved list, by team", sample=f"{n:,} interleaved lists",
+                   capped=n >= cfg.max_lists)
 
 
 def judge(lists: pd.DataFrame, champion: int, challenger: int, cfg: CanaryConfig = CanaryConfig()) -> TrialVerdict:
@@ -107,17 +174,24 @@ def judge(lists: pd.DataFrame, champion: int, challenger: int, cfg: CanaryConfig
                                       f"{cfg.min_lists:,} before deciding", **base)
     metric, guard = compare(trial, cfg.metric, cfg.min_detectable_lift), compare(trial, cfg.guardrail,
                                                                                    cfg.min_detectable_lift)
+    return _decide(metric, guard, cfg, base, unit="per list", sample=f"{sizes.min():,} lists each",
+                   capped=sizes.min() >= cfg.max_lists)
+
+
+def _decide(metric: Difference, guard: Difference, cfg: CanaryConfig, base: dict, unit: str, sample: str,
+            capped: bool) -> TrialVerdict:
+    """The guardrail first, then the metric, then the sample cap (`capped`)."""
     m = metric.means
-    said = (f"{m['challenger']:.4f} vs {m['champion']:.4f} {cfg.metric} per list "
+    said = (f"{m['challenger']:.4f} vs {m['champion']:.4f} {cfg.metric} {unit} "
             f"(always-valid p={metric.p_always_valid:.2g})")
     if guard.p_always_valid < cfg.alpha and guard.difference < 0:
         g = guard.means
-        action, reason = RETIRE, (f"guardrail: {g['challenger']:.4f} vs {g['champion']:.4f} {cfg.guardrail} per "
-                                  f"list (always-valid p={guard.p_always_valid:.2g})")
+        action, reason = RETIRE, (f"guardrail: {g['challenger']:.4f} vs {g['champion']:.4f} {cfg.guardrail} {unit} "
+                                  f"(always-valid p={guard.p_always_valid:.2g})")
     elif metric.p_always_valid < cfg.alpha:
         action, reason = (PROMOTE, f"better: {said}") if metric.difference > 0 else (RETIRE, f"worse: {said}")
-    elif sizes.min() >= cfg.max_lists:
-        action, reason = RETIRE, f"no evidence it serves better after {sizes.min():,} lists each: {said}"
+    elif capped:
+        action, reason = RETIRE, f"no evidence it serves better after {sample}: {said}"
     else:
         action, reason = CONTINUE, f"undecided: {said}"
     return TrialVerdict(action, reason, metric=metric, guardrail=guard, **base)

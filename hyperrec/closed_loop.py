@@ -2,8 +2,8 @@
 as their own processes, simulated users over several simulated days (their tastes drift
 partway), the monitoring job every few simulated hours, and the retraining run it starts,
 gated, registered and hot-swapped into the running server, either as champion or as a
-challenger on online trial (a share of users) until the monitoring job's A/B test
-promotes or retires it. Outcomes are read back from the platform's own logs, per step,
+challenger on online trial (a share of users, whose lists interleave both versions' items)
+until the monitoring job's test promotes or retires it. Outcomes are read back from the platform's own logs, per step,
 arm and model version, and plotted.
 
 While a retraining run works (minutes of wall time), simulated time stands still: the
@@ -38,7 +38,8 @@ class LoopConfig:
     step_hours: float = 6.0  # the monitoring job runs after every step
     epochs: int = 6  # of each retraining run
     max_retrains: int = 1  # each costs minutes of wall time; later firings are recorded, not run
-    canary_share: float = 0.5  # of users a challenger serves while on trial (half: the fastest A/B test)
+    canary_share: float = 0.5  # of users in a challenger's trial
+    trial: str = "interleave"  # their lists: both versions' items by team draft, or "ab" (the challenger's list)
     experiment: str = "ablation"  # the server's re-ranking arms (hyperrec.online.EXPERIMENTS)
     seed: int = 0
 
@@ -190,8 +191,8 @@ def _follow_retrain(settings, submitter, run_id, url, console, sim_time) -> dict
         verdict = f"v{after} passed the model gate and is serving (swap seen after {seen_s:.1f}s)"
     elif on_trial:
         seen_s = _wait_for_gauge(url, "hyperrec_canary_version", trial)
-        verdict = (f"v{trial} trails v{before} offline on logged traffic, within the canary margin: it serves its "
-                   f"share of users until the A/B test decides (loaded after {seen_s:.1f}s)")
+        verdict = (f"v{trial} trails v{before} offline on logged traffic, within the canary margin: its items go "
+                   f"into its share of users' lists until the trial decides (loaded after {seen_s:.1f}s)")
     else:
         verdict = f"the model gate kept v{before}: nothing deployed"
     console.print(f"retrain {status.get('state', '?')} in {took:.0f}s: {verdict}")

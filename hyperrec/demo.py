@@ -14,6 +14,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from hyperrec.canary import describe_sizes
 from hyperrec.closed_loop import LoopConfig
 from hyperrec.config import Settings
 from hyperrec.registry import configure
@@ -55,6 +56,7 @@ def write_summary(path: Path, story: dict, arms: pd.DataFrame, timings: dict, to
             "retrains": [{k: r[k] for k in ("wall_s", "state", "champion_before", "champion_after", "challenger")}
                          for r in retrains],
             "trials": [{k: t[k] for k in ("action", "reason", "lists", "users", "metric", "guardrail")}
+                       | {"design": t.get("design", "ab")}
                        for t in trials + ([open_trial] if open_trial and open_trial.get("metric") else [])]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=float))
@@ -130,7 +132,7 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     world_now = world.events["ts"].max().to_pydatetime()  # serve as of the simulated clock
     proc = start_server(settings, port, log_path, as_of=world_now,
                         extra_args=("--poll_s", "1", "--canary_share", str(loop.canary_share),
-                                    "--experiment", loop.experiment))
+                                    "--trial", loop.trial, "--experiment", loop.experiment))
     stream = start_stream(settings, loop.experiment)  # folds the history while the server loads
     try:
         with console.status(f"starting model server on :{port} (loads the champion from MLflow)"):
@@ -174,11 +176,11 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
                       f"v{r['champion_after']}{trial}")
     for trial in result["trials"]:
         console.print(f"online trial of v{trial['challenger']} vs v{trial['champion']}: {trial['action']}; "
-                      f"{trial['lists']['challenger']:,} vs {trial['lists']['champion']:,} lists; {trial['reason']}")
+                      f"{describe_sizes(trial)}; {trial['reason']}")
     if (trial := result.get("open_trial")) and trial.get("metric"):
         m = trial["metric"]
         console.print(f"online trial of v{trial['challenger']} vs v{trial['champion']}: still undecided after "
-                      f"{trial['lists']['challenger']:,} vs {trial['lists']['champion']:,} lists; clicks per list "
+                      f"{describe_sizes(trial)}; clicks per list "
                       f"{m['means']['challenger']:.4f} vs {m['means']['champion']:.4f}, difference 95% CI "
                       f"[{m['ci'][0]:+.4f}, {m['ci'][1]:+.4f}], always-valid p {m['p_always_valid']:.2g} "
                       f"(the trial continues; see the README on trial power)")

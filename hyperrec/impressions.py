@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS impressions (
     policy TEXT NOT NULL,
     model_version INTEGER NOT NULL,
     features TEXT NOT NULL,      -- JSON: the monitored serving-time features
-    items TEXT NOT NULL,         -- JSON: [[item_id, category, score], ...] in shown order
+    items TEXT NOT NULL,         -- JSON: [[item_id, category, score], ...] in shown order; an interleaved
+                                 -- list adds each item's team (the model version that placed it)
     query BLOB                   -- float32 query embedding, for a sample of personalized requests
 );
 CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts);
@@ -98,6 +99,8 @@ def impression_row(request_id: str, ts: float, user_id: str | None, rec, feature
                    keep_query: bool) -> tuple:
     """One row for `ImpressionLog.write` from a served `hyperrec.online.Recommended`."""
     items = [[i, c, round(float(s), 6)] for i, c, s in zip(rec.item_ids, rec.categories, rec.scores)]
+    if rec.teams is not None:
+        items = [[*entry, int(team)] for entry, team in zip(items, rec.teams)]
     query = rec.query.astype(np.float32).tobytes() if keep_query and rec.query is not None else None
     return (request_id, float(ts), user_id, rec.arm, rec.policy, int(rec.model_version),
             json.dumps(features), json.dumps(items), query)

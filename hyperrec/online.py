@@ -85,6 +85,7 @@ class Recommended:
     explored_x: np.ndarray | None = None  # the bandit context of the explored item (for feedback)
     query: np.ndarray | None = None  # the query embedding (personalized lists; monitoring samples it)
     monitored: dict | None = None  # serving-time feature values the impression log keeps
+    teams: list[int] | None = None  # an interleaved list (hyperrec.interleave): each item's model version
 
 
 def stable_fraction(salt: str, key: str) -> float:

@@ -8,8 +8,8 @@ Current: the champion's lists of the last full `window_s` after the reference, e
 `attribution_s` before the newest impression so that every list in it has had time to
 collect its clicks. Then:
 
-0. when a challenger is on trial, its A/B test against the champion (`hyperrec.canary`):
-   promote, retire or keep collecting -> a line in `<home>/monitoring/trials.jsonl`;
+0. when a challenger is on trial, its interleaved (or A/B) test against the champion
+   (`hyperrec.canary`): promote, retire or keep collecting -> a line in `<home>/monitoring/trials.jsonl`;
 1. `RetrainTrigger.decide` (significance and size, minimum sample, cooldown, one run in
    flight, dedupe) -> a decision line in `<home>/monitoring/decisions.jsonl`; when it
    fires, the submitter starts the retraining run (embedded: `hyperrec retrain`; cluster:
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hyperrec.canary import CONTINUE, PROMOTE, CanaryConfig, judge, lists_with_outcomes
+from hyperrec.canary import CONTINUE, PROMOTE, CanaryConfig, judge, judge_interleaved, lists_with_outcomes, team_lists
 from hyperrec.config import Settings
 from hyperrec.eventlog import EventLog
 from hyperrec.impressions import ImpressionLog
@@ -122,8 +122,12 @@ def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, 
     end = float(served["ts"].max()) - attribution_s
     trial = served[(served["ts"] >= float(own["ts"].min())) & (served["ts"] <= end)]
     outcomes = attribute(shown_items(trial), events(), attribution_s) if len(trial) else pd.DataFrame(
-        columns=["request_id", "ts", "user_id", "model_version", "clicked", "purchased"])
-    verdict = judge(lists_with_outcomes(outcomes), champion, challenger, config).to_dict()
+        columns=["request_id", "ts", "user_id", "model_version", "clicked", "purchased", "interleaved", "team"])
+    if outcomes["interleaved"].astype(bool).any():  # the servers interleave: judge those lists, by team
+        verdict = judge_interleaved(team_lists(outcomes, champion, challenger), champion, challenger, config)
+    else:
+        verdict = judge(lists_with_outcomes(outcomes), champion, challenger, config)
+    verdict = verdict.to_dict()
     if verdict["action"] != CONTINUE:
         end_challenger(settings, "promoted" if verdict["action"] == PROMOTE else "retired", verdict["reason"])
     verdict["ts"] = end

@@ -45,7 +45,9 @@ def server_parser() -> argparse.ArgumentParser:
                         help="micro-batches running at once (each in its own thread)")
     parser.add_argument("--poll_s", type=float, default=ServerConfig.poll_s, help="champion alias check interval")
     parser.add_argument("--canary_share", type=_share, default=ServerConfig.canary_share,
-                        help="share of users served the registry's challenger while one is on trial (0: never)")
+                        help="share of users in the registry's challenger's trial while one is on (0: never)")
+    parser.add_argument("--trial", default=ServerConfig.trial, choices=("interleave", "ab"),
+                        help="the trial share's lists: both versions interleaved by team draft, or the challenger's")
     parser.add_argument("--experiment", default="rerank", choices=sorted(EXPERIMENTS),
                         help="the re-ranking experiment's arms (hyperrec.online.EXPERIMENTS); a stream processor "
                              "must run with the same one")
@@ -76,7 +78,8 @@ def serve(args: argparse.Namespace) -> None:
     from serving.workers import serve as serve_on_socket
 
     config = ServerConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_in_flight=args.max_in_flight,
-                          poll_s=args.poll_s, worker=args.worker_slot, canary_share=args.canary_share)
+                          poll_s=args.poll_s, worker=args.worker_slot, canary_share=args.canary_share,
+                          trial=args.trial)
     from hyperrec.online import EXPERIMENTS
 
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config,

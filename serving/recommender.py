@@ -4,10 +4,13 @@ ranking -> re-ranking, from the serving unit the champion alias
 names (hot-swapped in the background).
 
 Online trial: while the registry names a `challenger`, a stable hash of the request key
-sends `canary_share` of users to it (both units loaded side by side); the monitoring job's
-A/B test over the impression log promotes or retires it (`hyperrec.canary`). This splits
-model versions inside each process; KServe's canaryTrafficPercent splits revisions (new
-images or configs) across pods, and the two compose."""
+picks `canary_share` of users for the trial (both units loaded side by side). By default
+their lists interleave the champion's and the challenger's by team draft
+(`hyperrec.interleave`; each item logged with the version that placed it); with
+`trial="ab"` they get the challenger's lists. The monitoring job judges the trial from the
+impression log and promotes or retires it (`hyperrec.canary`). This splits model versions
+inside each process; KServe's canaryTrafficPercent splits revisions (new images or
+configs) across pods, and the two compose."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import kserve
+import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
@@ -29,9 +33,11 @@ from hyperrec.config import Settings
 from hyperrec.features import REQUEST_TS, SERVING_USER_VIEWS
 from hyperrec.hotswap import ModelSlot, load_shared, versions_dir_cleanup
 from hyperrec.impressions import ImpressionLog, ImpressionRecorder
+from hyperrec.interleave import interleave
 from hyperrec.models.two_tower import NEW_USER, USER_INPUTS
 from hyperrec.monitor import FEATURES as MONITORED_FEATURES
 from hyperrec.online import (
+    PERSONALIZED,
     Experiment,
     Recommended,
     Request,
@@ -50,6 +56,7 @@ from serving.protocol import parse_v1, parse_v2, v1_response, v2_response
 
 log = logging.getLogger("hyperrec.serving")
 CANARY_SALT = "hyperrec-canary-1"
+TRIAL_DESIGNS = ("interleave", "ab")
 PROBE_HEADER = "x-hyperrec-probe"  # a deploy or health check: answered like any request, not logged as traffic
 
 
@@ -62,7 +69,12 @@ class ServerConfig:
     pending_feedback: int = 100_000  # exploration contexts kept for feedback (oldest dropped), all workers together
     feedback_wait_s: float = 1.0  # how long feedback for an unknown request waits for another worker to record it
     worker: int | None = None  # this process's slot in a multi-process server (None: the only process)
-    canary_share: float = 0.2  # users given the challenger while one is on trial (0: never load one)
+    canary_share: float = 0.2  # users in the trial while a challenger is on one (0: never load one)
+    trial: str = "interleave"  # the trial share's lists: "interleave" (both versions, by team) or "ab" (challenger)
+
+    def __post_init__(self):
+        if self.trial not in TRIAL_DESIGNS:
+            raise ValueError(f"trial must be one of {TRIAL_DESIGNS}, got {self.trial!r}")
 
 
 class RecommenderModel(kserve.Model):
@@ -92,6 +104,7 @@ class RecommenderModel(kserve.Model):
         self._champion_version: int | None = None  # the last champion swapped in, and the one before it
         self._predecessor: int | None = None
         self.impressions = ImpressionRecorder(ImpressionLog(settings.impression_log)) if log_impressions else None
+        self._rng = np.random.default_rng()  # the team draft's coin flips
 
     # --- model lifecycle -------------------------------------------------------------
     def load(self) -> bool:
@@ -179,6 +192,13 @@ class RecommenderModel(kserve.Model):
         if trial is None or trial.version == champion.version:
             return self._recommend(champion, requests)
         on_trial = [self._in_canary(r.key) for r in requests]
+        if self.config.trial == "interleave":
+            out = self._recommend(champion, requests)
+            rows = [i for i, t in enumerate(on_trial) if t and out[i].policy == PERSONALIZED]
+            for i, rec in zip(rows, self._recommend(trial, [requests[i] for i in rows])):
+                if rec.policy == PERSONALIZED:
+                    out[i] = interleave(out[i], rec, requests[i].k, self._rng)
+            return out
         out: list[Recommended | None] = [None] * len(requests)
         for unit, flag in ((champion, False), (trial, True)):
             rows = [i for i, t in enumerate(on_trial) if t == flag]

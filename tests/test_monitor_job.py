@@ -22,10 +22,10 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
 
 
 def served(request_id, ts, user, items, categories=None, policy="personalized", arm="control", version=1,
-           query=None, **features):
+           query=None, teams=None, **features):
     rec = Recommended(item_ids=list(items), titles=list(items), categories=list(categories or ["c"] * len(items)),
                       scores=[1.0 - 0.1 * i for i in range(len(items))], reasons=[""] * len(items), policy=policy,
-                      arm=arm, model_version=version, query=query)
+                      arm=arm, model_version=version, query=query, teams=teams)
     return request_id, user, rec, {f: float(features.get(f, 1.0)) for f in FEATURES}, ts
 
 
@@ -296,6 +296,38 @@ def trial_traffic(settings, rng, n, p_click: dict[int, float], start: float, pre
             events.append(event(f"{rid}-click", f"u{i % 600}", "a", ts + 5, request_id=rid))
     write(ImpressionLog(settings.impression_log), rows)
     EventLog(settings.event_log).append(events)
+
+
+def interleaved_traffic(settings, rng, n, p_click: dict[int, float], start: float) -> None:
+    """Log `n` interleaved lists of version 2's trial 20 s apart: items a, b from one team and
+    c, d from the other (which team leads alternates), each clicked with its team's probability."""
+    rows, events = [], []
+    for i in range(n):
+        ts, rid, user = start + 20 * i, f"mix{i}", f"u{i % 600}"
+        teams = [1, 1, 2, 2] if i % 2 else [2, 2, 1, 1]
+        rows.append(served(rid, ts, user, ["a", "b", "c", "d"], version=2, teams=teams))
+        events += [event(f"{rid}-{item}", user, item, ts + 5, request_id=rid)
+                   for item, team in zip("abcd", teams) if rng.random() < p_click[team]]
+    write(ImpressionLog(settings.impression_log), rows)
+    EventLog(settings.event_log).append(events)
+
+
+def test_the_monitor_judges_an_interleaved_trial_by_team(settings):
+    """Servers that interleave log each item's team; the monitor judges those lists by the
+    per-list difference of the teams' clicks, and promotes the preferred challenger."""
+    from hyperrec.registry import challenger_version, champion_version
+    from monitoring.job import run_once
+
+    _two_versions(settings)
+    interleaved_traffic(settings, np.random.default_rng(12), 1_500, {1: 0.10, 2: 0.16}, T0)
+    shown = shown_items(ImpressionLog(settings.impression_log).read())
+    assert shown["interleaved"].all() and shown.groupby("request_id")["team"].nunique().eq(2).all()
+    trial = run_once(settings, FakeSubmitter(), probe_index=False, dashboard=False)["trial"]
+    assert trial["design"] == "interleaved" and trial["lists"]["interleaved"] > 1_000
+    means = trial["metric"]["means"]
+    assert trial["action"] == "promote", trial["reason"]
+    assert 0.15 < means["champion"] < 0.25 and 0.25 < means["challenger"] < 0.40  # two items a team
+    assert champion_version(settings) == 2 and challenger_version(settings) is None
 
 
 def test_the_monitor_promotes_a_challenger_that_wins_its_online_trial(settings):

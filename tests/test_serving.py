@@ -247,18 +247,20 @@ def _wait_metric(server, name, value, timeout_s=60):
         time.sleep(0.2)
 
 
-def _versions_by_user(server, users):
+def _versions_by_user(server, users, field="model_version"):
     out = {}
     for lo in range(0, len(users), 64):
         for pred in predict(server, [{"user_id": u, "k": 3} for u in users[lo:lo + 64]]).json()["predictions"]:
-            out[pred["user_id"]] = pred["model_version"]
+            out[pred["user_id"]] = pred[field]
     return out
 
 
 def test_a_challenger_serves_its_share_of_users_until_promoted_or_retired(server):
     """The gate's online trial: the challenger alias loads a second unit; exactly the users
-    the canary hash picks (20% by default) get it, on every request; promotion moves them
+    the canary hash picks (20% by default) get it (interleaved with the champion's items), on
+    every request; promotion moves them
     all to it without reloading, retirement moves them all back."""
+    from hyperrec.impressions import ImpressionLog
     from hyperrec.online import stable_fraction
     from hyperrec.registry import challenger_version, end_challenger
     from serving.recommender import CANARY_SALT, ServerConfig
@@ -271,11 +273,25 @@ def test_a_challenger_serves_its_share_of_users_until_promoted_or_retired(server
     assert deploy(settings, settings.model_name, challenger, blessed=False, endpoint=None)["status"] == "canary"
     _wait_metric(server, "hyperrec_canary_version", challenger)
 
-    expected = {u: challenger if stable_fraction(CANARY_SALT, u) < ServerConfig.canary_share else champion
-                for u in users}
+    # popular-in-context lists (users the model cannot personalize for) have nothing to compare
+    personal = {u for u, policy in _versions_by_user(server, users, "policy").items() if policy == "personalized"}
+    expected = {u: challenger if stable_fraction(CANARY_SALT, u) < ServerConfig.canary_share and u in personal
+                else champion for u in users}
     assert 0.1 < sum(v == challenger for v in expected.values()) / len(users) < 0.3
     assert _versions_by_user(server, users) == expected
     assert _versions_by_user(server, users) == expected  # stable across requests
+    # the trial's lists interleave both versions (ServerConfig.trial), each item logged with its team
+    trial_users = {u for u, v in expected.items() if v == challenger}
+    deadline = time.monotonic() + 10
+    while True:
+        logged = ImpressionLog(settings.impression_log).read()
+        mine = logged[logged["user_id"].isin(trial_users) & (logged["model_version"] == challenger)]
+        if len(mine) >= 2 * len(trial_users) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(mine) >= 2 * len(trial_users)
+    assert all(len(entry) == 4 for items in mine["items"] for entry in items)
+    assert all({entry[3] for entry in items} == {champion, challenger} for items in mine["items"])
 
     swaps = _metric(server, "hyperrec_model_swaps_total")
     end_challenger(settings, "promoted", "test: it won")
