@@ -154,11 +154,11 @@ class ServingUnit:
     """One registered model version, loaded and ready: the Recommender (query tower, index,
     co-engagement, ranker) plus what re-ranking and explanations read."""
 
-    def __init__(self, model_dir: Path, version: int):
+    def __init__(self, model_dir: Path, version: int, backend: str = "numpy"):
         from hyperrec.recommend import Recommender
 
         self.version = int(version)
-        self.rec = Recommender(model_dir)
+        self.rec = Recommender(model_dir, backend=backend)
         ids = self.rec.item_ids
         self.titles = self.rec.catalog["title"].reindex(ids).fillna("").to_numpy()
         self.categories = self.rec.catalog["category"].reindex(ids).fillna("").to_numpy()

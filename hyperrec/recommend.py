@@ -8,6 +8,7 @@ embeddings, the co-engagement table and the ranker always come from the same tra
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ import pandas as pd
 from hyperrec.coengagement import CoEngagement
 from hyperrec.index import load_index
 from hyperrec.models.two_tower import ITEM_INPUTS, USER_INPUTS
+
+log = logging.getLogger("hyperrec.recommend")
 
 
 def export_candidates(out: Path, items: pd.DataFrame, embeddings: np.ndarray, index_kind: str = "auto") -> None:
@@ -37,17 +40,42 @@ def created_seconds(items: pd.DataFrame) -> np.ndarray:
 
 class Recommender:
     """A trained two-stage model loaded from its exported folder. `users` arguments are a
-    DataFrame or, on the serving path, a dict of column arrays, with every user tower input."""
+    DataFrame or, on the serving path, a dict of column arrays, with every user tower input.
 
-    def __init__(self, model_dir: Path):
+    `backend="numpy"` (the default) runs the query tower and the ranker as numpy forward
+    passes extracted from the SavedModels (hyperrec.models.numpy_forward): no TensorFlow
+    call per batch, which at the server's small batches was most of their time.
+    `backend="tf"` runs the SavedModels' traced graphs (the reference the numpy passes are
+    tested against). A model with a layer the numpy pass does not know is served through
+    TF, with a warning; `backend` says which one runs."""
+
+    BACKENDS = ("numpy", "tf")
+
+    def __init__(self, model_dir: Path, backend: str = "numpy"):
         import tensorflow as tf
 
-        from hyperrec.models.ranking import compiled_ranker
-        from hyperrec.models.two_tower import compiled
-
+        if backend not in self.BACKENDS:
+            raise ValueError(f"backend must be one of {self.BACKENDS}, not {backend!r}")
         self.model_dir = Path(model_dir)
+        self.backend = backend
         user_tower = tf.keras.models.load_model(self.model_dir / "user_tower", compile=False)
-        self._embed = compiled(user_tower, USER_INPUTS)
+        ranker = tf.keras.models.load_model(self.model_dir / "ranker", compile=False)
+        if backend == "numpy":
+            from hyperrec.models.numpy_forward import NumpyRanker, NumpyUserTower
+            from hyperrec.models.ranking import RANKER_INPUTS
+
+            try:
+                self._embed = NumpyUserTower.from_keras(user_tower, USER_INPUTS)
+                self._rank = NumpyRanker.from_keras(ranker, RANKER_INPUTS)
+            except NotImplementedError as exc:  # a layer or op with no numpy twin yet: serve through TF
+                log.warning("%s: no numpy forward pass (%s), serving it through TensorFlow", self.model_dir, exc)
+                self.backend = backend = "tf"
+        if backend == "tf":
+            from hyperrec.models.ranking import compiled_ranker
+            from hyperrec.models.two_tower import compiled
+
+            self._embed = compiled(user_tower, USER_INPUTS)
+            self._rank = compiled_ranker(ranker)
         # users the query tower has an id embedding for (the rest embed as unknown)
         self.known_users = frozenset(str(u) for u in user_tower.get_layer("user_id_lookup").get_vocabulary()[1:])
         with np.load(self.model_dir / "candidates.npz", allow_pickle=False) as z:
@@ -58,7 +86,6 @@ class Recommender:
         self.catalog = pd.read_parquet(self.model_dir / "items.parquet").set_index("item_id")
         self.created_s = created_seconds(self.catalog.reindex(self.item_ids))
         self.coengagement = CoEngagement.load(self.model_dir / "coengagement.npz")
-        self._rank = compiled_ranker(tf.keras.models.load_model(self.model_dir / "ranker", compile=False))
         self.n_candidates = json.loads((self.model_dir / "ranker_config.json").read_text())["candidates"]
 
     def user_embeddings(self, users) -> np.ndarray:

@@ -71,6 +71,7 @@ class ServerConfig:
     worker: int | None = None  # this process's slot in a multi-process server (None: the only process)
     canary_share: float = 0.2  # users in the trial while a challenger is on one (0: never load one)
     trial: str = "interleave"  # the trial share's lists: "interleave" (both versions, by team) or "ab" (challenger)
+    backend: str = "numpy"  # the query tower and ranker: numpy forward passes or "tf" (hyperrec.recommend)
 
     def __post_init__(self):
         if self.trial not in TRIAL_DESIGNS:
@@ -131,7 +132,10 @@ class RecommenderModel(kserve.Model):
         def download(folder):
             return model_version_dir(self.settings, version, folder)
 
-        return load_shared(self._versions_dir, version, download, lambda model_dir: ServingUnit(model_dir, version))
+        def load(model_dir):
+            return ServingUnit(model_dir, version, self.config.backend)
+
+        return load_shared(self._versions_dir, version, download, load)
 
     def _probe(self, unit: ServingUnit) -> None:
         """One personalized and one popular request through the new unit before it serves."""
