@@ -84,6 +84,8 @@ def _closed_loop_rows(data: dict) -> list[Row]:
 BENCHES: dict[str, tuple[str, list[Row] | Callable[[dict], list[Row]]]] = {
     "serving": ("Serving (100k-item catalog, wrk on loopback, naive KServe path in the same run)", [
         ("p99 at 500 req/s (open loop), ms", _get("p99_ms_at_500rps"), "<= 25"),
+        ("the same with TensorFlow graphs, not numpy, for the towers and ranker, ms",
+         _get("p99_ms_at_500rps_tf_backend"), "same run"),
         ("max req/s at p99 <= 50 ms", _get("max_rps_at_p99_50ms"), ">= 3x naive"),
         ("naive: max req/s at p99 <= 50 ms", _get("naive_max_rps_at_p99_50ms"), "anchor"),
         ("ratio to naive", _get("throughput_ratio_vs_naive"), ">= 3"),
