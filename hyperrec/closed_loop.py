@@ -38,7 +38,10 @@ class LoopConfig:
     step_hours: float = 6.0  # the monitoring job runs after every step
     epochs: int = 6  # of each retraining run
     max_retrains: int = 1  # each costs minutes of wall time; later firings are recorded, not run
-    canary_share: float = 0.5  # of users in a challenger's trial
+    # Users in a challenger's trial. Interleaved, every one: each list still holds half the
+    # champion's items and is its own control, so the trial needs no control group, and
+    # twice the lists decide it sooner (an A/B trial would need 0.5: two equal groups)
+    canary_share: float = 1.0
     trial: str = "interleave"  # their lists: both versions' items by team draft, or "ab" (the challenger's list)
     experiment: str = "ablation"  # the server's re-ranking arms (hyperrec.online.EXPERIMENTS)
     seed: int = 0

@@ -56,7 +56,8 @@ class ImpressionLog:
 
     def read(self, start: float = 0.0, end: float = float("inf")) -> pd.DataFrame:
         """Impressions with start <= ts < end: one row per served list; `features` expanded
-        into columns, `items` a list of (item_id, category, score), `query` an array or None."""
+        into columns, `items` a list of (item_id, category, score[, team]), `interleaved`
+        (whether the entries carry teams), `query` an array or None."""
         with self._lock:
             rows = self.db.execute(f"SELECT {', '.join(self.COLUMNS)} FROM impressions WHERE ts >= ? AND ts < ? "
                                    "ORDER BY ts", (start, min(end, 1e18))).fetchall()
@@ -91,6 +92,7 @@ def _decode(rows: list[tuple]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(ImpressionLog.COLUMNS))
     features = pd.DataFrame([json.loads(f) for f in frame.pop("features")], index=frame.index)
     frame["items"] = [json.loads(i) for i in frame["items"]]
+    frame["interleaved"] = [bool(items) and len(items[0]) > 3 for items in frame["items"]]  # entries carry teams
     frame["query"] = [np.frombuffer(q, np.float32) if q is not None else None for q in frame["query"]]
     return pd.concat([frame, features], axis=1)
 

@@ -136,10 +136,14 @@ def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, 
 
 
 def _champion_traffic(settings: Settings, served: pd.DataFrame, version: int | None) -> tuple[int | None, pd.DataFrame]:
+    """The lists `version` (default: the champion) served on its own: not interleaved ones."""
     version = champion_version(settings) if version is None else version
     if version is None or served.empty:
         return version, served.iloc[0:0]
-    return version, served[served["model_version"] == version].reset_index(drop=True)
+    own = served["model_version"] == version
+    if "interleaved" in served:  # a promoted challenger's trial lists were half the old champion's
+        own &= ~served["interleaved"].astype(bool)
+    return version, served[own].reset_index(drop=True)
 
 
 def _model_dir(settings: Settings, version: int) -> Path:

@@ -328,6 +328,9 @@ def test_the_monitor_judges_an_interleaved_trial_by_team(settings):
     assert trial["action"] == "promote", trial["reason"]
     assert 0.15 < means["champion"] < 0.25 and 0.25 < means["challenger"] < 0.40  # two items a team
     assert champion_version(settings) == 2 and challenger_version(settings) is None
+    # the new champion's reference is what it serves on its own, not its half of the trial's lists
+    after = run_once(settings, FakeSubmitter(), probe_index=False, dashboard=False)
+    assert after["status"] == "reference_not_ready" and "served 0 lists" in after["detail"]
 
 
 def test_the_monitor_promotes_a_challenger_that_wins_its_online_trial(settings):
