@@ -73,10 +73,6 @@ class TrialVerdict:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @property
-    def sizes(self) -> str:
-        return describe_sizes(self.to_dict())
-
 
 def describe_sizes(verdict: dict) -> str:
     """'1,234 interleaved lists' or '900 vs 950 lists' (challenger vs champion)."""

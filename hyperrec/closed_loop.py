@@ -116,7 +116,7 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, strea
 
     sim = Simulator(world, url, seed=cfg.seed)
     submitter = _Capped(LocalRetrain(settings, epochs=cfg.epochs), cfg.max_retrains)
-    steps, reports, retrains, trials, per_version = [], [], [], [], []
+    steps, reports, retrains, trials = [], [], [], []
     t = world.events["ts"].max().to_pydatetime()
     step = timedelta(hours=cfg.step_hours)
     n_steps = int(round(cfg.days * 24 / cfg.step_hours))
@@ -134,9 +134,6 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, strea
         report = run_once(settings, submitter, probe_index=(i % 4 == 3))
         reports.append(report)
         ctr = served["clicks"].sum() / served["shown"].sum()
-        for v, group in served.groupby("model_version"):
-            per_version.append({"step": i, "sim_end": t, "model_version": int(v), "lists": len(group),
-                                "ctr": float(group["clicks"].sum() / group["shown"].sum())})
         steps.append({"step": i, "sim_end": t, "lists": len(served), "ctr": float(ctr),
                       "hit_rate": float((served["clicks"] > 0).mean()),
                       "purchases_per_list": float(served["purchases"].mean()),
@@ -156,7 +153,7 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, strea
     if open_trial and open_trial["action"] != "continue":
         open_trial = None
     return {"steps": frame, "reports": reports, "retrains": retrains, "trials": trials, "open_trial": open_trial,
-            "per_version": pd.DataFrame(per_version), "served": _served_outcomes(settings)}
+            "served": _served_outcomes(settings)}
 
 
 class _Capped:
@@ -214,6 +211,19 @@ def _served_outcomes(settings: Settings) -> pd.DataFrame:
     return attribute(shown_items(impressions), EventLog(settings.event_log).read(0, limit=2**62)[1])
 
 
+def ctr_by_team(outcomes: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """CTR of each version's items in personalized lists per loop step (step, model_version,
+    shown, ctr): a version's items are the ones it placed, in its own lists or in
+    interleaved ones."""
+    outcomes = outcomes[outcomes["policy"] == "personalized"]
+    ends = pd.to_datetime(steps["sim_end"], utc=True).astype("int64").to_numpy() / 1e9
+    step = np.searchsorted(ends, outcomes["ts"].to_numpy(float), side="left")
+    inside = step < len(ends)
+    frame = outcomes.loc[inside, ["team", "clicked"]].assign(step=steps["step"].to_numpy()[step[inside]])
+    table = frame.groupby(["step", "team"])["clicked"].agg(shown="size", ctr="mean").reset_index()
+    return table.rename(columns={"team": "model_version"})
+
+
 def arm_table(outcomes: pd.DataFrame, full: str | None = "full") -> pd.DataFrame:
     """Per arm (personalized lists): CTR and conversion per shown item with 95% Wilson
     intervals, and, when the arms are the ablation experiment's, each switched-off
@@ -250,7 +260,8 @@ def arm_table(outcomes: pd.DataFrame, full: str | None = "full") -> pd.DataFrame
 def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out: Path, days: float,
          trials: list[dict] = (), per_version: pd.DataFrame | None = None) -> Path:
     """CTR per step with the retrains, the online trials' outcomes and the start of the taste
-    drift marked; while two versions serve side by side, each one's CTR as well."""
+    drift marked; while two versions serve side by side, the CTR of each one's items as well
+    (`ctr_by_team`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,7 +279,7 @@ def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out
         shared = per_version.groupby("step")["model_version"].transform("nunique") > 1
         for (v, group), colour in zip(per_version[shared].groupby("model_version"), ("#9467bd", "#8c564b", "#e377c2")):
             ax.plot(group["step"].map(day_of_step), group["ctr"], marker="s", linestyle=":", color=colour,
-                    label=f"CTR of v{v}'s users while two versions serve")
+                    label=f"CTR of v{v}'s items while two versions serve")
     ax2 = ax.twinx()
     ax2.plot(x, steps["hit_rate"], marker=".", color="#ff7f0e", alpha=0.6, label="lists with a click")
     ax2.set_ylabel("lists with a click")

@@ -93,7 +93,7 @@ def _fresh_loop_state(settings: Settings) -> None:
 
 def run_demo(settings: Settings, console: Console, users: int, items: int, days: int, events: int,
              epochs: int, port: int, loop: LoopConfig = LoopConfig()) -> dict:
-    from hyperrec.closed_loop import arm_table, plot, run_loop, start_stream
+    from hyperrec.closed_loop import arm_table, ctr_by_team, plot, run_loop, start_stream
     from serving.launch import recommend, start_server, stop_server, wait_ready
 
     timings, t0 = {}, time.monotonic()
@@ -167,7 +167,7 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     console.rule("[bold]summary")
     steps, retrains = result["steps"], result["retrains"]
     png = plot(steps, retrains, drift_day - days, settings.home / "demo" / "ctr.png", loop.days, result["trials"],
-               result["per_version"])
+               ctr_by_team(result["served"], steps))
     arms = arm_table(result["served"])
     console.print(_arms_rich(arms))
     for r in retrains:

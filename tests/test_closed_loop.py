@@ -39,3 +39,20 @@ def test_lifts_are_full_minus_the_ablated_arm_per_list():
 def test_without_a_full_arm_there_are_only_rates():
     table = arm_table(_outcomes({"control": 0.1, "diverse-explore": 0.1}, lists=500))
     assert "mechanism_lift" not in table and list(table.index) == ["control", "diverse-explore"]
+
+
+def test_ctr_by_team_splits_interleaved_lists_by_the_version_that_placed_each_item():
+    from hyperrec.closed_loop import ctr_by_team
+
+    t0 = pd.Timestamp("2026-01-01", tz="UTC")
+    steps = pd.DataFrame({"step": [0, 1], "sim_end": [t0 + pd.Timedelta(hours=6), t0 + pd.Timedelta(hours=12)]})
+    ts = (t0 + pd.Timedelta(hours=1)).timestamp(), (t0 + pd.Timedelta(hours=7)).timestamp()
+    outcomes = pd.DataFrame({
+        "ts": [ts[0]] * 4 + [ts[1]] * 4 + [ts[1]],
+        "policy": ["personalized"] * 8 + ["popular"],
+        "team": [1, 1, 1, 1, 1, 2, 1, 2, 1],  # step 0: v1 alone; step 1: an interleaved list
+        "clicked": [1, 0, 0, 0, 0, 1, 0, 1, 1],
+    })
+    table = ctr_by_team(outcomes, steps).set_index(["step", "model_version"])
+    assert table.loc[(0, 1), "shown"] == 4 and table.loc[(0, 1), "ctr"] == 0.25
+    assert table.loc[(1, 1), "ctr"] == 0.0 and table.loc[(1, 2), "ctr"] == 1.0  # the popular list is left out

@@ -8,7 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hyperrec.canary import CONTINUE, PROMOTE, RETIRE, CanaryConfig, judge, judge_interleaved, team_lists
+from hyperrec.canary import (
+    CONTINUE,
+    PROMOTE,
+    RETIRE,
+    CanaryConfig,
+    describe_sizes,
+    judge,
+    judge_interleaved,
+    team_lists,
+)
 from hyperrec.interleave import interleave, team_draft
 from hyperrec.online import Recommended
 
@@ -95,7 +104,7 @@ def test_a_clear_preference_decides_the_interleaved_trial(rates, action):
                                            CHAMPION, CHALLENGER), CHAMPION, CHALLENGER)
     assert verdict.action == action and verdict.design == "interleaved"
     assert verdict.lists == {"interleaved": 3000} and verdict.users == {"interleaved": 300}
-    assert "interleaved" in verdict.sizes and "by team" in verdict.reason
+    assert describe_sizes(verdict.to_dict()) == "3,000 interleaved lists" and "by team" in verdict.reason
 
 
 def test_the_interleaved_guardrail_and_the_minimum_sample():
