@@ -12,6 +12,12 @@ Users also tire of what they have clicked (`Boredom`): without that, a simulated
 clicks the same favourite forever, and a server that keeps showing it looks better than one
 that has learned, a second ago, that it was just seen.
 
+Users also find items on their own (`SimConfig.organic_per_list`): search and browsing,
+which the history's feed stood for. Each organic visit looks at one item drawn by the
+user's current taste, and may click, cart and buy it; its events name no list. Without
+them, a user whose taste drifted could show a new taste only through what the platform
+chose to show, so neither real-time features nor a retrain could ever learn it.
+
 Nothing here knows the model: it sees only the HTTP API, like an application would.
 """
 
@@ -38,6 +44,9 @@ class SimConfig:
     examine_decay: float = 0.3  # P(a user looks at slot p) = 1 / (1 + decay * p)
     satiation: float = 0.5  # each earlier click on an item multiplies P(click) on it by this (1: no satiation)
     satiation_half_life_days: float = 3.0  # how fast that wears off
+    organic_per_list: float = 1.0  # items users find on their own per served list (0: none)
+    organic_pool: int = 64  # available items an organic visit chooses among
+    organic_focus: float = 8.0  # softmax sharpness over taste affinity (0: uniformly at random)
     timeout_s: float = 30.0
 
 
@@ -105,13 +114,63 @@ class Simulator:
         return (ts - self.start) / pd.Timedelta(days=1)
 
     def run(self, lists: int, t0: datetime, t1: datetime) -> Served:
-        """Serve `lists` lists at times spread over [t0, t1), play them, post the events."""
+        """Serve `lists` lists at times spread over [t0, t1), play them, post the events;
+        organic visits are spread over the same span, in time order with the lists."""
         users = self.rng.choice(len(self.user_ids), size=lists, p=self.activity)
         times = np.sort(self.rng.uniform(t0.timestamp(), t1.timestamp(), lists))
+        organic = self.organic(int(round(self.cfg.organic_per_list * lists)), t0, t1)
         rows = []
         for lo in range(0, lists, self.cfg.batch):
+            until = times[lo + self.cfg.batch] if lo + self.cfg.batch < lists else np.inf
+            due = [e for e in organic if e["_t"] < until]
+            organic = organic[len(due):]
+            self._post([{k: v for k, v in e.items() if k != "_t"} for e in due])
             rows += self._batch(users[lo:lo + self.cfg.batch], times[lo:lo + self.cfg.batch])
         return Served(pd.DataFrame(rows))
+
+    def organic(self, visits: int, t0: datetime, t1: datetime) -> list[dict]:
+        """Events of `visits` organic visits in [t0, t1), in time order (each with `_t`, its
+        unix time): a user (by activity) looks at one item drawn among `organic_pool`
+        available ones by softmax(organic_focus x taste affinity), and clicks by the same
+        rules as in a list (satiation included)."""
+        if visits <= 0:
+            return []
+        out = []
+        users = self.rng.choice(len(self.user_ids), size=visits, p=self.activity)
+        for u, t in zip(users, np.sort(self.rng.uniform(t0.timestamp(), t1.timestamp(), visits))):
+            ts = datetime.fromtimestamp(t, UTC)
+            day = self.day_of(pd.Timestamp(ts))
+            available = np.flatnonzero(self.truth.item_created_day <= day)
+            pool = self.rng.choice(available, size=min(self.cfg.organic_pool, len(available)), replace=False)
+            users_ = np.full(len(pool), u)
+            logits = self.cfg.organic_focus * self.truth.affinity(users_, pool, day)
+            weights = np.exp(logits - logits.max())
+            item = int(self.rng.choice(pool, p=weights / weights.sum()))
+            p_click = self.truth.click_probability(np.array([u]), np.array([item]), day)[0] \
+                * self.boredom.multiplier(u, np.array([item]), day)[0]
+            user_id, item_id = str(self.user_ids[u]), str(self.world.items["item_id"].iat[item])
+            out.append(_event("view", user_id, item_id, ts, None) | {"_t": t})
+            if self.rng.random() >= p_click:
+                continue
+            self.boredom.clicked(int(u), item, day)
+            dwell, carted, bought = after_click(self.rng, self.truth.affinity(np.array([u]), np.array([item]), day))
+            at = ts + timedelta(seconds=2)
+            out.append(_event("click", user_id, item_id, at, None, dwell_s=float(dwell[0])) | {"_t": t + 2})
+            if carted[0]:
+                at += timedelta(seconds=float(dwell[0]))
+                out.append(_event("add_to_cart", user_id, item_id, at, None) | {"_t": at.timestamp()})
+                if bought[0]:
+                    at += timedelta(minutes=2)
+                    out.append(_event("purchase", user_id, item_id, at, None) | {"_t": at.timestamp()})
+        return sorted(out, key=lambda e: e["_t"])
+
+    def _post(self, events: list[dict]) -> None:
+        if not events:
+            return
+        resp = self.session.post(f"{self.url}/v1/events", json=events, timeout=self.cfg.timeout_s)
+        resp.raise_for_status()
+        if resp.json()["dead_lettered"]:
+            raise RuntimeError(f"the simulator sent bad events: {resp.json()['errors'][:3]}")
 
     def _batch(self, users: np.ndarray, times: np.ndarray) -> list[dict]:
         stamps = [datetime.fromtimestamp(t, UTC) for t in times]
@@ -153,17 +212,15 @@ class Simulator:
                          "policy": pred["policy"], "model_version": pred["model_version"],
                          "clicks": int(clicked.sum()), "purchases": int(bought.sum()), "shown": n,
                          "examined": int(examined.sum())})
-        if events:
-            resp = self.session.post(f"{self.url}/v1/events", json=events, timeout=self.cfg.timeout_s)
-            resp.raise_for_status()
-            if resp.json()["dead_lettered"]:
-                raise RuntimeError(f"the simulator sent bad events: {resp.json()['errors'][:3]}")
+        self._post(events)
         for fb in feedback:
             self.session.post(f"{self.url}/v1/models/recommender:feedback", json=fb, timeout=self.cfg.timeout_s)
         return rows
 
 
-def _event(kind: str, user: str, item: str, at: datetime, request_id: str, dwell_s: float | None = None) -> dict:
+def _event(kind: str, user: str, item: str, at: datetime, request_id: str | None, dwell_s: float | None = None) -> dict:
     event = {"event_id": f"sim-{uuid.uuid4().hex}", "user_id": user, "item_id": item, "event_type": kind,
-             "ts": at.isoformat(), "request_id": request_id, "device": "mobile"}
+             "ts": at.isoformat(), "device": "mobile"}
+    if request_id:
+        event["request_id"] = request_id
     return event | ({"dwell_s": dwell_s} if dwell_s is not None else {})
