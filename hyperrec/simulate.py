@@ -132,7 +132,9 @@ class Simulator:
         """Events of `visits` organic visits in [t0, t1), in time order (each with `_t`, its
         unix time): a user (by activity) looks at one item drawn among `organic_pool`
         available ones by softmax(organic_focus x taste affinity), and clicks by the same
-        rules as in a list (satiation included)."""
+        rules as in a list (satiation included). Drawn for a whole step before its lists
+        are played, so a list early in the step already sees the boredom of a visit later
+        in it (not measured; drawing both in lockstep would remove it)."""
         if visits <= 0:
             return []
         out = []
