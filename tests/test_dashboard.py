@@ -280,11 +280,18 @@ def test_dashboard_renders_in_headless_chromium(ui_server):
     assert {arm for _, arm in counters} == set(dash.ARMS)
 
     shot = ARTIFACTS / "dashboard.png"
-    shot.unlink(missing_ok=True)
-    result = _chromium(chromium, url, f"--screenshot={shot}", budget_ms=budget)
-    assert shot.exists(), result.stderr[-2000:]
-    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    assert pixels.shape == (2000, 1400, 3)
-    for colour, least in (((0x02, 0xB2, 0xAF), 2000), ((0x2E, 0x96, 0xFF), 1000)):  # first two series colours
-        drawn = int((np.abs(pixels - colour).sum(axis=2) < 30).sum())
-        assert drawn >= least, f"only {drawn} pixels of series colour {colour}: are the plots empty?"
+    least = {(0x02, 0xB2, 0xAF): 2000, (0x2E, 0x96, 0xFF): 1000}  # pixels of the first two series colours
+    # The DOM above already holds every point; the screenshot is a separate browser run, and
+    # on a loaded machine its budget can end before the lines are drawn (CI caught axes with
+    # no lines once): a longer budget, never a lower bar
+    for shot_budget in (budget, 2 * budget, 4 * budget):
+        shot.unlink(missing_ok=True)
+        result = _chromium(chromium, url, f"--screenshot={shot}", budget_ms=shot_budget)
+        assert shot.exists(), result.stderr[-2000:]
+        pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        assert pixels.shape == (2000, 1400, 3)
+        drawn = {colour: int((np.abs(pixels - colour).sum(axis=2) < 30).sum()) for colour in least}
+        if all(drawn[c] >= n for c, n in least.items()):
+            break
+    for colour, n in least.items():
+        assert drawn[colour] >= n, f"only {drawn[colour]} pixels of series colour {colour}: are the plots empty?"
