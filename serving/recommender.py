@@ -46,8 +46,9 @@ from hyperrec.online import (
     apply_request,
     recommend_batch,
     stable_fraction,
+    take,
 )
-from hyperrec.online_reader import OnlineUserReader
+from hyperrec.online_reader import Columns, OnlineUserReader
 from hyperrec.privacy import ConsentLedger
 from hyperrec.registry import CHALLENGER, alias_watcher, model_version_dir
 from hyperrec.rerank import EXPLORATION_DIM
@@ -174,10 +175,17 @@ class RecommenderModel(kserve.Model):
 
     # --- the request path -------------------------------------------------------------
     def _recommend(self, unit: ServingUnit, requests: list[Request]) -> list[Recommended]:
+        return self._serve(unit, *self._inputs(requests))
+
+    def _inputs(self, requests: list[Request]) -> tuple[list[Request], Columns]:
+        """The requests with their consent applied, and their model inputs (online user
+        features plus the request's own): read once per batch, whichever units serve it."""
         requests = self._with_consent(requests)
         with self._timer("feature_fetch"):
             features = self.features.read([r.user_id or NEW_USER for r in requests], now=self.as_of)
-        rows = apply_request(features, requests)
+        return requests, apply_request(features, requests)
+
+    def _serve(self, unit: ServingUnit, requests: list[Request], rows: Columns) -> list[Recommended]:
         results = recommend_batch(unit, rows, requests, self.experiment, self.bandit, self._timer)
         monitored = {name: rows[name].tolist() for name in (*MONITORED_FEATURES, REQUEST_TS)}
         return [replace(rec, monitored={name: values[i] for name, values in monitored.items()})
@@ -196,18 +204,23 @@ class RecommenderModel(kserve.Model):
         if trial is None or trial.version == champion.version:
             return self._recommend(champion, requests)
         on_trial = [self._in_canary(r.key) for r in requests]
+        requests, rows = self._inputs(requests)
+
+        def serve(unit: ServingUnit, picked: list[int]) -> list[Recommended]:
+            return self._serve(unit, [requests[i] for i in picked], take(rows, np.array(picked, np.int64)))
+
         if self.config.trial == "interleave":
-            out = self._recommend(champion, requests)
-            rows = [i for i, t in enumerate(on_trial) if t and out[i].policy == PERSONALIZED]
-            for i, rec in zip(rows, self._recommend(trial, [requests[i] for i in rows])):
+            out = self._serve(champion, requests, rows)
+            picked = [i for i, t in enumerate(on_trial) if t and out[i].policy == PERSONALIZED]
+            for i, rec in zip(picked, serve(trial, picked) if picked else []):
                 if rec.policy == PERSONALIZED:
                     out[i] = interleave(out[i], rec, requests[i].k, self._rng)
             return out
         out: list[Recommended | None] = [None] * len(requests)
         for unit, flag in ((champion, False), (trial, True)):
-            rows = [i for i, t in enumerate(on_trial) if t == flag]
-            if rows:
-                for i, rec in zip(rows, self._recommend(unit, [requests[i] for i in rows])):
+            picked = [i for i, t in enumerate(on_trial) if t == flag]
+            if picked:
+                for i, rec in zip(picked, serve(unit, picked)):
                     out[i] = rec
         return out
 
