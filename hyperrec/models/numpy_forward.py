@@ -23,17 +23,10 @@ from typing import Any
 import numpy as np
 from scipy.special import erfc
 
+from hyperrec.models.inputs import tensors
+
 _GELU_SCALE = np.float32(0.7071067811865476)  # tf.nn.gelu(approximate=False): 0.5 x erfc(-x / sqrt 2)
 _L2_EPSILON = 1e-12  # tf.linalg.l2_normalize's default, which UnitNormalization uses (not in its config)
-
-
-def pad_lists(values, width: int) -> np.ndarray:
-    """Ragged id lists as a [n, width] str array, "" as padding: two_tower.pad_lists."""
-    out = np.full((len(values), width), "", dtype=object)
-    for row, items in enumerate(values):
-        items = list(items)[:width] if items is not None else []
-        out[row, :len(items)] = items
-    return out.astype(str)
 
 
 class NumpyModel:
@@ -56,16 +49,8 @@ class NumpyModel:
         return cls(spec, width, program)
 
     def arrays(self, frame) -> dict[str, np.ndarray]:
-        """Columns as the model's input arrays, exactly as two_tower.tensors makes them."""
-        out = {}
-        for col, kind in self.spec.items():
-            if kind == "string":
-                out[col] = np.asarray(frame[col]).astype(str)
-            elif kind == "string_list":
-                out[col] = pad_lists(frame[col], self.list_width)
-            else:
-                out[col] = np.asarray(frame[col], np.float32)
-        return out
+        """Columns as the model's input arrays: the towers' own `inputs.tensors`."""
+        return tensors(frame, self.spec, self.list_width)
 
     def __call__(self, frame) -> np.ndarray:
         return np.asarray(self.program.run(self.arrays(frame)), np.float32)

@@ -28,6 +28,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from hyperrec.features import ITEM_METADATA, REQUEST_CONTEXT, USER_ACTIVITY, USER_PROFILE
+from hyperrec.models.inputs import tensors
 from hyperrec.windows import RECENT_N
 
 
@@ -70,30 +71,6 @@ def as_new_users(users: pd.DataFrame, recent: list[list[str]]) -> pd.DataFrame:
     """The same requests as if from users the model has never seen: unknown id, no
     activity yet, only `recent` (e.g. onboarding picks) as engagement; context kept."""
     return users.assign(user_id=NEW_USER, recent_items=list(recent), **dict.fromkeys(NEW_USER_ZEROED, 0))
-
-
-def pad_lists(values, width: int = RECENT_N) -> np.ndarray:
-    """Ragged lists of ids as a [n, width] string array, newest first, "" as padding."""
-    out = np.full((len(values), width), "", dtype=object)
-    for row, items in enumerate(values):
-        items = list(items)[:width] if items is not None else []
-        out[row, :len(items)] = items
-    return out.astype(str)
-
-
-def tensors(frame, spec: dict[str, str]) -> dict[str, np.ndarray]:
-    """Columns (a DataFrame, or a dict of arrays on the serving path) as the arrays a tower
-    expects: strings as str, id lists padded, numbers as float32. One function for
-    training, evaluation and serving."""
-    out = {}
-    for col, kind in spec.items():
-        if kind == "string":
-            out[col] = np.asarray(frame[col]).astype(str)
-        elif kind == "string_list":
-            out[col] = pad_lists(frame[col])
-        else:
-            out[col] = np.asarray(frame[col], np.float32)
-    return out
 
 
 def input_signature(spec: dict[str, str]) -> dict[str, tf.TensorSpec]:
