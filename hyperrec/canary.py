@@ -111,26 +111,26 @@ def team_lists(outcomes: pd.DataFrame, champion: int, challenger: int) -> pd.Dat
 
 def compare(trial: pd.DataFrame, column: str, lift: float) -> Difference:
     """challenger - champion on the per-list mean of `column` (`trial` has an `arm` column)."""
-    from hyperrec.abtest import msprt_p_value_of_difference
-
     a = trial.loc[trial["arm"] == "champion", column].to_numpy(float)
     b = trial.loc[trial["arm"] == "challenger", column].to_numpy(float)
-    diff, var = b.mean() - a.mean(), a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)
-    tau = max(a.mean(), 1.0 / len(a)) * lift  # the difference worth finding, at the champion's level
-    half = 1.959964 * np.sqrt(var)
-    return Difference({"champion": float(a.mean()), "challenger": float(b.mean())}, float(diff),
-                      (float(diff - half), float(diff + half)), float(msprt_p_value_of_difference(diff, var, tau)))
+    return _difference(a, b, b.mean() - a.mean(), a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b), lift)
 
 
 def compare_paired(lists: pd.DataFrame, name: str, lift: float) -> Difference:
     """challenger - champion on the per-list difference of `name`_challenger and `name`_champion
     (team_lists): a paired comparison, one observation per interleaved list."""
-    from hyperrec.abtest import msprt_p_value_of_difference
-
     a, b = (lists[f"{name}_{role}"].to_numpy(float) for role in ROLES)
     d = b - a
-    diff, var = d.mean(), d.var(ddof=1) / len(d)
-    tau = max(a.mean(), 1.0 / len(d)) * lift
+    return _difference(a, b, d.mean(), d.var(ddof=1) / len(d), lift)
+
+
+def _difference(a: np.ndarray, b: np.ndarray, diff: float, var: float, lift: float) -> Difference:
+    """The Difference of champion values `a` and challenger values `b`, given the estimate
+    of the difference and its variance; the mSPRT mixture is spread over `lift` times the
+    champion's mean (at least one event over the sample)."""
+    from hyperrec.abtest import msprt_p_value_of_difference
+
+    tau = max(a.mean(), 1.0 / len(a)) * lift
     half = 1.959964 * np.sqrt(var)
     return Difference({"champion": float(a.mean()), "challenger": float(b.mean())}, float(diff),
                       (float(diff - half), float(diff + half)), float(msprt_p_value_of_difference(diff, var, tau)))

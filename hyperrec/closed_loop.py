@@ -2,9 +2,9 @@
 as their own processes, simulated users over several simulated days (their tastes drift
 partway), the monitoring job every few simulated hours, and the retraining run it starts,
 gated, registered and hot-swapped into the running server, either as champion or as a
-challenger on online trial (a share of users, whose lists interleave both versions' items)
-until the monitoring job's test promotes or retires it. Outcomes are read back from the platform's own logs, per step,
-arm and model version, and plotted.
+challenger on online trial (a share of users, whose lists interleave both versions'
+items) until the monitoring job's test promotes or retires it. Outcomes are read back from
+the platform's own logs, per step, arm and model version, and plotted.
 
 While a retraining run works (minutes of wall time), simulated time stands still: the
 users wait for the platform, so what they see after it is exactly the new champion.

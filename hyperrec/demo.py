@@ -55,8 +55,7 @@ def write_summary(path: Path, story: dict, arms: pd.DataFrame, timings: dict, to
             "lists_with_click": {arm: float(v) for arm, v in arms["lists_with_click"].items()},
             "retrains": [{k: r[k] for k in ("wall_s", "state", "champion_before", "champion_after", "challenger")}
                          for r in retrains],
-            "trials": [{k: t[k] for k in ("action", "reason", "lists", "users", "metric", "guardrail")}
-                       | {"design": t.get("design", "ab")}
+            "trials": [{k: t[k] for k in ("action", "reason", "lists", "users", "metric", "guardrail", "design")}
                        for t in trials + ([open_trial] if open_trial and open_trial.get("metric") else [])]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=float))

@@ -24,17 +24,17 @@ OUTCOME_TYPES = {"click": "clicked", "purchase": "purchased"}
 
 def shown_items(impressions: pd.DataFrame) -> pd.DataFrame:
     """One row per shown item: request_id, ts, user_id, arm, policy, model_version, position,
-    item_id, category, score, interleaved (bool) and team: the version that placed the item
-    (`model_version` unless the list was interleaved, `hyperrec.interleave`)."""
+    interleaved (of the list, `ImpressionLog.read`), item_id, category, score, and team: the
+    version that placed the item (`model_version` unless the list was interleaved,
+    `hyperrec.interleave`)."""
     lengths = impressions["items"].map(len).to_numpy()
     flat = [entry for items in impressions["items"] for entry in items]
-    meta = impressions[["request_id", "ts", "user_id", "arm", "policy", "model_version"]]
+    meta = impressions[["request_id", "ts", "user_id", "arm", "policy", "model_version", "interleaved"]]
     out = meta.loc[meta.index.repeat(lengths)].reset_index(drop=True)
     out["position"] = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else np.array([], int)
     out["item_id"] = [e[0] for e in flat]
     out["category"] = [e[1] for e in flat]
     out["score"] = np.array([e[2] for e in flat], float)
-    out["interleaved"] = np.array([len(e) > 3 for e in flat], bool)
     out["team"] = np.array([e[3] if len(e) > 3 else v for e, v in zip(flat, out["model_version"])], np.int64)
     return out
 

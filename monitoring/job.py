@@ -140,9 +140,8 @@ def _champion_traffic(settings: Settings, served: pd.DataFrame, version: int | N
     version = champion_version(settings) if version is None else version
     if version is None or served.empty:
         return version, served.iloc[0:0]
-    own = served["model_version"] == version
-    if "interleaved" in served:  # a promoted challenger's trial lists were half the old champion's
-        own &= ~served["interleaved"].astype(bool)
+    # not interleaved: a promoted challenger's trial lists were half the old champion's
+    own = (served["model_version"] == version) & ~served["interleaved"].astype(bool)
     return version, served[own].reset_index(drop=True)
 
 

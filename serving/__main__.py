@@ -32,7 +32,7 @@ def server_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
     from hyperrec.online import EXPERIMENTS
-    from serving.recommender import ServerConfig
+    from serving.recommender import TRIAL_DESIGNS, ServerConfig
 
     parser = argparse.ArgumentParser(parents=[model_server.parser], conflict_handler="resolve")
     parser.add_argument("--home", default=None, help="hyperrec workspace (default $HYPERREC_HOME or ./var)")
@@ -46,7 +46,7 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--poll_s", type=float, default=ServerConfig.poll_s, help="champion alias check interval")
     parser.add_argument("--canary_share", type=_share, default=ServerConfig.canary_share,
                         help="share of users in the registry's challenger's trial while one is on (0: never)")
-    parser.add_argument("--trial", default=ServerConfig.trial, choices=("interleave", "ab"),
+    parser.add_argument("--trial", default=ServerConfig.trial, choices=TRIAL_DESIGNS,
                         help="the trial share's lists: both versions interleaved by team draft, or the challenger's")
     parser.add_argument("--model_backend", default=ServerConfig.backend, choices=("numpy", "tf"),
                         help="run the query tower and ranker as numpy forward passes or TensorFlow graphs")
