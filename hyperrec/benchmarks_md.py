@@ -63,6 +63,8 @@ def _closed_loop_rows(data: dict) -> list[Row]:
     """Rows that depend on what the run did (its CTR turns, its trial, its arms)."""
     rows: list[Row] = [("`make demo`, world to summary, s", _get("seconds_total"), "< 600 after setup")]
     rows += [(label, _get("ctr", label), "") for label in data.get("ctr", {})]
+    rows += [(f"hidden P(click) of the top 5 shown, {group}, {phase}", _get("hidden_p_click", phase, group),
+              "simulator's truth") for phase, groups in data.get("hidden_p_click", {}).items() for group in groups]
     for i in range(len(data.get("retrains", []))):
         rows.append((f"retrain {i + 1}: wall time, s", lambda d, i=i: d["retrains"][i]["wall_s"], ""))
     for i in range(len(data.get("trials", []))):

@@ -224,6 +224,31 @@ def ctr_by_team(outcomes: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={"team": "model_version"})
 
 
+def hidden_quality(world: World, outcomes: pd.DataFrame, steps: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """Per loop step and user group (`drifting`: the user's hidden taste shifts in this
+    world, or not): the mean hidden click probability (the simulator's truth on the day it
+    was shown, before position and boredom) of the items personalized lists showed in their
+    first `top` slots. Served CTR also moves with who happened to visit and what they had
+    already seen; this measures only whether the platform put in front of each user what
+    that user likes now, which is what a retrain should repair (step, drifting, shown,
+    p_click)."""
+    truth = world.truth
+    shown = outcomes[(outcomes["policy"] == "personalized") & (outcomes["position"] < top)]
+    users = pd.Index(world.users["user_id"]).get_indexer(shown["user_id"])
+    items = pd.Index(world.items["item_id"]).get_indexer(shown["item_id"])
+    known = (users >= 0) & (items >= 0)
+    start = pd.Timestamp(world.meta["config"]["start"], tz="UTC").timestamp()
+    ts = shown["ts"].to_numpy(float)[known]
+    p_click = truth.click_probability(users[known], items[known], (ts - start) / 86_400)
+    ends = pd.to_datetime(steps["sim_end"], utc=True).astype("int64").to_numpy() / 1e9
+    step = np.searchsorted(ends, ts, side="left")
+    inside = step < len(ends)
+    drifting = np.linalg.norm(truth.user_shift, axis=1) > 0
+    frame = pd.DataFrame({"step": steps["step"].to_numpy()[step[inside]], "drifting": drifting[users[known]][inside],
+                          "p_click": p_click[inside]})
+    return frame.groupby(["step", "drifting"])["p_click"].agg(shown="size", p_click="mean").reset_index()
+
+
 def arm_table(outcomes: pd.DataFrame, full: str | None = "full") -> pd.DataFrame:
     """Per arm (personalized lists): CTR and conversion per shown item with 95% Wilson
     intervals, and, when the arms are the ablation experiment's, each switched-off

@@ -27,22 +27,46 @@ def _recent_categories(world_events: pd.DataFrame, items: pd.DataFrame, user: st
     return ", ".join(cats) or "(no clicks)"
 
 
-def story_numbers(steps: pd.DataFrame, retrains: list[dict], trials: list[dict], drift_day: float,
-                  loop: LoopConfig) -> dict:
-    """Served CTR at the turns of the story: before the drift, in the step the retrain was
-    started, and after the trial ended (or after the retrain, when there was no trial).
-    `trials`: the decided ones (run_loop keeps only those)."""
+def story_phases(steps: pd.DataFrame, retrains: list[dict], trials: list[dict], drift_day: float,
+                 loop: LoopConfig) -> dict[str, np.ndarray]:
+    """The turns of the story as masks over the loop's steps: before the drift, the step
+    the retrain was started in, and after the trial ended (or after the retrain, when there
+    was no trial). `trials`: the decided ones (run_loop keeps only those)."""
     day = (np.arange(len(steps)) + 1) * loop.step_hours / 24
-    ctr = {"CTR before the drift": float(steps["ctr"][day <= drift_day].mean())}
+    phases = {"before the drift": day <= drift_day}
     if retrains:
-        fired = steps["sim_end"] <= retrains[0]["sim_time"]
-        ctr["CTR in the step the retrain started"] = float(steps["ctr"][fired].iloc[-1])
-        after = steps["sim_end"] > (trials[0]["sim_time"] if trials else retrains[0]["sim_time"])
-        label = f"CTR after v{trials[0]['challenger']} was {trials[0]['action']}d" if trials \
-            else "CTR after the retrain"
+        fired = np.flatnonzero((steps["sim_end"] <= retrains[0]["sim_time"]).to_numpy())[-1]
+        phases["in the step the retrain started"] = np.arange(len(steps)) == fired
+        after = (steps["sim_end"] > (trials[0]["sim_time"] if trials else retrains[0]["sim_time"])).to_numpy()
+        label = f"after v{trials[0]['challenger']} was {trials[0]['action']}d" if trials else "after the retrain"
         if after.any():
-            ctr[label] = float(steps["ctr"][after].mean())
-    return {"ctr": ctr}
+            phases[label] = after
+    return phases
+
+
+def story_numbers(steps: pd.DataFrame, retrains: list[dict], trials: list[dict], drift_day: float,
+                  loop: LoopConfig, quality: pd.DataFrame | None = None) -> dict:
+    """Served CTR at the turns of the story (`story_phases`) and, given `quality`
+    (closed_loop.hidden_quality), the hidden click probability of what was shown then,
+    for the users whose taste drifted and for the others."""
+    phases = story_phases(steps, retrains, trials, drift_day, loop)
+    story = {"ctr": {f"CTR {label}": float(steps["ctr"][mask].mean()) for label, mask in phases.items()}}
+    if quality is not None:
+        story["hidden_p_click"] = {label: _p_click_by_group(quality, steps["step"].to_numpy()[mask])
+                                   for label, mask in phases.items()}
+    return story
+
+
+QUALITY_GROUPS = {True: "users whose taste drifted", False: "other users"}
+
+
+def _p_click_by_group(quality: pd.DataFrame, steps: np.ndarray) -> dict[str, float]:
+    """Mean hidden click probability per user group over `steps`, weighted by items shown
+    (a group with nothing shown there is left out)."""
+    rows = quality[quality["step"].isin(steps)]
+    shown = rows.groupby("drifting")["shown"].sum()
+    weighted = (rows["p_click"] * rows["shown"]).groupby(rows["drifting"]).sum()
+    return {QUALITY_GROUPS[bool(d)]: float(weighted[d] / shown[d]) for d in shown.index if shown[d]}
 
 
 def write_summary(path: Path, story: dict, arms: pd.DataFrame, timings: dict, total_s: float, retrains: list[dict],
@@ -92,7 +116,7 @@ def _fresh_loop_state(settings: Settings) -> None:
 
 def run_demo(settings: Settings, console: Console, users: int, items: int, days: int, events: int,
              epochs: int, port: int, loop: LoopConfig = LoopConfig()) -> dict:
-    from hyperrec.closed_loop import arm_table, ctr_by_team, plot, run_loop, start_stream
+    from hyperrec.closed_loop import arm_table, ctr_by_team, hidden_quality, plot, run_loop, start_stream
     from serving.launch import recommend, start_server, stop_server, wait_ready
 
     timings, t0 = {}, time.monotonic()
@@ -183,8 +207,12 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
                       f"{m['means']['challenger']:.4f} vs {m['means']['champion']:.4f}, difference 95% CI "
                       f"[{m['ci'][0]:+.4f}, {m['ci'][1]:+.4f}], always-valid p {m['p_always_valid']:.2g} "
                       f"(the trial continues; see the README on trial power)")
-    story = story_numbers(steps, retrains, result["trials"], drift_day - days, loop)
+    story = story_numbers(steps, retrains, result["trials"], drift_day - days, loop,
+                          hidden_quality(world, result["served"], steps))
     console.print(" ".join(f"{label} {value:.4f};" for label, value in story["ctr"].items()))
+    console.print("hidden click probability of the top 5 personalized items shown (the simulator's truth): "
+                  + "; ".join(f"{label}: " + ", ".join(f"{group} {p:.3f}" for group, p in groups.items())
+                              for label, groups in story["hidden_p_click"].items()))
     console.print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
                   + f"; total {time.monotonic() - t0:.0f}s")
     console.print(f"plot: {png}")

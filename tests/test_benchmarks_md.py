@@ -12,6 +12,7 @@ def test_the_report_prints_what_the_files_hold_and_names_what_did_not_run(tmp_pa
         "throughput_ratio_vs_naive": 6.93, "swap_non2xx": 0}))
     (tmp_path / "closed_loop.json").write_text(json.dumps({
         "seconds_total": 701.3, "ctr": {"CTR before the drift": 0.0971, "CTR after v2 was promoted": 0.081},
+        "hidden_p_click": {"after v2 was promoted": {"users whose taste drifted": 0.0512}},
         "retrains": [{"wall_s": 300.0}],
         "trials": [{"action": "promote", "lists": {"champion": 2100, "challenger": 2000},
                     "metric": {"means": {"champion": 0.41, "challenger": 0.52}, "difference": 0.11,
@@ -24,6 +25,7 @@ def test_the_report_prints_what_the_files_hold_and_names_what_did_not_run(tmp_pa
     assert f"Not run (no `{tmp_path / 'index.json'}`)." in text
     assert "| `make demo`, world to summary, s | 701.3 | < 600 after setup |" in text
     assert "| CTR after v2 was promoted | 0.0810 |" in text
+    assert "| hidden P(click) of the top 5 shown, users whose taste drifted, after v2 was promoted | 0.0512 |" in text
     assert "| online trial 1: outcome | promote |" in text
     assert "| online trial 1: difference | +0.1100 [+0.0300, +0.1900] | 95% CI |" in text
     assert "| online trial 1: clicks per list, champion -> challenger | 0.4100 -> 0.5200 |" in text

@@ -56,3 +56,43 @@ def test_ctr_by_team_splits_interleaved_lists_by_the_version_that_placed_each_it
     table = ctr_by_team(outcomes, steps).set_index(["step", "model_version"])
     assert table.loc[(0, 1), "shown"] == 4 and table.loc[(0, 1), "ctr"] == 0.25
     assert table.loc[(1, 1), "ctr"] == 0.0 and table.loc[(1, 2), "ctr"] == 1.0  # the popular list is left out
+
+
+def test_hidden_quality_scores_the_top_slots_by_each_users_taste_on_the_day_shown():
+    """Two users who like item a; user 1's taste moves to item b within day 1. The
+    measure reads the truth on the day each item was shown, per step and user group, and
+    leaves out popular lists and slots below the top."""
+    from hyperrec.closed_loop import LoopConfig, hidden_quality
+    from hyperrec.data.truth import Truth
+    from hyperrec.data.world import World
+    from hyperrec.demo import QUALITY_GROUPS, story_numbers
+
+    e = np.eye(2)
+    truth = Truth(user_base=e[[0, 0]], user_shift=np.array([[0.0, 0.0], [-2.0, 2.0]]), drift_start=np.array([9.0, 1.0]),
+                  drift_days=np.array([1.0, 0.5]), item_vec=e, item_bias=np.zeros(2), item_created_day=np.zeros(2))
+    world = World(pd.DataFrame({"user_id": ["u0", "u1"]}), pd.DataFrame({"item_id": ["a", "b"]}), pd.DataFrame(),
+                  truth, {"config": {"start": "2026-01-01"}})
+    t0 = pd.Timestamp("2026-01-01", tz="UTC")
+    steps = pd.DataFrame({"step": [0, 1], "sim_end": [t0 + pd.Timedelta(days=1), t0 + pd.Timedelta(days=2)],
+                          "ctr": [0.2, 0.1]})
+    day = [(t0 + pd.Timedelta(hours=h)).timestamp() for h in (12, 36)]
+    outcomes = pd.DataFrame({  # each user is shown item b (at day 0.5 and day 1.5), in the top slot
+        "ts": [day[0], day[0], day[1], day[1], day[1], day[1]],
+        "user_id": ["u0", "u1", "u0", "u1", "u1", "u1"], "item_id": ["b", "b", "b", "b", "a", "b"],
+        "position": [0, 0, 0, 0, 7, 0], "policy": ["personalized"] * 5 + ["popular"]})
+    table = hidden_quality(world, outcomes, steps).set_index(["step", "drifting"])
+    p = truth.click_probability
+    assert table.loc[(0, True), "p_click"] == pytest.approx(p(np.array([1]), np.array([1]), 0.5)[0])
+    assert table.loc[(1, True), "p_click"] == pytest.approx(p(np.array([1]), np.array([1]), 1.5)[0])
+    assert table.loc[(1, True), "shown"] == 1  # position 7 and the popular list are left out
+    assert table.loc[(1, True), "p_click"] > 2 * table.loc[(0, True), "p_click"]  # b is u1's taste after the drift
+    assert table.loc[(1, False), "p_click"] == pytest.approx(table.loc[(0, False), "p_click"])
+
+    retrains = [{"sim_time": steps["sim_end"][0]}]
+    story = story_numbers(steps, retrains, [], drift_day=1.0, loop=LoopConfig(step_hours=24),
+                          quality=table.reset_index())
+    assert story["ctr"] == {"CTR before the drift": 0.2, "CTR in the step the retrain started": 0.2,
+                            "CTR after the retrain": 0.1}
+    after = story["hidden_p_click"]["after the retrain"]
+    assert after[QUALITY_GROUPS[True]] == pytest.approx(table.loc[(1, True), "p_click"])
+    assert after[QUALITY_GROUPS[False]] == pytest.approx(table.loc[(1, False), "p_click"])
