@@ -23,11 +23,12 @@ def register_model(home: str, world_dir: str, run_tag: str, model: Input[Model],
     from hyperrec.registry import register_model as register
 
     gate = json.loads(Path(decision.path).read_text())
-    metrics = json.loads(Path(evaluation.path).read_text())["candidate"]
+    result = json.loads(Path(evaluation.path).read_text())
+    metrics = result.get("candidate_all_test", result["candidate"])  # the whole test split, not the comparison's
     params = {k: v for k, v in model.metadata.items() if isinstance(v, (int, float, str))}
     world = Path(world_dir)
     tags = {"dataset_fingerprint": fingerprint([world / f"{t}.parquet" for t in ("events", "users", "items")]),
-            "pipeline_run_tag": run_tag}
+            "pipeline_run_tag": run_tag, "gate_compared_on": result.get("compared_on", "")}
     artifacts = {"data_profile.json": data_report.metadata["profile"],
                  "data_gate.md": Path(data_report.path).read_text()}
     version = register(load_settings(home), Path(model.path), params, metrics, gate, artifacts, tags)

@@ -6,25 +6,31 @@ from components.image import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def train_retrieval(home: str, training_set: Input[Dataset], retrieval: Output[Model],
-                    ranking_examples: Output[Dataset], max_epochs: int = 6, embedding_dim: int = 64,
-                    learning_rate: float = 0.003, warm_start: bool = False):
+                    serving_retrieval: Output[Model], ranking_examples: Output[Dataset], max_epochs: int = 6,
+                    embedding_dim: int = 64, learning_rate: float = 0.003, warm_start: bool = False):
     """Train the TFRS two-tower retrieval model (epochs picked on a held-out part of the
-    training data, then refit on all of it) and write the ranker's training examples: the
-    candidates the held-out-stage model retrieves, labelled. With `warm_start`, the towers
-    start from the current champion's weights (from scratch when there is none)."""
+    training data, then refit on all of it: `retrieval`, the one evaluated) and write the
+    ranker's training examples: the candidates the held-out-stage model retrieves,
+    labelled. `serving_retrieval`: the same refit with the test rows added, the one served
+    (hyperrec.train.refit_for_serving). With `warm_start`, the towers start from the
+    current champion's weights (from scratch when there is none)."""
     from pathlib import Path
 
     from hyperrec.config import load_settings
     from hyperrec.models.two_tower import TwoTowerConfig
     from hyperrec.registry import champion_model_dir
-    from hyperrec.train import fit_retrieval
+    from hyperrec.train import fit_retrieval, refit_for_serving
 
     start = champion_model_dir(load_settings(home)) if warm_start else None
     cfg = TwoTowerConfig(epochs=max_epochs, embedding_dim=embedding_dim, learning_rate=learning_rate)
     report = fit_retrieval(Path(training_set.path), Path(retrieval.path), cfg, warm_start=start,
                            examples_dir=Path(ranking_examples.path))
+    served = refit_for_serving(Path(training_set.path), Path(retrieval.path), Path(serving_retrieval.path), cfg,
+                               warm_start=start)
     retrieval.metadata.update({"framework": "tensorflow-recommenders", "epochs": report["epochs"],
                                "embedding_dim": embedding_dim, "learning_rate": learning_rate,
                                "examples_per_s": report["examples_per_s"], "train_seconds": report["seconds"],
                                "warm_start": report["warm_start"]})
+    serving_retrieval.metadata.update({**retrieval.metadata, "refit_rows": served["refit_rows"],
+                                       "refit_seconds": served["refit_seconds"], "data_end": served["data_end"]})
     ranking_examples.metadata.update({"rows": report["ranking_examples"]})

@@ -3,8 +3,9 @@
 The training set comes from hyperrec.training_set (no TensorFlow there).
 fit_retrieval: the towers, with the last part of each user's training history held out to
 pick the epoch count and to produce the ranker's training examples from candidates
-retrieval really retrieves; then refit on all training data. fit_ranking: the ranker on
-those examples. build_serving_unit: towers, ranker, candidate embeddings and index
+retrieval really retrieves; then refit on all training data (the unit that is evaluated).
+refit_for_serving: the same again with the test rows added (the unit that is served).
+fit_ranking: the ranker on those examples. build_serving_unit: towers, ranker, candidate embeddings and index
 assembled into the one folder serving loads (fit_models runs the three in one call).
 evaluate_model: the shared protocol (full catalog, train items excluded).
 """
@@ -138,8 +139,38 @@ def fit_retrieval(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerC
     seconds = time.perf_counter() - t0
     report = {"epochs": stop.best_epoch, "warm_start": str(warm_start or ""), "validation_history": stop.history,
               "validation_ndcg_at_10": stop.best, "train_rows": len(train), "ranking_examples": n_examples,
-              "seconds": round(seconds, 1),
+              "data_end": str(train["event_timestamp"].max()), "seconds": round(seconds, 1),
               "examples_per_s": round((len(fit) * len(stop.history) + len(train) * stop.best_epoch) / seconds)}
+    (out_dir / "retrieval.json").write_text(json.dumps(report))
+    return report
+
+
+def refit_for_serving(data_dir: Path, retrieval_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConfig(),
+                      warm_start: Path | None = None, log=print) -> dict:
+    """The towers and co-engagement table to serve: fit_retrieval's refit again, with the
+    epoch count it picked, on the training rows *and* the test rows (test_examples.parquet).
+
+    Evaluation needs a model that never saw the test rows, but they are each user's newest
+    interactions: a served model without them misses what users did last, and after a
+    taste drift that is most of the evidence of the new tastes (measured on a demo's
+    retrain: 82% of the drifted users' post-drift positives were test rows). So the unit
+    built from retrieval_dir is the one evaluated and gated, and this one, its twin with
+    the newest 20% added, is registered and served; the online trial judges it live.
+    Writes retrieval.json (fit_retrieval's report, with this fit's rows and data end)."""
+    t0 = time.perf_counter()
+    train = pd.read_parquet(data_dir / "train.parquet")
+    test = pd.read_parquet(data_dir / "test_examples.parquet")
+    rows = pd.concat([train, test[train.columns]], ignore_index=True)
+    items = pd.read_parquet(data_dir / "items.parquet")
+    report = json.loads((retrieval_dir / "retrieval.json").read_text())
+    final_cfg = replace(cfg, epochs=report["epochs"])
+    model = train_two_tower(rows, items, final_cfg, warm_start=warm_start)
+    export_towers(model, items, final_cfg, out_dir)
+    CoEngagement.fit(rows, items, half_life=cfg.recency_half_life).save(out_dir / "coengagement.npz")
+    seconds = time.perf_counter() - t0
+    log(f"served towers refit on {len(rows):,} rows ({len(test):,} test rows added) in {seconds:.1f}s")
+    report |= {"refit_rows": len(rows), "data_end": str(rows["event_timestamp"].max()),
+               "refit_seconds": round(seconds, 1), "seconds": round(report["seconds"] + seconds, 1)}
     (out_dir / "retrieval.json").write_text(json.dumps(report))
     return report
 
@@ -213,14 +244,19 @@ def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConf
         return build_serving_unit(retrieval_dir, ranker_dir, data_dir, out_dir)
 
 
-def evaluate_model(model_dir: Path, data_dir: Path, k: int = 20) -> dict[str, float]:
+def evaluate_model(model_dir: Path, data_dir: Path, k: int = 20, after: pd.Timestamp | None = None
+                   ) -> dict[str, float]:
     """Recall@k, NDCG@10, coverage and diversity on the temporal test split for the full
-    model (retrieval -> ranking) and retrieval alone; popularity by the same code."""
+    model (retrieval -> ranking) and retrieval alone; popularity by the same code.
+    `after`: only test interactions after this time count (and only their users are asked)."""
     from hyperrec.recommend import Recommender
 
     train = pd.read_parquet(data_dir / "train.parquet", columns=["user_id", "item_id"])
     test = pd.read_parquet(data_dir / "test.parquet")
     queries = pd.read_parquet(data_dir / "test_queries.parquet")
+    if after is not None:
+        test = test[test["ts"] > after]
+        queries = queries[queries["user_id"].isin(set(test["user_id"]))].reset_index(drop=True)
     relevant = items_by_user(test, queries["user_id"])
     seen = items_by_user(train, queries["user_id"])
     rec = Recommender(model_dir)
@@ -237,6 +273,14 @@ def evaluate_model(model_dir: Path, data_dir: Path, k: int = 20) -> dict[str, fl
         out[f"segment.{segment}.users"] = float(sum(1 for r in rel if r))
         out |= list_metrics(full, rel, k, f"segment.{segment}.")
     return out
+
+
+def data_end(model_dir: Path) -> pd.Timestamp | None:
+    """The newest interaction a serving unit was fit on (None for units built before this
+    was recorded): a served unit has seen test rows up to it, so a comparison against it is
+    fair only on later ones."""
+    end = json.loads((Path(model_dir) / "training.json").read_text()).get("data_end")
+    return pd.Timestamp(end) if end else None
 
 
 LIGHT = 5  # a user or item with fewer training interactions counts as cold

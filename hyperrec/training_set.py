@@ -21,7 +21,8 @@ TRAINING_VIEWS = (*USER_VIEWS, ITEM_METADATA)
 def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
                        min_rating: float = POSITIVE_RATING) -> dict:
     """Split positives per user in time, then join point-in-time features from Feast onto
-    every example; writes train / test / test_queries / items parquet, returns sizes."""
+    every example; writes train / test (and test_examples, test with features) /
+    test_queries / items parquet, returns sizes."""
     world = load_world(world_dir)
     events = usable_events(settings, world.events)
     pos = positives(events, min_rating)
@@ -33,6 +34,9 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
     join_s = time.perf_counter() - t
     train_fs.to_parquet(out_dir / "train.parquet", index=False)
     test.to_parquet(out_dir / "test.parquet", index=False)
+    # the same rows with their features: what refit_for_serving adds to train for the served model
+    training_set(settings, test.rename(columns={"ts": "event_timestamp"}), views=TRAINING_VIEWS,
+                 context=True).to_parquet(out_dir / "test_examples.parquet", index=False)
     # each test user's request: features as of their first interaction after training
     # (strictly before it: the snapshot of that interaction is stamped 1 ms later)
     after = pos.merge(train[["user_id", "item_id"]], how="left", indicator=True)

@@ -4,11 +4,13 @@ validate_data -> build_training_set -> train_retrieval -> train_ranking -> build
 evaluate_model -> gate_model -> register_model -> deploy.
 
 validate_data gates everything: on "failed" nothing below it runs (its report is the
-run's output). build_index assembles the serving unit (towers, ranker, candidate
-embeddings and index) before evaluation so that evaluation measures the exact unit that
-will serve, index included; the same folder is registered. The model gate decides what
-register_model does with the alias; deploy then verifies the roll-out (servers follow
-the alias themselves) or reports that there was nothing to roll out.
+run's output). build_index assembles two serving units (towers, ranker, candidate
+embeddings and index) before evaluation: `model`, whose towers never saw the test rows,
+is evaluated, index included; `serving_model`, its twin whose towers were also fit on the
+test rows (each user's newest interactions, hyperrec.train.refit_for_serving), is
+registered and served. The model gate decides what register_model does with the alias;
+deploy then verifies the roll-out (servers follow the alias themselves) or reports that
+there was nothing to roll out.
 
 Secrets reach tasks as Kubernetes Secrets mounted into the environment (kfp-kubernetes),
 never as pipeline parameters; so do the cluster settings (a ConfigMap) and the workspace
@@ -63,12 +65,14 @@ def training_pipeline(home: str, world_dir: str, run_tag: str = "", epochs: int 
                                                 warm_start=warm_start), "hyperrec-mlflow")
         ranking = _on_cluster(train_ranking(ranking_examples=retrieval.outputs["ranking_examples"]))
         unit = _on_cluster(build_index(training_set=data.outputs["training_set"],
-                                       retrieval=retrieval.outputs["retrieval"], ranker=ranking.outputs["ranker"]))
+                                       retrieval=retrieval.outputs["retrieval"],
+                                       serving_retrieval=retrieval.outputs["serving_retrieval"],
+                                       ranker=ranking.outputs["ranker"]))
         evaluated = _on_cluster(evaluate_model(home=home, training_set=data.outputs["training_set"],
                                                model=unit.outputs["model"], k=k), "hyperrec-mlflow")
         gated = _on_cluster(gate_model(evaluation=evaluated.outputs["evaluation"]))
         registered = _on_cluster(register_model(home=home, world_dir=world_dir, run_tag=run_tag,
-                                                model=unit.outputs["model"],
+                                                model=unit.outputs["serving_model"],
                                                 evaluation=evaluated.outputs["evaluation"],
                                                 decision=gated.outputs["decision"],
                                                 data_report=validated.outputs["report"]), "hyperrec-mlflow")

@@ -40,10 +40,18 @@ def test_pipeline_registers_a_champion_with_its_evaluation(trained):
     run = client.get_run(mv.tags["run_id"])
     assert run.data.tags["gate"] == "blessed" and len(run.data.tags["dataset_fingerprint"]) == 16
     assert run.data.tags["git_commit"]
-    # the registered folder is the unit build_index assembled (index included), with every step's report
+    # the registered folder is the served unit build_index assembled (index included), with
+    # every step's report: its towers were fit on the test rows too, the evaluated twin's not
     params = run.data.params
     assert params["index_kind"] == "brute" and float(params["index_items"]) > 0
     assert {"epochs", "ranker_examples", "train_seconds"} <= set(params)
+    run_dir = sorted(settings.pipeline_root.glob("hyperrec-training-*/build-index"))[0]
+    evaluated = json.loads((run_dir / "model" / "training.json").read_text())
+    served = json.loads((run_dir / "serving_model" / "training.json").read_text())
+    test_rows = len(pd.read_parquet(run_dir.parent / "build-training-set" / "training_set" / "test.parquet"))
+    assert served["refit_rows"] == evaluated["train_rows"] + test_rows and test_rows > 0
+    assert served["data_end"] > evaluated["data_end"] and float(params["refit_rows"]) == served["refit_rows"]
+    assert run.data.tags["gate_compared_on"] == "all test interactions"  # the first model: no champion
     assert mv.tags["deploy_status"] == "alias-moved"
 
 
@@ -74,11 +82,12 @@ def test_pipeline_compiles_to_kfp_ir(tmp_path):
              "evaluate-model", "gate-model", "register-model", "deploy")
     assert set(spec["components"]) == {f"comp-{t}" for t in steps} | {"comp-condition-1"}
     assert json.dumps(spec).count("hyperrec/platform:0.1.0") == len(steps)
-    # evaluation and registration read the unit build_index assembled; deploy acts on register's outputs
+    # evaluation reads the unit whose towers never saw the test rows, registration its twin
+    # fit with them too, both assembled by build_index; deploy acts on register's outputs
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    for task in ("evaluate-model", "register-model"):
+    for task, unit in (("evaluate-model", "model"), ("register-model", "serving_model")):
         model = inner[task]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
-        assert model == {"producerTask": "build-index", "outputArtifactKey": "model"}
+        assert model == {"producerTask": "build-index", "outputArtifactKey": unit}
     deploy_inputs = inner["deploy"]["inputs"]["parameters"]
     assert {deploy_inputs[p]["taskOutputParameter"]["producerTask"] for p in ("version", "blessed")} == {
         "register-model"}
@@ -144,3 +153,18 @@ def test_promote_and_rollback_move_the_alias_and_record_why(trained):
     assert champion_version(settings) == first and entry["previous"] == first + 1
     reasons = [h["reason"] for h in alias_history(settings)]
     assert reasons == ["passed the model gate", "promote: testing by hand", "rollback: it was worse"]
+
+
+def test_the_champion_comparison_can_be_limited_to_interactions_after_its_data_end(trained):
+    """What evaluate_model does when the champion was fit on test rows it is now judged on:
+    only later interactions, and only their users, count."""
+    from hyperrec.train import data_end, evaluate_model
+
+    settings, _, _ = trained
+    run = sorted(settings.pipeline_root.glob("hyperrec-training-*/build-index"))[0].parent
+    data, unit = run / "build-training-set" / "training_set", run / "build-index" / "model"
+    test = pd.read_parquet(data / "test.parquet")
+    cut = test["ts"].quantile(0.5)
+    everyone, later = evaluate_model(unit, data), evaluate_model(unit, data, after=cut)
+    assert later["eval_users"] == test.loc[test["ts"] > cut, "user_id"].nunique() < everyone["eval_users"]
+    assert data_end(unit) == pd.read_parquet(data / "train.parquet")["event_timestamp"].max()
