@@ -34,6 +34,7 @@ class LoopConfig:
     drift_after_days: float = 1.0  # tastes start to drift after the monitor's reference day
     drift_spread_days: float = 0.25  # a taste shift, not a slow slide: drifting users start within 6 h
     drift_max_days: float = 1.0  # and have moved within a day, so the retrain sees the new tastes
+    drift_categories: int | None = None  # categories they turn to (WorldConfig.drift_categories); None: any
     lists_per_day: int | None = None  # default: as many views a day as the world's history had
     step_hours: float = 6.0  # the monitoring job runs after every step
     epochs: int = 6  # of each retraining run

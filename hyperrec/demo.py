@@ -126,7 +126,7 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     drift_day = days + loop.drift_after_days  # after the day the monitor takes as its reference
     world = generate_step(settings, world_dir, console, users=users, items=items, days=days, events=events,
                           drift_start_day=drift_day, drift_spread_days=loop.drift_spread_days,
-                          drift_max_days=loop.drift_max_days)
+                          drift_max_days=loop.drift_max_days, drift_categories=loop.drift_categories)
     console.print(f"{len(world.users):,} users, {len(world.items):,} items, {len(world.events):,} events "
                   f"-> {world_dir}; half the users' tastes will drift from simulated day {drift_day - days:.1f}")
     timings["data"] = time.monotonic() - t0

@@ -92,3 +92,23 @@ def test_a_taste_shift_can_be_made_abrupt():
     users = np.flatnonzero(drifting)[:20]
     assert np.allclose(truth.taste(users, 10.9), truth.taste(users, 11.0))  # not started
     assert not np.allclose(truth.taste(users, 11.0), truth.taste(users, 12.3))  # done by then
+
+
+@pytest.mark.parametrize("categories", [None, 2])
+def test_a_drift_can_be_a_trend_toward_the_same_few_categories(categories):
+    """drift_categories=2: every drifting user's taste moves toward one of the same two
+    categories (plus a personal part as large as it: the nearest category centre is one of
+    the two for most, not all); without it, toward categories spread over the catalog."""
+    world = generate_world(WorldConfig(users=300, items=200, days=10, events=2_000, seed=4, drift_start_day=11.0,
+                                       drift_categories=categories))
+    truth = world.truth
+    drifting = np.flatnonzero(np.abs(truth.user_shift).sum(axis=1) > 0)
+    target = truth.user_base[drifting] + truth.user_shift[drifting] / 1.5  # shift = 1.5 (target - base)
+    category = world.items["category"].to_numpy()
+    names = np.unique(category)
+    centres = np.stack([truth.item_vec[category == c].mean(axis=0) for c in names])
+    toward = pd.Series(names[np.argmax(target @ centres.T, axis=1)]).value_counts(normalize=True)
+    if categories is None:
+        assert toward.iloc[0] < 0.3 and len(toward) > 5
+    else:
+        assert toward.iloc[:2].sum() > 0.5

@@ -47,6 +47,9 @@ class WorldConfig:
     drift_start_day: float | None = None  # default: 60% into the period
     drift_spread_days: float | None = None  # users start drifting within this after the start (default 10% of days)
     drift_max_days: float | None = None  # a drift takes 25-100% of this, at least half a day (default 20% of days)
+    # categories the drifting users turn to: None, each user a random one of all (personal
+    # shifts); n, one of the same n for all of them (a trend, like a season)
+    drift_categories: int | None = None
     chunk: int = 500_000  # impressions per vectorized chunk (bounds memory)
 
     def __post_init__(self):
@@ -94,7 +97,12 @@ def _make_users(cfg: WorldConfig, rng, centroids: np.ndarray, start: pd.Timestam
     fav = rng.integers(0, n_cat, cfg.users)
     base = normalize(centroids[fav] + 0.5 * band_vec[band] + 0.5 * rng.normal(size=(cfg.users, cfg.dim)))
     drifting = rng.random(cfg.users) < cfg.drifting_user_share
-    target = normalize(centroids[rng.integers(0, n_cat, cfg.users)] + 0.3 * rng.normal(size=base.shape))
+    if cfg.drift_categories is None:
+        target_cat = rng.integers(0, n_cat, cfg.users)
+    else:
+        trend = rng.choice(n_cat, size=min(cfg.drift_categories, n_cat), replace=False)
+        target_cat = trend[rng.integers(0, len(trend), cfg.users)]
+    target = normalize(centroids[target_cat] + 0.3 * rng.normal(size=base.shape))
     shift = np.where(drifting[:, None], 1.5 * (target - base), 0.0)
     drift_start_day = cfg.drift_start_day if cfg.drift_start_day is not None else 0.6 * cfg.days
     spread = 0.1 * cfg.days if cfg.drift_spread_days is None else cfg.drift_spread_days
