@@ -416,20 +416,15 @@ def demo(users: int = 2_000, items: int = 1_000, days: int = 14, events: int = 2
          epochs: int = 6, port: int = 8765, sim_days: float = 6.5,
          lists_per_day: int = typer.Option(0, help="0: the history's traffic intensity"),
          step_hours: float = 6.0, max_retrains: int = 1,
-         drift_categories: int | None = typer.Option(
-             None, help="categories the drifting users turn to (0: each user any; default: the demo's)"),
+         drift_categories: int = typer.Option(0, help="categories the drifting users turn to (0: each user any)"),
          home: Path | None = HomeOpt):
     """The whole story: data -> Feast -> kfp.local training -> MLflow -> KServe -> simulated
     users whose tastes drift -> monitoring -> retraining -> swap -> CTR plot."""
-    from dataclasses import replace
-
     from hyperrec.closed_loop import LoopConfig
     from hyperrec.demo import run_demo
 
     loop = LoopConfig(days=sim_days, lists_per_day=lists_per_day or None, step_hours=step_hours, epochs=epochs,
-                      max_retrains=max_retrains)
-    if drift_categories is not None:
-        loop = replace(loop, drift_categories=drift_categories or None)
+                      max_retrains=max_retrains, drift_categories=drift_categories or None)
     run_demo(load_settings(home), console, users=users, items=items, days=days, events=events,
              epochs=epochs, port=port, loop=loop)
 
