@@ -206,3 +206,19 @@ def test_ranker_refuses_examples_built_for_another_candidate_count(tmp_path):
              _short_history_share=np.asarray(1.0), **{c: np.zeros(4, np.float32) for c in RANKER_INPUTS})
     with pytest.raises(ValueError, match="candidates=100"):
         fit_ranking(tmp_path, tmp_path / "ranker", RankerConfig(candidates=50))
+
+
+def test_ranker_batches_hold_every_row_once_per_epoch_reshuffled():
+    from hyperrec.models.ranking import shuffled_batches
+
+    rows = np.arange(1_000)
+    ds = shuffled_batches({"row": rows, "double": 2.0 * rows}, size=64, seed=3)
+    epochs = [[{k: v.numpy() for k, v in batch.items()} for batch in ds] for _ in range(2)]
+    for batches in epochs:
+        assert sorted(len(b["row"]) for b in batches) == [1_000 - 15 * 64] + [64] * 15  # one short batch
+        seen = np.concatenate([b["row"] for b in batches])
+        assert sorted(seen) == list(rows)
+        assert all((b["double"] == 2.0 * b["row"]).all() for b in batches)  # columns stay aligned
+    first, second = (np.concatenate([b["row"] for b in batches]) for batches in epochs)
+    assert not (first == second).all()  # the batch order changes between epochs
+    assert not (first[:64] == np.arange(64)).all()  # and the rows were shuffled into batches

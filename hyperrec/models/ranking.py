@@ -103,17 +103,25 @@ class RankingModel(tfrs.Model):
         return self.task(labels=features["label"], predictions=logits, compute_metrics=not training)
 
 
+def shuffled_batches(columns: dict[str, np.ndarray], size: int, seed: int) -> tf.data.Dataset:
+    """Every row once per epoch in batches of `size`: rows shuffled once in numpy, whole
+    batches reshuffled every epoch, each a uniform sample of the rows. tf.data's row-by-row
+    shuffle of the demo's 256k rows x 13 columns cost half of each epoch (20.5 s vs 10.3 s
+    per epoch), and slicing rows only to re-batch them (`from_tensor_slices(...).batch`) 38%
+    more (8 epochs of 200k rows: 33.7 s, against 24.4 s sliced by batch; the same batches)."""
+    order = np.random.default_rng(seed).permutation(len(next(iter(columns.values()))))
+    data = {name: tf.constant(column[order]) for name, column in columns.items()}
+    batches = -(-len(order) // size)
+    return tf.data.Dataset.range(batches).shuffle(batches, seed=seed).map(
+        lambda i: {name: column[i * size:(i + 1) * size] for name, column in data.items()})
+
+
 def train_ranker(examples: dict[str, np.ndarray], labels: np.ndarray, cfg: RankerConfig) -> tf.keras.Model:
     tf.keras.utils.set_random_seed(cfg.seed)
     model = RankingModel(build_ranker(examples, cfg))
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
-    # Shuffle the rows once in numpy, then reshuffle whole batches every epoch: tf.data's
-    # row-by-row shuffle of 256k rows x 13 columns cost half of each epoch (measured on the
-    # demo's examples: 20.5 s vs 10.3 s per epoch). Every batch stays a uniform sample.
-    order = np.random.default_rng(cfg.seed).permutation(len(labels))
-    data = {**{c: examples[c][order] for c in RANKER_INPUTS}, "label": labels.astype(np.float32)[order]}
-    batches = -(-len(labels) // cfg.batch_size)
-    ds = tf.data.Dataset.from_tensor_slices(data).batch(cfg.batch_size).shuffle(batches, seed=cfg.seed)
+    data = {**{c: examples[c] for c in RANKER_INPUTS}, "label": labels.astype(np.float32)}
+    ds = shuffled_batches(data, cfg.batch_size, cfg.seed)
     model.fit(ds.prefetch(2), epochs=cfg.epochs, verbose=0)
     return model.ranker
 
