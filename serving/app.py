@@ -1,4 +1,5 @@
-"""What the recommendation server adds to KServe's FastAPI app: a request-size limit (413),
+"""What the recommendation server adds to KServe's FastAPI app: v1 predict straight to the KServe
+model without FastAPI's routing (serving/direct.py), a request-size limit (413),
 400 instead of FastAPI's 422 for a v2 body that fails its schema (every client mistake is
 a 400 with {"error": ...}), the answering process in a response header, /metrics over
 every worker under --workers (serving/metrics.py), the bandit
@@ -106,6 +107,9 @@ def event_batch(raw: bytes) -> list:
 def install(app: FastAPI, models: dict, events=None) -> None:
     """Add the middleware, the 400 handler, `POST /v1/models/{name}:feedback` and, given an
     EventLog, `POST /v1/events`."""
+    from serving.direct import DirectV1Predict
+
+    app.add_middleware(DirectV1Predict, models=models, fastapi_app=app)  # added first: innermost of the three
     app.add_middleware(BodyLimit)
     app.add_middleware(WorkerHeader)
 
