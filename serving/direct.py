@@ -5,9 +5,10 @@ postprocess, KServe's request metrics, which the Grafana dashboard plots). What 
 is the per-request work FastAPI and KServe's REST layer do around it: routing through every
 route, dependency solving, the data plane's model lookups and decode/encode, Starlette's
 request and response objects. A profile of a server at 500 req/s put ~45% of each
-worker's CPU in that HTTP stack. At 500 req/s, 2 workers, 100k items, the same session:
-p99 102-113 ms through FastAPI, 44-61 ms direct; going through KServe's own v1 handler
-without FastAPI's routing still took 79-94 ms (README, Serving).
+worker's CPU in that HTTP stack. At 500 req/s, 2 workers, 100k items, four alternated
+pairs of runs: p99 51, 64, 53, 71 ms direct, 100, 102, 75, 85 ms through FastAPI; going
+through KServe's own v1 handler without FastAPI's routing took 79 and 94 ms (README,
+Serving, also for the bench runs, which showed it in throughput rather than p99).
 
 Only a request this path answers exactly as KServe would is taken: a loaded, ready model of
 ours, a JSON or absent content type, no CloudEvent. Anything else (other routes, v2, raw
