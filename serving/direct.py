@@ -11,7 +11,7 @@ through KServe's own v1 handler without FastAPI's routing took 79 and 94 ms (REA
 Serving, also for the bench runs, which showed it in throughput rather than p99).
 
 Only a request this path answers exactly as KServe would is taken: a loaded, ready model of
-ours, a JSON or absent content type, no CloudEvent. Anything else (other routes, v2, raw
+ours, content type application/json or none, no CloudEvent. Anything else (other routes, v2, raw
 bytes, CloudEvents, unknown or unready models) goes on to the app, a structured CloudEvent
 body after it was read (replayed). Errors are answered by the app's own exception handlers
 (KServe's InvalidInput -> 400 {"error": ...}), and a body that is not JSON gets KServe's
@@ -28,7 +28,7 @@ from kserve.utils.utils import is_structured_cloudevent
 from starlette.requests import Request
 
 PREFIX, SUFFIX = "/v1/models/", ":predict"
-JSON_TYPES = (b"application/json", b"application/json; charset=utf-8")
+JSON = b"application/json"  # compared as KServe compares it (exactly); its other JSON types go on to it
 # KServe's ORJSONResponse options: numpy scalars and arrays as JSON numbers and lists
 DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -50,8 +50,8 @@ class DirectV1Predict:
         if model is None or not model.ready:
             return None
         for name, value in scope["headers"]:
-            if name.startswith(b"ce-") or (name == b"content-type" and value.lower() not in JSON_TYPES):
-                return None  # a binary CloudEvent, or a body KServe hands over undecoded
+            if name.startswith(b"ce-") or (name == b"content-type" and value != JSON):
+                return None  # a binary CloudEvent, or a body KServe decodes otherwise or hands over raw
         return model
 
     async def __call__(self, scope, receive, send):
@@ -61,19 +61,19 @@ class DirectV1Predict:
         body = await _read(receive)  # an over-limit body raises here, to the body limit outside
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         try:
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"Unrecognized request format: {exc}") from None  # KServe's words
-            if isinstance(payload, dict) and is_structured_cloudevent(payload):
-                return await self.app(scope, _replay(body), send)
-            result, _ = await model(payload, headers=headers)
-            status, content = 200, orjson.dumps(result, option=DUMP_OPTIONS)
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return await self._error(scope, InvalidInput(f"Unrecognized request format: {exc}"), send)  # KServe's
+        if isinstance(payload, dict) and is_structured_cloudevent(payload):
+            return await self.app(scope, _replay(body), send)
+        try:
+            result, model_headers = await model(payload, headers=headers)
+            content = orjson.dumps(result, option=DUMP_OPTIONS)
         except Exception as exc:  # noqa: BLE001 (answered by the app's handler for it, or raised on)
             return await self._error(scope, exc, send)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(content)).encode())]})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", JSON), (b"content-length", str(len(content)).encode()),
+                                *((k.encode("latin-1"), v.encode("latin-1")) for k, v in model_headers.items())]})
         await send({"type": "http.response.body", "body": content})
 
     async def _error(self, scope, exc: Exception, send) -> None:

@@ -67,6 +67,7 @@ def test_plain_json_predict_goes_to_the_model_and_everything_else_to_the_app():
     others = [("POST", "/v2/models/recommender/infer", ()), ("POST", "/v1/models/recommender:feedback", ()),
               ("GET", "/v1/models/recommender:predict", ()), ("POST", "/v1/models/other:predict", ()),
               ("POST", "/v1/models/recommender:predict", [(b"content-type", b"text/plain")]),  # raw bytes
+              ("POST", "/v1/models/recommender:predict", [(b"content-type", b"application/json; charset=utf-8")]),
               ("POST", "/v1/models/recommender:predict", [(b"ce-specversion", b"1.0")])]  # a binary CloudEvent
     for method, path, headers in others:
         assert _call(direct, path, b"{}", method, headers)[0] == 299
