@@ -58,42 +58,33 @@ class DirectV1Predict:
         model = self._model(scope)
         if model is None:
             return await self.app(scope, receive, send)
-        body = await _read(receive)  # an over-limit body raises here, to the body limit outside
+        request = Request(scope, receive)
+        body = await request.body()  # an over-limit body raises here, to the body limit outside
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return await self._error(scope, InvalidInput(f"Unrecognized request format: {exc}"), send)  # KServe's
+            return await self._error(request, InvalidInput(f"Unrecognized request format: {exc}"), send)  # KServe's
         if isinstance(payload, dict) and is_structured_cloudevent(payload):
             return await self.app(scope, _replay(body), send)
         try:
             result, model_headers = await model(payload, headers=headers)
             content = orjson.dumps(result, option=DUMP_OPTIONS)
         except Exception as exc:  # noqa: BLE001 (answered by the app's handler for it, or raised on)
-            return await self._error(scope, exc, send)
+            return await self._error(request, exc, send)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", JSON), (b"content-length", str(len(content)).encode()),
                                 *((k.encode("latin-1"), v.encode("latin-1")) for k, v in model_headers.items())]})
         await send({"type": "http.response.body", "body": content})
 
-    async def _error(self, scope, exc: Exception, send) -> None:
+    async def _error(self, request: Request, exc: Exception, send) -> None:
         handlers = self.fastapi_app.exception_handlers
         handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
         if handler is None:
             raise exc
-        request = Request(scope)
         response = handler(request, exc)  # Starlette takes plain and async handlers
         response = await response if inspect.isawaitable(response) else response
-        await response(scope, _replay(b""), send)
-
-
-async def _read(receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
+        await response(request.scope, request.receive, send)
 
 
 def _replay(body: bytes):
