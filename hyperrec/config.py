@@ -28,6 +28,8 @@ class Settings(BaseModel):
     server_port: int = Field(8080, ge=1, le=65535)
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = Field("127.0.0.1:6379", description="Feast connection_string (host:port[,db=N])")
+    recs_cache: str | None = Field(None, description="Redis (host:port[,db=N]) caching served lists "
+                                   "(hyperrec.recs_cache); None: no cache")
 
     @property
     def feature_store_yaml(self) -> Path:
@@ -77,7 +79,7 @@ def load_settings(home: str | Path | None = None) -> Settings:
 
     `HYPERREC_HOME` (default `./var`), `MLFLOW_TRACKING_URI` (default: SQLite inside home),
     `HYPERREC_MODEL_NAME`, `HYPERREC_PORT`, `HYPERREC_ONLINE_STORE` (sqlite|redis),
-    `HYPERREC_REDIS` (host:port).
+    `HYPERREC_REDIS` (host:port), `HYPERREC_RECS_CACHE` (host:port of the recommendation cache).
     """
     root = Path(home or os.environ.get("HYPERREC_HOME") or Path.cwd() / "var").resolve()
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
@@ -90,6 +92,8 @@ def load_settings(home: str | Path | None = None) -> Settings:
         values["online_store"] = store
     if redis_url := os.environ.get("HYPERREC_REDIS"):
         values["redis_url"] = redis_url
+    if recs_cache := os.environ.get("HYPERREC_RECS_CACHE"):
+        values["recs_cache"] = recs_cache
     return Settings(**values)
 
 
@@ -101,4 +105,8 @@ def export_env(settings: Settings) -> dict[str, str]:
     env["HYPERREC_MODEL_NAME"] = settings.model_name
     env["HYPERREC_ONLINE_STORE"] = settings.online_store
     env["HYPERREC_REDIS"] = settings.redis_url
+    if settings.recs_cache:
+        env["HYPERREC_RECS_CACHE"] = settings.recs_cache
+    else:
+        env.pop("HYPERREC_RECS_CACHE", None)
     return env

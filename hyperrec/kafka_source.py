@@ -84,12 +84,14 @@ def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str | None = GRO
     from hyperrec.eventlog import EventLog
     from hyperrec.featurestore import open_store
     from hyperrec.privacy import ErasureWatch
+    from hyperrec.recs_cache import invalidator
     from hyperrec.stream import history
 
     stop = stop or threading.Event()
     erasures = ErasureWatch(settings)
     events = EventLog(settings.event_log, suppress=erasures)
-    processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only)
+    processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only,
+                                users_changed=invalidator(settings))
     processor.warm_start(history(events, settings.data_dir / "world"))
     consumer = KafkaEventConsumer(processor, bootstrap, topic, group_id=group_id)
     log(f"kafka consumer on {bootstrap} topic {topic} group {group_id}")

@@ -127,12 +127,9 @@ class _RedisRows:
     """Feast's Redis online store: one hash per entity, all views in it."""
 
     def __init__(self, connection_string: str):
-        import redis
+        from hyperrec.services import redis_client
 
-        host_port, *options = connection_string.split(",")
-        host, _, port = host_port.partition(":")
-        kwargs = dict(o.split("=", 1) for o in options)
-        self.client = redis.Redis(host=host, port=int(port or 6379), db=int(kwargs.get("db", 0)))
+        self.client = redis_client(connection_string)
 
     def read(self, views: Sequence[FeatureViewSpec], keys: list[bytes]) -> list[dict]:
         from feast.infra.online_stores.helpers import _mmh3

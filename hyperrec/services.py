@@ -61,6 +61,22 @@ def child_pids(pid: int) -> list[int]:
     return sorted(out)
 
 
+def redis_client(connection_string: str, timeout_s: float | None = None):
+    """A redis-py client for a Feast-style connection string, host:port[,db=N]. With
+    `timeout_s`, each call fails within it: no retries (redis-py's default retries with
+    backoff, ~4 s on a refused connection), for callers that fall back instead of waiting."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    host_port, *options = connection_string.split(",")
+    host, _, port = host_port.partition(":")
+    settings = dict(o.split("=", 1) for o in options)
+    bounded = {} if timeout_s is None else {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+                                            "retry": Retry(NoBackoff(), 0)}
+    return redis.Redis(host=host, port=int(port or 6379), db=int(settings.get("db", 0)), **bounded)
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

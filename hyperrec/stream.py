@@ -23,15 +23,19 @@ PUSHED_VIEWS = [v for v in FEATURE_VIEWS if v.push]  # each fed by a `<view>_pus
 
 class StreamProcessor:
     def __init__(self, store, log: EventLog, consumer: str = "online-features", erasures=None,
-                 batch_only: Callable[[str], bool] | None = None):
+                 batch_only: Callable[[str], bool] | None = None,
+                 users_changed: Callable[[list[str]], None] | None = None):
         """`erasures`: a `hyperrec.privacy.ErasureWatch`; an erased user's windows are dropped
         and their online rows deleted again at the next poll, and their events never folded.
         `batch_only(user)`: True for users whose features must stay what batch
-        materialization wrote (an experiment's real-time-off arm); their events are skipped."""
+        materialization wrote (an experiment's real-time-off arm); their events are skipped.
+        `users_changed(users)`: called after each online write with the users it changed
+        (`hyperrec.recs_cache.invalidator`: their cached lists go)."""
         self.store, self.log, self.consumer = store, log, consumer
         self.folds = StreamFolds()
         self.erasures = erasures
         self.batch_only = batch_only
+        self.users_changed = users_changed
         self._batch_only_seen: dict[str, bool] = {}
 
     def _forget_erased(self) -> None:
@@ -58,7 +62,7 @@ class StreamProcessor:
         if self.batch_only is not None and not events.empty:
             events = events[~events["user_id"].map(self._is_batch_only).astype(bool)]
         snapshots = self.folds.fold_frame(events)
-        pushed = {}
+        pushed, users = {}, set()
         for view in PUSHED_VIEWS:
             table = snapshots[view.name]
             if table.empty:
@@ -66,6 +70,10 @@ class StreamProcessor:
             latest = table.drop_duplicates(view.entity, keep="last")
             self.store.push(f"{view.name}_push", latest, to=PushMode.ONLINE)
             pushed[view.name] = len(latest)
+            if view.entity == "user_id":
+                users.update(latest["user_id"])
+        if users and self.users_changed is not None:
+            self.users_changed(sorted(users))
         return pushed
 
     def _is_batch_only(self, user: str) -> bool:
@@ -122,11 +130,13 @@ def run(settings, stop: threading.Event | None = None, log=print, batch_only: Ca
     online store lags every new event (imports and the fold take ~30 s on 2 cores)."""
     from hyperrec.featurestore import open_store
     from hyperrec.privacy import ErasureWatch
+    from hyperrec.recs_cache import invalidator
 
     stop = stop or threading.Event()
     erasures = ErasureWatch(settings)
     events = EventLog(settings.event_log, suppress=erasures)
-    processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only)
+    processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only,
+                                users_changed=invalidator(settings))
     started = time.monotonic()
     past = history(events, settings.data_dir / "world")
     processor.warm_start(past)

@@ -50,6 +50,9 @@ def server_parser() -> argparse.ArgumentParser:
                         help="the trial share's lists: both versions interleaved by team draft, or the challenger's")
     parser.add_argument("--model_backend", default=ServerConfig.backend, choices=("numpy", "tf"),
                         help="run the query tower and ranker as numpy forward passes or TensorFlow graphs")
+    parser.add_argument("--recs_cache_ttl_s", type=float, default=ServerConfig.recs_cache_ttl_s,
+                        help="longest a cached list is served, with HYPERREC_RECS_CACHE=host:port set "
+                             "(invalidated sooner when the user's online features change)")
     parser.add_argument("--experiment", default="rerank", choices=sorted(EXPERIMENTS),
                         help="the re-ranking experiment's arms (hyperrec.online.EXPERIMENTS); a stream processor "
                              "must run with the same one")
@@ -81,7 +84,7 @@ def serve(args: argparse.Namespace) -> None:
 
     config = ServerConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_in_flight=args.max_in_flight,
                           poll_s=args.poll_s, worker=args.worker_slot, canary_share=args.canary_share,
-                          trial=args.trial, backend=args.model_backend)
+                          trial=args.trial, backend=args.model_backend, recs_cache_ttl_s=args.recs_cache_ttl_s)
     from hyperrec.online import EXPERIMENTS
 
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config,

@@ -19,7 +19,7 @@ import gc
 import logging
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import kserve
 import numpy as np
@@ -50,6 +50,7 @@ from hyperrec.online import (
 )
 from hyperrec.online_reader import Columns, OnlineUserReader
 from hyperrec.privacy import ConsentLedger
+from hyperrec.recs_cache import RecsCache
 from hyperrec.registry import CHALLENGER, alias_watcher, model_version_dir
 from hyperrec.rerank import EXPLORATION_DIM
 from serving import metrics
@@ -78,6 +79,7 @@ class ServerConfig:
     canary_share: float = 0.2  # users in the trial while a challenger is on one (0: never load one)
     trial: str = "interleave"  # the trial share's lists: "interleave" (both versions, by team) or "ab" (challenger)
     backend: str = "numpy"  # the query tower and ranker: numpy forward passes or "tf" (hyperrec.recommend)
+    recs_cache_ttl_s: float = 120.0  # longest a cached list is served (with Settings.recs_cache set)
 
     def __post_init__(self):
         if self.trial not in TRIAL_DESIGNS:
@@ -111,6 +113,11 @@ class RecommenderModel(kserve.Model):
         self._champion_version: int | None = None  # the last champion swapped in, and the one before it
         self._predecessor: int | None = None
         self.impressions = ImpressionRecorder(ImpressionLog(settings.impression_log)) if log_impressions else None
+        self.cache = RecsCache(settings.recs_cache, ttl_s=config.recs_cache_ttl_s,
+                               on_outcome=lambda outcome, n: metrics.CACHE.labels(outcome).inc(n)) \
+            if settings.recs_cache else None
+        # what else a cached list depends on (besides versions and request): the arms and the trial design
+        self._cache_scope = f"{experiment.salt}|{config.trial}|{config.canary_share}"
         self._rng = np.random.default_rng()  # the team draft's coin flips
 
     # --- model lifecycle -------------------------------------------------------------
@@ -176,19 +183,21 @@ class RecommenderModel(kserve.Model):
             self.batcher.close()
         if self.impressions is not None:
             self.impressions.close()
+        if self.cache is not None:
+            self.cache.close()
         self.bandit_store.close()
 
     # --- the request path -------------------------------------------------------------
     def _recommend(self, unit: ServingUnit, requests: list[Request]) -> list[Recommended]:
-        return self._serve(unit, *self._inputs(requests))
-
-    def _inputs(self, requests: list[Request]) -> tuple[list[Request], Columns]:
-        """The requests with their consent applied, and their model inputs (online user
-        features plus the request's own): read once per batch, whichever units serve it."""
         requests = self._with_consent(requests)
+        return self._serve(unit, requests, self._inputs(requests))
+
+    def _inputs(self, requests: list[Request]) -> Columns:
+        """The requests' model inputs (online user features plus the request's own): read
+        once per batch, whichever units serve it."""
         with self._timer("feature_fetch"):
             features = self.features.read([r.user_id or NEW_USER for r in requests], now=self.as_of)
-        return requests, apply_request(features, requests)
+        return apply_request(features, requests)
 
     def _serve(self, unit: ServingUnit, requests: list[Request], rows: Columns) -> list[Recommended]:
         results = recommend_batch(unit, rows, requests, self.experiment, self.bandit, self._timer)
@@ -206,10 +215,24 @@ class RecommenderModel(kserve.Model):
 
     def _run_batch(self, requests: list[Request]) -> list[Recommended]:
         champion, trial = self.slot.unit, self.canary.unit  # one unit per request for the whole batch
-        if trial is None or trial.version == champion.version:
-            return self._recommend(champion, requests)
+        if trial is not None and trial.version == champion.version:
+            trial = None
+        requests = self._with_consent(requests)  # before the cache: a withdrawal counts from the next request
+        if self.cache is None:
+            return self._lists(champion, trial, requests)
+        scope = f"{self._cache_scope}|v{champion.version}|t{trial.version if trial is not None else 0}"
+        return self.cache.serve(requests, scope, self._now_ts(), lambda todo: self._lists(champion, trial, todo))
+
+    def _now_ts(self) -> int:
+        """The request time the feature reader stamps (REQUEST_TS): `as_of`, else the clock."""
+        return int((self.as_of or datetime.now(UTC)).timestamp())
+
+    def _lists(self, champion: ServingUnit, trial: ServingUnit | None, requests: list[Request]) -> list[Recommended]:
+        """The champion's lists, or with a trial on, the trial share's interleaved or challenger lists."""
+        if trial is None:
+            return self._serve(champion, requests, self._inputs(requests))
         on_trial = [self._in_canary(r.key) for r in requests]
-        requests, rows = self._inputs(requests)
+        rows = self._inputs(requests)
 
         def serve(unit: ServingUnit, picked: list[int]) -> list[Recommended]:
             return self._serve(unit, [requests[i] for i in picked], take(rows, np.array(picked, np.int64)))

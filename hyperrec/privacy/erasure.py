@@ -273,15 +273,16 @@ def recs_cache_key(user_id: str, *parts: str) -> str:
 def _erase_recs_cache(connection_string: str, user_id: str) -> dict[str, int]:
     """Delete hyperrec:recs:<user_id> and hyperrec:recs:<user_id>:* -- not <user_id>* (that
     would take u10's cache along with u1's)."""
-    import redis
-    from feast.infra.online_stores.redis import RedisOnlineStore
+    from hyperrec.recs_cache import invalidate
+    from hyperrec.services import redis_client
 
-    nodes, params = RedisOnlineStore._parse_connection_string(connection_string)  # Feast's host:port[,db=N]
-    client = redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
+    client = redis_client(connection_string)
     glob_safe = re.sub(r"([*?\[\]\\])", r"\\\1", recs_cache_key(user_id))
     try:
         keys = [recs_cache_key(user_id), *client.scan_iter(match=glob_safe + ":*", count=1000)]
-        return {"recs_cache": int(client.delete(*keys))}
+        removed = int(client.delete(*keys))
+        invalidate(client, [user_id])  # a list being computed from the user's old features is not stored after this
+        return {"recs_cache": removed}
     finally:
         client.close()
 
@@ -295,7 +296,8 @@ def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Seq
     anything is touched; the user joins the erasure list before any store, so training
     honours it even when a store below fails (the audit row then says so; run it again).
     `event_logs`: default every EventLog under home (`event_log_paths`). The cache is
-    cleaned in `recs_cache_url`, default settings.redis_url when the online store is Redis.
+    cleaned in `recs_cache_url`, default settings.recs_cache, else settings.redis_url when
+    the online store is Redis.
     """
     token = Pseudonymizer.for_workspace(settings).token(user_id, "user_id")
     _check_reason(user_id, reason)
@@ -311,7 +313,8 @@ def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Seq
         removed["impressions"] = _erase_impressions(settings.impression_log, user_id)
         removed |= _erase_offline(settings, user_id)
         removed |= _erase_online(settings, user_id)
-        cache = recs_cache_url or (settings.redis_url if settings.online_store == "redis" else None)
+        cache = recs_cache_url or settings.recs_cache or (settings.redis_url if settings.online_store == "redis"
+                                                          else None)
         if cache:
             removed |= _erase_recs_cache(cache, user_id)
         removed["consent"] = db.execute("DELETE FROM consent WHERE user_id = ?", (user_id,)).rowcount

@@ -23,7 +23,6 @@ DEFAULT_CONSENT: dict[str, bool] = {"personalization": False, "analytics": False
 
 
 PRIVACY_DB = "privacy.db"
-RECS_CACHE_PREFIX = "hyperrec:recs:"  # cache keys: hyperrec:recs:<user_id> or hyperrec:recs:<user_id>:<suffix>
 _US = pd.Timedelta(1, "us")
 _EPOCH = pd.Timestamp(0, tz="UTC")
 
