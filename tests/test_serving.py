@@ -502,3 +502,58 @@ def test_consent_decides_personalization_and_a_withdrawal_counts_at_once(server)
                           source="test")
     ledger.close()
     assert predict(server, [{"user_id": user, "k": 5}]).json()["predictions"][0]["policy"] == "popular"
+
+
+def test_cached_lists_are_served_until_the_users_online_features_change(server, tmp_path):
+    """A second server on the same workspace with the Redis recommendation cache: a repeated
+    request is a cache hit; after the user's clicks reach the online store, the stream
+    processor's invalidation makes the next request recompute (the list shifts toward the
+    clicked category within a second, not after the cache's TTL)."""
+    from hyperrec.eventlog import EventLog
+    from hyperrec.featurestore import open_store
+    from hyperrec.recs_cache import invalidator
+    from hyperrec.services import free_port, redis_server
+    from hyperrec.stream import StreamProcessor, history, tail
+    from serving.launch import start_server, stop_server, wait_ready
+
+    settings, world = server["settings"], server["world"]
+    items = world.items.set_index("item_id")["category"]
+    user = consenting(world)[11]
+    with redis_server() as url:
+        cached = settings.model_copy(update={"recs_cache": url})
+        port = free_port()
+        proc = start_server(cached, port, tmp_path / "cached.log", as_of=world.events["ts"].max().to_pydatetime(),
+                            extra_args=("--recs_cache_ttl_s", "600"))
+        stop = threading.Event()
+        try:
+            wait_ready(proc, port)
+            other = {"url": f"http://127.0.0.1:{port}"}
+
+            def served():
+                return predict(other, [{"user_id": user, "k": 10}]).json()["predictions"][0]
+
+            first, again = served(), served()
+            assert [i["item_id"] for i in again["items"]] == [i["item_id"] for i in first["items"]]
+            assert again["request_id"] != first["request_id"]  # each answer is its own impression
+            assert _metric(other, 'hyperrec_recs_cache_total{outcome="hit"}') >= 1
+            shown = pd.Series([items[i["item_id"]] for i in first["items"]]).value_counts()
+            target = next(c for c in items.unique() if c not in shown.index)  # a category the list lacks
+            log = EventLog(settings.event_log)
+            processor = StreamProcessor(open_store(settings), log, users_changed=invalidator(cached))
+            processor.warm_start(history(log, settings.data_dir / "world"))
+            worker = threading.Thread(target=tail, args=(processor, stop), daemon=True)
+            worker.start()
+            at = world.events["ts"].max().to_pydatetime() + timedelta(minutes=1)
+            clicks = [_click(user, item, at + timedelta(seconds=i), f"cached-{user}-{i}")
+                      for i, item in enumerate(items[items == target].index[:6])]
+            sent = time.monotonic()
+            assert requests.post(f"{other['url']}/v1/events", json=clicks, timeout=30).json()["stored"] == 6
+            share = 0.0
+            while time.monotonic() - sent < 5 and share == 0.0:
+                share = sum(items[i["item_id"]] == target for i in served()["items"]) / 10
+            elapsed = time.monotonic() - sent
+        finally:
+            stop.set()
+            stop_server(proc)
+    assert share > 0, f"the cached list of {user} never changed after the clicks on {target}"
+    assert elapsed < 1.0, f"took {elapsed:.2f} s"
