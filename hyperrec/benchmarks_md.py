@@ -93,6 +93,9 @@ BENCHES: dict[str, tuple[str, list[Row] | Callable[[dict], list[Row]]]] = {
         ("ratio to naive", _get("throughput_ratio_vs_naive"), ">= 3"),
         ("non-2xx during a model swap", _get("swap_non2xx"), "0"),
         ("p99 during the swap, ms", _get("swap", "p99_ms"), ""),
+        ("p99 at 500 req/s with the Redis recommendation cache, ms", _get("p99_ms_at_500rps_cached"), "same run"),
+        ("cache hit rate in that run (each user asked about twice)", _get("cache_hit_rate_at_500rps"), ""),
+        ("max req/s at p99 <= 50 ms, every list cached", _get("max_rps_at_p99_50ms_all_cached"), ""),
     ]),
     "freshness": ("Real-time loop (event POSTed -> changed recommendations)", [
         ("event -> recs p50, ms", _get("event_to_recs_p50_ms"), ""),

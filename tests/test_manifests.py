@@ -584,6 +584,7 @@ def test_config_loads_as_the_settings_of_a_redis_cluster(overlay):
     assert str(settings.home) == HOME and settings.online_store == "redis"
     redis = one(overlay, "Service", "redis")
     assert settings.redis_url == f"redis:{redis['spec']['ports'][0]['port']}" == f"{redis['metadata']['name']}:6379"
+    assert settings.recs_cache == f"{settings.redis_url},db=1"  # the list cache: same Redis, not Feast's db
     # the Feast yaml this mode loads gets every ${VAR} it names, in the feature server too
     placeholders = set(re.findall(r"\$\{(\w+)\}", settings.feature_store_yaml.read_text()))
     assert placeholders, settings.feature_store_yaml
