@@ -71,7 +71,7 @@ class StreamProcessor:
             self.store.push(f"{view.name}_push", latest, to=PushMode.ONLINE)
             pushed[view.name] = len(latest)
             if view.entity == "user_id":
-                users.update(latest["user_id"])
+                users.update(u for u in latest["user_id"] if isinstance(u, str))  # not anonymous events
         if users and self.users_changed is not None:
             self.users_changed(sorted(users))
         return pushed

@@ -166,12 +166,12 @@ def test_the_stream_processor_invalidates_the_users_it_wrote(redis_url, settings
     processor = StreamProcessor(store=None, log=EventLog(settings.event_log), users_changed=changed.append)
     processor.store = _PushRecorder()
     at = pd.Timestamp("2026-01-14T12:00:00Z")
-    events = pd.DataFrame({"event_id": ["e1", "e2", "e3"], "user_id": ["u2", "u1", "u2"],
-                           "item_id": ["i1", "i2", "i3"], "event_type": ["click", "view", "purchase"],
-                           "ts": [at, at + pd.Timedelta(seconds=1), at + pd.Timedelta(seconds=2)],
-                           "dwell_s": [3.0, 1.0, 0.0], "rating": [np.nan] * 3, "session_id": ["s"] * 3})
+    events = pd.DataFrame({"event_id": ["e1", "e2", "e3", "e4"], "user_id": ["u2", "u1", "u2", None],
+                           "item_id": ["i1", "i2", "i3", "i4"], "event_type": ["click", "view", "purchase", "click"],
+                           "ts": [at + pd.Timedelta(seconds=s) for s in range(4)],
+                           "dwell_s": [3.0, 1.0, 0.0, 2.0], "rating": [np.nan] * 4, "session_id": ["s"] * 4})
     processor.process_batch(events)
-    assert changed == [["u1", "u2"]] and processor.store.pushed  # after the online write
+    assert changed == [["u1", "u2"]] and processor.store.pushed  # after the online write; no anonymous
 
     on_cache = settings.model_copy(update={"recs_cache": redis_url})
     client = redis_client(redis_url)
