@@ -38,7 +38,7 @@ def _view(spec) -> FeatureView:
     )
 
 
-user_profile, user_activity, user_recent_items, item_metadata, item_popularity, user_purchases = (
+user_profile, user_activity, user_recent_items, item_metadata, item_popularity, user_purchases, user_recent_views = (
     _view(spec) for spec in FEATURE_VIEWS)
 
 request = RequestSource(name="request", schema=[Field(name=REQUEST_TS, dtype=Int64)])

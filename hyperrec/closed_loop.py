@@ -45,6 +45,7 @@ class LoopConfig:
     canary_share: float = 1.0
     trial: str = "interleave"  # their lists: both versions' items by team draft, or "ab" (the challenger's list)
     experiment: str = "ablation"  # the server's re-ranking arms (hyperrec.online.EXPERIMENTS)
+    feedback: bool = True  # the server moves queries by users' recent reactions (hyperrec.feedback)
     seed: int = 0
 
 

@@ -155,7 +155,8 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     world_now = world.events["ts"].max().to_pydatetime()  # serve as of the simulated clock
     proc = start_server(settings, port, log_path, as_of=world_now,
                         extra_args=("--poll_s", "1", "--canary_share", str(loop.canary_share),
-                                    "--trial", loop.trial, "--experiment", loop.experiment))
+                                    "--trial", loop.trial, "--experiment", loop.experiment,
+                                    "--feedback", "on" if loop.feedback else "off"))
     stream = start_stream(settings, loop.experiment)  # folds the history while the server loads
     try:
         with console.status(f"starting model server on :{port} (loads the champion from MLflow)"):

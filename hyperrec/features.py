@@ -43,6 +43,11 @@ USER_RECENT_ITEMS = FeatureViewSpec(
 # no TTL: a purchase stays a purchase, however long the user has been away
 USER_PURCHASES = FeatureViewSpec("user_purchases", "user_id", {"purchased_items": "string_list"}, timedelta(0),
                                  push=True)
+# what the user was shown and looked at lately: serving's feedback query (hyperrec.feedback)
+# reads the views that were not followed by engagement
+USER_RECENT_VIEWS = FeatureViewSpec(
+    "user_recent_views", "user_id", {"recent_views": "string_list", "recent_views_ts": "int_list"},
+    timedelta(days=7), push=True)
 ITEM_METADATA = FeatureViewSpec(
     "item_metadata", "item_id",
     {"category": "string", "brand": "string", "price": "float", "price_bucket": "int", "description": "string"},
@@ -50,9 +55,11 @@ ITEM_METADATA = FeatureViewSpec(
 ITEM_POPULARITY = FeatureViewSpec(
     "item_popularity", "item_id", _window_features(ITEM_TYPES, ITEM_WINDOWS_S, "item_"), timedelta(days=7),
     push=True)
-FEATURE_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS, ITEM_METADATA, ITEM_POPULARITY, USER_PURCHASES)
+FEATURE_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS, ITEM_METADATA, ITEM_POPULARITY, USER_PURCHASES,
+                 USER_RECENT_VIEWS)
 USER_VIEWS = (USER_PROFILE, USER_ACTIVITY, USER_RECENT_ITEMS)  # what the models learn from
-SERVING_USER_VIEWS = (*USER_VIEWS, USER_PURCHASES)  # plus what re-ranking filters by
+# plus what re-ranking filters by and the feedback query reads
+SERVING_USER_VIEWS = (*USER_VIEWS, USER_PURCHASES, USER_RECENT_VIEWS)
 ITEM_VIEWS = (ITEM_METADATA, ITEM_POPULARITY)
 
 # request-time features computed by a Feast on-demand view from the request and user_activity
@@ -139,4 +146,5 @@ def offline_tables(world) -> dict[str, pd.DataFrame]:
         ITEM_METADATA.name: item_metadata_table(world.items),
         ITEM_POPULARITY.name: windowed["item_popularity"],
         USER_PURCHASES.name: windowed["user_purchases"],
+        USER_RECENT_VIEWS.name: windowed["user_recent_views"],
     }

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from hyperrec.features import REQUEST_TS, request_context
+from hyperrec.feedback import FeedbackConfig, feedback_queries
 from hyperrec.online_reader import Columns, object_column
 from hyperrec.rerank import (
     CatalogIndex,
@@ -197,6 +198,12 @@ def apply_request(features: Columns, requests: list[Request]) -> Columns:
     cols["recent_items"] = object_column([list(dict.fromkeys([*r.recent_items, *stored]))[:RECENT_N]
                                           if r.recent_items else list(stored)
                                           for r, stored in zip(requests, features["recent_items"])])
+    if "recent_items_ts" in features:  # kept aligned: a session's own items count as engaged now
+        now = features[REQUEST_TS]
+        cols["recent_items_ts"] = object_column([
+            [dict(zip(stored, stored_ts)).get(i, int(t)) for i in merged] if r.recent_items else list(stored_ts)
+            for r, stored, stored_ts, merged, t in zip(requests, features["recent_items"], features["recent_items_ts"],
+                                                       cols["recent_items"], now)])
     anonymous = np.array([r.user_id is None for r in requests])
     if anonymous.any():  # as_new_users, column by column
         cols["user_id"] = np.where(anonymous, NEW_USER, cols["user_id"]).astype(object)
@@ -212,10 +219,12 @@ def apply_request(features: Columns, requests: list[Request]) -> Columns:
 
 
 def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request], experiment: Experiment,
-                    bandit=None, timer: StageTimer | None = None) -> list[Recommended]:
+                    bandit=None, timer: StageTimer | None = None,
+                    feedback: FeedbackConfig | None = None) -> list[Recommended]:
     """Ranked lists for a batch: `features` holds one row of user-tower inputs per request
     (see apply_request). Retrieval, ranking and re-ranking each run once for the whole
-    personalized part of the batch."""
+    personalized part of the batch. With `feedback`, the queries first move by the users'
+    recent reactions (`hyperrec.feedback`; the features then carry recent_views too)."""
     from hyperrec.models.two_tower import NEW_USER
 
     timer = timer or StageTimer()
@@ -232,6 +241,8 @@ def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request
         seen = [set(items) | set(r.exclude) | set(b) for items, r, b in zip(rows["recent_items"], batch, bought)]
         with timer("retrieval"):
             queries = rec.user_embeddings(rows)
+            if feedback is not None:
+                queries = feedback_queries(queries, rows, rec.item_index, rec.item_embeddings, feedback)
             candidates, scores = rec.search(queries, rec.n_candidates, seen)
         with timer("ranking"):
             logits = np.where(candidates >= 0, rec.rank(rows, candidates, scores), -np.inf)

@@ -1,5 +1,6 @@
 """Windowed features from the event stream: counts per event type over 30 min / 1 day /
-7 days, dwell and CTR, each user's recent items, and the items each user has bought.
+7 days, dwell and CTR, each user's recent engaged and viewed items, and the items each
+user has bought.
 
 Two implementations of one definition: `StreamFolds` folds one event at a time (the
 stream processor, pushing online), `replay` computes the same snapshots for a whole
@@ -25,6 +26,7 @@ POSITIVE = ("click", "add_to_cart", "purchase")
 # a film at all means it was watched: the sequence signal, whatever the score)
 ENGAGED = (*POSITIVE, "rating")
 RECENT_N = 20
+RECENT_VIEWS_N = 30  # a few days of a typical user's views
 PURCHASED_N = 200  # distinct items kept per user: what serving must never offer again
 STAMP_DELAY = pd.Timedelta(milliseconds=1)
 
@@ -79,16 +81,18 @@ class WindowFolder:
 
 
 class RecentItems:
-    """The last RECENT_N positively engaged items per user, newest first."""
+    """The last `n` items per user of the events `kinds`, newest first, with their times:
+    by default the RECENT_N engaged ones (`recent_items`), or the RECENT_VIEWS_N viewed ones
+    (`recent_views`: what serving's feedback query reads, `hyperrec.feedback`)."""
 
-    def __init__(self, n: int = RECENT_N):
-        self.n = n
+    def __init__(self, n: int = RECENT_N, kinds: tuple[str, ...] = ENGAGED, name: str = "recent_items"):
+        self.n, self.kinds, self.name = n, kinds, name
         self.state: dict[str, deque] = {}
 
     def fold(self, user: str, item: str, ts_ms: int) -> dict:
         recent = self.state.setdefault(user, deque(maxlen=self.n))
         recent.appendleft((item, ts_ms // 1000))
-        return {"recent_items": [i for i, _ in recent], "recent_items_ts": [t for _, t in recent]}
+        return {self.name: [i for i, _ in recent], f"{self.name}_ts": [t for _, t in recent]}
 
 
 class Purchases:
@@ -117,22 +121,26 @@ class StreamFolds:
     items: WindowFolder = field(default_factory=lambda: WindowFolder(ITEM_TYPES, ITEM_WINDOWS_S, "item_"))
     recent: RecentItems = field(default_factory=RecentItems)
     purchases: Purchases = field(default_factory=Purchases)
+    views: RecentItems = field(default_factory=lambda: RecentItems(RECENT_VIEWS_N, ("view",), "recent_views"))
 
     def forget(self, user_ids) -> None:
-        """Drop erased users' windows, recent and bought items (item counters are aggregates and stay)."""
+        """Drop erased users' windows, recent, viewed and bought items (item counters are aggregates and stay)."""
         for user in user_ids:
             self.users.state.pop(user, None)
             self.recent.state.pop(user, None)
             self.purchases.state.pop(user, None)
+            self.views.state.pop(user, None)
 
     def fold_frame(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Fold events (in time order) and return snapshots per table: user_activity,
-        item_popularity, user_recent_items, user_purchases; each row stamped 1 ms after its event."""
+        item_popularity, user_recent_items, user_purchases, user_recent_views; each row stamped 1 ms
+        after its event."""
         events = events.sort_values("ts", kind="stable")
         ts_ms = (events["ts"].astype("int64") // 1_000_000).to_numpy()  # ns -> ms
         dwell = pd.to_numeric(events["dwell_s"], errors="coerce").fillna(0.0).to_numpy() if "dwell_s" in events \
             else np.zeros(len(events))
-        rows = {"user_activity": [], "item_popularity": [], "user_recent_items": [], "user_purchases": []}
+        rows = {"user_activity": [], "item_popularity": [], "user_recent_items": [], "user_purchases": [],
+                "user_recent_views": []}
         for user, item, kind, t, d in zip(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
                                           events["event_type"].to_numpy(), ts_ms, dwell):
             d = float(d) if kind == "click" else 0.0
@@ -142,6 +150,8 @@ class StreamFolds:
                 rows["user_recent_items"].append({"user_id": user, "ts_ms": t, **self.recent.fold(user, item, t)})
             if kind == "purchase":
                 rows["user_purchases"].append({"user_id": user, "ts_ms": t, **self.purchases.fold(user, item)})
+            if kind in self.views.kinds:
+                rows["user_recent_views"].append({"user_id": user, "ts_ms": t, **self.views.fold(user, item, t)})
         return {name: _stamp(pd.DataFrame(r)) for name, r in rows.items()}
 
 
@@ -196,17 +206,17 @@ def _window_table(events: pd.DataFrame, key: str, folder: WindowFolder, ts_ms, d
     return pd.DataFrame({key: events[key].to_numpy(), "ts_ms": ts_ms, **cols})
 
 
-def _recent_table(events: pd.DataFrame, ts_ms: np.ndarray, n: int = RECENT_N) -> pd.DataFrame:
-    engaged = np.isin(events["event_type"].to_numpy(), ENGAGED)
-    pos = pd.DataFrame({"user_id": events["user_id"].to_numpy()[engaged],
-                        "item_id": events["item_id"].to_numpy()[engaged], "ts_ms": ts_ms[engaged]})
-    rows = []
+def _recent_table(events: pd.DataFrame, ts_ms: np.ndarray, folder: RecentItems) -> pd.DataFrame:
+    picked = np.isin(events["event_type"].to_numpy(), folder.kinds)
+    pos = pd.DataFrame({"user_id": events["user_id"].to_numpy()[picked],
+                        "item_id": events["item_id"].to_numpy()[picked], "ts_ms": ts_ms[picked]})
+    rows, n = [], folder.n
     for user, group in pos.groupby("user_id", sort=False):
         items, times = group["item_id"].tolist(), (group["ts_ms"] // 1000).tolist()
         for i, (row, t) in enumerate(zip(group.index, group["ts_ms"].tolist())):
             lo = max(0, i - n + 1)
             rows.append((row, user, t, items[lo:i + 1][::-1], times[lo:i + 1][::-1]))
-    table = pd.DataFrame(rows, columns=["row", "user_id", "ts_ms", "recent_items", "recent_items_ts"])
+    table = pd.DataFrame(rows, columns=["row", "user_id", "ts_ms", folder.name, f"{folder.name}_ts"])
     return table.sort_values("row").drop(columns="row").reset_index(drop=True)  # event order
 
 
@@ -229,7 +239,8 @@ def replay(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
     tables = {
         "user_activity": _window_table(events, "user_id", folds.users, ts_ms, dwell),
         "item_popularity": _window_table(events, "item_id", folds.items, ts_ms, dwell),
-        "user_recent_items": _recent_table(events, ts_ms),
+        "user_recent_items": _recent_table(events, ts_ms, folds.recent),
         "user_purchases": _purchases_table(events, ts_ms),
+        "user_recent_views": _recent_table(events, ts_ms, folds.views),
     }
     return {name: _stamp(t) for name, t in tables.items()}

@@ -53,6 +53,8 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recs_cache_ttl_s", type=float, default=ServerConfig.recs_cache_ttl_s,
                         help="longest a cached list is served, with HYPERREC_RECS_CACHE=host:port set "
                              "(invalidated sooner when the user's online features change)")
+    parser.add_argument("--feedback", default="on", choices=("on", "off"),
+                        help="move each query by the user's last two days of engaged and passed-over views")
     parser.add_argument("--experiment", default="rerank", choices=sorted(EXPERIMENTS),
                         help="the re-ranking experiment's arms (hyperrec.online.EXPERIMENTS); a stream processor "
                              "must run with the same one")
@@ -84,7 +86,8 @@ def serve(args: argparse.Namespace) -> None:
 
     config = ServerConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_in_flight=args.max_in_flight,
                           poll_s=args.poll_s, worker=args.worker_slot, canary_share=args.canary_share,
-                          trial=args.trial, backend=args.model_backend, recs_cache_ttl_s=args.recs_cache_ttl_s)
+                          trial=args.trial, backend=args.model_backend, recs_cache_ttl_s=args.recs_cache_ttl_s,
+                          feedback=args.feedback == "on")
     from hyperrec.online import EXPERIMENTS
 
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config,

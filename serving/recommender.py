@@ -31,6 +31,7 @@ from hyperrec.bandit_store import BanditStore, Credit, store_path
 from hyperrec.batching import MicroBatcher
 from hyperrec.config import Settings
 from hyperrec.features import REQUEST_TS, SERVING_USER_VIEWS
+from hyperrec.feedback import FEEDBACK_INPUTS, FeedbackConfig
 from hyperrec.hotswap import ModelSlot, load_shared, versions_dir_cleanup
 from hyperrec.impressions import ImpressionLog, ImpressionRecorder
 from hyperrec.interleave import interleave
@@ -80,6 +81,7 @@ class ServerConfig:
     trial: str = "interleave"  # the trial share's lists: "interleave" (both versions, by team) or "ab" (challenger)
     backend: str = "numpy"  # the query tower and ranker: numpy forward passes or "tf" (hyperrec.recommend)
     recs_cache_ttl_s: float = 120.0  # longest a cached list is served (with Settings.recs_cache set)
+    feedback: bool = True  # move each query by the user's recent reactions (hyperrec.feedback)
 
     def __post_init__(self):
         if self.trial not in TRIAL_DESIGNS:
@@ -100,7 +102,9 @@ class RecommenderModel(kserve.Model):
         self.bandit_store = BanditStore(store_path(settings.home), self.bandit, limit=config.pending_feedback)
         metrics.track(metrics.BANDIT_UPDATES, lambda: self.bandit.updates)
         # only what the model reads, plus the purchases re-ranking filters out
-        self.features = OnlineUserReader(settings, SERVING_USER_VIEWS, features=[*USER_INPUTS, "purchased_items"])
+        self.features = OnlineUserReader(settings, SERVING_USER_VIEWS,
+                                         features=[*USER_INPUTS, "purchased_items", *FEEDBACK_INPUTS])
+        self._feedback = FeedbackConfig() if config.feedback else None
         self.consent = ConsentLedger.open(settings)
         self._timer = StageTimer(lambda stage, s: metrics.STAGE_SECONDS.labels(stage).observe(s))
         self.slot = ModelSlot(resolve=alias_watcher(settings), load=self._load_champion, probe=self._probe,
@@ -200,7 +204,7 @@ class RecommenderModel(kserve.Model):
         return apply_request(features, requests)
 
     def _serve(self, unit: ServingUnit, requests: list[Request], rows: Columns) -> list[Recommended]:
-        results = recommend_batch(unit, rows, requests, self.experiment, self.bandit, self._timer)
+        results = recommend_batch(unit, rows, requests, self.experiment, self.bandit, self._timer, self._feedback)
         monitored = {name: rows[name].tolist() for name in (*MONITORED_FEATURES, REQUEST_TS)}
         return [replace(rec, monitored={name: values[i] for name, values in monitored.items()})
                 for i, rec in enumerate(results)]

@@ -94,5 +94,6 @@ def test_a_workspace_without_a_newer_view_fails_at_startup_naming_the_fix(settin
     db.commit()
     db.close()
     OnlineUserReader(settings, USER_VIEWS).check()
-    with pytest.raises(RuntimeError, match=r"no table for \['user_purchases'\].*hyperrec features build"):
+    with pytest.raises(RuntimeError,
+                       match=r"no table for \['user_purchases', 'user_recent_views'\].*hyperrec features build"):
         OnlineUserReader(settings, SERVING_USER_VIEWS).check()

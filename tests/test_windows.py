@@ -42,6 +42,10 @@ def test_hand_computed_windows(fold):
     assert ip.loc[("b", pd.Timestamp("2026-01-01 10:41:00.001", tz="UTC"))].item_views_1d == 2
     recent = out["user_recent_items"].set_index("user_id").loc["u"].iloc[-1]
     assert list(recent.recent_items) == ["c", "b", "a"]  # newest first; views are not engagement
+    viewed = out["user_recent_views"].set_index("user_id").loc["u"].iloc[-1]
+    assert list(viewed.recent_views) == ["b", "a"]  # views only, newest first, with their times
+    assert list(viewed.recent_views_ts) == [pd.Timestamp(f"2026-01-01 10:{m}:00", tz="UTC").timestamp()
+                                            for m in ("40", "00")]
 
 
 def test_stream_and_replay_agree_on_a_generated_world():

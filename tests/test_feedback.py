@@ -1,0 +1,57 @@
+"""The feedback query: moves toward what the user engaged with lately and away from what
+they looked at and passed over, only inside the window, keeping the query's norm."""
+
+import numpy as np
+import pytest
+
+from hyperrec.features import REQUEST_TS
+from hyperrec.feedback import FeedbackConfig, feedback_queries, reacted
+from hyperrec.online import Request, apply_request
+from hyperrec.online_reader import object_column
+
+NOW = 1_800_000_000
+DAY = 86_400
+ITEMS = {"x": 0, "y": 1, "z": 2}
+EMB = np.eye(3, dtype=np.float32)
+
+
+def rows(items, items_ts, views, views_ts):
+    n = len(items)
+    return {REQUEST_TS: np.full(n, NOW), "recent_items": object_column(items),
+            "recent_items_ts": object_column(items_ts), "recent_views": object_column(views),
+            "recent_views_ts": object_column(views_ts)}
+
+
+def test_engaged_and_passed_over_items_inside_the_window():
+    r = rows([["x", "y"]], [[NOW - 10, NOW - 3 * DAY]],
+             [["z", "x", "y", "z"]], [[NOW - 5, NOW - 20, NOW - 30, NOW - 40]])
+    engaged, skipped = reacted(r, FeedbackConfig(window_s=2 * DAY))
+    # y was engaged with too long ago: its fresh view is a pass; x was viewed, then engaged with
+    assert engaged == [["x"]] and skipped == [["z", "y"]]
+
+
+def test_the_query_moves_toward_engaged_and_away_from_skipped_items_keeping_its_norm():
+    q = np.array([[2.0, 2.0, 2.0]], np.float32)
+    r = rows([["x"]], [[NOW - 60]], [["x", "z"]], [[NOW - 70, NOW - 80]])
+    moved = feedback_queries(q, r, ITEMS, EMB, FeedbackConfig())
+    assert np.linalg.norm(moved) == pytest.approx(np.linalg.norm(q), rel=1e-6)
+    assert moved[0, 0] > moved[0, 1] > moved[0, 2]  # toward x, away from z, y untouched
+    assert moved.dtype == np.float32
+
+
+def test_nothing_recent_leaves_the_query_exactly_as_it_was():
+    q = np.array([[0.3, -0.1, 0.9], [1.0, 0.0, 0.0]], np.float32)
+    r = rows([["x"], []], [[NOW - 5 * DAY], []], [["z"], ["unknown-item"]], [[NOW - 3 * DAY], [NOW - 1]])
+    np.testing.assert_array_equal(feedback_queries(q, r, ITEMS, EMB, FeedbackConfig()), q)
+
+
+def test_a_sessions_own_items_count_as_engaged_now():
+    """apply_request keeps recent_items_ts aligned when a request brings its own items."""
+    features = {"user_id": np.array(["u1", "u2"], object), REQUEST_TS: np.array([NOW, NOW]),
+                "last_event_ts": np.array([NOW - 100, NOW - 100]),
+                "recent_items": object_column([["a", "b"], ["c"]]),
+                "recent_items_ts": object_column([[NOW - 100, NOW - 200], [NOW - 300]])}
+    cols = apply_request(features, [Request(user_id="u1", recent_items=("z", "b")), Request(user_id="u2")])
+    assert list(cols["recent_items"][0]) == ["z", "b", "a"]
+    assert list(cols["recent_items_ts"][0]) == [NOW, NOW - 200, NOW - 100]
+    assert list(cols["recent_items_ts"][1]) == [NOW - 300]
