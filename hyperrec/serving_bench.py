@@ -13,7 +13,9 @@ against the naive per-request KServe path, side by side in one run, on loopback.
    which the champion alias moves to a new version (non-2xx counted across the swap).
 4. The same server with `--model_backend tf` (the query tower and ranker as TensorFlow
    graphs instead of numpy forward passes): the open loop again, for the side-by-side p99.
-5. The same server with the Redis recommendation cache (hyperrec.recs_cache): the open loop
+5. The same server without the feedback query (`--feedback off`): the open loop and the
+   sweep's largest closed loop again, for what the feedback query costs.
+6. The same server with the Redis recommendation cache (hyperrec.recs_cache): the open loop
    over every user, each asked about twice (the hit rate it gave is reported with it), and
    the closed loop once every list is cached.
 One server runs at a time, so neither steals the other's cores.
@@ -136,6 +138,26 @@ def _fixed_rate(proc, port: int, bodies, rate: float, seconds: int, workers: int
     return fixed
 
 
+def _variant(settings: Settings, server: list[str], flags: list[str], bodies, rate: float, seconds: int,
+             workers: int, console: Console, log: Path, label: str, closed: tuple[int, ...] = ()):
+    """The server with `flags` added: the open loop at `rate`, then closed loops at `closed` connections."""
+    from hyperrec.services import free_port
+    from serving.launch import stop_server
+
+    port = free_port()
+    proc = _launch([*server, "--http_port", str(port), *flags], settings, port, log)
+    try:
+        wrk(HOST, port, PATH, bodies, connections=4, seconds=3)  # warm-up, as for the sweep
+        fixed = _fixed_rate(proc, port, bodies, rate, seconds, workers, console, label)
+        runs = []
+        for c in closed:
+            runs.append(wrk(HOST, port, PATH, bodies, connections=c, seconds=seconds))
+            console.print(f"  {label}c={c}: {runs[-1]['rps']:.0f} req/s, p99 {runs[-1]['p99_ms']:.1f} ms")
+    finally:
+        stop_server(proc)
+    return fixed, runs
+
+
 def _best_under_budget(runs: list[dict]) -> float:
     ok = [r["rps"] for r in runs if r["p99_ms"] <= P99_BUDGET_MS and r["non_2xx"] == 0]
     return max(ok, default=0.0)
@@ -226,15 +248,17 @@ def run(settings: Settings, out: Path | None, console: Console, seconds: int = 1
         stop_server(proc)
 
     console.rule("the same server with the TensorFlow graphs for the query tower and ranker (--model_backend tf)")
-    port = free_port()
-    proc = _launch([*server, "--http_port", str(port), "--model_backend", "tf"], settings, port, logs / "server-tf.log")
-    try:
-        wrk(HOST, port, PATH, bodies, connections=4, seconds=3)  # warm-up, as for the sweep
-        tf_backend = _fixed_rate(proc, port, bodies, rate, seconds, workers, console, "tf backend ")
-    finally:
-        stop_server(proc)
+    tf_backend, _ = _variant(settings, server, ["--model_backend", "tf"], bodies, rate, seconds, workers, console,
+                             logs / "server-tf.log", "tf backend ")
     result["open_loop_500_tf_backend"] = tf_backend
     result["p99_ms_at_500rps_tf_backend"] = tf_backend["p99_ms"]
+    console.rule("the same server without the feedback query (--feedback off): what it costs")
+    plain, plain_runs = _variant(settings, server, ["--feedback", "off"], bodies, rate, seconds, workers, console,
+                                 logs / "server-no-feedback.log", "no feedback query ",
+                                 closed=(full[-1]["connections"],))
+    result |= {"open_loop_500_no_feedback": plain, "p99_ms_at_500rps_no_feedback": plain["p99_ms"],
+               "no_feedback_runs": plain_runs, "rps_no_feedback_at_max_connections": plain_runs[-1]["rps"],
+               "rps_at_max_connections": full[-1]["rps"]}
     result |= _cached(settings, server, world, rate, seconds, workers, console, logs)
     result["throughput_ratio_vs_naive"] = round(result["max_rps_at_p99_50ms"] /
                                                 max(result["naive_max_rps_at_p99_50ms"], 1e-9), 2)
@@ -295,6 +319,10 @@ def _table(console: Console, r: dict) -> None:
         ("max req/s at p99 <= 50 ms, naive", f"{r['naive_max_rps_at_p99_50ms']:.0f}", ""),
         ("ratio", f"{r['throughput_ratio_vs_naive']:.2f}x", ">= 3x"),
         ("non-2xx during a model swap", str(r["swap_non2xx"]), "0"),
+        *([("p99 at 500 req/s without the feedback query", f"{r['p99_ms_at_500rps_no_feedback']:.1f} ms", ""),
+           (f"req/s at {r['no_feedback_runs'][-1]['connections']} connections, with / without the feedback query",
+            f"{r['rps_at_max_connections']:.0f} / {r['rps_no_feedback_at_max_connections']:.0f}", "")]
+          if "p99_ms_at_500rps_no_feedback" in r else []),
         *([("p99 at 500 req/s with the Redis cache", f"{r['p99_ms_at_500rps_cached']:.1f} ms",
             f"hit rate {r['cache_hit_rate_at_500rps']:.2f}"),
            ("max req/s at p99 <= 50 ms, every list cached", f"{r['max_rps_at_p99_50ms_all_cached']:.0f}", "")]

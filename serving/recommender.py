@@ -102,8 +102,8 @@ class RecommenderModel(kserve.Model):
         self.bandit_store = BanditStore(store_path(settings.home), self.bandit, limit=config.pending_feedback)
         metrics.track(metrics.BANDIT_UPDATES, lambda: self.bandit.updates)
         # only what the model reads, plus the purchases re-ranking filters out
-        self.features = OnlineUserReader(settings, SERVING_USER_VIEWS,
-                                         features=[*USER_INPUTS, "purchased_items", *FEEDBACK_INPUTS])
+        self.features = OnlineUserReader(settings, SERVING_USER_VIEWS, features=[
+            *USER_INPUTS, "purchased_items", *(FEEDBACK_INPUTS if config.feedback else ())])
         self._feedback = FeedbackConfig() if config.feedback else None
         self.consent = ConsentLedger.open(settings)
         self._timer = StageTimer(lambda stage, s: metrics.STAGE_SECONDS.labels(stage).observe(s))
