@@ -121,7 +121,7 @@ class StreamFolds:
     items: WindowFolder = field(default_factory=lambda: WindowFolder(ITEM_TYPES, ITEM_WINDOWS_S, "item_"))
     recent: RecentItems = field(default_factory=RecentItems)
     purchases: Purchases = field(default_factory=Purchases)
-    views: RecentItems = field(default_factory=lambda: RecentItems(RECENT_VIEWS_N, ("view",), "recent_views"))
+    viewed: RecentItems = field(default_factory=lambda: RecentItems(RECENT_VIEWS_N, ("view",), "recent_views"))
 
     def forget(self, user_ids) -> None:
         """Drop erased users' windows, recent, viewed and bought items (item counters are aggregates and stay)."""
@@ -129,7 +129,7 @@ class StreamFolds:
             self.users.state.pop(user, None)
             self.recent.state.pop(user, None)
             self.purchases.state.pop(user, None)
-            self.views.state.pop(user, None)
+            self.viewed.state.pop(user, None)
 
     def fold_frame(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Fold events (in time order) and return snapshots per table: user_activity,
@@ -146,12 +146,12 @@ class StreamFolds:
             d = float(d) if kind == "click" else 0.0
             rows["user_activity"].append({"user_id": user, "ts_ms": t, **self.users.fold(user, t, kind, d)})
             rows["item_popularity"].append({"item_id": item, "ts_ms": t, **self.items.fold(item, t, kind, d)})
-            if kind in ENGAGED:
+            if kind in self.recent.kinds:
                 rows["user_recent_items"].append({"user_id": user, "ts_ms": t, **self.recent.fold(user, item, t)})
             if kind == "purchase":
                 rows["user_purchases"].append({"user_id": user, "ts_ms": t, **self.purchases.fold(user, item)})
-            if kind in self.views.kinds:
-                rows["user_recent_views"].append({"user_id": user, "ts_ms": t, **self.views.fold(user, item, t)})
+            if kind in self.viewed.kinds:
+                rows["user_recent_views"].append({"user_id": user, "ts_ms": t, **self.viewed.fold(user, item, t)})
         return {name: _stamp(pd.DataFrame(r)) for name, r in rows.items()}
 
 
@@ -241,6 +241,6 @@ def replay(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "item_popularity": _window_table(events, "item_id", folds.items, ts_ms, dwell),
         "user_recent_items": _recent_table(events, ts_ms, folds.recent),
         "user_purchases": _purchases_table(events, ts_ms),
-        "user_recent_views": _recent_table(events, ts_ms, folds.views),
+        "user_recent_views": _recent_table(events, ts_ms, folds.viewed),
     }
     return {name: _stamp(t) for name, t in tables.items()}
