@@ -72,7 +72,8 @@ def _closed_loop_rows(data: dict) -> list[Row]:
                  (f"online trial {i + 1}: lists", lambda d, i=i: _trial_sizes(d["trials"][i]), ""),
                  (f"online trial {i + 1}: clicks per list, champion -> challenger",
                   lambda d, i=i: "{champion:.4f} -> {challenger:.4f}".format(**d["trials"][i]["metric"]["means"]), ""),
-                 (f"online trial {i + 1}: difference", lambda d, i=i: _interval(d["trials"][i]["metric"]), "95% CI"),
+                 (f"online trial {i + 1}: difference (the retrain's lift over keeping the champion, same lists)",
+                  lambda d, i=i: _interval(d["trials"][i]["metric"]), "95% CI"),
                  (f"online trial {i + 1}: always-valid p",
                   lambda d, i=i: d["trials"][i]["metric"]["p_always_valid"], "< 0.05")]
     for arm in data.get("lifts", {}):

@@ -201,6 +201,9 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     for trial in result["trials"]:
         console.print(f"online trial of v{trial['challenger']} vs v{trial['champion']}: {trial['action']}; "
                       f"{describe_sizes(trial)}; {trial['reason']}")
+        if m := trial.get("metric"):
+            console.print(f"  the drift-triggered retrain's lift over keeping v{trial['champion']} (same lists): "
+                          f"{m['ci'][0]:+.4f} to {m['ci'][1]:+.4f} clicks per list (95% CI)")
     if (trial := result.get("open_trial")) and trial.get("metric"):
         m = trial["metric"]
         console.print(f"online trial of v{trial['challenger']} vs v{trial['champion']}: still undecided after "

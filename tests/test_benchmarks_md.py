@@ -27,7 +27,8 @@ def test_the_report_prints_what_the_files_hold_and_names_what_did_not_run(tmp_pa
     assert "| CTR after v2 was promoted | 0.0810 |" in text
     assert "| hidden P(click) of the top 5 shown, users whose taste drifted, after v2 was promoted | 0.0512 |" in text
     assert "| online trial 1: outcome | promote |" in text
-    assert "| online trial 1: difference | +0.1100 [+0.0300, +0.1900] | 95% CI |" in text
+    assert ("| online trial 1: difference (the retrain's lift over keeping the champion, same lists) | "
+            "+0.1100 [+0.0300, +0.1900] | 95% CI |") in text
     assert "| online trial 1: clicks per list, champion -> challenger | 0.4100 -> 0.5200 |" in text
     assert "2,100 champion, 2,000 challenger" in text
     assert "| lift of the mechanism `no-mmr` switches off (lists with a click) | -0.0120 [-0.0500, +0.0260], p 0.9 |" \
