@@ -12,13 +12,14 @@ embeddings), keeping its norm (the model's temperature).
 Engaged and passed-over items pull with equal weight: for a user whose taste holds, what
 they click and what they pass over come from the same lists and largely cancel; for one
 whose taste moved, the passed-over items are the old favourites. Measured in `make demo`
-(same seed, one run each; hidden click probability of the top 5 shown; drifted / other
-users after the retrained model was promoted): off 0.048 / 0.205; weights 0.5 / 0.5 (the
-default) 0.068 / 0.199, costing the others 0.183 -> 0.178 before the drift; 1 / 1 0.077 /
-0.205 but 0.171 before the drift; 1 / 0.5 0.073 / 0.188 (README, *What "recovery" means
-here*). The lift of the real-time features it belongs to (the demo's `full` minus
-`no-realtime` arm, lists with a click) went from +0.004 (Holm p 0.86) to +0.037 (p 0.003).
-`python -m serving --feedback off` serves without it.
+(same seed; hidden click probability of the top 5 shown; drifted / other users after the
+retrained model was promoted): off 0.048 / 0.205 and 0.048 / 0.191 (two runs); weights
+0.5 / 0.5, the default, 0.068 / 0.199 and 0.065 / 0.188 (two runs; others before the
+drift 0.178 and 0.182 against 0.183 and 0.185 off); 1 / 1 0.077 / 0.205 but 0.171 before
+the drift; 1 / 0.5 0.073 / 0.188 (README, *What helps: the passed-over views*). The lift
+of the real-time features it belongs to (the demo's `full` minus `no-realtime` arm, lists
+with a click) went from +0.004 and +0.011 (Holm p 0.86, 0.65) to +0.037 and +0.044
+(p 0.003, 0.0003). `python -m serving --feedback off` serves without it.
 """
 
 from __future__ import annotations
