@@ -199,11 +199,11 @@ def apply_request(features: Columns, requests: list[Request]) -> Columns:
                                           if r.recent_items else list(stored)
                                           for r, stored in zip(requests, features["recent_items"])])
     if "recent_items_ts" in features:  # kept aligned: a session's own items count as engaged now
-        now = features[REQUEST_TS]
         cols["recent_items_ts"] = object_column([
-            [dict(zip(stored, stored_ts)).get(i, int(t)) for i in merged] if r.recent_items else list(stored_ts)
-            for r, stored, stored_ts, merged, t in zip(requests, features["recent_items"], features["recent_items_ts"],
-                                                       cols["recent_items"], now)])
+            _merged_times(merged, stored, stored_ts, int(now)) if r.recent_items else list(stored_ts)
+            for r, stored, stored_ts, merged, now in zip(requests, features["recent_items"],
+                                                         features["recent_items_ts"], cols["recent_items"],
+                                                         features[REQUEST_TS])])
     anonymous = np.array([r.user_id is None for r in requests])
     if anonymous.any():  # as_new_users, column by column
         cols["user_id"] = np.where(anonymous, NEW_USER, cols["user_id"]).astype(object)
@@ -216,6 +216,12 @@ def apply_request(features: Columns, requests: list[Request]) -> Columns:
         cols[REQUEST_TS] = ts
         cols |= request_context(ts, cols["last_event_ts"])
     return cols
+
+
+def _merged_times(merged, stored, stored_ts, now: int) -> list[int]:
+    """Times of `merged` (a session's items, then the stored ones): stored items keep theirs."""
+    when = dict(zip(stored, stored_ts))
+    return [when.get(i, now) for i in merged]
 
 
 def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request], experiment: Experiment,
