@@ -43,10 +43,11 @@ USER_RECENT_ITEMS = FeatureViewSpec(
 # no TTL: a purchase stays a purchase, however long the user has been away
 USER_PURCHASES = FeatureViewSpec("user_purchases", "user_id", {"purchased_items": "string_list"}, timedelta(0),
                                  push=True)
-# what the user was shown and looked at lately: serving's feedback query (hyperrec.feedback)
-# reads the views that were not followed by engagement
+# what the user looked at lately, in served lists and found alone (hyperrec.windows.RecentViews):
+# serving's feedback query (hyperrec.feedback) reads the views not followed by engagement
 USER_RECENT_VIEWS = FeatureViewSpec(
-    "user_recent_views", "user_id", {"recent_views": "string_list", "recent_views_ts": "int_list"},
+    "user_recent_views", "user_id", {"recent_views": "string_list", "recent_views_ts": "int_list",
+                                     "recent_browsed": "string_list", "recent_browsed_ts": "int_list"},
     timedelta(days=7), push=True)
 ITEM_METADATA = FeatureViewSpec(
     "item_metadata", "item_id",

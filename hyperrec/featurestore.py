@@ -30,12 +30,29 @@ from hyperrec.features import (
 TS_SUFFIX = "__ts"  # Feast's suffix for a value's event timestamp in online responses
 
 
+def _typed_lists(table: pd.DataFrame, features: dict[str, str]):
+    """The table as Arrow with its list columns typed by the schema: a column whose lists
+    are all empty (no served views in a history without requests) would otherwise be
+    list<null>, which Feast cannot read back as strings."""
+    import pyarrow as pa
+
+    types = {"string_list": pa.list_(pa.string()), "int_list": pa.list_(pa.int64())}
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    for col, kind in features.items():
+        if kind in types and col in arrow.column_names:
+            arrow = arrow.set_column(arrow.column_names.index(col), col, arrow.column(col).cast(types[kind]))
+    return arrow
+
+
 def write_offline_tables(world: World, settings: Settings) -> dict[str, int]:
     """Write the parquet tables behind each feature view; return their row counts."""
+    import pyarrow.parquet as pq
+
     settings.offline_dir.mkdir(parents=True, exist_ok=True)
+    schemas = {view.name: view.features for view in FEATURE_VIEWS}
     counts = {}
     for name, table in offline_tables(world).items():
-        table.to_parquet(settings.offline_dir / f"{name}.parquet", index=False)
+        pq.write_table(_typed_lists(table, schemas[name]), settings.offline_dir / f"{name}.parquet")
         counts[name] = len(table)
     return counts
 

@@ -30,49 +30,65 @@ import numpy as np
 
 from hyperrec.features import REQUEST_TS
 
-FEEDBACK_INPUTS = ("recent_items_ts", "recent_views", "recent_views_ts")  # besides recent_items and REQUEST_TS
+# besides recent_items and REQUEST_TS
+FEEDBACK_INPUTS = ("recent_items_ts", "recent_views", "recent_views_ts", "recent_browsed", "recent_browsed_ts")
 
 
 @dataclass(frozen=True)
 class FeedbackConfig:
     window_s: int = 2 * 86_400  # reactions older than this are left to the tower and the next retrain
     engaged_weight: float = 0.5
-    skipped_weight: float = 0.5  # equal: see the module docstring
+    skipped_weight: float = 1.0
+    browsed_weight: float = 0.5
 
 
-def reacted(rows, cfg: FeedbackConfig) -> tuple[list[list[str]], list[list[str]]]:
-    """Per row: (items engaged with inside the window, items viewed there and not engaged
-    with there), each deduplicated, newest first."""
-    engaged_out, skipped_out = [], []
-    for now, items, items_ts, views, views_ts in zip(rows[REQUEST_TS], rows["recent_items"], rows["recent_items_ts"],
-                                                     rows["recent_views"], rows["recent_views_ts"]):
+@dataclass
+class Reactions:
+    """Per row, each deduplicated and newest first, inside the window: items engaged with,
+    list slots viewed and passed over, items found alone (viewed without a list) and not
+    engaged with."""
+
+    engaged: list[list[str]]
+    skipped: list[list[str]]
+    browsed: list[list[str]]
+
+
+def _inside(items, times, since: int, taken: set) -> list[str]:
+    return list(dict.fromkeys(i for i, t in zip(items, times) if t >= since and i not in taken))
+
+
+def reacted(rows, cfg: FeedbackConfig) -> Reactions:
+    """The reactions of each row (user-tower columns with FEEDBACK_INPUTS and REQUEST_TS)."""
+    out = Reactions([], [], [])
+    for now, items, items_ts, views, views_ts, browsed, browsed_ts in zip(
+            rows[REQUEST_TS], rows["recent_items"], rows["recent_items_ts"], rows["recent_views"],
+            rows["recent_views_ts"], rows["recent_browsed"], rows["recent_browsed_ts"]):
         since = now - cfg.window_s
-        engaged = list(dict.fromkeys(i for i, t in zip(items, items_ts) if t >= since))
-        taken = set(engaged)
-        skipped = list(dict.fromkeys(v for v, t in zip(views, views_ts) if t >= since and v not in taken))
-        engaged_out.append(engaged)
-        skipped_out.append(skipped)
-    return engaged_out, skipped_out
+        engaged = _inside(items, items_ts, since, set())
+        out.engaged.append(engaged)
+        out.skipped.append(_inside(views, views_ts, since, set(engaged)))
+        out.browsed.append(_inside(browsed, browsed_ts, since, set(engaged)))
+    return out
 
 
 def feedback_queries(queries: np.ndarray, rows, item_index: dict[str, int], item_embeddings: np.ndarray,
                      cfg: FeedbackConfig) -> np.ndarray:
     """`queries` moved by each row's recent reactions (rows: the user-tower columns of the
-    same requests, with recent_items(_ts), recent_views(_ts) and REQUEST_TS). Rows with no
+    same requests, with FEEDBACK_INPUTS, recent_items and REQUEST_TS). Rows with no
     reaction in the window keep their query exactly."""
-    engaged, skipped = reacted(rows, cfg)
+    reactions = reacted(rows, cfg)
+    pulls = ((reactions.engaged, cfg.engaged_weight), (reactions.skipped, -cfg.skipped_weight),
+             (reactions.browsed, cfg.browsed_weight))
     norms = np.linalg.norm(queries, axis=1, keepdims=True)
     unit = queries / np.maximum(norms, 1e-12)
     shift = np.zeros_like(unit)
     moved = np.zeros(len(queries), bool)
-    for row, (plus, minus) in enumerate(zip(engaged, skipped)):
-        plus = [item_index[i] for i in plus if i in item_index]
-        minus = [item_index[i] for i in minus if i in item_index]
-        if plus:
-            shift[row] += cfg.engaged_weight * item_embeddings[plus].mean(axis=0)
-        if minus:
-            shift[row] -= cfg.skipped_weight * item_embeddings[minus].mean(axis=0)
-        moved[row] = bool(plus or minus)
+    for lists, weight in pulls:
+        for row, items in enumerate(lists):
+            known = [item_index[i] for i in items if i in item_index]
+            if known and weight:
+                shift[row] += weight * item_embeddings[known].mean(axis=0)
+                moved[row] = True
     if not moved.any():
         return queries
     adjusted = unit + shift

@@ -29,7 +29,9 @@ STATUS_DONE = ("succeeded", "failed")
 
 def snapshot_world(settings: Settings, out: Path, world_dir: Path | None = None) -> Path:
     """The world's tables with the event log's events appended (deduplicated on event_id,
-    erased users' events already gone from the log): the data a retrain learns from."""
+    erased users' events already gone from the log): the data a retrain learns from. The
+    logged events keep their request_id: it tells a view of a served list from a view of an
+    item the user found alone (hyperrec.windows.listed)."""
     from hyperrec.data.world import World, load_world, save_world
     from hyperrec.eventlog import EventLog
 
@@ -37,7 +39,7 @@ def snapshot_world(settings: Settings, out: Path, world_dir: Path | None = None)
     logged = EventLog(settings.event_log).read(0, limit=2**62)[1]
     events = world.events
     if not logged.empty:
-        logged = logged[[c for c in events.columns if c in logged.columns]]
+        logged = logged[[c for c in dict.fromkeys([*events.columns, "request_id"]) if c in logged.columns]]
         events = pd.concat([events, logged], ignore_index=True).drop_duplicates("event_id", keep="first")
         events = events.sort_values("ts", kind="stable").reset_index(drop=True)
     meta = {**world.meta, "snapshot_of": str(world_dir or settings.data_dir / "world"),

@@ -1,6 +1,6 @@
 """Windowed features from the event stream: counts per event type over 30 min / 1 day /
-7 days, dwell and CTR, each user's recent engaged and viewed items, and the items each
-user has bought.
+7 days, dwell and CTR, each user's recent engaged items, recent views (those of served
+lists apart from those the user found alone), and the items each user has bought.
 
 Two implementations of one definition: `StreamFolds` folds one event at a time (the
 stream processor, pushing online), `replay` computes the same snapshots for a whole
@@ -26,7 +26,7 @@ POSITIVE = ("click", "add_to_cart", "purchase")
 # a film at all means it was watched: the sequence signal, whatever the score)
 ENGAGED = (*POSITIVE, "rating")
 RECENT_N = 20
-RECENT_VIEWS_N = 30  # a few days of a typical user's views
+RECENT_VIEWS_N = 30  # a few days of a typical user's views (of each kind: listed, browsed)
 PURCHASED_N = 200  # distinct items kept per user: what serving must never offer again
 STAMP_DELAY = pd.Timedelta(milliseconds=1)
 
@@ -82,8 +82,7 @@ class WindowFolder:
 
 class RecentItems:
     """The last `n` items per user of the events `kinds`, newest first, with their times:
-    by default the RECENT_N engaged ones (`recent_items`), or the RECENT_VIEWS_N viewed ones
-    (`recent_views`: what serving's feedback query reads, `hyperrec.feedback`)."""
+    by default the RECENT_N engaged ones (`recent_items`)."""
 
     def __init__(self, n: int = RECENT_N, kinds: tuple[str, ...] = ENGAGED, name: str = "recent_items"):
         self.n, self.kinds, self.name = n, kinds, name
@@ -92,7 +91,43 @@ class RecentItems:
     def fold(self, user: str, item: str, ts_ms: int) -> dict:
         recent = self.state.setdefault(user, deque(maxlen=self.n))
         recent.appendleft((item, ts_ms // 1000))
+        return self.snapshot(user)
+
+    def snapshot(self, user: str) -> dict:
+        recent = self.state.get(user, ())
         return {self.name: [i for i, _ in recent], f"{self.name}_ts": [t for _, t in recent]}
+
+
+def listed(events: pd.DataFrame) -> np.ndarray:
+    """Which events name the served list they came from (a request_id): a user's view of a
+    list slot is an impression they may pass over; a view without one is a user finding
+    the item alone (search, browsing), which says what they want."""
+    if "request_id" not in events:
+        return np.zeros(len(events), bool)
+    return (events["request_id"].fillna("").astype(str) != "").to_numpy()
+
+
+class RecentViews:
+    """Each user's last RECENT_VIEWS_N views of served lists (`recent_views`) and, apart, of
+    items found alone (`recent_browsed`), newest first with their times: what the feedback
+    query reads (`hyperrec.feedback`). One snapshot carries both lists."""
+
+    kinds = ("view",)
+
+    def __init__(self, n: int = RECENT_VIEWS_N):
+        self.lists = {True: RecentItems(n, self.kinds, "recent_views"),
+                      False: RecentItems(n, self.kinds, "recent_browsed")}
+
+    def fold(self, user: str, item: str, ts_ms: int, from_list: bool) -> dict:
+        self.lists[from_list].fold(user, item, ts_ms)
+        return self.lists[True].snapshot(user) | self.lists[False].snapshot(user)
+
+    def forget(self, user: str) -> None:
+        for folder in self.lists.values():
+            folder.state.pop(user, None)
+
+    def __contains__(self, user: str) -> bool:
+        return any(user in folder.state for folder in self.lists.values())
 
 
 class Purchases:
@@ -121,7 +156,7 @@ class StreamFolds:
     items: WindowFolder = field(default_factory=lambda: WindowFolder(ITEM_TYPES, ITEM_WINDOWS_S, "item_"))
     recent: RecentItems = field(default_factory=RecentItems)
     purchases: Purchases = field(default_factory=Purchases)
-    viewed: RecentItems = field(default_factory=lambda: RecentItems(RECENT_VIEWS_N, ("view",), "recent_views"))
+    viewed: RecentViews = field(default_factory=RecentViews)
 
     def forget(self, user_ids) -> None:
         """Drop erased users' windows, recent, viewed and bought items (item counters are aggregates and stay)."""
@@ -129,7 +164,7 @@ class StreamFolds:
             self.users.state.pop(user, None)
             self.recent.state.pop(user, None)
             self.purchases.state.pop(user, None)
-            self.viewed.state.pop(user, None)
+            self.viewed.forget(user)
 
     def fold_frame(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Fold events (in time order) and return snapshots per table: user_activity,
@@ -141,8 +176,8 @@ class StreamFolds:
             else np.zeros(len(events))
         rows = {"user_activity": [], "item_popularity": [], "user_recent_items": [], "user_purchases": [],
                 "user_recent_views": []}
-        for user, item, kind, t, d in zip(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
-                                          events["event_type"].to_numpy(), ts_ms, dwell):
+        for user, item, kind, t, d, from_list in zip(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
+                                                     events["event_type"].to_numpy(), ts_ms, dwell, listed(events)):
             d = float(d) if kind == "click" else 0.0
             rows["user_activity"].append({"user_id": user, "ts_ms": t, **self.users.fold(user, t, kind, d)})
             rows["item_popularity"].append({"item_id": item, "ts_ms": t, **self.items.fold(item, t, kind, d)})
@@ -151,7 +186,8 @@ class StreamFolds:
             if kind == "purchase":
                 rows["user_purchases"].append({"user_id": user, "ts_ms": t, **self.purchases.fold(user, item)})
             if kind in self.viewed.kinds:
-                rows["user_recent_views"].append({"user_id": user, "ts_ms": t, **self.viewed.fold(user, item, t)})
+                rows["user_recent_views"].append({"user_id": user, "ts_ms": t,
+                                                  **self.viewed.fold(user, item, t, bool(from_list))})
         return {name: _stamp(pd.DataFrame(r)) for name, r in rows.items()}
 
 
@@ -220,6 +256,27 @@ def _recent_table(events: pd.DataFrame, ts_ms: np.ndarray, folder: RecentItems) 
     return table.sort_values("row").drop(columns="row").reset_index(drop=True)  # event order
 
 
+def _views_table(events: pd.DataFrame, ts_ms: np.ndarray, folder: RecentViews) -> pd.DataFrame:
+    """RecentViews' snapshots at every view, in event order: per user, the newest n of each
+    kind of view so far (a slice per row, as in _recent_table)."""
+    viewed = np.isin(events["event_type"].to_numpy(), folder.kinds)
+    frame = pd.DataFrame({"user_id": events["user_id"].to_numpy()[viewed], "item_id": events["item_id"].to_numpy()[viewed],
+                          "ts_ms": ts_ms[viewed], "from_list": listed(events)[viewed]})
+    names = [folder.lists[True].name, folder.lists[False].name]
+    columns = ["row", "user_id", "ts_ms", *[c for n in names for c in (n, f"{n}_ts")]]
+    n, rows = folder.lists[True].n, []
+    for user, group in frame.groupby("user_id", sort=False):
+        seen = {True: ([], []), False: ([], [])}
+        for row, item, t, from_list in zip(group.index, group["item_id"].tolist(), group["ts_ms"].tolist(),
+                                           group["from_list"].tolist()):
+            items, times = seen[from_list]
+            items.append(item)
+            times.append(t // 1000)
+            rows.append((row, user, t, *[part[-n:][::-1] for kind in (True, False) for part in seen[kind]]))
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("row").drop(columns="row").reset_index(drop=True)
+
+
 def _purchases_table(events: pd.DataFrame, ts_ms: np.ndarray) -> pd.DataFrame:
     bought = events["event_type"].to_numpy() == "purchase"
     folder, rows = Purchases(), []
@@ -241,6 +298,6 @@ def replay(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "item_popularity": _window_table(events, "item_id", folds.items, ts_ms, dwell),
         "user_recent_items": _recent_table(events, ts_ms, folds.recent),
         "user_purchases": _purchases_table(events, ts_ms),
-        "user_recent_views": _recent_table(events, ts_ms, folds.viewed),
+        "user_recent_views": _views_table(events, ts_ms, folds.viewed),
     }
     return {name: _stamp(t) for name, t in tables.items()}

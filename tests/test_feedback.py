@@ -1,5 +1,6 @@
-"""The feedback query: moves toward what the user engaged with lately and away from what
-they looked at and passed over, only inside the window, keeping the query's norm."""
+"""The feedback query: moves toward what the user engaged with or found alone lately and
+away from the list slots they looked at and passed over, only inside the window, keeping
+the query's norm."""
 
 import numpy as np
 import pytest
@@ -15,19 +16,30 @@ ITEMS = {"x": 0, "y": 1, "z": 2}
 EMB = np.eye(3, dtype=np.float32)
 
 
-def rows(items, items_ts, views, views_ts):
+def rows(items, items_ts, views, views_ts, browsed=None, browsed_ts=None):
     n = len(items)
     return {REQUEST_TS: np.full(n, NOW), "recent_items": object_column(items),
             "recent_items_ts": object_column(items_ts), "recent_views": object_column(views),
-            "recent_views_ts": object_column(views_ts)}
+            "recent_views_ts": object_column(views_ts),
+            "recent_browsed": object_column(browsed or [[]] * n),
+            "recent_browsed_ts": object_column(browsed_ts or [[]] * n)}
 
 
-def test_engaged_and_passed_over_items_inside_the_window():
+def test_engaged_passed_over_and_browsed_items_inside_the_window():
     r = rows([["x", "y"]], [[NOW - 10, NOW - 3 * DAY]],
-             [["z", "x", "y", "z"]], [[NOW - 5, NOW - 20, NOW - 30, NOW - 40]])
-    engaged, skipped = reacted(r, FeedbackConfig(window_s=2 * DAY))
+             [["z", "x", "y", "z"]], [[NOW - 5, NOW - 20, NOW - 30, NOW - 40]],
+             [["y", "x", "z"]], [[NOW - 7, NOW - 8, NOW - 3 * DAY]])
+    reactions = reacted(r, FeedbackConfig(window_s=2 * DAY))
     # y was engaged with too long ago: its fresh view is a pass; x was viewed, then engaged with
-    assert engaged == [["x"]] and skipped == [["z", "y"]]
+    assert reactions.engaged == [["x"]] and reactions.skipped == [["z", "y"]]
+    # found alone: y (z's browse is outside the window, x was engaged with)
+    assert reactions.browsed == [["y"]]
+
+
+def test_an_item_found_alone_pulls_the_query_like_an_engaged_one():
+    q = np.array([[1.0, 1.0, 1.0]], np.float32)
+    moved = feedback_queries(q, rows([[]], [[]], [[]], [[]], [["y"]], [[NOW - 60]]), ITEMS, EMB, FeedbackConfig())
+    assert moved[0, 1] > moved[0, 0] == pytest.approx(moved[0, 2])
 
 
 def test_the_query_moves_toward_engaged_and_away_from_skipped_items_keeping_its_norm():

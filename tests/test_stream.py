@@ -107,7 +107,7 @@ def test_an_erased_user_is_forgotten_by_the_running_stream_and_suppressed_at_ing
     log.append(clicks(user, item, at, 3, "e"), now=at + timedelta(minutes=1))
     proc.run_once()
     assert online_user_features(store, [user], now=at + timedelta(seconds=5)).loc[0, "clicks_30m"] == 3
-    assert user in proc.folds.viewed.state  # the history's views
+    assert user in proc.folds.viewed  # the history's views
 
     erase_user(settings, user, "ticket DSR-7", event_logs=[tmp_path / "events.db"])
     # a push racing the erasure writes the user's row back from the processor's memory...
@@ -117,7 +117,7 @@ def test_an_erased_user_is_forgotten_by_the_running_stream_and_suppressed_at_ing
     # ...the next poll forgets the windows and deletes the row again
     proc.run_once()
     assert user not in proc.folds.users.state and user not in proc.folds.recent.state
-    assert user not in proc.folds.viewed.state
+    assert user not in proc.folds.viewed
     after = online_user_features(store, [user], now=at + timedelta(seconds=15))
     assert after.loc[0, "clicks_30m"] == MISSING["int"] and list(after.loc[0, "recent_items"]) == []
     # new events of the erased user are dropped at the door: counted, not kept, not folded

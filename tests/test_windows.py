@@ -1,6 +1,7 @@
 """The windowed-feature fold: exact on hand-made events, and the streaming and offline
 implementations agree on a generated world."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -43,13 +44,28 @@ def test_hand_computed_windows(fold):
     recent = out["user_recent_items"].set_index("user_id").loc["u"].iloc[-1]
     assert list(recent.recent_items) == ["c", "b", "a"]  # newest first; views are not engagement
     viewed = out["user_recent_views"].set_index("user_id").loc["u"].iloc[-1]
-    assert list(viewed.recent_views) == ["b", "a"]  # views only, newest first, with their times
-    assert list(viewed.recent_views_ts) == [pd.Timestamp(f"2026-01-01 10:{m}:00", tz="UTC").timestamp()
-                                            for m in ("40", "00")]
+    # views only, newest first, with their times; no request_id: found alone, not a list slot
+    assert list(viewed.recent_browsed) == ["b", "a"] and list(viewed.recent_views) == []
+    assert list(viewed.recent_browsed_ts) == [pd.Timestamp(f"2026-01-01 10:{m}:00", tz="UTC").timestamp()
+                                              for m in ("40", "00")]
+
+
+@pytest.mark.parametrize("fold", [lambda e: StreamFolds().fold_frame(e), replay], ids=["stream", "replay"])
+def test_views_of_served_lists_are_kept_apart_from_items_found_alone(fold):
+    history = events([("u", item, "view", f"2026-01-01 10:0{i}:00", None, None)
+                      for i, item in enumerate(["a", "b", "c", "d"])])
+    history["request_id"] = ["r1", None, "r2", ""]  # an empty request_id names no list either
+    snapshots = fold(history)["user_recent_views"]
+    assert [list(x) for x in snapshots["recent_views"]] == [["a"], ["a"], ["c", "a"], ["c", "a"]]
+    assert [list(x) for x in snapshots["recent_browsed"]] == [[], ["b"], ["b"], ["d", "b"]]
+    assert list(snapshots["recent_views_ts"].iloc[-1]) == [pd.Timestamp(f"2026-01-01 10:0{m}:00", tz="UTC").timestamp()
+                                                           for m in (2, 0)]
 
 
 def test_stream_and_replay_agree_on_a_generated_world():
     world = generate_world(WorldConfig(users=40, items=25, days=9, events=5_000, seed=2))
+    served = np.random.default_rng(0).random(len(world.events)) < 0.7  # most views came from served lists
+    world.events["request_id"] = np.where(served, "r", None)
     streamed, replayed = StreamFolds().fold_frame(world.events), replay(world.events)
     for name, s in streamed.items():
         r = replayed[name][s.columns]

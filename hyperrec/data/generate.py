@@ -213,6 +213,9 @@ def generate_world(cfg: WorldConfig, progress=None) -> World:
         "session_id": [f"s{u}-{int(d)}" for u, d in zip(raw["u"].to_numpy(), raw["day"].to_numpy())],
         "device": np.array(["mobile", "desktop", "tablet"])[raw["u"].to_numpy() % 3],
     })
+    # every impression was a slot of the user's feed that day: its events name that list
+    # (what tells a passed-over slot from an item the user found alone, hyperrec.windows.listed)
+    events["request_id"] = "feed-" + events["session_id"]
     meta = {"source": "synthetic", "config": asdict(cfg), "categories": CATEGORIES,
             "horizon_end": str(start + pd.Timedelta(days=cfg.days))}
     return World(validate_frame(users, User, "users"), validate_frame(items, Item, "items"),
