@@ -68,12 +68,15 @@ def _closed_loop_rows(data: dict) -> list[Row]:
     for i in range(len(data.get("retrains", []))):
         rows.append((f"retrain {i + 1}: wall time, s", lambda d, i=i: d["retrains"][i]["wall_s"], ""))
     for i in range(len(data.get("trials", []))):
-        rows += [(f"online trial {i + 1}: outcome", lambda d, i=i: d["trials"][i]["action"], ""),
+        rows += [(f"online trial {i + 1}: outcome",
+                  lambda d, i=i: d["trials"][i]["action"] + (" (holdback: the replaced champion was the challenger)"
+                                                             if d["trials"][i].get("holdback") else ""), ""),
                  (f"online trial {i + 1}: lists", lambda d, i=i: _trial_sizes(d["trials"][i]), ""),
                  (f"online trial {i + 1}: clicks per list, champion -> challenger",
                   lambda d, i=i: "{champion:.4f} -> {challenger:.4f}".format(**d["trials"][i]["metric"]["means"]), ""),
-                 (f"online trial {i + 1}: difference (the retrain's lift over keeping the champion, same lists)",
-                  lambda d, i=i: _interval(d["trials"][i]["metric"]), "95% CI"),
+                 (f"online trial {i + 1}: the retrain's lift over keeping the model it replaces (clicks per list, "
+                  "same lists)", lambda d, i=i: _interval(d["trials"][i].get("retrain_lift") or d["trials"][i]["metric"]),
+                  "95% CI"),
                  (f"online trial {i + 1}: always-valid p",
                   lambda d, i=i: d["trials"][i]["metric"]["p_always_valid"], "< 0.05")]
     for arm in data.get("lifts", {}):

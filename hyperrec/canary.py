@@ -74,6 +74,27 @@ class TrialVerdict:
         return asdict(self)
 
 
+def is_holdback(verdict: dict) -> bool:
+    """A trial whose challenger is the champion a blessed retrain replaced (the model gate's
+    holdback): registry versions only grow, so its challenger is the older version.
+    Promoting it is a rollback; retiring it confirms the retrain."""
+    return verdict["challenger"] < verdict["champion"]
+
+
+def retrain_lift(verdict: dict) -> dict | None:
+    """The newer version's clicks per list minus the older one's on the trial's lists, with
+    its 95% interval: what the retrain bought over keeping the model it would replace, for
+    a challenger's trial and a holdback alike. None before the trial has a metric."""
+    m = verdict.get("metric")
+    if not m:
+        return None
+    sign = -1.0 if is_holdback(verdict) else 1.0
+    low, high = sorted((sign * m["ci"][0], sign * m["ci"][1]))
+    return {"retrained": max(verdict["champion"], verdict["challenger"]),
+            "kept": min(verdict["champion"], verdict["challenger"]),
+            "difference": sign * m["difference"], "ci": (low, high), "p_always_valid": m["p_always_valid"]}
+
+
 def describe_sizes(verdict: dict) -> str:
     """'1,234 interleaved lists' or '900 vs 950 lists' (challenger vs champion)."""
     lists = verdict["lists"]

@@ -1,9 +1,10 @@
 """The closed loop, run for real on one machine: the model server and the stream processor
 as their own processes, simulated users over several simulated days (their tastes drift
 partway), the monitoring job every few simulated hours, and the retraining run it starts,
-gated, registered and hot-swapped into the running server, either as champion or as a
-challenger on online trial (a share of users, whose lists interleave both versions'
-items) until the monitoring job's test promotes or retires it. Outcomes are read back from
+gated, registered and hot-swapped into the running server, either as champion (the
+champion it replaced then goes on online trial as a holdback) or as a challenger on online
+trial (a share of users, whose lists interleave both versions' items) until the
+monitoring job's test promotes or retires it. Outcomes are read back from
 the platform's own logs, per step, arm and model version, and plotted.
 
 While a retraining run works (minutes of wall time), simulated time stands still: the
@@ -142,7 +143,8 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, strea
                       "model_version": int(served["model_version"].mode()[0]), "monitor": report.get("status"),
                       "wall_s": time.monotonic() - wall})
         console.print(f"day {cfg.days * (i + 1) / n_steps:4.1f}: {len(served):,} lists, CTR {ctr:.3f}, "
-                      f"hit rate {steps[-1]['hit_rate']:.2f}, serving v{steps[-1]['model_version']}; "
+                      f"hit rate {steps[-1]['hit_rate']:.2f}, serving "
+                      + "+".join(f"v{v}" for v in sorted(served["model_version"].unique())) + "; "
                       f"monitor: {report.get('status')} {', '.join(report.get('reasons') or [])[:90]}")
         trial = report.get("trial")
         if trial and trial["action"] != "continue":
@@ -188,9 +190,14 @@ def _follow_retrain(settings, submitter, run_id, url, console, sim_time) -> dict
     took = time.monotonic() - started
     after, trial = champion_version(settings), challenger_version(settings)
     on_trial = trial is not None and trial == status.get("version")
+    held_back = after != before and trial is not None and trial == before
     if after != before:
         seen_s = _wait_for_gauge(url, "hyperrec_model_version", after)
         verdict = f"v{after} passed the model gate and is serving (swap seen after {seen_s:.1f}s)"
+        if held_back:
+            _wait_for_gauge(url, "hyperrec_canary_version", trial)
+            verdict += (f"; v{trial}, the champion it replaced, stays on online trial against it (holdback): "
+                        f"the trial measures the retrain and promoting v{trial} would roll it back")
     elif on_trial:
         seen_s = _wait_for_gauge(url, "hyperrec_canary_version", trial)
         verdict = (f"v{trial} trails v{before} offline on logged traffic, within the canary margin: its items go "
@@ -200,7 +207,8 @@ def _follow_retrain(settings, submitter, run_id, url, console, sim_time) -> dict
     console.print(f"retrain {status.get('state', '?')} in {took:.0f}s: {verdict}")
     return {"run_id": run_id, "sim_time": sim_time, "wall_s": took, "state": status.get("state"),
             "version": status.get("version"), "blessed": status.get("blessed"), "champion_before": before,
-            "champion_after": after, "challenger": trial if on_trial else None}
+            "champion_after": after, "challenger": trial if on_trial or held_back else None,
+            "holdback": held_back}
 
 
 def _served_outcomes(settings: Settings) -> pd.DataFrame:
@@ -284,6 +292,16 @@ def arm_table(outcomes: pd.DataFrame, full: str | None = "full") -> pd.DataFrame
     return table
 
 
+def trial_outcome(trial: dict) -> str:
+    """'v3 promoted', 'v3 retired'; for a holdback, what it meant for the retrained model."""
+    from hyperrec.canary import PROMOTE, is_holdback
+
+    if is_holdback(trial):
+        return (f"v{trial['challenger']} restored (rollback)" if trial["action"] == PROMOTE
+                else f"v{trial['champion']} confirmed")
+    return f"v{trial['challenger']} {'promoted' if trial['action'] == PROMOTE else 'retired'}"
+
+
 def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out: Path, days: float,
          trials: list[dict] = (), per_version: pd.DataFrame | None = None) -> Path:
     """CTR per step with the retrains, the online trials' outcomes and the start of the taste
@@ -313,8 +331,8 @@ def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out
     marks = [(day_of(r["sim_time"]), f"retrain -> v{r['champion_after']}" if r["champion_after"] != r["champion_before"]
               else (f"retrain -> v{r['challenger']} on trial" if r.get("challenger") else "retrain (gate said no)"),
               "#2ca02c") for r in retrains]
-    marks += [(day_of(t["sim_time"]), f"v{t['challenger']} {'promoted' if t['action'] == 'promote' else 'retired'}",
-               "#17becf" if t["action"] == "promote" else "#7f7f7f") for t in trials]
+    marks += [(day_of(t["sim_time"]), trial_outcome(t), "#17becf" if t["action"] == "promote" else "#7f7f7f")
+              for t in trials]
     for i, (day, label, colour) in enumerate(marks):
         ax.axvline(day, color=colour, linestyle="--")
         ax.annotate(label, (day, ax.get_ylim()[1]), xytext=(4, -14 - 12 * i), textcoords="offset points",

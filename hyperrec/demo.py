@@ -14,8 +14,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from hyperrec.canary import describe_sizes
-from hyperrec.closed_loop import LoopConfig
+from hyperrec.canary import describe_sizes, is_holdback, retrain_lift
+from hyperrec.closed_loop import LoopConfig, trial_outcome
 from hyperrec.config import Settings
 from hyperrec.registry import configure
 from hyperrec.steps import feature_step, generate_step, training_step
@@ -38,7 +38,7 @@ def story_phases(steps: pd.DataFrame, retrains: list[dict], trials: list[dict], 
         fired = np.flatnonzero((steps["sim_end"] <= retrains[0]["sim_time"]).to_numpy())[-1]
         phases["in the step the retrain started"] = np.arange(len(steps)) == fired
         after = (steps["sim_end"] > (trials[0]["sim_time"] if trials else retrains[0]["sim_time"])).to_numpy()
-        label = f"after v{trials[0]['challenger']} was {trials[0]['action']}d" if trials else "after the retrain"
+        label = f"after {trial_outcome(trials[0])}" if trials else "after the retrain"
         if after.any():
             phases[label] = after
     return phases
@@ -77,9 +77,12 @@ def write_summary(path: Path, story: dict, arms: pd.DataFrame, timings: dict, to
              for arm, row in arms.iterrows() if "mechanism_lift" in arms and pd.notna(row["mechanism_lift"])}
     data = {"seconds_total": total_s, "timings_s": timings, **story, "lifts": lifts,
             "lists_with_click": {arm: float(v) for arm, v in arms["lists_with_click"].items()},
-            "retrains": [{k: r[k] for k in ("wall_s", "state", "champion_before", "champion_after", "challenger")}
+            "retrains": [{k: r.get(k) for k in ("wall_s", "state", "champion_before", "champion_after", "challenger",
+                                                "holdback")}
                          for r in retrains],
-            "trials": [{k: t[k] for k in ("action", "reason", "lists", "users", "metric", "guardrail", "design")}
+            "trials": [{**{k: t[k] for k in ("action", "reason", "champion", "challenger", "lists", "users", "metric",
+                                             "guardrail", "design")},
+                        "holdback": is_holdback(t), "retrain_lift": retrain_lift(t)}
                        for t in trials + ([open_trial] if open_trial and open_trial.get("metric") else [])]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=float))
@@ -195,15 +198,17 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     arms = arm_table(result["served"])
     console.print(_arms_rich(arms))
     for r in retrains:
-        trial = f", v{r['challenger']} on online trial" if r.get("challenger") else ""
+        trial = (f", v{r['challenger']} on online trial" + (" (holdback)" if r.get("holdback") else "")
+                 if r.get("challenger") else "")
         console.print(f"retrain {r['run_id']}: {r['state']}, {r['wall_s']:.0f}s; champion v{r['champion_before']} -> "
                       f"v{r['champion_after']}{trial}")
     for trial in result["trials"]:
         console.print(f"online trial of v{trial['challenger']} vs v{trial['champion']}: {trial['action']}; "
                       f"{describe_sizes(trial)}; {trial['reason']}")
-        if m := trial.get("metric"):
-            console.print(f"  the drift-triggered retrain's lift over keeping v{trial['champion']} (same lists): "
-                          f"{m['ci'][0]:+.4f} to {m['ci'][1]:+.4f} clicks per list (95% CI)")
+        if lift := retrain_lift(trial):
+            console.print(f"  the drift-triggered retrain's lift over keeping v{lift['kept']} (same lists): "
+                          f"{lift['difference']:+.4f} [{lift['ci'][0]:+.4f}, {lift['ci'][1]:+.4f}] clicks per list "
+                          f"(95% CI)")
     if (trial := result.get("open_trial")) and trial.get("metric"):
         m = trial["metric"]
         console.print(f"online trial of v{trial['challenger']} vs v{trial['champion']}: still undecided after "

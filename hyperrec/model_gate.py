@@ -18,6 +18,12 @@ category) and by 27.5% (32%); the latter served CTR 0.0527 vs the champion's 0.0
 the same simulated lists. A candidate within the margin is served
 to a share of users and the A/B test (`hyperrec.canary`) promotes or retires it; one that
 fails the absolute checks (the floor, beating popularity) never reaches users.
+
+The same bias cuts the other way too, so a blessing is not the last word either: a blessed
+candidate that replaces a champion is served, and the champion it replaced goes on the
+same online trial as a holdback (`ModelGateConfig.holdback`). The trial then measures
+what the retrain bought online (the new model against keeping the old, on the same lists)
+and, should the old one serve significantly better, promoting it is the rollback.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class ModelGateConfig:
     abs_tolerance: float = 0.002
     min_segment_users: int = 20  # smaller segments are too noisy to veto a model
     canary_max_relative_drop: float | None = 0.5  # trailing the champion overall by less -> online trial; None: never
+    holdback: bool = True  # a blessed candidate replacing a champion: the old one goes on online trial
 
 
 @dataclass
@@ -51,6 +58,7 @@ class GateDecision:
     blessed: bool
     comparisons: list[Comparison]
     canary: bool = False  # not blessed, but close enough to the champion for an online trial
+    holdback: bool = False  # blessed, and the champion it replaces goes on online trial against it
 
     @property
     def reasons(self) -> list[str]:
@@ -58,11 +66,12 @@ class GateDecision:
                 if not c.passed and not c.skipped]
 
     def to_dict(self) -> dict:
-        return {"blessed": self.blessed, "canary": self.canary, "reasons": self.reasons,
+        return {"blessed": self.blessed, "canary": self.canary, "holdback": self.holdback, "reasons": self.reasons,
                 "comparisons": [asdict(c) for c in self.comparisons]}
 
     def to_markdown(self) -> str:
-        head = ("BLESSED" if self.blessed else ("ONLINE TRIAL (canary), offline: " if self.canary else "REJECTED: ")
+        head = ("BLESSED" + (" (the champion it replaces goes on online trial: holdback)" if self.holdback else "")
+                if self.blessed else ("ONLINE TRIAL (canary), offline: " if self.canary else "REJECTED: ")
                 + "; ".join(self.reasons))
         rows = ["| comparison | candidate | reference | required | result |", "|---|---|---|---|---|"]
         for c in self.comparisons:
@@ -102,7 +111,8 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None,
             checks.append(Comparison(f"{seg} {m} vs champion", ok, candidate[key], champion[key],
                                      floor(champion[key]), skipped))
     blessed = all(c.passed for c in checks)
-    return GateDecision(blessed, checks, canary=not blessed and _close_to_champion(checks, cfg))
+    return GateDecision(blessed, checks, canary=not blessed and _close_to_champion(checks, cfg),
+                        holdback=blessed and champion is not None and cfg.holdback)
 
 
 def _close_to_champion(checks: list[Comparison], cfg: ModelGateConfig) -> bool:

@@ -71,8 +71,10 @@ def register_model(settings: Settings, model_dir: Path, params: dict, metrics: d
                    artifacts: dict[str, str] | None = None, tags: dict | None = None) -> int:
     """Log one MLflow run (params, metrics, the gate's decision, text artifacts, git commit)
     and register the model as a new version. A blessed version becomes `champion` (the
-    previous one is remembered for rollback); one the gate sends to an online trial becomes
-    `challenger`; a rejected one is registered with the reasons and no alias moves."""
+    previous one is remembered for rollback, and with the gate's `holdback` it becomes
+    `challenger`: the online trial of the new against the old); one the gate sends to an
+    online trial becomes `challenger`; a rejected one is registered with the reasons and no
+    alias moves."""
     client = configure(settings)
     blessed = bool(gate["blessed"])
     outcome = "blessed" if blessed else ("canary" if gate.get("canary") else "rejected")
@@ -94,7 +96,12 @@ def register_model(settings: Settings, model_dir: Path, params: dict, metrics: d
     client.set_model_version_tag(settings.model_name, version, "run_id", run.info.run_id)
     client.set_model_version_tag(settings.model_name, version, "gate", outcome)
     if blessed:
+        replaced = champion_version(settings)
         move_alias(settings, int(version), "passed the model gate")
+        if gate.get("holdback") and replaced is not None and replaced != int(version):
+            start_challenger(settings, replaced, f"holdback: replaced by v{version}, which passed the model gate "
+                                                 "offline; the online trial measures the new against the old and "
+                                                 "promoting the old is the rollback")
     else:
         client.set_model_version_tag(settings.model_name, version, "rejected_because", "; ".join(gate["reasons"]))
         if gate.get("canary"):

@@ -5,7 +5,8 @@ noise although the monitoring job looks again after every window."""
 import numpy as np
 import pandas as pd
 
-from hyperrec.canary import CONTINUE, PROMOTE, RETIRE, CanaryConfig, judge, lists_with_outcomes
+from hyperrec.canary import (CONTINUE, PROMOTE, RETIRE, CanaryConfig, is_holdback, judge, lists_with_outcomes,
+                             retrain_lift)
 
 CHAMPION, CHALLENGER = 1, 2
 
@@ -83,3 +84,19 @@ def test_min_lists_is_respected():
     lists = _lists(np.random.default_rng(5), 400, (0.03, 0.06))
     assert judge(lists, CHAMPION, CHALLENGER).action == CONTINUE  # default: 500 per group
     assert judge(lists, CHAMPION, CHALLENGER, CanaryConfig(min_lists=300)).action == PROMOTE
+
+
+def test_the_retrains_lift_reads_the_same_for_a_challenger_and_a_holdback():
+    """A challenger's trial has the retrained model as challenger; a holdback has it as the
+    champion (the replaced one is the challenger): the lift is newer minus older either way."""
+    rng = np.random.default_rng(3)
+    lists = _lists(rng, 3000, (0.040, 0.048))  # version 2 clicks more
+    challenger = judge(lists, 1, 2).to_dict()
+    holdback = judge(lists, 2, 1).to_dict()  # 2 serves, 1 is held back
+    assert not is_holdback(challenger) and is_holdback(holdback)
+    assert challenger["action"] == PROMOTE and holdback["action"] == RETIRE  # either way, 2 stays
+    a, b = retrain_lift(challenger), retrain_lift(holdback)
+    assert a["retrained"] == b["retrained"] == 2 and a["kept"] == b["kept"] == 1
+    assert a["difference"] > 0 and np.isclose(a["difference"], b["difference"])
+    assert np.allclose(a["ci"], b["ci"]) and a["ci"][0] < a["difference"] < a["ci"][1]
+    assert retrain_lift({"champion": 2, "challenger": 1, "metric": None}) is None

@@ -72,3 +72,14 @@ def test_small_segments_do_not_veto():
     cand, champ = _metrics(0.11, cold=0.0), _metrics(0.10, cold=0.08)
     cand["segment.cold_items.users"] = 3.0
     assert decide(cand, champ, ModelGateConfig(min_segment_users=20)).blessed
+
+
+def test_a_blessed_candidate_replacing_a_champion_puts_it_on_trial_as_a_holdback():
+    """Offline metrics on logged traffic are biased both ways, so the champion a blessing
+    replaces serves on in the online trial (hyperrec.registry.register_model acts on it)."""
+    replacing = decide(_metrics(0.12), _metrics(0.10))
+    assert replacing.blessed and replacing.holdback and replacing.to_dict()["holdback"]
+    assert "holdback" in replacing.to_markdown()
+    assert not decide(_metrics(0.10), None).holdback  # the first model replaces nothing
+    assert not decide(_metrics(0.04), _metrics(0.10)).holdback  # not blessed
+    assert not decide(_metrics(0.12), _metrics(0.10), ModelGateConfig(holdback=False)).holdback

@@ -155,6 +155,28 @@ def test_promote_and_rollback_move_the_alias_and_record_why(trained):
     assert reasons == ["passed the model gate", "promote: testing by hand", "rollback: it was worse"]
 
 
+def test_a_blessed_retrain_holds_back_the_champion_it_replaces(trained):
+    """register_model with the gate's holdback: the new version is champion and the one it
+    replaced is the challenger, so the monitoring job's trial compares them online."""
+    from hyperrec.model_gate import decide
+    from hyperrec.registry import champion_model_dir, challenger_version, champion_version, end_challenger, \
+        move_alias, register_model
+
+    settings, _, first = trained
+    client = configure(settings)
+    metrics = client.get_run(client.get_model_version_by_alias(settings.model_name, "champion").tags["run_id"]).data.metrics
+    verdict = decide({**metrics, "ndcg_at_10": metrics["ndcg_at_10"] * 1.2}, metrics)
+    assert verdict.blessed and verdict.holdback
+    try:
+        version = register_model(settings, champion_model_dir(settings), {}, {}, verdict.to_dict())
+        assert champion_version(settings) == version and challenger_version(settings) == first
+        assert client.get_model_version(settings.model_name, str(first)).tags["canary_reason"].startswith("holdback")
+    finally:
+        end_challenger(settings, "retired", "test over")
+        move_alias(settings, first, "test over: back to the first")
+    assert champion_version(settings) == first and challenger_version(settings) is None
+
+
 def test_the_champion_comparison_can_be_limited_to_interactions_after_its_data_end(trained):
     """What evaluate_model does when the champion was fit on test rows it is now judged on:
     only later interactions, and only their users, count."""
