@@ -39,6 +39,9 @@ from hyperrec.services import child_pids
 HOST = "127.0.0.1"
 PATH = "/v1/models/recommender:predict"
 P99_BUDGET_MS = 50.0
+# bump when the generated world changes (a reused workspace keeps its old world): 2, the
+# history's views name their feed list (request_id)
+WORKSPACE_VERSION = 2
 
 
 def prepare(settings: Settings, console: Console, items: int = 100_000, users: int = 5_000,
@@ -55,14 +58,15 @@ def prepare(settings: Settings, console: Console, items: int = 100_000, users: i
 
     world_dir = settings.data_dir / "world"
     marker = settings.home / "bench-serving.json"
-    views = [v.name for v in FEATURE_VIEWS]
-    if marker.exists() and json.loads(marker.read_text()).get("items") == items and champion_model_dir(settings):
+    views = {v.name: sorted(v.features) for v in FEATURE_VIEWS}
+    if (marker.exists() and json.loads(marker.read_text()).get("items") == items
+            and json.loads(marker.read_text()).get("workspace") == WORKSPACE_VERSION and champion_model_dir(settings)):
         console.print(f"reusing the {items:,}-item workspace in {settings.home}")
         world = load_world(world_dir)
         if not privacy_db(settings).exists():  # a workspace from before the consent ledger
             record_consents(settings, world.users)
         info = json.loads(marker.read_text())
-        if info.get("feature_views") != views:  # a workspace from before a feature view was added
+        if info.get("feature_views") != views:  # a workspace from before a feature view or column was added
             feature_step(settings, world_dir, console)
             marker.write_text(json.dumps(info | {"feature_views": views}))
         return info | {"world": world}
@@ -74,7 +78,7 @@ def prepare(settings: Settings, console: Console, items: int = 100_000, users: i
     fit_models(data_dir, model_dir, TwoTowerConfig(epochs=1), log=console.print)
     version = register_model(settings, model_dir, {"purpose": "serving-bench"}, {}, {"blessed": True, "reasons": []})
     info = {"items": items, "users": users, "version": version, "prepare_s": round(time.monotonic() - t, 1),
-            "feature_views": views}
+            "feature_views": views, "workspace": WORKSPACE_VERSION}
     marker.write_text(json.dumps(info))
     return info | {"world": world}
 
