@@ -75,8 +75,8 @@ def _closed_loop_rows(data: dict) -> list[Row]:
                  (f"online trial {i + 1}: clicks per list, champion -> challenger",
                   lambda d, i=i: "{champion:.4f} -> {challenger:.4f}".format(**d["trials"][i]["metric"]["means"]), ""),
                  (f"online trial {i + 1}: the retrain's lift over keeping the model it replaces (clicks per list, "
-                  "same lists)", lambda d, i=i: _interval(d["trials"][i].get("retrain_lift") or d["trials"][i]["metric"]),
-                  "95% CI"),
+                  "same lists)",
+                  lambda d, i=i: _interval(d["trials"][i].get("retrain_lift") or d["trials"][i]["metric"]), "95% CI"),
                  (f"online trial {i + 1}: always-valid p",
                   lambda d, i=i: d["trials"][i]["metric"]["p_always_valid"], "< 0.05")]
     for arm in data.get("lifts", {}):

@@ -260,7 +260,8 @@ def _views_table(events: pd.DataFrame, ts_ms: np.ndarray, folder: RecentViews) -
     """RecentViews' snapshots at every view, in event order: per user, the newest n of each
     kind of view so far (a slice per row, as in _recent_table)."""
     viewed = np.isin(events["event_type"].to_numpy(), folder.kinds)
-    frame = pd.DataFrame({"user_id": events["user_id"].to_numpy()[viewed], "item_id": events["item_id"].to_numpy()[viewed],
+    frame = pd.DataFrame({"user_id": events["user_id"].to_numpy()[viewed],
+                          "item_id": events["item_id"].to_numpy()[viewed],
                           "ts_ms": ts_ms[viewed], "from_list": listed(events)[viewed]})
     names = [folder.lists[True].name, folder.lists[False].name]
     columns = ["row", "user_id", "ts_ms", *[c for n in names for c in (n, f"{n}_ts")]]

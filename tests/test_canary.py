@@ -5,8 +5,16 @@ noise although the monitoring job looks again after every window."""
 import numpy as np
 import pandas as pd
 
-from hyperrec.canary import (CONTINUE, PROMOTE, RETIRE, CanaryConfig, is_holdback, judge, lists_with_outcomes,
-                             retrain_lift)
+from hyperrec.canary import (
+    CONTINUE,
+    PROMOTE,
+    RETIRE,
+    CanaryConfig,
+    is_holdback,
+    judge,
+    lists_with_outcomes,
+    retrain_lift,
+)
 
 CHAMPION, CHALLENGER = 1, 2
 

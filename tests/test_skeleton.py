@@ -159,12 +159,19 @@ def test_a_blessed_retrain_holds_back_the_champion_it_replaces(trained):
     """register_model with the gate's holdback: the new version is champion and the one it
     replaced is the challenger, so the monitoring job's trial compares them online."""
     from hyperrec.model_gate import decide
-    from hyperrec.registry import champion_model_dir, challenger_version, champion_version, end_challenger, \
-        move_alias, register_model
+    from hyperrec.registry import (
+        challenger_version,
+        champion_model_dir,
+        champion_version,
+        end_challenger,
+        move_alias,
+        register_model,
+    )
 
     settings, _, first = trained
     client = configure(settings)
-    metrics = client.get_run(client.get_model_version_by_alias(settings.model_name, "champion").tags["run_id"]).data.metrics
+    champion = client.get_model_version_by_alias(settings.model_name, "champion")
+    metrics = client.get_run(champion.tags["run_id"]).data.metrics
     verdict = decide({**metrics, "ndcg_at_10": metrics["ndcg_at_10"] * 1.2}, metrics)
     assert verdict.blessed and verdict.holdback
     try:
