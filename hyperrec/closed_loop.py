@@ -292,6 +292,12 @@ def arm_table(outcomes: pd.DataFrame, full: str | None = "full") -> pd.DataFrame
     return table
 
 
+def _retrain_mark(r: dict) -> str:
+    if r["champion_after"] != r["champion_before"]:
+        return f"retrain -> v{r['champion_after']}" + (f", v{r['challenger']} held back" if r.get("holdback") else "")
+    return f"retrain -> v{r['challenger']} on trial" if r.get("challenger") else "retrain (gate said no)"
+
+
 def trial_outcome(trial: dict) -> str:
     """'v3 promoted', 'v3 retired'; for a holdback, what it meant for the retrained model."""
     from hyperrec.canary import PROMOTE, is_holdback
@@ -328,9 +334,7 @@ def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out
     ax2 = ax.twinx()
     ax2.plot(x, steps["hit_rate"], marker=".", color="#ff7f0e", alpha=0.6, label="lists with a click")
     ax2.set_ylabel("lists with a click")
-    marks = [(day_of(r["sim_time"]), f"retrain -> v{r['champion_after']}" if r["champion_after"] != r["champion_before"]
-              else (f"retrain -> v{r['challenger']} on trial" if r.get("challenger") else "retrain (gate said no)"),
-              "#2ca02c") for r in retrains]
+    marks = [(day_of(r["sim_time"]), _retrain_mark(r), "#2ca02c") for r in retrains]
     marks += [(day_of(t["sim_time"]), trial_outcome(t), "#17becf" if t["action"] == "promote" else "#7f7f7f")
               for t in trials]
     for i, (day, label, colour) in enumerate(marks):
