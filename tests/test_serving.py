@@ -557,3 +557,53 @@ def test_cached_lists_are_served_until_the_users_online_features_change(server, 
             stop_server(proc)
     assert share > 0, f"the cached list of {user} never changed after the clicks on {target}"
     assert elapsed < 1.0, f"took {elapsed:.2f} s"
+
+
+def _view(user, item, at, event_id, request_id=None):
+    return {"event_id": event_id, "user_id": user, "item_id": item, "event_type": "view", "ts": at.isoformat(),
+            **({"request_id": request_id} if request_id else {})}
+
+
+def test_views_of_items_found_alone_pull_a_list_and_passed_over_slots_push_it(server):
+    """The same views of one category's items, from the stream to the feedback query over
+    HTTP: without a request_id (the user found them alone) the user's list moves toward
+    that category; naming a served list (slots passed over), away from it."""
+    from hyperrec.eventlog import EventLog
+    from hyperrec.featurestore import open_store
+    from hyperrec.stream import StreamProcessor, history, tail
+
+    settings, world = server["settings"], server["world"]
+    category = world.items.set_index("item_id")["category"]
+    found, passed = consenting(world)[21], consenting(world)[22]
+
+    def rank_of(user, target):
+        """Mean position of the target category's items in the user's list of 30 (missing: 30)."""
+        items = predict(server, [{"user_id": user, "k": 30}]).json()["predictions"][0]["items"]
+        where = [p for p, i in enumerate(items) if category[i["item_id"]] == target]
+        return sum(where + [30] * (8 - len(where))) / 8 if len(where) <= 8 else sum(where[:8]) / 8
+
+    target = category.value_counts().index[0]  # the largest category: enough items to view
+    before = {user: rank_of(user, target) for user in (found, passed)}
+    targets = category[category == target].index[:8]
+    at = world.events["ts"].max().to_pydatetime() + timedelta(minutes=2)
+    events = [_view(found, item, at + timedelta(seconds=i), f"found-{i}") for i, item in enumerate(targets)]
+    events += [_view(passed, item, at + timedelta(seconds=i), f"passed-{i}", request_id=f"list-{i}")
+               for i, item in enumerate(targets)]
+    log = EventLog(settings.event_log)
+    processor = StreamProcessor(open_store(settings), log)
+    processor.warm_start(history(log, settings.data_dir / "world"))
+    stop = threading.Event()
+    worker = threading.Thread(target=tail, args=(processor, stop), daemon=True)
+    worker.start()
+    try:
+        assert requests.post(f"{server['url']}/v1/events", json=events, timeout=30).json()["stored"] == len(events)
+        sent = time.monotonic()
+        while not log.read(log.committed("online-features"), limit=1)[1].empty:  # until pushed online
+            assert time.monotonic() - sent < 10, "the stream processor did not catch up within 10 s"
+            time.sleep(0.05)
+        after = {user: rank_of(user, target) for user in (found, passed)}
+    finally:
+        stop.set()
+        worker.join(10)
+    assert after[found] < before[found], f"{target} did not move up: {before[found]} -> {after[found]}"
+    assert after[passed] > before[passed], f"{target} did not move down: {before[passed]} -> {after[passed]}"
