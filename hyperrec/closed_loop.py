@@ -329,8 +329,12 @@ def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out
     if per_version is not None and len(per_version):
         shared = per_version.groupby("step")["model_version"].transform("nunique") > 1
         for (v, group), colour in zip(per_version[shared].groupby("model_version"), ("#9467bd", "#8c564b", "#e377c2")):
-            ax.plot(group["step"].map(day_of_step), group["ctr"], marker="s", linestyle=":", color=colour,
-                    label=f"CTR of v{v}'s items while two versions serve")
+            # one line per trial: a gap in the steps (a version in two trials) breaks the line
+            steps_ = group["step"].to_numpy()
+            gaps = np.flatnonzero(np.diff(steps_) > 1) + 1
+            days_ = np.insert(group["step"].map(day_of_step).to_numpy(float), gaps, np.nan)
+            ax.plot(days_, np.insert(group["ctr"].to_numpy(float), gaps, np.nan), marker="s", linestyle=":",
+                    color=colour, label=f"CTR of v{v}'s items while two versions serve")
     ax2 = ax.twinx()
     ax2.plot(x, steps["hit_rate"], marker=".", color="#ff7f0e", alpha=0.6, label="lists with a click")
     ax2.set_ylabel("lists with a click")
