@@ -230,7 +230,7 @@ def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request
     """Ranked lists for a batch: `features` holds one row of user-tower inputs per request
     (see apply_request). Retrieval, ranking and re-ranking each run once for the whole
     personalized part of the batch. With `feedback`, the queries first move by the users'
-    recent reactions (`hyperrec.feedback`; the features then carry recent_views too)."""
+    recent reactions (`hyperrec.feedback`; the features then carry its FEEDBACK_INPUTS too)."""
     from hyperrec.models.two_tower import NEW_USER
 
     timer = timer or StageTimer()

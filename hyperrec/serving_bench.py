@@ -59,13 +59,12 @@ def prepare(settings: Settings, console: Console, items: int = 100_000, users: i
     world_dir = settings.data_dir / "world"
     marker = settings.home / "bench-serving.json"
     views = {v.name: sorted(v.features) for v in FEATURE_VIEWS}
-    if (marker.exists() and json.loads(marker.read_text()).get("items") == items
-            and json.loads(marker.read_text()).get("workspace") == WORKSPACE_VERSION and champion_model_dir(settings)):
+    info = json.loads(marker.read_text()) if marker.exists() else {}
+    if info.get("items") == items and info.get("workspace") == WORKSPACE_VERSION and champion_model_dir(settings):
         console.print(f"reusing the {items:,}-item workspace in {settings.home}")
         world = load_world(world_dir)
         if not privacy_db(settings).exists():  # a workspace from before the consent ledger
             record_consents(settings, world.users)
-        info = json.loads(marker.read_text())
         if info.get("feature_views") != views:  # a workspace from before a feature view or column was added
             feature_step(settings, world_dir, console)
             marker.write_text(json.dumps(info | {"feature_views": views}))

@@ -2,6 +2,7 @@
 per-stage metrics, bandit feedback, and hot swap (a new champion under concurrent load,
 a corrupt artifact that must not replace the serving model)."""
 
+import contextlib
 import shutil
 import threading
 import time
@@ -30,6 +31,27 @@ def server(champion_server):
 def consenting(world) -> list[str]:
     """Users whose CRM profile grants personalization (the generator's 92%)."""
     return world.users.loc[world.users["consent_personalization"], "user_id"].tolist()
+
+
+@contextlib.contextmanager
+def streaming(settings, users_changed=None):
+    """The stream processor tailing the workspace's event log in a thread, as `hyperrec
+    stream` would (warm-started from the history); yields the log."""
+    from hyperrec.eventlog import EventLog
+    from hyperrec.featurestore import open_store
+    from hyperrec.stream import StreamProcessor, history, tail
+
+    log = EventLog(settings.event_log)
+    processor = StreamProcessor(open_store(settings), log, users_changed=users_changed)
+    processor.warm_start(history(log, settings.data_dir / "world"))
+    stop = threading.Event()
+    worker = threading.Thread(target=tail, args=(processor, stop), daemon=True)
+    worker.start()
+    try:
+        yield log
+    finally:
+        stop.set()
+        worker.join(10)
 
 
 def predict(server, instances, timeout=30):
@@ -421,10 +443,6 @@ def test_event_ingestion_counts_reconcile_and_bad_events_are_dead_lettered(serve
 def test_clicks_shift_recommendations_toward_their_category_within_a_second(server):
     """A user clicks several items of one category; with the stream processor running, the
     next recommendations lean toward it, with no retraining."""
-    from hyperrec.eventlog import EventLog
-    from hyperrec.featurestore import open_store
-    from hyperrec.stream import StreamProcessor, history, tail
-
     settings, world = server["settings"], server["world"]
     items = world.items.set_index("item_id")["category"]
     user = consenting(world)[5]
@@ -436,13 +454,7 @@ def test_clicks_shift_recommendations_toward_their_category_within_a_second(serv
     before = {c: share(c) for c in items.unique()}
     target = min(before, key=before.get)  # the category this user is shown least
     clicked = items[items == target].index[:6].tolist()
-    log = EventLog(settings.event_log)
-    processor = StreamProcessor(open_store(settings), log)
-    processor.warm_start(history(log, settings.data_dir / "world"))
-    stop = threading.Event()
-    worker = threading.Thread(target=tail, args=(processor, stop), daemon=True)
-    worker.start()
-    try:
+    with streaming(settings):
         at = world.events["ts"].max().to_pydatetime()
         events = [_click(user, item, at + pd.Timedelta(seconds=i + 1), f"adapt-{user}-{i}")
                   for i, item in enumerate(clicked)]
@@ -452,9 +464,6 @@ def test_clicks_shift_recommendations_toward_their_category_within_a_second(serv
         while time.monotonic() - sent < 5 and after <= before[target]:
             after = share(target)
         elapsed = time.monotonic() - sent
-    finally:
-        stop.set()
-        worker.join(5)
     assert after > before[target], f"share of {target} stayed at {before[target]}"
     assert elapsed < 1.0, f"took {elapsed:.2f} s"
 
@@ -509,11 +518,8 @@ def test_cached_lists_are_served_until_the_users_online_features_change(server, 
     request is a cache hit; after the user's clicks reach the online store, the stream
     processor's invalidation makes the next request recompute (the list shifts toward the
     clicked category within a second, not after the cache's TTL)."""
-    from hyperrec.eventlog import EventLog
-    from hyperrec.featurestore import open_store
     from hyperrec.recs_cache import invalidator
     from hyperrec.services import free_port, redis_server
-    from hyperrec.stream import StreamProcessor, history, tail
     from serving.launch import start_server, stop_server, wait_ready
 
     settings, world = server["settings"], server["world"]
@@ -524,7 +530,6 @@ def test_cached_lists_are_served_until_the_users_online_features_change(server, 
         port = free_port()
         proc = start_server(cached, port, tmp_path / "cached.log", as_of=world.events["ts"].max().to_pydatetime(),
                             extra_args=("--recs_cache_ttl_s", "600"))
-        stop = threading.Event()
         try:
             wait_ready(proc, port)
             other = {"url": f"http://127.0.0.1:{port}"}
@@ -538,22 +543,17 @@ def test_cached_lists_are_served_until_the_users_online_features_change(server, 
             assert _metric(other, 'hyperrec_recs_cache_total{outcome="hit"}') >= 1
             shown = pd.Series([items[i["item_id"]] for i in first["items"]]).value_counts()
             target = next(c for c in items.unique() if c not in shown.index)  # a category the list lacks
-            log = EventLog(settings.event_log)
-            processor = StreamProcessor(open_store(settings), log, users_changed=invalidator(cached))
-            processor.warm_start(history(log, settings.data_dir / "world"))
-            worker = threading.Thread(target=tail, args=(processor, stop), daemon=True)
-            worker.start()
-            at = world.events["ts"].max().to_pydatetime() + timedelta(minutes=1)
-            clicks = [_click(user, item, at + timedelta(seconds=i), f"cached-{user}-{i}")
-                      for i, item in enumerate(items[items == target].index[:6])]
-            sent = time.monotonic()
-            assert requests.post(f"{other['url']}/v1/events", json=clicks, timeout=30).json()["stored"] == 6
-            share = 0.0
-            while time.monotonic() - sent < 5 and share == 0.0:
-                share = sum(items[i["item_id"]] == target for i in served()["items"]) / 10
-            elapsed = time.monotonic() - sent
+            with streaming(settings, users_changed=invalidator(cached)):
+                at = world.events["ts"].max().to_pydatetime() + timedelta(minutes=1)
+                clicks = [_click(user, item, at + timedelta(seconds=i), f"cached-{user}-{i}")
+                          for i, item in enumerate(items[items == target].index[:6])]
+                sent = time.monotonic()
+                assert requests.post(f"{other['url']}/v1/events", json=clicks, timeout=30).json()["stored"] == 6
+                share = 0.0
+                while time.monotonic() - sent < 5 and share == 0.0:
+                    share = sum(items[i["item_id"]] == target for i in served()["items"]) / 10
+                elapsed = time.monotonic() - sent
         finally:
-            stop.set()
             stop_server(proc)
     assert share > 0, f"the cached list of {user} never changed after the clicks on {target}"
     assert elapsed < 1.0, f"took {elapsed:.2f} s"
@@ -568,10 +568,6 @@ def test_views_of_items_found_alone_pull_a_list_and_passed_over_slots_push_it(se
     """The same views of one category's items, from the stream to the feedback query over
     HTTP: without a request_id (the user found them alone) the user's list moves toward
     that category; naming a served list (slots passed over), away from it."""
-    from hyperrec.eventlog import EventLog
-    from hyperrec.featurestore import open_store
-    from hyperrec.stream import StreamProcessor, history, tail
-
     settings, world = server["settings"], server["world"]
     category = world.items.set_index("item_id")["category"]
     found, passed = consenting(world)[21], consenting(world)[22]
@@ -589,21 +585,12 @@ def test_views_of_items_found_alone_pull_a_list_and_passed_over_slots_push_it(se
     events = [_view(found, item, at + timedelta(seconds=i), f"found-{i}") for i, item in enumerate(targets)]
     events += [_view(passed, item, at + timedelta(seconds=i), f"passed-{i}", request_id=f"list-{i}")
                for i, item in enumerate(targets)]
-    log = EventLog(settings.event_log)
-    processor = StreamProcessor(open_store(settings), log)
-    processor.warm_start(history(log, settings.data_dir / "world"))
-    stop = threading.Event()
-    worker = threading.Thread(target=tail, args=(processor, stop), daemon=True)
-    worker.start()
-    try:
+    with streaming(settings) as log:
         assert requests.post(f"{server['url']}/v1/events", json=events, timeout=30).json()["stored"] == len(events)
         sent = time.monotonic()
         while not log.read(log.committed("online-features"), limit=1)[1].empty:  # until pushed online
             assert time.monotonic() - sent < 10, "the stream processor did not catch up within 10 s"
             time.sleep(0.05)
         after = {user: rank_of(user, target) for user in (found, passed)}
-    finally:
-        stop.set()
-        worker.join(10)
     assert after[found] < before[found], f"{target} did not move up: {before[found]} -> {after[found]}"
     assert after[passed] > before[passed], f"{target} did not move down: {before[passed]} -> {after[passed]}"
