@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from hyperrec.bandit import LinUCB, sherman_morrison
+from hyperrec.sqlite_wal import connect_wal
 
 log = logging.getLogger("hyperrec.bandit_store")
 
@@ -66,11 +67,8 @@ def store_path(home: Path) -> Path:
 
 
 def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=timeout_s)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # bandit learning, not acknowledged data: durable at checkpoints
-    return db
+    # bandit learning, not acknowledged data: durable at checkpoints
+    return connect_wal(path, synchronous="NORMAL", timeout_s=timeout_s)
 
 
 def init_store(path: Path, dim: int, ridge: float = 1.0, timeout_s: float = 30.0) -> None:

@@ -163,7 +163,7 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     stream = start_stream(settings, loop.experiment)  # folds the history while the server loads
     try:
         with console.status(f"starting model server on :{port} (loads the champion from MLflow)"):
-            ready_s = wait_ready(proc, port)
+            ready_s = wait_ready(proc, port, log_path=log_path)
         console.print(f"ready in {ready_s:.1f}s")
         sample = world.users["user_id"].iloc[:3].tolist()
         t_req = time.monotonic()

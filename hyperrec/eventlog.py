@@ -10,7 +10,6 @@ without a trace, counted only. received = stored + dead-lettered + duplicates + 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Container, Iterable
@@ -22,6 +21,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from hyperrec.schemas import Event
+from hyperrec.sqlite_wal import connect_wal
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)  # an event stamped further in the future is rejected
 
@@ -66,11 +66,7 @@ class EventLog:
         """`suppress`: user ids whose events are dropped at the door (a live
         `hyperrec.privacy.ErasureWatch` in the server and consumers)."""
         self.suppress = suppress
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # timeout: other processes' writes (server workers, the stream processor) are waited for, not failed
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a crash
+        self.db = connect_wal(path, synchronous="FULL")  # an acknowledged event survives a crash
         self.db.executescript(SCHEMA)
         self._lock = threading.Lock()  # one connection, shared by the server's worker threads
 

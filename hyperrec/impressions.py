@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hyperrec.sqlite_wal import connect_wal
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS impressions (
     request_id TEXT PRIMARY KEY,
@@ -40,10 +42,7 @@ CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts);
 
 class ImpressionLog:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # monitoring data: durable at checkpoints is enough
+        self.db = connect_wal(path, synchronous="NORMAL")  # monitoring data: durable at checkpoints is enough
         self.db.executescript(SCHEMA)
         self._lock = threading.Lock()
 

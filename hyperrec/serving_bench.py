@@ -94,7 +94,7 @@ def _launch(cmd: list[str], settings: Settings, port: int, log: Path):
 
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=export_env(settings), stdout=out, stderr=subprocess.STDOUT)
-    wait_ready(proc, port, timeout_s=600)
+    wait_ready(proc, port, timeout_s=600, log_path=log)
     return proc
 
 

@@ -26,21 +26,30 @@ def start_server(settings: Settings, port: int, log_path: Path | None = None,
     return subprocess.Popen(cmd, env=export_env(settings), stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_ready(proc: subprocess.Popen, port: int, timeout_s: float = 180.0) -> float:
+def wait_ready(proc: subprocess.Popen, port: int, timeout_s: float = 180.0, log_path: Path | None = None) -> float:
     """Block until /v2/health/ready answers 200; return seconds waited. Fails fast if the
-    process dies (a broken model must not look like a slow one)."""
+    process dies (a broken model must not look like a slow one), quoting the end of its
+    log if `log_path` is given (a CI run keeps no other trace of why)."""
     started = time.monotonic()
     url = f"http://127.0.0.1:{port}/v2/health/ready"
     while time.monotonic() - started < timeout_s:
         if proc.poll() is not None:
-            raise RuntimeError(f"model server exited with code {proc.returncode} before ready")
+            raise RuntimeError(f"model server exited with code {proc.returncode} before ready"
+                               + _log_tail(log_path))
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return time.monotonic() - started
         except requests.ConnectionError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"model server not ready after {timeout_s:.0f}s")
+    raise TimeoutError(f"model server not ready after {timeout_s:.0f}s" + _log_tail(log_path))
+
+
+def _log_tail(log_path: Path | None, lines: int = 60) -> str:
+    if log_path is None or not log_path.exists():
+        return ""
+    tail = log_path.read_text(errors="replace").splitlines()[-lines:]
+    return f"; the last {len(tail)} lines of {log_path}:\n" + "\n".join(tail)
 
 
 def stop_server(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:

@@ -68,10 +68,11 @@ def champion_server(make_workspace):
             fit_models(data_dir, model_dir, TwoTowerConfig(epochs=2), log=lambda *_: None)
             version = register_model(settings, model_dir, {}, {}, {"blessed": True, "reasons": []})
             port = any_free_port()
-            proc = start_server(settings, port, settings.home / "server.log",
+            log_path = settings.home / "server.log"
+            proc = start_server(settings, port, log_path,
                                 as_of=world.events["ts"].max().to_pydatetime(), extra_args=extra_args)
             try:
-                wait_ready(proc, port)
+                wait_ready(proc, port, log_path=log_path)
                 yield {"settings": settings, "world": world, "model_dir": model_dir, "version": version,
                        "url": f"http://127.0.0.1:{port}", "port": port, "proc": proc}
             finally:

@@ -531,7 +531,7 @@ def test_cached_lists_are_served_until_the_users_online_features_change(server, 
         proc = start_server(cached, port, tmp_path / "cached.log", as_of=world.events["ts"].max().to_pydatetime(),
                             extra_args=("--recs_cache_ttl_s", "600"))
         try:
-            wait_ready(proc, port)
+            wait_ready(proc, port, log_path=tmp_path / "cached.log")
             other = {"url": f"http://127.0.0.1:{port}"}
 
             def served():

@@ -14,6 +14,7 @@ from typing import Literal
 import pandas as pd
 
 from hyperrec.config import Settings
+from hyperrec.sqlite_wal import connect_wal
 
 Purpose = Literal["personalization", "analytics"]
 PURPOSES: tuple[str, ...] = ("personalization", "analytics")
@@ -59,9 +60,7 @@ def privacy_db(settings: Settings) -> Path:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
+    db = connect_wal(path)
     db.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not left in free pages
     db.executescript(SCHEMA)
     return db
