@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from hyperrec.features import REQUEST_TS, request_context
-from hyperrec.feedback import FeedbackConfig, feedback_queries
+from hyperrec.feedback import FeedbackConfig, feedback_queries, reacted, rescored
 from hyperrec.online_reader import Columns, object_column
 from hyperrec.rerank import (
     CatalogIndex,
@@ -229,8 +229,9 @@ def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request
                     feedback: FeedbackConfig | None = None) -> list[Recommended]:
     """Ranked lists for a batch: `features` holds one row of user-tower inputs per request
     (see apply_request). Retrieval, ranking and re-ranking each run once for the whole
-    personalized part of the batch. With `feedback`, the queries first move by the users'
-    recent reactions (`hyperrec.feedback`; the features then carry its FEEDBACK_INPUTS too)."""
+    personalized part of the batch. With `feedback`, the users' recent reactions move the
+    queries before retrieval and re-score the candidates after ranking (`hyperrec.feedback`;
+    the features then carry its FEEDBACK_INPUTS too)."""
     from hyperrec.models.two_tower import NEW_USER
 
     timer = timer or StageTimer()
@@ -245,13 +246,16 @@ def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request
         batch = [requests[i] for i in chosen]
         bought = rows.get("purchased_items", [()] * len(batch))
         seen = [set(items) | set(r.exclude) | set(b) for items, r, b in zip(rows["recent_items"], batch, bought)]
+        reactions = reacted(rows, feedback) if feedback is not None else None
         with timer("retrieval"):
             queries = rec.user_embeddings(rows)
             if feedback is not None:
-                queries = feedback_queries(queries, rows, rec.item_index, rec.item_embeddings, feedback)
+                queries = feedback_queries(queries, rows, rec.item_index, rec.item_embeddings, feedback, reactions)
             candidates, scores = rec.search(queries, rec.n_candidates, seen)
         with timer("ranking"):
             logits = np.where(candidates >= 0, rec.rank(rows, candidates, scores), -np.inf)
+            if feedback is not None:
+                logits = rescored(logits, candidates, reactions, rec.item_index, rec.item_embeddings, feedback)
         with timer("rerank"):
             for i, query, result in zip(chosen, queries, _rerank(unit, batch, candidates, logits,
                                                                  rows["recent_items"], experiment, bandit)):

@@ -1,12 +1,12 @@
 """The feedback query: moves toward what the user engaged with or found alone lately and
 away from the list slots they looked at and passed over, only inside the window, keeping
-the query's norm."""
+the query's norm. The re-scoring after ranking: candidates like those recent items rise."""
 
 import numpy as np
 import pytest
 
 from hyperrec.features import REQUEST_TS
-from hyperrec.feedback import FeedbackConfig, feedback_queries, reacted
+from hyperrec.feedback import FeedbackConfig, Reactions, feedback_queries, reacted, rescored
 from hyperrec.online import Request, apply_request
 from hyperrec.online_reader import object_column
 
@@ -67,3 +67,28 @@ def test_a_sessions_own_items_count_as_engaged_now():
     assert list(cols["recent_items"][0]) == ["z", "b", "a"]
     assert list(cols["recent_items_ts"][0]) == [NOW, NOW - 200, NOW - 100]
     assert list(cols["recent_items_ts"][1]) == [NOW - 300]
+
+
+def test_rescoring_lifts_candidates_like_the_recent_reactions_and_leaves_other_rows_alone():
+    emb = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.6, 0.8, 0]], np.float32)  # x, y, z, w (unit rows)
+    index = {"x": 0, "y": 1, "z": 2, "w": 3}
+    candidates = np.array([[1, 2, 3, -1], [1, 2, 3, -1]])
+    # w's logit is between y's and z's, a spread below y's
+    logits = np.array([[1.0, 0.9, 0.95, -np.inf], [1.0, 0.9, 0.95, -np.inf]])
+    # row 0 engaged with x and found nothing alone; row 1 has no reaction in the window
+    reactions = Reactions(engaged=[["x"], []], skipped=[["y"], ["z"]], browsed=[[], []])
+    out = rescored(logits, candidates, reactions, index, emb, FeedbackConfig())
+    assert np.argmax(out[0]) == 2  # w (cosine 0.6 to x) passes y and z (cosine 0)
+    assert out[0, 0] > out[0, 1]  # among equally similar candidates the ranker's order holds
+    assert out[0, 3] == -np.inf
+    np.testing.assert_array_equal(out[1], logits[1])
+    np.testing.assert_array_equal(rescored(logits, candidates, reactions, index, emb,
+                                           FeedbackConfig(similarity_weight=0.0)), logits)
+
+
+def test_an_item_found_alone_counts_for_the_rescoring_too():
+    emb = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    candidates, logits = np.array([[0, 1, 2]]), np.array([[0.5, 0.4, 0.45]])
+    reactions = Reactions(engaged=[[]], skipped=[[]], browsed=[["z"]])
+    out = rescored(logits, candidates, reactions, {"x": 0, "y": 1, "z": 2}, emb, FeedbackConfig())
+    assert np.argmax(out[0]) == 2

@@ -45,6 +45,9 @@ class TwoTowerConfig:
     text_tokens: int = 20_000
     text_length: int = 24
     seed: int = 7
+    # positives this many days older than the newest weigh half as much in the loss (None:
+    # all alike): the id embedding of a user whose taste changed learns the new one
+    example_half_life_days: float | None = None
 
 
 ACTIVITY = ("views_30m", "clicks_30m", "views_1d", "clicks_1d", "views_7d", "clicks_7d", "purchases_7d",
@@ -182,17 +185,23 @@ class TwoTower(tfrs.Model):
         # in-batch negatives over-sample popular items; subtracting log(sampling
         # probability) keeps the softmax an estimate of p(item | user); an item that is
         # the batch's positive for another row is not counted as a negative
-        return self.task(users, items, compute_metrics=False,
+        return self.task(users, items, compute_metrics=False, sample_weight=features.get("sample_weight"),
                          candidate_sampling_probability=features["sampling_probability"],
                          candidate_ids=features["item_id"])
 
 
-def training_examples(train: pd.DataFrame) -> dict[str, np.ndarray]:
+def training_examples(train: pd.DataFrame, half_life_days: float | None = None) -> dict[str, np.ndarray]:
     """Positive rows (user features at the event + the item's features) as model tensors,
-    with each item's in-batch sampling probability (its share of the positives)."""
+    with each item's in-batch sampling probability (its share of the positives) and, with
+    `half_life_days`, each row's weight 0.5^(age / half-life), age from the newest row."""
     freq = train["item_id"].map(train["item_id"].value_counts(normalize=True))
-    return {**tensors(train, USER_INPUTS), **tensors(train, ITEM_INPUTS),
-            "sampling_probability": freq.to_numpy(np.float32)}
+    out = {**tensors(train, USER_INPUTS), **tensors(train, ITEM_INPUTS),
+           "sampling_probability": freq.to_numpy(np.float32)}
+    if half_life_days is not None:
+        ts = pd.to_datetime(train["event_timestamp"], utc=True)
+        age_days = ((ts.max() - ts).dt.total_seconds() / 86_400).to_numpy()
+        out["sample_weight"] = (0.5 ** (age_days / half_life_days)).astype(np.float32)
+    return out
 
 
 def train_two_tower(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig,
@@ -214,7 +223,7 @@ def train_two_tower(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfi
             for tower in (model.user_tower, model.item_tower):
                 load_tower_weights(tower, Path(warm_start) / WARM_START_DIR)
         model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
-    data = training_examples(train)
+    data = training_examples(train, cfg.example_half_life_days)
     ds = tf.data.Dataset.from_tensor_slices(data).shuffle(len(train), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size).prefetch(2)
     if strategy is not None:
