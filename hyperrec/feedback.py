@@ -27,14 +27,16 @@ In `make demo` (same seed), drifted / other users after the retrain:
 The weights were chosen on these states (in-sample); README, *What helps*.
 
 After ranking, the same reactions re-score the candidates (`rescored`): each candidate's
-cosine to the centroid of the items engaged with or found alone in the window, in units of
-its list's spread, is added to the ranker's logit in units of the logit's spread
-(`similarity_weight`). The ranker learns from histories where a taste holds still, so its
-features (co-engagement with the last items, the category share of the whole recent
-history) lag a change; within one drifted user's 100 candidates its order was hardly
-better than chance. Offline, at the end state of a demo with two retrains, position-weighted
-hidden P(click) over 10 slots, drifted / other users: v3 0.0825 / 0.2111 -> 0.0968 / 0.2118,
-v2 0.0740 / 0.2009 -> 0.0909 / 0.2046 (weight 1; 0.5 and 2 bracket it, README).
+cosine to the centroid of the n items engaged with or found alone in the window, in units
+of its list's spread, is added to the ranker's logit in units of the logit's spread, with
+weight `similarity_weight` x n / (n + `similarity_evidence`): a centroid of one item is
+mostly noise, of a dozen a taste. The ranker learns from histories where a taste holds
+still, so its features (co-engagement with the last items, the category share of the whole
+recent history) lag a change; within one drifted user's 100 candidates its order was
+hardly better than chance. Offline (position-weighted hidden P(click) over 10 slots, all
+users), after a drift, demo end state, v3: 0.1454 without it -> 0.1525; before the drift,
+the world's end, v1: 0.1779 -> 0.1747. A fixed weight 1 gave 0.1530 and 0.1672: it paid for
+the drifted users with the stable ones (README, *What helps*).
 
 `python -m serving --feedback off` serves without either.
 """
@@ -57,7 +59,8 @@ class FeedbackConfig:
     engaged_weight: float = 0.5
     skipped_weight: float = 1.0
     browsed_weight: float = 0.5
-    similarity_weight: float = 1.0  # the re-scoring after ranking (0: none)
+    similarity_weight: float = 2.0  # the re-scoring after ranking, at full evidence (0: none)
+    similarity_evidence: int = 8  # reactions in the window at which it is half that
 
 
 @dataclass
@@ -117,10 +120,11 @@ def feedback_queries(queries: np.ndarray, rows, item_index: dict[str, int], item
 def rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reactions, item_index: dict[str, int],
              item_embeddings: np.ndarray, cfg: FeedbackConfig) -> np.ndarray:
     """Ranker `logits` [B, C] of `candidates` (catalog positions, -1 padded: logit -inf) plus,
-    per row with items engaged with or found alone in the window, `similarity_weight` x
-    std(row's logits) x the z-score of each candidate's cosine to those items' centroid
-    (item embeddings are unit vectors). Other rows, and padding, are returned unchanged; the
-    logits keep their scale (MMR and the exploration features read it)."""
+    per row with n > 0 items engaged with or found alone in the window, `similarity_weight`
+    x n / (n + `similarity_evidence`) x std(row's logits) x the z-score of each candidate's
+    cosine to those items' centroid (item embeddings are unit vectors). Other rows, and
+    padding, are returned unchanged; the logits keep their scale (MMR and the exploration
+    features read it)."""
     out = logits.copy()
     if not cfg.similarity_weight:
         return out
@@ -132,5 +136,6 @@ def rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reactions, i
         cosine = item_embeddings[candidates[row, valid]] @ item_embeddings[known].mean(axis=0)
         spread = cosine.std()
         if spread > 0:
-            out[row, valid] += cfg.similarity_weight * logits[row, valid].std() * (cosine - cosine.mean()) / spread
+            weight = cfg.similarity_weight * len(known) / (len(known) + cfg.similarity_evidence)
+            out[row, valid] += weight * logits[row, valid].std() * (cosine - cosine.mean()) / spread
     return out

@@ -77,7 +77,8 @@ def test_rescoring_lifts_candidates_like_the_recent_reactions_and_leaves_other_r
     logits = np.array([[1.0, 0.9, 0.95, -np.inf], [1.0, 0.9, 0.95, -np.inf]])
     # row 0 engaged with x and found nothing alone; row 1 has no reaction in the window
     reactions = Reactions(engaged=[["x"], []], skipped=[["y"], ["z"]], browsed=[[], []])
-    out = rescored(logits, candidates, reactions, index, emb, FeedbackConfig())
+    full = FeedbackConfig(similarity_weight=1.0, similarity_evidence=0)  # one item counts fully
+    out = rescored(logits, candidates, reactions, index, emb, full)
     assert np.argmax(out[0]) == 2  # w (cosine 0.6 to x) passes y and z (cosine 0)
     assert out[0, 0] > out[0, 1]  # among equally similar candidates the ranker's order holds
     assert out[0, 3] == -np.inf
@@ -90,5 +91,22 @@ def test_an_item_found_alone_counts_for_the_rescoring_too():
     emb = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
     candidates, logits = np.array([[0, 1, 2]]), np.array([[0.5, 0.4, 0.45]])
     reactions = Reactions(engaged=[[]], skipped=[[]], browsed=[["z"]])
-    out = rescored(logits, candidates, reactions, {"x": 0, "y": 1, "z": 2}, emb, FeedbackConfig())
+    out = rescored(logits, candidates, reactions, {"x": 0, "y": 1, "z": 2}, emb,
+                   FeedbackConfig(similarity_weight=1.0, similarity_evidence=0))
     assert np.argmax(out[0]) == 2
+
+
+def test_the_rescoring_grows_with_the_evidence():
+    """With `similarity_evidence` 8, one reaction moves a list a ninth as far as full evidence
+    would, four reactions (here four ids of one embedding) a third."""
+    emb = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    candidates, logits = np.array([[0, 1, 2]]), np.array([[0.5, 0.4, 0.45]])
+    index = {"x": 0, "y": 1, "z": 2, "z2": 2, "z3": 2, "z4": 2}
+
+    def shift(browsed):
+        reactions = Reactions(engaged=[[]], skipped=[[]], browsed=[browsed])
+        return rescored(logits, candidates, reactions, index, emb, FeedbackConfig(similarity_weight=1.0))[0] - logits[0]
+
+    one, four = shift(["z"]), shift(["z", "z2", "z3", "z4"])
+    np.testing.assert_allclose(four, one * (4 / 12) / (1 / 9), rtol=1e-6)
+    assert one[2] > 0 > one[0]
