@@ -96,7 +96,7 @@ def train(data: Path, out: Path, epochs: int | None = None, batch_size: int | No
     train_rows = pd.read_parquet(data / "train.parquet")
     items = pd.read_parquet(data / "items.parquet")
     rows = np.random.default_rng(cfg.seed).permutation(len(train_rows))[:LOSS_ROWS]
-    examples = {k: v[rows] for k, v in training_examples(train_rows, cfg.example_half_life_days).items()}
+    examples = {k: v[rows] for k, v in training_examples(train_rows).items()}
 
     losses, epoch_seconds = [], []
     clock = [time.perf_counter()]

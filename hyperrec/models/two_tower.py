@@ -45,9 +45,6 @@ class TwoTowerConfig:
     text_tokens: int = 20_000
     text_length: int = 24
     seed: int = 7
-    # positives this many days older than the newest weigh half as much in the loss (None:
-    # all alike): the id embedding of a user whose taste changed learns the new one
-    example_half_life_days: float | None = None
 
 
 ACTIVITY = ("views_30m", "clicks_30m", "views_1d", "clicks_1d", "views_7d", "clicks_7d", "purchases_7d",
@@ -185,23 +182,17 @@ class TwoTower(tfrs.Model):
         # in-batch negatives over-sample popular items; subtracting log(sampling
         # probability) keeps the softmax an estimate of p(item | user); an item that is
         # the batch's positive for another row is not counted as a negative
-        return self.task(users, items, compute_metrics=False, sample_weight=features.get("sample_weight"),
+        return self.task(users, items, compute_metrics=False,
                          candidate_sampling_probability=features["sampling_probability"],
                          candidate_ids=features["item_id"])
 
 
-def training_examples(train: pd.DataFrame, half_life_days: float | None = None) -> dict[str, np.ndarray]:
+def training_examples(train: pd.DataFrame) -> dict[str, np.ndarray]:
     """Positive rows (user features at the event + the item's features) as model tensors,
-    with each item's in-batch sampling probability (its share of the positives) and, with
-    `half_life_days`, each row's weight 0.5^(age / half-life), age from the newest row."""
+    with each item's in-batch sampling probability (its share of the positives)."""
     freq = train["item_id"].map(train["item_id"].value_counts(normalize=True))
-    out = {**tensors(train, USER_INPUTS), **tensors(train, ITEM_INPUTS),
-           "sampling_probability": freq.to_numpy(np.float32)}
-    if half_life_days is not None:
-        ts = pd.to_datetime(train["event_timestamp"], utc=True)
-        age_days = ((ts.max() - ts).dt.total_seconds() / 86_400).to_numpy()
-        out["sample_weight"] = (0.5 ** (age_days / half_life_days)).astype(np.float32)
-    return out
+    return {**tensors(train, USER_INPUTS), **tensors(train, ITEM_INPUTS),
+            "sampling_probability": freq.to_numpy(np.float32)}
 
 
 def train_two_tower(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig,
@@ -223,7 +214,7 @@ def train_two_tower(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfi
             for tower in (model.user_tower, model.item_tower):
                 load_tower_weights(tower, Path(warm_start) / WARM_START_DIR)
         model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
-    data = training_examples(train, cfg.example_half_life_days)
+    data = training_examples(train)
     ds = tf.data.Dataset.from_tensor_slices(data).shuffle(len(train), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size).prefetch(2)
     if strategy is not None:
