@@ -128,14 +128,28 @@ def rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reactions, i
     out = logits.copy()
     if not cfg.similarity_weight:
         return out
-    for row, items in enumerate(zip(reactions.engaged, reactions.browsed)):
-        known = [item_index[i] for i in (*items[0], *items[1]) if i in item_index]
-        valid = candidates[row] >= 0
-        if not known or valid.sum() < 2:
-            continue
-        cosine = item_embeddings[candidates[row, valid]] @ item_embeddings[known].mean(axis=0)
-        spread = cosine.std()
-        if spread > 0:
-            weight = cfg.similarity_weight * len(known) / (len(known) + cfg.similarity_evidence)
-            out[row, valid] += weight * logits[row, valid].std() * (cosine - cosine.mean()) / spread
+    centroids = np.zeros((len(logits), item_embeddings.shape[1]), item_embeddings.dtype)
+    evidence = np.zeros(len(logits))
+    for row, (engaged, browsed) in enumerate(zip(reactions.engaged, reactions.browsed)):
+        known = [item_index[i] for i in (*engaged, *browsed) if i in item_index]
+        if known:
+            centroids[row], evidence[row] = item_embeddings[known].mean(axis=0), len(known)
+    valid = candidates >= 0
+    rows = np.flatnonzero((evidence > 0) & (valid.sum(axis=1) >= 2))
+    if not len(rows):
+        return out
+    valid = valid[rows]
+    cosine = np.einsum("rcd,rd->rc", item_embeddings[np.maximum(candidates[rows], 0)], centroids[rows])
+    cos_mean, cos_std = _moments(cosine, valid)
+    _, logit_std = _moments(np.where(valid, logits[rows], 0.0), valid)
+    weight = cfg.similarity_weight * evidence[rows] / (evidence[rows] + cfg.similarity_evidence)
+    step = (weight * logit_std / np.where(cos_std > 0, cos_std, np.inf))[:, None] * (cosine - cos_mean[:, None])
+    out[rows] += np.where(valid, step, 0.0)
     return out
+
+
+def _moments(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the mean and standard deviation of its `valid` entries."""
+    n = valid.sum(axis=1)
+    mean = np.where(valid, x, 0.0).sum(axis=1) / n
+    return mean, np.sqrt(np.where(valid, (x - mean[:, None]) ** 2, 0.0).sum(axis=1) / n)

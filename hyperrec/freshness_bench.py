@@ -14,7 +14,6 @@ mode runs them:
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import requests
 from rich.console import Console
 
 from hyperrec.bench_report import target_table, write_json
-from hyperrec.config import Settings, export_env
+from hyperrec.config import Settings
 
 PATH = "/v1/models/recommender:predict"
 
@@ -78,13 +77,15 @@ def _ingest(url: str, world, seconds: float, batch: int = 500) -> dict:
 
 
 def run(settings: Settings, out: Path | None, console: Console, users: int = 60, ingest_s: float = 10.0) -> dict:
+    from hyperrec.closed_loop import start_stream, wait_tailing
     from hyperrec.services import free_port
     from hyperrec.serving_bench import _launch, prepare
     from serving.launch import stop_server
 
     info = prepare(settings, console)
     world = info.pop("world")
-    _reset_to_world(settings, world, console)
+    for stale in settings.home.glob(settings.event_log.name + "*"):  # each run starts from an empty log
+        stale.unlink()
     as_of = world.events["ts"].max().to_pydatetime().isoformat()
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -92,12 +93,12 @@ def run(settings: Settings, out: Path | None, console: Console, users: int = 60,
     url = f"http://127.0.0.1:{port}"
     server = _launch([sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(port),
                       "--as_of", as_of, "--poll_s", "60"], settings, port, logs / "server-freshness.log")
-    with open(logs / "stream.log", "ab") as log:
-        hyperrec = str(Path(sys.executable).with_name("hyperrec"))
-        stream = subprocess.Popen([hyperrec, "stream", "--home", str(settings.home)], env=export_env(settings),
-                                  stdout=log, stderr=subprocess.STDOUT)
+    # users start once this run's processor has folded the history (its ready file). Waiting
+    # for "tailing" in the appended log let a second run start at once, on its predecessor's
+    # line: its first users' events waited for the fold, and 4 to 14 of 60 lists missed 5 s.
+    stream = start_stream(settings, "rerank")  # the server's default experiment
     try:
-        _wait_for_stream(logs / "stream.log", stream)
+        wait_tailing(settings, stream, timeout_s=600)
         consenting = world.users.loc[world.users["consent_personalization"], "user_id"].astype(str).tolist()
         console.rule("event -> changed recommendations")
         latencies = _event_to_recs(url, world, consenting[:users], console)
@@ -116,34 +117,6 @@ def run(settings: Settings, out: Path | None, console: Console, users: int = 60,
     _table(console, result)
     write_json(out, result)
     return result
-
-
-def _reset_to_world(settings: Settings, world, console: Console) -> None:
-    """Each run starts from the world as generated: an empty event log and, after an earlier
-    run, the online store materialized again. That run's clicks and ingestion views stay in
-    the online store otherwise (the stream processor rewrites a user only when they act):
-    measured, a second run on the same workspace then left 5 and 8 of 60 lists unchanged."""
-    from hyperrec.featurestore import materialize
-
-    for stale in settings.home.glob(settings.event_log.name + "*"):
-        stale.unlink()
-    touched = settings.home / "online-touched-by-freshness"
-    if touched.exists():
-        start = min(world.users["signup_ts"].min(), world.items["created_ts"].min()).to_pydatetime()
-        t = time.monotonic()
-        with console.status("feast materialize: the online store back to the world's state"):
-            materialize(settings, start, world.events["ts"].max().to_pydatetime())
-        console.print(f"online store materialized again in {time.monotonic() - t:.0f} s")
-    touched.touch()
-
-
-def _wait_for_stream(log: Path, proc: subprocess.Popen, timeout_s: float = 600) -> None:
-    """Until the processor has folded the history and tails the log."""
-    deadline = time.monotonic() + timeout_s
-    while b"tailing" not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"stream processor did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.5)
 
 
 def _table(console: Console, r: dict) -> None:

@@ -110,3 +110,27 @@ def test_the_rescoring_grows_with_the_evidence():
     one, four = shift(["z"]), shift(["z", "z2", "z3", "z4"])
     np.testing.assert_allclose(four, one * (4 / 12) / (1 / 9), rtol=1e-6)
     assert one[2] > 0 > one[0]
+
+
+def test_the_rescoring_is_its_per_row_definition_on_random_lists():
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(500, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index = {f"i{j}": j for j in range(500)}
+    candidates = rng.integers(0, 500, (20, 30))
+    candidates[4, 10:] = -1  # a short list
+    candidates[5, 1:] = -1  # one candidate: nothing to compare
+    logits = np.where(candidates >= 0, rng.normal(size=candidates.shape), -np.inf)
+    pick = [[f"i{j}" for j in rng.integers(0, 520, rng.integers(0, 5))] for _ in range(40)]  # some unknown ids
+    reactions = Reactions(engaged=pick[:20], skipped=[[]] * 20, browsed=pick[20:])
+    cfg = FeedbackConfig()
+    expected = logits.copy()
+    for row in range(20):
+        known = [index[i] for i in (*pick[row], *pick[20 + row]) if i in index]
+        valid = candidates[row] >= 0
+        if known and valid.sum() >= 2:
+            cosine = emb[candidates[row, valid]] @ emb[known].mean(axis=0)
+            weight = cfg.similarity_weight * len(known) / (len(known) + cfg.similarity_evidence)
+            z = (cosine - cosine.mean()) / cosine.std()
+            expected[row, valid] += weight * logits[row, valid].std() * z
+    np.testing.assert_allclose(rescored(logits, candidates, reactions, index, emb, cfg), expected, rtol=1e-5)
