@@ -417,7 +417,7 @@ def demo(users: int = 2_000, items: int = 1_000, days: int = 14, events: int = 2
          lists_per_day: int = typer.Option(0, help="0: the history's traffic intensity"),
          step_hours: float = 6.0, max_retrains: int = 1,
          drift_categories: int = typer.Option(0, help="categories the drifting users turn to (0: each user any)"),
-         feedback: bool = typer.Option(True, help="the server's feedback query (recent engaged and passed-over views)"),
+         feedback: bool = typer.Option(True, help="the server's feedback stages (hyperrec.feedback)"),
          home: Path | None = HomeOpt):
     """The whole story: data -> Feast -> kfp.local training -> MLflow -> KServe -> simulated
     users whose tastes drift -> monitoring -> retraining -> swap -> CTR plot."""

@@ -54,7 +54,8 @@ def server_parser() -> argparse.ArgumentParser:
                         help="longest a cached list is served, with HYPERREC_RECS_CACHE=host:port set "
                              "(invalidated sooner when the user's online features change)")
     parser.add_argument("--feedback", default="on", choices=("on", "off"),
-                        help="move each query by the user's last two days of engaged and passed-over views")
+                        help="the user's last two days of engaged, found and passed-over items move each query "
+                             "and re-score its candidates (hyperrec.feedback)")
     parser.add_argument("--experiment", default="rerank", choices=sorted(EXPERIMENTS),
                         help="the re-ranking experiment's arms (hyperrec.online.EXPERIMENTS); a stream processor "
                              "must run with the same one")
