@@ -107,11 +107,10 @@ def feedback_queries(queries: np.ndarray, rows, item_index: dict[str, int], item
     shift = np.zeros_like(unit)
     moved = np.zeros(len(queries), bool)
     for lists, weight in pulls:
-        for row, items in enumerate(lists):
-            known = [item_index[i] for i in items if i in item_index]
-            if known and weight:
-                shift[row] += weight * item_embeddings[known].mean(axis=0)
-                moved[row] = True
+        if weight:
+            sums, counts = embedding_sums(lists, item_index, item_embeddings)
+            shift += weight * sums / np.maximum(counts, 1)[:, None]
+            moved |= counts > 0
     if not moved.any():
         return queries
     adjusted = unit + shift
@@ -130,24 +129,41 @@ def rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reactions, i
     out = logits.copy()
     if not cfg.similarity_weight:
         return out
-    centroids = np.zeros((len(logits), item_embeddings.shape[1]), item_embeddings.dtype)
-    evidence = np.zeros(len(logits))
-    for row, (engaged, browsed) in enumerate(zip(reactions.engaged, reactions.browsed)):
-        known = [item_index[i] for i in (*engaged, *browsed) if i in item_index]
-        if known:
-            centroids[row], evidence[row] = item_embeddings[known].mean(axis=0), len(known)
+    engaged, n_engaged = embedding_sums(reactions.engaged, item_index, item_embeddings)
+    browsed, n_browsed = embedding_sums(reactions.browsed, item_index, item_embeddings)
+    evidence = n_engaged + n_browsed
+    centroids = (engaged + browsed) / np.maximum(evidence, 1)[:, None]
     valid = candidates >= 0
     rows = np.flatnonzero((evidence > 0) & (valid.sum(axis=1) >= 2))
     if not len(rows):
         return out
     valid = valid[rows]
-    cosine = np.einsum("rcd,rd->rc", item_embeddings[np.maximum(candidates[rows], 0)], centroids[rows])
+    gathered = item_embeddings[np.maximum(candidates[rows], 0)]  # [R, C, D]
+    cosine = np.matmul(gathered, centroids[rows].astype(gathered.dtype)[:, :, None])[:, :, 0]
     cos_mean, cos_std = _moments(cosine, valid)
     _, logit_std = _moments(np.where(valid, logits[rows], 0.0), valid)
     weight = cfg.similarity_weight * evidence[rows] / (evidence[rows] + cfg.similarity_evidence)
     step = (weight * logit_std / np.where(cos_std > 0, cos_std, np.inf))[:, None] * (cosine - cos_mean[:, None])
     out[rows] += np.where(valid, step, 0.0)
     return out
+
+
+def embedding_sums(lists, item_index: dict[str, int], item_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `lists` (item ids), the sum of its known items' embeddings and their count:
+    one gather and one segment sum for the whole batch instead of a mean per row."""
+    rows, positions = [], []
+    for row, items in enumerate(lists):
+        for item in items:
+            if (at := item_index.get(item)) is not None:
+                rows.append(row)
+                positions.append(at)
+    counts = np.bincount(np.asarray(rows, np.int64), minlength=len(lists))
+    sums = np.zeros((len(lists), item_embeddings.shape[1]), np.float64)
+    if positions:  # rows come in order: one reduceat over each row's run of positions
+        filled = np.flatnonzero(counts)
+        starts = (np.cumsum(counts) - counts)[filled]
+        sums[filled] = np.add.reduceat(item_embeddings[positions].astype(np.float64), starts, axis=0)
+    return sums, counts.astype(np.float64)
 
 
 def _moments(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
