@@ -13,8 +13,8 @@ against the naive per-request KServe path, side by side in one run, on loopback.
    which the champion alias moves to a new version (non-2xx counted across the swap).
 4. The same server with `--model_backend tf` (the query tower and ranker as TensorFlow
    graphs instead of numpy forward passes): the open loop again, for the side-by-side p99.
-5. The same server without the feedback query (`--feedback off`): the open loop and the
-   sweep's largest closed loop again, for what the feedback query costs.
+5. The same server without the feedback stages (`--feedback off`): the open loop and the
+   sweep's largest closed loop again, for what they cost.
 6. The same server with the Redis recommendation cache (hyperrec.recs_cache): the open loop
    over every user, each asked about twice (the hit rate it gave is reported with it), and
    the closed loop once every list is cached.
@@ -255,9 +255,9 @@ def run(settings: Settings, out: Path | None, console: Console, seconds: int = 1
                              logs / "server-tf.log", "tf backend ")
     result["open_loop_500_tf_backend"] = tf_backend
     result["p99_ms_at_500rps_tf_backend"] = tf_backend["p99_ms"]
-    console.rule("the same server without the feedback query (--feedback off): what it costs")
+    console.rule("the same server without the feedback stages (--feedback off): what they cost")
     plain, plain_runs = _variant(settings, server, ["--feedback", "off"], bodies, rate, seconds, workers, console,
-                                 logs / "server-no-feedback.log", "no feedback query ",
+                                 logs / "server-no-feedback.log", "no feedback ",
                                  closed=(full[-1]["connections"],))
     result |= {"open_loop_500_no_feedback": plain, "p99_ms_at_500rps_no_feedback": plain["p99_ms"],
                "no_feedback_runs": plain_runs, "rps_no_feedback_at_max_connections": plain_runs[-1]["rps"],
@@ -322,8 +322,8 @@ def _table(console: Console, r: dict) -> None:
         ("max req/s at p99 <= 50 ms, naive", f"{r['naive_max_rps_at_p99_50ms']:.0f}", ""),
         ("ratio", f"{r['throughput_ratio_vs_naive']:.2f}x", ">= 3x"),
         ("non-2xx during a model swap", str(r["swap_non2xx"]), "0"),
-        *([("p99 at 500 req/s without the feedback query", f"{r['p99_ms_at_500rps_no_feedback']:.1f} ms", ""),
-           (f"req/s at {r['no_feedback_runs'][-1]['connections']} connections, with / without the feedback query",
+        *([("p99 at 500 req/s without the feedback stages", f"{r['p99_ms_at_500rps_no_feedback']:.1f} ms", ""),
+           (f"req/s at {r['no_feedback_runs'][-1]['connections']} connections, with / without the feedback stages",
             f"{r['rps_at_max_connections']:.0f} / {r['rps_no_feedback_at_max_connections']:.0f}", "")]
           if "p99_ms_at_500rps_no_feedback" in r else []),
         *([("p99 at 500 req/s with the Redis cache", f"{r['p99_ms_at_500rps_cached']:.1f} ms",
