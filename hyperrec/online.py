@@ -246,8 +246,8 @@ def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request
         batch = [requests[i] for i in chosen]
         bought = rows.get("purchased_items", [()] * len(batch))
         seen = [set(items) | set(r.exclude) | set(b) for items, r, b in zip(rows["recent_items"], batch, bought)]
-        reactions = reacted(rows, feedback) if feedback is not None else None
         with timer("retrieval"):
+            reactions = reacted(rows, feedback) if feedback is not None else None
             queries = rec.user_embeddings(rows)
             if feedback is not None:
                 queries = feedback_queries(queries, rows, rec.item_index, rec.item_embeddings, feedback, reactions)
