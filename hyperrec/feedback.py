@@ -46,7 +46,7 @@ before the drift 0.0800 and 0.0816 (0.0830-0.0839); README, *What helps*.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -75,6 +75,15 @@ class Reactions:
     engaged: list[list[str]]
     skipped: list[list[str]]
     browsed: list[list[str]]
+    _sums: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def sums(self, kind: str, item_index: dict[str, int], item_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`embedding_sums` of one kind ("engaged", "skipped", "browsed"), computed once: the
+        feedback query and the re-scoring both read the engaged and found items' sums. One
+        Reactions object serves one batch on one model's embeddings."""
+        if kind not in self._sums:
+            self._sums[kind] = embedding_sums(getattr(self, kind), item_index, item_embeddings)
+        return self._sums[kind]
 
 
 def _inside(items, times, since: int, taken: set) -> list[str]:
@@ -101,15 +110,14 @@ def feedback_queries(queries: np.ndarray, rows, item_index: dict[str, int], item
     same requests, with FEEDBACK_INPUTS, recent_items and REQUEST_TS; or `reactions`, already
     read from them). Rows with no reaction in the window keep their query exactly."""
     reactions = reactions if reactions is not None else reacted(rows, cfg)
-    pulls = ((reactions.engaged, cfg.engaged_weight), (reactions.skipped, -cfg.skipped_weight),
-             (reactions.browsed, cfg.browsed_weight))
+    pulls = (("engaged", cfg.engaged_weight), ("skipped", -cfg.skipped_weight), ("browsed", cfg.browsed_weight))
     norms = np.linalg.norm(queries, axis=1, keepdims=True)
     unit = queries / np.maximum(norms, 1e-12)
     shift = np.zeros_like(unit)
     moved = np.zeros(len(queries), bool)
-    for lists, weight in pulls:
+    for kind, weight in pulls:
         if weight:
-            sums, counts = embedding_sums(lists, item_index, item_embeddings)
+            sums, counts = reactions.sums(kind, item_index, item_embeddings)
             shift += weight * sums / np.maximum(counts, 1)[:, None]
             moved |= counts > 0
     if not moved.any():
@@ -130,8 +138,8 @@ def rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reactions, i
     out = logits.copy()
     if not cfg.similarity_weight:
         return out
-    engaged, n_engaged = embedding_sums(reactions.engaged, item_index, item_embeddings)
-    browsed, n_browsed = embedding_sums(reactions.browsed, item_index, item_embeddings)
+    engaged, n_engaged = reactions.sums("engaged", item_index, item_embeddings)
+    browsed, n_browsed = reactions.sums("browsed", item_index, item_embeddings)
     evidence = n_engaged + n_browsed
     centroids = (engaged + browsed) / np.maximum(evidence, 1)[:, None]
     valid = candidates >= 0
