@@ -37,9 +37,9 @@ recent history) lag a change; within one drifted user's 100 candidates its order
 hardly better than chance. Offline (position-weighted hidden P(click) over 10 slots, all
 users), after a drift, demo end state, v3: 0.1454 without it -> 0.1525; before the drift,
 the world's end, v1: 0.1779 -> 0.1747. A fixed weight 1 gave 0.1530 and 0.1672: it paid for
-the drifted users with the stable ones. In `make demo`, two runs: CTR over the run 0.0719
-and 0.0718 (0.0681-0.0709 without), after the retrain 0.0654 and 0.0619 (0.0595-0.0624),
-before the drift 0.0800 and 0.0816 (0.0830-0.0839); README, *What helps*.
+the drifted users with the stable ones. In `make demo`, four runs: the `full` arm's CTR
+over the run 0.0702-0.0719 (0.0681-0.0709 without), after the retrain 0.0619-0.0654
+(0.0595-0.0624), before the drift 0.0800-0.0816 (0.0830-0.0839); README, *What helps*.
 
 `python -m serving --feedback off` serves without either.
 """
