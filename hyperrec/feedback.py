@@ -1,5 +1,6 @@
-"""The user's last days of reactions, applied twice: to the query embedding before
-retrieval (the feedback query) and to the candidates' logits after ranking (re-scoring).
+"""The user's last days of reactions, applied three times: to the query embedding before
+retrieval (the feedback query) and to the candidates' logits after ranking (re-scoring by
+embedding similarity, then by words).
 
 The query tower pools the user's recent engaged items, but it was trained on histories
 where tastes hold still and it knows nothing of what the user was shown and passed over.
@@ -41,7 +42,16 @@ the drifted users with the stable ones. In `make demo`, four runs: the `full` ar
 over the run 0.0702-0.0719 (0.0681-0.0709 without), after the retrain 0.0619-0.0654
 (0.0595-0.0624), before the drift 0.0800-0.0816 (0.0830-0.0839); README, *What helps*.
 
-`python -m serving --feedback off` serves without either.
+Last, the same reactions re-score the candidates by their words (`content_rescored`): a
+per-user logistic model of took (engaged, found) against left (passed over) on the items'
+bags of words (`hyperrec.content`), fit in one Newton step on the window's reactions. The
+embeddings are learned from engagement and carry an item's hidden taste loosely (a linear
+map recovers 29% of the simulator's item vectors from them, 54% from the words), and the
+similarity stage cannot learn from the passes. Offline (as above): after the drift, v3,
+0.1525 -> 0.1615 (drifted 0.092 -> 0.107); before it, v1, 0.1747 -> 0.1742. Weight 2 gave
+0.1636 and 0.1699: the default is 1. README, *What helps: the words*.
+
+`python -m serving --feedback off` serves without any of the three.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hyperrec.content import ContentTokens
 from hyperrec.features import REQUEST_TS
 
 # besides recent_items and REQUEST_TS
@@ -64,6 +75,10 @@ class FeedbackConfig:
     browsed_weight: float = 0.5
     similarity_weight: float = 2.0  # the re-scoring after ranking, at full evidence (0: none)
     similarity_evidence: int = 8  # reactions in the window at which it is half that
+    content_weight: float = 1.0  # the words re-scoring after that, at full evidence (0: none)
+    content_evidence: int = 16  # reactions (engaged, found and passed over) at which it is half that
+    content_ridge: float = 1.0  # prior precision of the per-user word weights
+    content_reactions: int = 48  # the newest reactions it fits on, engaged and found first
 
 
 @dataclass
@@ -153,6 +168,60 @@ def rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reactions, i
     _, logit_std = _moments(np.where(valid, logits[rows], 0.0), valid)
     weight = cfg.similarity_weight * evidence[rows] / (evidence[rows] + cfg.similarity_evidence)
     step = (weight * logit_std / np.where(cos_std > 0, cos_std, np.inf))[:, None] * (cosine - cos_mean[:, None])
+    out[rows] += np.where(valid, step, 0.0)
+    return out
+
+
+def content_rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reactions, item_index: dict[str, int],
+                     content: ContentTokens, cfg: FeedbackConfig) -> np.ndarray:
+    """`logits` [B, C] plus, per row whose window has both kinds of reaction (engaged with
+    or found alone: 1; passed over: 0), a per-user logistic model of those n reactions on
+    the items' words (`hyperrec.content`), one Newton step from the base rate
+    p = (positives + 1) / (n + 2): weights x = (w XᵀX + ridge I)⁻¹ Xᵀ(y - p), w = p(1 - p),
+    solved in its n x n dual form, alpha = (w XXᵀ + ridge I)⁻¹ (y - p), so each candidate's
+    score is sum_j alpha_j cos(words of candidate, words of reaction j). That score's z-score
+    within the row, x std(row's logits) x `content_weight` x n / (n + `content_evidence`), is
+    added. One Newton step ranked the candidates as fifteen did, offline.
+
+    Unlike `rescored` it learns from the passes too, and in words rather than the model's
+    embeddings: a word shared by the items the user took and absent from those they left
+    is what moved. One class alone gives no contrast (the similarity stage covers rows with
+    positives only). Other rows, and padding, are returned unchanged."""
+    out = logits.copy()
+    if not cfg.content_weight:
+        return out
+    fitted, positions, labels = [], [], []
+    valid = candidates >= 0
+    for row, (engaged, browsed, skipped) in enumerate(zip(reactions.engaged, reactions.browsed, reactions.skipped)):
+        pos = [at for item in (*engaged, *browsed) if (at := item_index.get(item)) is not None]
+        neg = [at for item in skipped if (at := item_index.get(item)) is not None]
+        if pos and neg and valid[row].sum() >= 2:
+            taken = (pos + neg)[:cfg.content_reactions]
+            fitted.append(row)
+            positions.append(taken)
+            labels.append([1.0] * min(len(pos), len(taken)) + [0.0] * (len(taken) - min(len(pos), len(taken))))
+    if not fitted:
+        return out
+    rows = np.asarray(fitted)
+    width = max(map(len, positions))
+    at = np.full((len(rows), width), -1, np.int64)
+    y = np.zeros((len(rows), width))
+    for r, (taken, ys) in enumerate(zip(positions, labels)):
+        at[r, :len(taken)], y[r, :len(ys)] = taken, ys
+    taken = at >= 0
+    n = taken.sum(axis=1).astype(np.float64)
+    p = (y.sum(axis=1) + 1.0) / (n + 2.0)
+    words = content.vectors(at)  # float32 [R, n, V]; padding rows are zeros
+    gram = np.matmul(words, words.transpose(0, 2, 1)).astype(np.float64)
+    system = (p * (1 - p))[:, None, None] * gram + cfg.content_ridge * np.eye(width)
+    alpha = np.linalg.solve(system, np.where(taken, y - p[:, None], 0.0)[:, :, None])  # [R, n, 1]
+    weights = np.matmul(words.transpose(0, 2, 1), alpha.astype(np.float32))[:, :, 0]  # x = Xᵀ alpha, [R, V]
+    valid = valid[rows]
+    score = content.dot(weights, np.where(valid, candidates[rows], -1))
+    s_mean, s_std = _moments(score, valid)
+    _, logit_std = _moments(np.where(valid, logits[rows], 0.0), valid)
+    weight = cfg.content_weight * n / (n + cfg.content_evidence)
+    step = (weight * logit_std / np.where(s_std > 1e-12, s_std, np.inf))[:, None] * (score - s_mean[:, None])
     out[rows] += np.where(valid, step, 0.0)
     return out
 

@@ -5,8 +5,9 @@ the query's norm. The re-scoring after ranking: candidates like those recent ite
 import numpy as np
 import pytest
 
+from hyperrec.content import ContentTokens
 from hyperrec.features import REQUEST_TS
-from hyperrec.feedback import FeedbackConfig, Reactions, feedback_queries, reacted, rescored
+from hyperrec.feedback import FeedbackConfig, Reactions, content_rescored, feedback_queries, reacted, rescored
 from hyperrec.online import Request, apply_request
 from hyperrec.online_reader import object_column
 
@@ -134,3 +135,67 @@ def test_the_rescoring_is_its_per_row_definition_on_random_lists():
             z = (cosine - cosine.mean()) / cosine.std()
             expected[row, valid] += weight * logits[row, valid].std() * z
     np.testing.assert_allclose(rescored(logits, candidates, reactions, index, emb, cfg), expected, rtol=1e-5)
+
+
+WORDS = ContentTokens.build(["red soft", "blue hard", "red soft lamp", "blue hard lamp", "green", "green lamp"])
+WORD_ITEMS = {"took": 0, "left": 1, "like_took": 2, "like_left": 3, "other": 4, "other2": 5}
+
+
+def test_the_words_rescoring_lifts_what_shares_words_with_the_taken_and_not_the_left():
+    candidates = np.array([[2, 3, 4, -1], [2, 3, 4, -1], [2, 3, 4, -1]])
+    logits = np.array([[0.0, 1.0, 0.5, -np.inf]] * 3)
+    # row 0 took one item and passed one over; row 1 only passed over; row 2 no reaction
+    reactions = Reactions(engaged=[["took"], [], []], skipped=[["left"], ["left"], []], browsed=[[], [], []])
+    cfg = FeedbackConfig(content_weight=2.0, content_evidence=0)
+    out = content_rescored(logits, candidates, reactions, WORD_ITEMS, WORDS, cfg)
+    assert list(np.argsort(-out[0, :3])) == [0, 2, 1]  # like the taken one, unrelated, like the left one
+    assert out[0, 3] == -np.inf
+    np.testing.assert_array_equal(out[1:], logits[1:])  # no contrast, no reaction: unchanged
+    np.testing.assert_array_equal(
+        content_rescored(logits, candidates, reactions, WORD_ITEMS, WORDS, FeedbackConfig(content_weight=0.0)), logits)
+
+
+def test_an_item_found_alone_is_a_positive_for_the_words_rescoring():
+    candidates, logits = np.array([[2, 3]]), np.array([[0.0, 1.0]])
+    reactions = Reactions(engaged=[[]], skipped=[["left"]], browsed=[["took"]])
+    out = content_rescored(logits, candidates, reactions, WORD_ITEMS, WORDS,
+                           FeedbackConfig(content_weight=2.0, content_evidence=0))
+    assert out[0, 0] > out[0, 1]
+
+
+def test_the_words_rescoring_is_its_primal_per_row_definition_on_random_lists():
+    """The batched dual solve against the per-row primal one: x = (w XᵀX + ridge I)⁻¹ Xᵀ(y - p)."""
+    rng = np.random.default_rng(5)
+    vocab = [f"w{j}" for j in range(30)]
+    texts = [" ".join(rng.choice(vocab, rng.integers(1, 6))) for _ in range(300)]
+    content = ContentTokens.build(texts)
+    index = {f"i{j}": j for j in range(300)}
+    candidates = rng.integers(0, 300, (16, 25))
+    candidates[3, 5:] = -1
+    candidates[4, 1:] = -1  # one candidate: nothing to compare
+    logits = np.where(candidates >= 0, rng.normal(size=candidates.shape), -np.inf)
+
+    def ids(n_max):
+        return [[f"i{j}" for j in rng.integers(0, 310, rng.integers(0, n_max))] for _ in range(16)]  # some unknown
+
+    reactions = Reactions(engaged=ids(4), skipped=ids(12), browsed=ids(3))
+    cfg = FeedbackConfig(content_reactions=10)
+    expected = logits.copy()
+    for row in range(16):
+        pos = [index[i] for i in (*reactions.engaged[row], *reactions.browsed[row]) if i in index]
+        neg = [index[i] for i in reactions.skipped[row] if i in index]
+        valid = candidates[row] >= 0
+        if not (pos and neg and valid.sum() >= 2):
+            continue
+        taken = (pos + neg)[:10]
+        y = np.array([1.0] * min(len(pos), 10) + [0.0] * (len(taken) - min(len(pos), 10)))
+        p = (y.sum() + 1) / (len(y) + 2)
+        X = content.vectors(np.array(taken)).astype(np.float64)
+        x = np.linalg.solve(p * (1 - p) * X.T @ X + cfg.content_ridge * np.eye(X.shape[1]), X.T @ (y - p))
+        s = content.vectors(candidates[row, valid]) @ x
+        if s.std() > 1e-12:
+            weight = cfg.content_weight * len(y) / (len(y) + cfg.content_evidence)
+            expected[row, valid] += weight * logits[row, valid].std() * (s - s.mean()) / s.std()
+    out = content_rescored(logits, candidates, reactions, index, content, cfg)
+    assert not np.allclose(out, logits)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-9)
