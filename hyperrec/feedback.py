@@ -69,7 +69,7 @@ FEEDBACK_INPUTS = ("recent_items_ts", "recent_views", "recent_views_ts", "recent
 
 @dataclass(frozen=True)
 class FeedbackConfig:
-    window_s: int = 2 * 86_400  # reactions older than this are left to the tower and the next retrain
+    window_s: int = 4 * 86_400  # reactions older than this are left to the tower and the next retrain
     engaged_weight: float = 0.5
     skipped_weight: float = 1.0
     browsed_weight: float = 0.5

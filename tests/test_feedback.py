@@ -55,7 +55,7 @@ def test_the_query_moves_toward_engaged_and_away_from_skipped_items_keeping_its_
 def test_nothing_recent_leaves_the_query_exactly_as_it_was():
     q = np.array([[0.3, -0.1, 0.9], [1.0, 0.0, 0.0]], np.float32)
     r = rows([["x"], []], [[NOW - 5 * DAY], []], [["z"], ["unknown-item"]], [[NOW - 3 * DAY], [NOW - 1]])
-    np.testing.assert_array_equal(feedback_queries(q, r, ITEMS, EMB, FeedbackConfig()), q)
+    np.testing.assert_array_equal(feedback_queries(q, r, ITEMS, EMB, FeedbackConfig(window_s=2 * DAY)), q)
 
 
 def test_a_sessions_own_items_count_as_engaged_now():
