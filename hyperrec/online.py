@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperrec.content import ContentTokens
 from hyperrec.features import REQUEST_TS, request_context
 from hyperrec.feedback import FeedbackConfig, content_rescored, feedback_queries, reacted, rescored
 from hyperrec.online_reader import Columns, object_column
@@ -166,9 +165,6 @@ class ServingUnit:
         self.categories = self.rec.catalog["category"].reindex(ids).fillna("").to_numpy()
         self.catalog = CatalogIndex.build(self.rec.coengagement.counts, self.categories)
         self.known_users = self.rec.known_users
-        # the words the feedback stage fits on; built here, with the unit, not on a request
-        text = self.rec.catalog.reindex(ids)[["description", "category"]].fillna("")
-        self.content = ContentTokens.build((text["description"] + " " + text["category"]).tolist())
 
     def describe(self, positions: np.ndarray) -> tuple[list[str], list[str], list[str]]:
         """(item ids, titles, categories) of catalog positions."""
@@ -260,7 +256,7 @@ def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request
             logits = np.where(candidates >= 0, rec.rank(rows, candidates, scores), -np.inf)
             if feedback is not None:
                 logits = rescored(logits, candidates, reactions, rec.item_index, rec.item_embeddings, feedback)
-                logits = content_rescored(logits, candidates, reactions, rec.item_index, unit.content, feedback)
+                logits = content_rescored(logits, candidates, reactions, rec.item_index, rec.content, feedback)
         with timer("rerank"):
             for i, query, result in zip(chosen, queries, _rerank(unit, batch, candidates, logits,
                                                                  rows["recent_items"], experiment, bandit)):

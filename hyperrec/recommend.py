@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hyperrec.coengagement import CoEngagement
+from hyperrec.content import ContentTokens
 from hyperrec.index import load_index
 from hyperrec.models.two_tower import ITEM_INPUTS, USER_INPUTS
 
@@ -28,6 +29,7 @@ def export_candidates(out: Path, items: pd.DataFrame, embeddings: np.ndarray, in
 
     np.savez(out / "candidates.npz", item_ids=items["item_id"].to_numpy().astype(str),
              embeddings=embeddings.astype(np.float32))
+    ContentTokens.from_catalog(items).save(out / "content.npz")  # rows in candidates.npz order
     build_index(embeddings.astype(np.float32), kind=index_kind).save(out / "index")
     items[["title", "created_ts", *ITEM_INPUTS]].drop_duplicates("item_id").to_parquet(out / "items.parquet",
                                                                                        index=False)
@@ -86,6 +88,10 @@ class Recommender:
         self.catalog = pd.read_parquet(self.model_dir / "items.parquet").set_index("item_id")
         self.created_s = created_seconds(self.catalog.reindex(self.item_ids))
         self.coengagement = CoEngagement.load(self.model_dir / "coengagement.npz")
+        # the items' words for the feedback stages (units exported before session 14 have none)
+        content = self.model_dir / "content.npz"
+        self.content = (ContentTokens.load(content) if content.exists()
+                        else ContentTokens.from_catalog(self.catalog.reindex(self.item_ids)))
         self.n_candidates = json.loads((self.model_dir / "ranker_config.json").read_text())["candidates"]
 
     def user_embeddings(self, users) -> np.ndarray:

@@ -39,9 +39,10 @@ from hyperrec.services import child_pids
 HOST = "127.0.0.1"
 PATH = "/v1/models/recommender:predict"
 P99_BUDGET_MS = 50.0
-# bump when the generated world changes (a reused workspace keeps its old world): 2, the
-# history's views name their feed list (request_id)
-WORKSPACE_VERSION = 2
+# bump when the generated world or the unit's files change (a reused workspace keeps its
+# old ones): 2, the history's views name their feed list (request_id); 3, units carry the
+# items' words (content.npz), so a swap loads them instead of tokenizing the catalog
+WORKSPACE_VERSION = 3
 
 
 def prepare(settings: Settings, console: Console, items: int = 100_000, users: int = 5_000,

@@ -1,6 +1,7 @@
 """Items as bags of their words: the vocabulary keeps the words that tell items apart."""
 
 import numpy as np
+import pandas as pd
 
 from hyperrec.content import ContentTokens
 
@@ -29,3 +30,15 @@ def test_a_word_repeated_in_one_text_counts_once():
     content = ContentTokens.build(["red red red", "red blue", "blue", "green", "green"])
     np.testing.assert_allclose(content.vectors(np.array([0]))[0], np.eye(len(content.vocabulary))[
         content.vocabulary.index("red")])
+
+
+def test_the_words_saved_with_a_unit_load_back_the_same(tmp_path):
+    items = pd.DataFrame({"description": ["red soft by Acme", "blue hard by Acme", None, "red lamp"],
+                          "category": ["home", "home", "toys", "toys"]})
+    content = ContentTokens.from_catalog(items)
+    assert "home" in content.vocabulary and "red" in content.vocabulary
+    content.save(tmp_path / "content.npz")
+    loaded = ContentTokens.load(tmp_path / "content.npz")
+    assert loaded.vocabulary == content.vocabulary
+    np.testing.assert_array_equal(loaded.tokens, content.tokens)
+    np.testing.assert_array_equal(loaded.vectors(np.arange(4)), content.vectors(np.arange(4)))

@@ -186,12 +186,17 @@ def test_fit_models_is_retrieval_then_ranking_then_the_serving_unit(tmp_path):
     unit = tmp_path / "unit"
     assert {p.name for p in unit.iterdir()} == {"user_tower", "item_tower", "warm_start", "config.json",
                                                 "coengagement.npz", "ranker", "ranker_config.json", "candidates.npz",
-                                                "index", "items.parquet", "training.json"}
+                                                "index", "items.parquet", "training.json", "content.npz"}
     assert json.loads((unit / "training.json").read_text()) == report
     assert report["index_kind"] == "brute" and report["index_items"] == len(items)
     assert 1 <= report["epochs"] <= 2 and report["ranker_examples"] == report["ranking_examples"] > 0
 
     rec = Recommender(unit)
+    # the items' words are exported in the candidates' order
+    assert len(rec.content.tokens) == len(rec.item_ids)
+    category = rec.catalog["category"].reindex(rec.item_ids).to_numpy()
+    at = next(i for i, c in enumerate(category) if c in rec.content.vocabulary)
+    assert rec.content.vectors(np.array([at]))[0, rec.content.vocabulary.index(category[at])] > 0
     users = train.drop_duplicates("user_id").head(3)
     ranked, scores = rec.recommend(users, k=5)
     assert [len(r) for r in ranked] == [5, 5, 5] and all(s[0] >= s[-1] for s in scores)
