@@ -12,8 +12,9 @@ Each item is stored as the vocabulary ids of its distinct words (a padded int ar
 sparse-matrix dependency), built when the serving unit is exported (content.npz; loading
 it is instant, tokenizing 100k descriptions in the server's load thread took 0.6 s of the
 interpreter), and a 100k-item catalog costs items x words int32, not items x vocabulary
-floats: `vectors` makes unit rows for the few items a user reacted to, and
-`dot` scores many candidates against weights over the vocabulary by gathering their words.
+floats: `sums` adds up the unit rows of the items a user reacted to, `dot` scores many
+candidates against such weights by gathering their words, and `vectors` spells the unit
+rows out (for checks and probes).
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ class ContentTokens:
         out[np.arange(len(flat))[:, None], np.where(ids >= 0, ids, size)] = 1.0
         out = out[:, :size] * np.where(flat >= 0, self.inverse_norms[np.maximum(flat, 0)], 0.0)[:, None]
         return out.reshape(*positions.shape, size)
+
+    def sums(self, rows: np.ndarray, positions: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
+        """float64 [n_rows, vocabulary]: per row, the sum of values[j] x the unit word vector
+        of item positions[j], over the j with rows[j] == row (one scatter-add for a batch)."""
+        size = len(self.vocabulary) + 1  # the last column collects the padding
+        ids = self.tokens[positions]  # [N, T]
+        cells = (rows[:, None] * size + np.where(ids >= 0, ids, size - 1)).reshape(-1)
+        scaled = np.asarray(values, np.float64) * self.inverse_norms[positions]
+        out = np.bincount(cells, weights=np.repeat(scaled, ids.shape[1]), minlength=n_rows * size)
+        return out.reshape(n_rows, size)[:, :-1]
 
     def dot(self, weights: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """[R, C]: each row's `weights` [R, vocabulary] dotted with the unit word vector of

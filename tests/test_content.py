@@ -42,3 +42,16 @@ def test_the_words_saved_with_a_unit_load_back_the_same(tmp_path):
     assert loaded.vocabulary == content.vocabulary
     np.testing.assert_array_equal(loaded.tokens, content.tokens)
     np.testing.assert_array_equal(loaded.vectors(np.arange(4)), content.vectors(np.arange(4)))
+
+
+def test_sums_add_each_rows_weighted_unit_word_vectors():
+    content = ContentTokens.build(["red soft", "red hard", "blue soft", "blue hard", "plain"])
+    rows, positions, values = np.array([0, 0, 1, 1]), np.array([0, 3, 4, 1]), np.array([1.0, -0.5, 2.0, 0.25])
+    expected = np.stack([content.vectors(np.array([0]))[0] - 0.5 * content.vectors(np.array([3]))[0],
+                         0.25 * content.vectors(np.array([1]))[0]])  # item 4 has no vocabulary word
+    np.testing.assert_allclose(content.sums(rows, positions, values, 2), expected, rtol=1e-6)
+    weights = content.sums(rows, positions, values, 2)
+    np.testing.assert_allclose(content.dot(weights, np.array([[2, -1], [1, 0]])),
+                               [[weights[0] @ content.vectors(np.array([2]))[0], 0.0],
+                                [weights[1] @ content.vectors(np.array([1]))[0],
+                                 weights[1] @ content.vectors(np.array([0]))[0]]], rtol=1e-6)
