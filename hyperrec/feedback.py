@@ -47,9 +47,10 @@ per-user logistic model of took (engaged, found) against left (passed over) on t
 bags of words (`hyperrec.content`), its first gradient step on the window's reactions. The
 embeddings are learned from engagement and carry an item's hidden taste loosely (a linear
 map recovers 29% of the simulator's item vectors from them, 54% from the words), and the
-similarity stage cannot learn from the passes. Offline (as above): after the drift, v3,
-0.1525 -> 0.1615 (drifted 0.092 -> 0.107); before it, v1, 0.1747 -> 0.1742. Weight 2 gave
-0.1636 and 0.1699: the default is 1.
+similarity stage cannot learn from the passes. Offline (as above, measured with a full
+Newton step, which the gradient step ranks as): after the drift, v3, 0.1525 -> 0.1615
+(drifted 0.092 -> 0.107); before it, v1, 0.1747 -> 0.1742. Weight 2 gave 0.1636 and
+0.1699: the default is 1.
 
 The window was 2 days until then; 4 days gave, with all three stages, 0.1808 after the
 drift and 0.1809 before it (6 days: 0.1829 and 0.1881, but the drifted users lose past
