@@ -197,6 +197,13 @@ def test_fit_models_is_retrieval_then_ranking_then_the_serving_unit(tmp_path):
     category = rec.catalog["category"].reindex(rec.item_ids).to_numpy()
     at = next(i for i, c in enumerate(category) if c in rec.content.vocabulary)
     assert rec.content.vectors(np.array([at]))[0, rec.content.vocabulary.index(category[at])] > 0
+    # a unit exported before the words were (no content.npz) tokenizes its catalog on load: the same words
+    saved = rec.content
+    (unit / "content.npz").rename(tmp_path / "content.npz")
+    rebuilt = Recommender(unit).content
+    assert rebuilt.vocabulary == saved.vocabulary
+    np.testing.assert_array_equal(rebuilt.tokens, saved.tokens)
+    (tmp_path / "content.npz").rename(unit / "content.npz")
     users = train.drop_duplicates("user_id").head(3)
     ranked, scores = rec.recommend(users, k=5)
     assert [len(r) for r in ranked] == [5, 5, 5] and all(s[0] >= s[-1] for s in scores)
