@@ -95,15 +95,25 @@ class Reactions:
     engaged: list[list[str]]
     skipped: list[list[str]]
     browsed: list[list[str]]
-    _sums: dict = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def positions(self, kind: str, item_index: dict[str, int]) -> list[list[int]]:
+        """Per row, the catalog positions of the items of one kind ("engaged", "skipped",
+        "browsed") that the catalog knows, looked up once for all three stages. One
+        Reactions object serves one batch on one model's catalog."""
+        key = ("positions", kind)
+        if key not in self._cache:
+            self._cache[key] = [[at for item in items if (at := item_index.get(item)) is not None]
+                                for items in getattr(self, kind)]
+        return self._cache[key]
 
     def sums(self, kind: str, item_index: dict[str, int], item_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`embedding_sums` of one kind ("engaged", "skipped", "browsed"), computed once: the
-        feedback query and the re-scoring both read the engaged and found items' sums. One
-        Reactions object serves one batch on one model's embeddings."""
-        if kind not in self._sums:
-            self._sums[kind] = embedding_sums(getattr(self, kind), item_index, item_embeddings)
-        return self._sums[kind]
+        """`embedding_sums` of one kind, computed once: the feedback query and the re-scoring
+        both read the engaged and found items' sums."""
+        key = ("sums", kind)
+        if key not in self._cache:
+            self._cache[key] = embedding_sums(self.positions(kind, item_index), item_embeddings)
+        return self._cache[key]
 
 
 def _inside(items, times, since: int, taken: set) -> list[str]:
@@ -199,8 +209,8 @@ def content_rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reac
     valid = candidates >= 0
     fitted, evidence, positions, residuals, owner = [], [], [], [], []
     for row in range(len(logits)):
-        took = _known(reactions.engaged[row], item_index) + _known(reactions.browsed[row], item_index)
-        left = _known(reactions.skipped[row], item_index)
+        took = reactions.positions("engaged", item_index)[row] + reactions.positions("browsed", item_index)[row]
+        left = reactions.positions("skipped", item_index)[row]
         if took and left and valid[row].sum() >= 2:
             p = (len(took) + 1) / (len(took) + len(left) + 2)
             owner += [len(fitted)] * (len(took) + len(left))
@@ -222,25 +232,16 @@ def content_rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reac
     return out
 
 
-def _known(items, item_index: dict[str, int]) -> list[int]:
-    return [at for item in items if (at := item_index.get(item)) is not None]
-
-
-def embedding_sums(lists, item_index: dict[str, int], item_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of `lists` (item ids), the sum of its known items' embeddings and their count:
-    one gather and one segment sum for the whole batch instead of a mean per row."""
-    rows, positions = [], []
-    for row, items in enumerate(lists):
-        for item in items:
-            if (at := item_index.get(item)) is not None:
-                rows.append(row)
-                positions.append(at)
-    counts = np.bincount(np.asarray(rows, np.int64), minlength=len(lists))
-    sums = np.zeros((len(lists), item_embeddings.shape[1]), np.float64)
-    if positions:  # rows come in order: one reduceat over each row's run of positions
+def embedding_sums(positions: list[list[int]], item_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `positions` (catalog positions), the sum of its items' embeddings and their
+    count: one gather and one segment sum for the whole batch instead of a mean per row."""
+    counts = np.array([len(p) for p in positions], np.int64)
+    flat = [at for p in positions for at in p]
+    sums = np.zeros((len(positions), item_embeddings.shape[1]), np.float64)
+    if flat:  # rows come in order: one reduceat over each row's run of positions
         filled = np.flatnonzero(counts)
         starts = (np.cumsum(counts) - counts)[filled]
-        sums[filled] = np.add.reduceat(item_embeddings[positions].astype(np.float64), starts, axis=0)
+        sums[filled] = np.add.reduceat(item_embeddings[flat].astype(np.float64), starts, axis=0)
     return sums, counts.astype(np.float64)
 
 
