@@ -105,6 +105,16 @@ def _events(settings: Settings) -> pd.DataFrame:
     return cache.update(lambda after: log.read(after, limit=2**62), log.count_upto)
 
 
+def trial_items(served: pd.DataFrame, champion: int) -> pd.DataFrame:
+    """The shown items (`shown_items`) of the lists `served` since this pairing began: since
+    the first list the champion took part in, on its own or as a team of an interleaved list.
+    A holdback's challenger is the older version and served long before this trial, as
+    champion or in an earlier trial's interleaved lists, which say nothing about this champion."""
+    shown = shown_items(served)
+    paired = shown.loc[(shown["model_version"] == champion) | (shown["team"] == champion), "ts"]
+    return shown[shown["ts"] >= paired.min()] if len(paired) else shown.iloc[0:0]
+
+
 def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, events: Callable[[], pd.DataFrame],
                 attribution_s: float = ATTRIBUTION_S, config: CanaryConfig = CanaryConfig()) -> dict | None:
     """The challenger's A/B test over the lists served since its first one (each with
@@ -120,8 +130,8 @@ def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, 
         return {"action": CONTINUE, "reason": "the challenger has not served yet", "challenger": challenger,
                 "champion": champion}
     end = float(served["ts"].max()) - attribution_s
-    trial = served[(served["ts"] >= float(own["ts"].min())) & (served["ts"] <= end)]
-    outcomes = attribute(shown_items(trial), events(), attribution_s) if len(trial) else pd.DataFrame(
+    shown = trial_items(served[(served["ts"] >= float(own["ts"].min())) & (served["ts"] <= end)], champion)
+    outcomes = attribute(shown, events(), attribution_s) if len(shown) else pd.DataFrame(
         columns=["request_id", "ts", "user_id", "model_version", "clicked", "purchased", "interleaved", "team"])
     if outcomes["interleaved"].astype(bool).any():  # the servers interleave: judge those lists, by team
         verdict = judge_interleaved(team_lists(outcomes, champion, challenger), champion, challenger, config)

@@ -354,3 +354,42 @@ def test_the_monitor_promotes_a_challenger_that_wins_its_online_trial(settings):
     recorded = [json.loads(line) for line in paths(settings)["trials"].read_text().splitlines()]
     assert [r["action"] for r in recorded] == ["continue", "promote"]
     assert run_once(settings, FakeSubmitter(), probe_index=False, dashboard=False).get("trial") is None
+
+
+def test_a_holdback_trial_counts_only_the_lists_since_its_champion_first_served(settings):
+    """After a second retrain, the champion it replaced (v2) is held back against the new v3.
+    v2 served long before, in v1's trial too: those interleaved lists (teams 1 and 2, logged
+    as v2's) and v2's own lists say nothing of v3, and before they were left out they made
+    v3 look five times worse than v2 and rolled back every later retrain in `make demo`."""
+    from hyperrec.registry import challenger_version, champion_version, configure, move_alias, start_challenger
+    from monitoring.job import run_once
+
+    client = configure(settings)
+    client.create_registered_model(settings.model_name)
+    for _ in range(3):
+        client.create_model_version(settings.model_name, source=(settings.home / "nothing").as_uri())
+    move_alias(settings, 3, "test")
+    start_challenger(settings, 2, "holdback")
+    rng = np.random.default_rng(5)
+
+    def lists(n, start, prefix, version, teams_of, p_click):
+        rows, events = [], []
+        for i in range(n):
+            ts, rid, user = start + 20 * i, f"{prefix}{i}", f"u{i % 600}"
+            teams = teams_of(i)
+            rows.append(served(rid, ts, user, ["a", "b", "c", "d"], version=version, teams=teams))
+            events += [event(f"{rid}-{item}", user, item, ts + 5, request_id=rid)
+                       for item, team in zip("abcd", teams) if rng.random() < p_click[team]]
+        write(ImpressionLog(settings.impression_log), rows)
+        EventLog(settings.event_log).append(events)
+
+    alternate = lambda a, b: lambda i: [a, a, b, b] if i % 2 else [b, b, a, a]  # noqa: E731
+    lists(800, T0, "v1v2-", 2, alternate(1, 2), {1: 0.05, 2: 0.30})  # v1's trial: v2 against v1
+    lists(300, T0 + 20_000, "v2-", 2, lambda i: [2, 2, 2, 2], {2: 0.30})  # v2 alone, as champion
+    lists(1_200, T0 + 30_000, "v3v2-", 2, alternate(3, 2), {2: 0.10, 3: 0.20})  # this trial
+    trial = run_once(settings, FakeSubmitter(), probe_index=False, dashboard=False)["trial"]
+    assert (trial["champion"], trial["challenger"]) == (3, 2)
+    assert trial["lists"]["interleaved"] <= 1_200  # none of the lists before v3 first served
+    means = trial["metric"]["means"]
+    assert means["champion"] > means["challenger"], trial["reason"]  # v3's team is clicked twice as often
+    assert trial["action"] == "retire" and champion_version(settings) == 3 and challenger_version(settings) is None
