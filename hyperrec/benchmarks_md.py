@@ -63,6 +63,9 @@ def _closed_loop_rows(data: dict) -> list[Row]:
     """Rows that depend on what the run did (its CTR turns, its trial, its arms)."""
     rows: list[Row] = [("`make demo`, world to summary, s", _get("seconds_total"), "< 600 after setup")]
     rows += [(label, _get("ctr", label), "") for label in data.get("ctr", {})]
+    if "recovered" in data:
+        rows.append((f"share of the drift's CTR drop won back, {data['recovered']['phase']}",
+                     lambda d: f"{d['recovered']['share_of_drop']:.0%}", "(last - trough) / (before - trough)"))
     rows += [(f"hidden P(click) of the top 5 shown, {group}, {phase}", _get("hidden_p_click", phase, group),
               "simulator's truth") for phase, groups in data.get("hidden_p_click", {}).items() for group in groups]
     for i in range(len(data.get("retrains", []))):

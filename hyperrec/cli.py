@@ -413,9 +413,9 @@ def recommend(user_ids: list[str], k: int = 10, port: int = 8080):
 
 @app.command()
 def demo(users: int = 2_000, items: int = 1_000, days: int = 14, events: int = 200_000,
-         epochs: int = 6, port: int = 8765, sim_days: float = 6.5,
+         epochs: int = 6, port: int = 8765, sim_days: float = 10.5,
          lists_per_day: int = typer.Option(0, help="0: the history's traffic intensity"),
-         step_hours: float = 6.0, max_retrains: int = 1,
+         step_hours: float = 6.0, max_retrains: int = 3,
          drift_categories: int = typer.Option(0, help="categories the drifting users turn to (0: each user any)"),
          feedback: bool = typer.Option(True, help="the server's feedback stages (hyperrec.feedback)"),
          home: Path | None = HomeOpt):

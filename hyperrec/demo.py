@@ -29,28 +29,39 @@ def _recent_categories(world_events: pd.DataFrame, items: pd.DataFrame, user: st
 
 def story_phases(steps: pd.DataFrame, retrains: list[dict], trials: list[dict], drift_day: float,
                  loop: LoopConfig) -> dict[str, np.ndarray]:
-    """The turns of the story as masks over the loop's steps: before the drift, the step
-    the retrain was started in, and after the trial ended (or after the retrain, when there
-    was no trial). `trials`: the decided ones (run_loop keeps only those)."""
+    """The turns of the story as masks over the loop's steps: before the drift, the step the
+    first retrain was started in (the trough), then, per decided online trial, the steps
+    from its decision to the step the next retrain started in (or the end): what each
+    confirmed model served on its own. With no decided trial, everything after the first
+    retrain. `trials`: the decided ones (run_loop keeps only those)."""
     day = (np.arange(len(steps)) + 1) * loop.step_hours / 24
     phases = {"before the drift": day <= drift_day}
-    if retrains:
-        fired = np.flatnonzero((steps["sim_end"] <= retrains[0]["sim_time"]).to_numpy())[-1]
-        phases["in the step the retrain started"] = np.arange(len(steps)) == fired
-        after = (steps["sim_end"] > (trials[0]["sim_time"] if trials else retrains[0]["sim_time"])).to_numpy()
-        label = f"after {trial_outcome(trials[0])}" if trials else "after the retrain"
-        if after.any():
-            phases[label] = after
+    if not retrains:
+        return phases
+    ends = steps["sim_end"]
+    fired = np.flatnonzero((ends <= retrains[0]["sim_time"]).to_numpy())[-1]
+    phases["in the step the retrain started"] = np.arange(len(steps)) == fired
+    periods = [(f"after {trial_outcome(t)}", t["sim_time"]) for t in trials] or [("after the retrain",
+                                                                                   retrains[0]["sim_time"])]
+    for label, since in periods:
+        until = next((r["sim_time"] for r in retrains if r["sim_time"] > since), None)
+        mask = (ends > since).to_numpy() & ((ends <= until).to_numpy() if until is not None else True)
+        if mask.any():
+            phases[label] = mask
     return phases
 
 
 def story_numbers(steps: pd.DataFrame, retrains: list[dict], trials: list[dict], drift_day: float,
                   loop: LoopConfig, quality: pd.DataFrame | None = None) -> dict:
-    """Served CTR at the turns of the story (`story_phases`) and, given `quality`
-    (closed_loop.hidden_quality), the hidden click probability of what was shown then,
-    for the users whose taste drifted and for the others."""
+    """Served CTR at the turns of the story (`story_phases`), the share of the drift's drop
+    that the last of them won back ((last - trough) / (before - trough)) and, given
+    `quality` (closed_loop.hidden_quality), the hidden click probability of what was shown
+    then, for the users whose taste drifted and for the others."""
     phases = story_phases(steps, retrains, trials, drift_day, loop)
     story = {"ctr": {f"CTR {label}": float(steps["ctr"][mask].mean()) for label, mask in phases.items()}}
+    ctr = list(story["ctr"].values())
+    if len(ctr) >= 3 and ctr[0] > ctr[1]:
+        story["recovered"] = {"phase": list(phases)[-1], "share_of_drop": (ctr[-1] - ctr[1]) / (ctr[0] - ctr[1])}
     if quality is not None:
         story["hidden_p_click"] = {label: _p_click_by_group(quality, steps["step"].to_numpy()[mask])
                                    for label, mask in phases.items()}
@@ -181,7 +192,7 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
         console.print(f"one HTTP request for {len(sample)} users: {latency_ms:.0f} ms")
         timings["serving"] = time.monotonic() - t
 
-        console.rule(f"[bold]5. the closed loop: {loop.days:.0f} simulated days of users, monitoring every "
+        console.rule(f"[bold]5. the closed loop: {loop.days:g} simulated days of users, monitoring every "
                      f"{loop.step_hours:.0f} h, retraining when it fires")
         t = time.monotonic()
         result = run_loop(settings, world, f"http://127.0.0.1:{port}", console, stream, loop)
@@ -219,6 +230,9 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     story = story_numbers(steps, retrains, result["trials"], drift_day - days, loop,
                           hidden_quality(world, result["served"], steps))
     console.print(" ".join(f"{label} {value:.4f};" for label, value in story["ctr"].items()))
+    if recovered := story.get("recovered"):
+        console.print(f"{recovered['phase']}, CTR has won back {recovered['share_of_drop']:.0%} of its drop from "
+                      "before the drift to the step the retrain started")
     console.print("hidden click probability of the top 5 personalized items shown (the simulator's truth): "
                   + "; ".join(f"{label}: " + ", ".join(f"{group} {p:.3f}" for group, p in groups.items())
                               for label, groups in story["hidden_p_click"].items()))

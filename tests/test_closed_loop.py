@@ -96,3 +96,22 @@ def test_hidden_quality_scores_the_top_slots_by_each_users_taste_on_the_day_show
     after = story["hidden_p_click"]["after the retrain"]
     assert after[QUALITY_GROUPS[True]] == pytest.approx(table.loc[(1, True), "p_click"])
     assert after[QUALITY_GROUPS[False]] == pytest.approx(table.loc[(1, False), "p_click"])
+
+
+def test_story_has_a_phase_per_confirmed_model_and_the_share_of_the_drop_won_back():
+    """Two retrains, each decided by a trial: each confirmed model's phase runs from its
+    trial's decision to the step the next retrain started in (that step is still its own)."""
+    from hyperrec.closed_loop import LoopConfig
+    from hyperrec.demo import story_numbers
+
+    t0 = pd.Timestamp("2026-01-01", tz="UTC")
+    ends = [t0 + pd.Timedelta(days=d) for d in range(1, 9)]
+    steps = pd.DataFrame({"step": range(8), "sim_end": ends, "ctr": [0.1, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.085]})
+    retrains = [{"sim_time": ends[1]}, {"sim_time": ends[4]}]
+    trials = [{"sim_time": ends[2], "challenger": 1, "champion": 2, "action": "retire"},  # holdback: v2 confirmed
+              {"sim_time": ends[5], "challenger": 3, "champion": 2, "action": "promote"}]
+    story = story_numbers(steps, retrains, trials, drift_day=1.0, loop=LoopConfig(step_hours=24))
+    assert story["ctr"] == pytest.approx({"CTR before the drift": 0.1, "CTR in the step the retrain started": 0.04,
+                                          "CTR after v2 confirmed": 0.065, "CTR after v3 promoted": 0.0875})
+    assert story["recovered"]["phase"] == "after v3 promoted"
+    assert story["recovered"]["share_of_drop"] == pytest.approx((0.0875 - 0.04) / (0.1 - 0.04))
