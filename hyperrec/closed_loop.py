@@ -41,8 +41,8 @@ class LoopConfig:
     lists_per_day: int | None = None  # default: as many views a day as the world's history had
     step_hours: float = 6.0  # the monitoring job runs after every step
     epochs: int = 6  # of each retraining run
-    # each costs ~100 s of wall time; later firings are recorded, not run. One retrain won back
-    # about half the drift's CTR drop, the third brought it to within 3% of the level before it
+    # each costs ~100 s of wall time; later firings are recorded, not run. In one run (README,
+    # Monitoring) the first retrain won back 53% of the drift's CTR drop, the third 86%
     max_retrains: int = 3
     # Users in a challenger's trial. Interleaved, every one: each list still holds half the
     # champion's items and is its own control, so the trial needs no control group, and
@@ -315,6 +315,21 @@ def trial_outcome(trial: dict) -> str:
 MIN_SHOWN_PER_POINT = 50  # a version's items in one step, fewer: not plotted
 
 
+def side_by_side(per_version: pd.DataFrame, day_of_step: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per version, (days, CTR) of its items in the steps where two versions served
+    (`ctr_by_team`), NaN between trials so each trial is its own line; points from fewer
+    than MIN_SHOWN_PER_POINT items (a version's first lists, in the step its retrain fired
+    in) are left out."""
+    rows = per_version[per_version["shown"] >= MIN_SHOWN_PER_POINT]
+    rows = rows[rows.groupby("step")["model_version"].transform("nunique") > 1]
+    lines = {}
+    for v, group in rows.groupby("model_version"):
+        gaps = np.flatnonzero(np.diff(group["step"].to_numpy()) > 1) + 1
+        lines[int(v)] = (np.insert(group["step"].map(day_of_step).to_numpy(float), gaps, np.nan),
+                         np.insert(group["ctr"].to_numpy(float), gaps, np.nan))
+    return lines
+
+
 def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out: Path, days: float,
          trials: list[dict] = (), per_version: pd.DataFrame | None = None) -> Path:
     """CTR per step with the retrains, the online trials' outcomes and the start of the taste
@@ -334,18 +349,10 @@ def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out
     fig, ax = plt.subplots(figsize=(9, 5.2), dpi=110)
     ax.plot(x, steps["ctr"], marker="o", color="#1f77b4", label="CTR (clicks / shown items), all users")
     if per_version is not None and len(per_version):
-        # a version's first items can land in the step its retrain fired in: a handful, no rate
-        per_version = per_version[per_version["shown"] >= MIN_SHOWN_PER_POINT]
-        shared = per_version.groupby("step")["model_version"].transform("nunique") > 1
         palette = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f")
-        for i, (v, group) in enumerate(per_version[shared].groupby("model_version")):
-            colour = palette[i % len(palette)]
-            # one line per trial: a gap in the steps (a version in two trials) breaks the line
-            steps_ = group["step"].to_numpy()
-            gaps = np.flatnonzero(np.diff(steps_) > 1) + 1
-            days_ = np.insert(group["step"].map(day_of_step).to_numpy(float), gaps, np.nan)
-            ax.plot(days_, np.insert(group["ctr"].to_numpy(float), gaps, np.nan), marker="s", linestyle=":",
-                    color=colour, label=f"CTR of v{v}'s items while two versions serve")
+        for i, (v, (days_, ctr)) in enumerate(side_by_side(per_version, day_of_step).items()):
+            ax.plot(days_, ctr, marker="s", linestyle=":", color=palette[i % len(palette)],
+                    label=f"CTR of v{v}'s items while two versions serve")
     ax2 = ax.twinx()
     ax2.plot(x, steps["hit_rate"], marker=".", color="#ff7f0e", alpha=0.6, label="lists with a click")
     ax2.set_ylabel("lists with a click")
@@ -358,6 +365,9 @@ def plot(steps: pd.DataFrame, retrains: list[dict], drift_day: float | None, out
                     color=colour, fontsize=8)
     if drift_day is not None:
         ax.axvspan(drift_day, x[-1], color="#d62728", alpha=0.06, label="tastes drifting")
+        if (x <= drift_day).any():  # the level recovery is judged against
+            ax.axhline(float(steps["ctr"][x <= drift_day].mean()), color="#1f77b4", linestyle=":", linewidth=1,
+                       label="CTR before the drift (mean)")
     ax.set_xlabel("simulated day after the training data ends")
     ax.set_ylabel("CTR")
     ax.set_title("hyperrec closed loop: served CTR, drift, retraining, online trial")

@@ -115,3 +115,30 @@ def test_story_has_a_phase_per_confirmed_model_and_the_share_of_the_drop_won_bac
                                           "CTR after v2 confirmed": 0.065, "CTR after v3 promoted": 0.0875})
     assert story["recovered"]["phase"] == "after v3 promoted"
     assert story["recovered"]["share_of_drop"] == pytest.approx((0.0875 - 0.04) / (0.1 - 0.04))
+
+
+def test_the_plot_draws_three_rounds_of_retrain_and_trial(tmp_path):
+    """Four versions, three trials: every version serving beside another gets its line (the
+    palette once ran out at three), a handful of items makes no point, and the PNG is written."""
+    from PIL import Image
+
+    from hyperrec.closed_loop import plot, side_by_side
+
+    t0 = pd.Timestamp("2026-01-01", tz="UTC")
+    n = 40
+    steps = pd.DataFrame({"step": range(n), "sim_end": [t0 + pd.Timedelta(hours=6 * (i + 1)) for i in range(n)],
+                          "ctr": np.linspace(0.09, 0.06, n), "hit_rate": np.linspace(0.6, 0.4, n)})
+    at = steps["sim_end"]
+    retrains = [{"sim_time": at[s], "champion_before": v, "champion_after": v, "challenger": v + 1}
+                for s, v in ((8, 1), (20, 2), (32, 3))]
+    trials = [{"sim_time": at[s], "challenger": v + 1, "champion": v, "action": "promote"}
+              for s, v in ((11, 1), (23, 2), (35, 3))]
+    per_version = pd.DataFrame([{"step": s, "model_version": version, "shown": 400 if s > start else 10, "ctr": 0.07}
+                                for start, champion in ((8, 1), (20, 2), (32, 3))
+                                for s in range(start, start + 4) for version in (champion, champion + 1)])
+    lines = side_by_side(per_version, dict(zip(steps["step"], np.arange(n) / 4)))
+    assert sorted(lines) == [1, 2, 3, 4]
+    assert np.nanmax(lines[2][0]) == 23 / 4 and np.nanmin(lines[2][0]) == 9 / 4  # no point from 10 items
+    assert np.isnan(lines[2][0]).sum() == 1  # v2 serves in two trials: two lines
+    out = plot(steps, retrains, 1.0, tmp_path / "ctr.png", 10.0, trials, per_version)
+    assert Image.open(out).size == (990, 572)
