@@ -117,9 +117,9 @@ def trial_items(served: pd.DataFrame, champion: int) -> pd.DataFrame:
 
 def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, events: Callable[[], pd.DataFrame],
                 attribution_s: float = ATTRIBUTION_S, config: CanaryConfig = CanaryConfig()) -> dict | None:
-    """The challenger's A/B test over the lists served since its first one (each with
-    `attribution_s` to collect its clicks); promote or retire it in the registry when
-    decided. None when no challenger is on trial. `events()`: the event log, read once per pass."""
+    """The challenger's trial over the lists served since both versions first served
+    (`trial_items`), each with `attribution_s` to collect its clicks; promote or retire it
+    in the registry when decided. None when no challenger is on trial. `events()`: the event log, read once per pass."""
     from hyperrec.registry import challenger_version, end_challenger
 
     challenger = challenger_version(settings)
