@@ -273,16 +273,22 @@ def test_a_snapshot_appends_logged_events_once(settings):
     assert snap.events["event_id"].is_unique and snap.events["ts"].is_monotonic_increasing
 
 
-def _two_versions(settings):
-    """A registry with versions 1 (champion) and 2 (challenger on trial); no artifacts needed."""
+def _registry(settings, versions: int, champion: int, challenger: int) -> None:
+    """A registry with `versions` versions, `champion` and `challenger` (on trial) set; no
+    artifacts needed."""
     from hyperrec.registry import configure, move_alias, start_challenger
 
     client = configure(settings)
     client.create_registered_model(settings.model_name)
-    for _ in range(2):
+    for _ in range(versions):
         client.create_model_version(settings.model_name, source=(settings.home / "nothing").as_uri())
-    move_alias(settings, 1, "test")
-    start_challenger(settings, 2, "test")
+    move_alias(settings, champion, "test")
+    start_challenger(settings, challenger, "test")
+
+
+def _two_versions(settings):
+    """Versions 1 (champion) and 2 (challenger on trial)."""
+    _registry(settings, 2, champion=1, challenger=2)
 
 
 def trial_traffic(settings, rng, n, p_click: dict[int, float], start: float, prefix: str) -> None:
@@ -298,16 +304,18 @@ def trial_traffic(settings, rng, n, p_click: dict[int, float], start: float, pre
     EventLog(settings.event_log).append(events)
 
 
-def interleaved_traffic(settings, rng, n, p_click: dict[int, float], start: float) -> None:
-    """Log `n` interleaved lists of version 2's trial 20 s apart: items a, b from one team and
-    c, d from the other (which team leads alternates), each clicked with its team's probability."""
+def interleaved_traffic(settings, rng, n, p_click: dict[int, float], start: float, teams: tuple[int, int] = (1, 2),
+                        prefix: str = "mix") -> None:
+    """Log `n` interleaved lists of version 2's trial 20 s apart: items a, b from one of
+    `teams` and c, d from the other (which team leads alternates), each clicked with its
+    team's probability."""
     rows, events = [], []
     for i in range(n):
-        ts, rid, user = start + 20 * i, f"mix{i}", f"u{i % 600}"
-        teams = [1, 1, 2, 2] if i % 2 else [2, 2, 1, 1]
-        rows.append(served(rid, ts, user, ["a", "b", "c", "d"], version=2, teams=teams))
+        ts, rid, user = start + 20 * i, f"{prefix}{i}", f"u{i % 600}"
+        teams_ = [teams[0]] * 2 + [teams[1]] * 2 if i % 2 else [teams[1]] * 2 + [teams[0]] * 2
+        rows.append(served(rid, ts, user, ["a", "b", "c", "d"], version=2, teams=teams_))
         events += [event(f"{rid}-{item}", user, item, ts + 5, request_id=rid)
-                   for item, team in zip("abcd", teams) if rng.random() < p_click[team]]
+                   for item, team in zip("abcd", teams_) if rng.random() < p_click[team]]
     write(ImpressionLog(settings.impression_log), rows)
     EventLog(settings.event_log).append(events)
 
@@ -361,32 +369,14 @@ def test_a_holdback_trial_counts_only_the_lists_since_its_champion_first_served(
     v2 served long before, in v1's trial too: those interleaved lists (teams 1 and 2, logged
     as v2's) and v2's own lists say nothing of v3, and before they were left out they made
     v3 look five times worse than v2 and rolled back every later retrain in `make demo`."""
-    from hyperrec.registry import challenger_version, champion_version, configure, move_alias, start_challenger
+    from hyperrec.registry import challenger_version, champion_version
     from monitoring.job import run_once
 
-    client = configure(settings)
-    client.create_registered_model(settings.model_name)
-    for _ in range(3):
-        client.create_model_version(settings.model_name, source=(settings.home / "nothing").as_uri())
-    move_alias(settings, 3, "test")
-    start_challenger(settings, 2, "holdback")
+    _registry(settings, 3, champion=3, challenger=2)
     rng = np.random.default_rng(5)
-
-    def lists(n, start, prefix, version, teams_of, p_click):
-        rows, events = [], []
-        for i in range(n):
-            ts, rid, user = start + 20 * i, f"{prefix}{i}", f"u{i % 600}"
-            teams = teams_of(i)
-            rows.append(served(rid, ts, user, ["a", "b", "c", "d"], version=version, teams=teams))
-            events += [event(f"{rid}-{item}", user, item, ts + 5, request_id=rid)
-                       for item, team in zip("abcd", teams) if rng.random() < p_click[team]]
-        write(ImpressionLog(settings.impression_log), rows)
-        EventLog(settings.event_log).append(events)
-
-    alternate = lambda a, b: lambda i: [a, a, b, b] if i % 2 else [b, b, a, a]  # noqa: E731
-    lists(800, T0, "v1v2-", 2, alternate(1, 2), {1: 0.05, 2: 0.30})  # v1's trial: v2 against v1
-    lists(300, T0 + 20_000, "v2-", 2, lambda i: [2, 2, 2, 2], {2: 0.30})  # v2 alone, as champion
-    lists(1_200, T0 + 30_000, "v3v2-", 2, alternate(3, 2), {2: 0.10, 3: 0.20})  # this trial
+    interleaved_traffic(settings, rng, 800, {1: 0.05, 2: 0.30}, T0, (1, 2), "v1v2-")  # v1's trial: v2 against v1
+    interleaved_traffic(settings, rng, 300, {2: 0.30}, T0 + 20_000, (2, 2), "v2-")  # v2 alone, as champion
+    interleaved_traffic(settings, rng, 1_200, {2: 0.10, 3: 0.20}, T0 + 30_000, (3, 2), "v3v2-")  # this trial
     trial = run_once(settings, FakeSubmitter(), probe_index=False, dashboard=False)["trial"]
     assert (trial["champion"], trial["challenger"]) == (3, 2)
     assert trial["lists"]["interleaved"] <= 1_200  # none of the lists before v3 first served
