@@ -14,7 +14,7 @@ def build_index(training_set: Input[Dataset], retrieval: Input[Model], serving_r
     served. Each folder is one unit, so query tower, index and ranker never mix runs."""
     from pathlib import Path
 
-    from hyperrec.train import build_serving_unit
+    from hyperrec.training.fit import build_serving_unit
 
     for towers, unit in ((retrieval, model), (serving_retrieval, serving_model)):
         report = build_serving_unit(Path(towers.path), Path(ranker.path), Path(training_set.path), Path(unit.path),

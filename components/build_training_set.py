@@ -13,7 +13,7 @@ def build_training_set(home: str, world_dir: str, training_set: Output[Dataset])
     from pathlib import Path
 
     from hyperrec.config import load_settings
-    from hyperrec.training_set import build_training_set as build
+    from hyperrec.training.dataset import build_training_set as build
 
     sizes = build(load_settings(home), Path(world_dir), Path(training_set.path))
     training_set.metadata.update(sizes)

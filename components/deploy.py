@@ -12,7 +12,7 @@ def deploy(home: str, version: int, blessed: bool, endpoint: str = "", timeout_s
     import json
 
     from hyperrec.config import load_settings
-    from hyperrec.deploy import deploy as verify
+    from hyperrec.registry.deploy import deploy as verify
 
     settings = load_settings(home)
     out = verify(settings, settings.model_name, version, blessed, endpoint or None, timeout_s=timeout_s)

@@ -22,9 +22,9 @@ def evaluate_model(home: str, training_set: Input[Dataset], model: Input[Model],
     import pandas as pd
 
     from hyperrec.config import load_settings
-    from hyperrec.registry import champion_model_dir
-    from hyperrec.train import data_end
-    from hyperrec.train import evaluate_model as evaluate
+    from hyperrec.registry.model_registry import champion_model_dir
+    from hyperrec.training.fit import data_end
+    from hyperrec.training.fit import evaluate_model as evaluate
 
     data = Path(training_set.path)
     candidate = evaluate(Path(model.path), data, k=k)

@@ -13,7 +13,7 @@ def gate_model(evaluation: Input[Artifact], report: Output[Markdown], decision: 
     import json
     from pathlib import Path
 
-    from hyperrec.model_gate import decide
+    from hyperrec.evaluation.gate import decide
 
     result = json.loads(Path(evaluation.path).read_text())
     verdict = decide(result["candidate"], result.get("champion"))

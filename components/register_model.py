@@ -19,8 +19,8 @@ def register_model(home: str, world_dir: str, run_tag: str, model: Input[Model],
     from pathlib import Path
 
     from hyperrec.config import load_settings
-    from hyperrec.registry import fingerprint
-    from hyperrec.registry import register_model as register
+    from hyperrec.registry.model_registry import fingerprint
+    from hyperrec.registry.model_registry import register_model as register
 
     gate = json.loads(Path(decision.path).read_text())
     result = json.loads(Path(evaluation.path).read_text())

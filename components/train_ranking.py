@@ -10,7 +10,7 @@ def train_ranking(ranking_examples: Input[Dataset], ranker: Output[Model]):
     retrieved candidates labelled by whether the user went on to engage with them."""
     from pathlib import Path
 
-    from hyperrec.train import fit_ranking
+    from hyperrec.training.fit import fit_ranking
 
     report = fit_ranking(Path(ranking_examples.path), Path(ranker.path))
     ranker.metadata.update(report)

@@ -12,14 +12,14 @@ def train_retrieval(home: str, training_set: Input[Dataset], retrieval: Output[M
     training data, then refit on all of it: `retrieval`, the one evaluated) and write the
     ranker's training examples: the candidates the held-out-stage model retrieves,
     labelled. `serving_retrieval`: the same refit with the test rows added, the one served
-    (hyperrec.train.refit_for_serving). With `warm_start`, the towers start from the
+    (hyperrec.training.fit.refit_for_serving). With `warm_start`, the towers start from the
     current champion's weights (from scratch when there is none)."""
     from pathlib import Path
 
     from hyperrec.config import load_settings
     from hyperrec.models.two_tower import TwoTowerConfig
-    from hyperrec.registry import champion_model_dir
-    from hyperrec.train import fit_retrieval, refit_for_serving
+    from hyperrec.registry.model_registry import champion_model_dir
+    from hyperrec.training.fit import fit_retrieval, refit_for_serving
 
     start = champion_model_dir(load_settings(home)) if warm_start else None
     cfg = TwoTowerConfig(epochs=max_epochs, embedding_dim=embedding_dim, learning_rate=learning_rate)

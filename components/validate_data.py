@@ -13,8 +13,8 @@ def validate_data(home: str, world_dir: str, report: Output[Markdown]) -> str:
     from pathlib import Path
 
     from hyperrec.config import load_settings
-    from hyperrec.data_gate import check_world_dir
-    from hyperrec.registry import champion_artifact
+    from hyperrec.data.gate import check_world_dir
+    from hyperrec.registry.model_registry import champion_artifact
 
     previous = champion_artifact(load_settings(home), "data_profile.json")
     result = check_world_dir(Path(world_dir), json.loads(previous) if previous else None)

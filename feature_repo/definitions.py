@@ -1,4 +1,4 @@
-"""Feast objects for hyperrec, generated from the one feature schema in `hyperrec.features`.
+"""Feast objects for hyperrec, generated from the one feature schema in `hyperrec.features.views`.
 
 `feast -c feature_repo apply` (or `hyperrec features build`) registers them. Batch sources
 are parquet under $HYPERREC_HOME/feast/offline (written by `hyperrec features build`);
@@ -11,7 +11,7 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Float32, Int64, String
 
 from hyperrec.config import load_settings
-from hyperrec.features import FEATURE_VIEWS, REQUEST_CONTEXT, REQUEST_TS
+from hyperrec.features.views import FEATURE_VIEWS, REQUEST_CONTEXT, REQUEST_TS
 
 DTYPES = {"string": String, "float": Float32, "int": Int64, "string_list": Array(String), "int_list": Array(Int64)}
 OFFLINE_DIR = load_settings().offline_dir
@@ -51,6 +51,6 @@ request = RequestSource(name="request", schema=[Field(name=REQUEST_TS, dtype=Int
 )
 def request_context(inputs: pd.DataFrame) -> pd.DataFrame:
     # Feast stores this body's source and runs it elsewhere: import inside, call the tested function
-    from hyperrec.features import request_context_features
+    from hyperrec.features.views import request_context_features
 
     return request_context_features(inputs)

@@ -68,8 +68,8 @@ def data_load_movielens(path: Path, out: Path | None = typer.Option(None), home:
 @data_app.command("validate")
 def data_validate(world: Path | None = typer.Option(None), home: Path | None = HomeOpt):
     """Check every table of a world against the schemas; exit 1 naming each bad row."""
+    from hyperrec.data.schemas import SchemaError
     from hyperrec.data.world import load_world
-    from hyperrec.schemas import SchemaError
 
     try:
         w = load_world(_world_dir(home, world))
@@ -93,7 +93,7 @@ def features_materialize(end: str | None = typer.Option(None, help="ISO time to 
     """Load rows appended since the last load into the online store (materialize-incremental)."""
     from datetime import UTC, datetime
 
-    from hyperrec.featurestore import materialize_incremental
+    from hyperrec.features.store import materialize_incremental
 
     until = datetime.fromisoformat(end) if end else datetime.now(UTC)
     materialize_incremental(load_settings(home), until)
@@ -148,7 +148,7 @@ def pipeline_compile(out: Path = typer.Option(Path("var/pipeline.yaml"))):
 def model_promote(version: int, reason: str = typer.Option(..., help="why: recorded in the alias history"),
                   home: Path | None = HomeOpt):
     """Point @champion at VERSION (e.g. a rejected or challenger version, by hand)."""
-    from hyperrec.registry import move_alias
+    from hyperrec.registry.model_registry import move_alias
 
     entry = move_alias(load_settings(home), version, f"promote: {reason}")
     console.print(f"@champion -> v{entry['version']} (was v{entry['previous']})")
@@ -158,7 +158,7 @@ def model_promote(version: int, reason: str = typer.Option(..., help="why: recor
 def model_rollback(reason: str = typer.Option(..., help="why: recorded in the alias history"),
                    home: Path | None = HomeOpt):
     """Move @champion back to the version it pointed at before."""
-    from hyperrec.registry import rollback
+    from hyperrec.registry.model_registry import rollback
 
     entry = rollback(load_settings(home), reason)
     console.print(f"@champion -> v{entry['version']} (was v{entry['previous']})")
@@ -167,7 +167,7 @@ def model_rollback(reason: str = typer.Option(..., help="why: recorded in the al
 @model_app.command("history")
 def model_history(home: Path | None = HomeOpt):
     """Every move of @champion: version, previous, when, why."""
-    from hyperrec.registry import alias_history
+    from hyperrec.registry.model_registry import alias_history
 
     table = Table(title="@champion history")
     for col in ("at", "version", "previous", "reason"):
@@ -181,7 +181,7 @@ def model_history(home: Path | None = HomeOpt):
 def bench_features_cmd(out: Path = typer.Option(Path("var/bench/features.json")), lookups: int = 200,
                        candidates: int = 200, events: int = 200_000, home: Path | None = HomeOpt):
     """Online lookup latency (SQLite vs Redis) and event -> online freshness."""
-    from hyperrec.benchmarks import bench_features
+    from hyperrec.bench.features import bench_features
 
     result = bench_features(load_settings(home), console, events=events, lookups=lookups, candidates=candidates)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ def bench_index_cmd(out: Path = typer.Option(Path("var/bench/index.json")),
                     dim: int = 64, queries: int = 1000):
     """Exact vs approximate (FAISS IVF) candidate index on generated catalogs: recall@100
     against brute force and per-query latency."""
-    from hyperrec.index_bench import bench_index, print_index_table
+    from hyperrec.bench.index import bench_index, print_index_table
 
     rows = bench_index(sizes=[int(s) for s in sizes.split(",")], dim=dim, queries=queries, progress=console.log)
     print_index_table(rows, console)
@@ -212,7 +212,7 @@ def bench_quality_cmd(path: Path = typer.Option(..., help="a MovieLens folder (1
                       home: Path | None = HomeOpt):
     """Baselines (popularity, item-kNN, EASE, iALS) and the hyperrec two-tower on real data,
     under the evaluation protocol."""
-    from hyperrec.benchmarks import bench_quality
+    from hyperrec.bench.quality import bench_quality
 
     result = bench_quality(path, console, format, load_settings(home), epochs)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -227,7 +227,7 @@ def bench_serving_cmd(out: Path = typer.Option(Path("var/bench/serving.json")),
                       workers: int = typer.Option(2, help="hyperrec server processes (the naive anchor stays one)")):
     """The full request path over a generated 100k-item catalog vs the naive per-request
     KServe path (one BruteForce SavedModel call), side by side; swap under load."""
-    from hyperrec.serving_bench import run
+    from hyperrec.bench.serving import run
 
     run(load_settings(home), out, console, seconds=seconds, rate=rate, workers=workers)
     console.print(f"wrote {out}")
@@ -239,7 +239,7 @@ def bench_freshness_cmd(out: Path = typer.Option(Path("var/bench/freshness.json"
                         users: int = 60, ingest_s: float = 10.0):
     """Event -> changed recommendations (server + stream processor, each its own process) and
     durable ingestion throughput on POST /v1/events."""
-    from hyperrec.freshness_bench import run
+    from hyperrec.bench.freshness import run
 
     run(load_settings(home), out, console, users=users, ingest_s=ingest_s)
     console.print(f"wrote {out}")
@@ -250,7 +250,7 @@ def bench_detection_cmd(out: Path = typer.Option(Path("var/bench/detection.json"
                         seed: int = 0):
     """Drift trigger on a taste simulator: false alarms over same-distribution windows, and
     requests from an injected taste shift until the trigger fires."""
-    from hyperrec.detection_bench import run
+    from hyperrec.bench.detection import run
 
     run(out, windows=windows, seed=seed, console=console)
     console.print(f"wrote {out}")
@@ -260,7 +260,7 @@ def bench_detection_cmd(out: Path = typer.Option(Path("var/bench/detection.json"
 def bench_report_cmd(bench_dir: Path = typer.Option(Path("var/bench"), help="where the benches wrote their JSON"),
                      out: Path = typer.Option(Path("BENCHMARKS.md"))):
     """BENCHMARKS.md from the benches' JSON: machine, date, each measure beside its target or anchor."""
-    from hyperrec.benchmarks_md import write
+    from hyperrec.bench.markdown import write
 
     console.print(f"wrote {write(bench_dir, out)}")
 
@@ -271,7 +271,7 @@ def bench_warm_start_cmd(out: Path = typer.Option(Path("var/bench/warm_start.jso
                          epochs: int = 6, fine_tune_epochs: int = 2):
     """Retrain from the champion's weights vs from scratch, evaluated on interactions the
     champion never saw; training time and quality side by side."""
-    from hyperrec.warmstart_bench import bench_warm_start
+    from hyperrec.bench.warmstart import bench_warm_start
 
     bench_warm_start(load_settings(home), console, out, epochs=epochs, fine_tune_epochs=fine_tune_epochs)
     console.print(f"wrote {out}")
@@ -315,14 +315,14 @@ def ab_report(impressions: Path | None = typer.Option(None, help="parquet or CSV
     several arms), the Bayesian probability to beat control, and the verdict."""
     import pandas as pd
 
-    from hyperrec.abtest import report
+    from hyperrec.experiments.abtest import report
 
     if impressions is not None:
         frame = pd.read_parquet(impressions) if impressions.suffix == ".parquet" else pd.read_csv(impressions)
     else:
-        from hyperrec.eventlog import EventLog
-        from hyperrec.impressions import ImpressionLog
-        from hyperrec.traffic import attribute, shown_items
+        from hyperrec.data.eventlog import EventLog
+        from hyperrec.data.impressions import ImpressionLog
+        from hyperrec.monitor.traffic import attribute, shown_items
 
         settings = load_settings(home)
         served = shown_items(ImpressionLog(settings.impression_log).read())
@@ -344,7 +344,7 @@ def stream(home: Path | None = HomeOpt,
                                                              "new events are tailed")):
     """Run the stream processor in the foreground: events (POSTed to the server's /v1/events,
     or from Kafka) -> windowed features and recent items -> the online store (Ctrl-C stops it)."""
-    from hyperrec.online import EXPERIMENTS
+    from hyperrec.online.serving_path import EXPERIMENTS
 
     settings = load_settings(home)
     if experiment not in EXPERIMENTS:
@@ -352,11 +352,11 @@ def stream(home: Path | None = HomeOpt,
     chosen = EXPERIMENTS[experiment]
     batch_only = chosen.batch_only if any(not arm.realtime for arm in chosen.arms.values()) else None
     if kafka:
-        from hyperrec.kafka_source import run as run_kafka
+        from hyperrec.features.kafka_source import run as run_kafka
 
         run_kafka(settings, kafka, topic, group or None, log=console.print, batch_only=batch_only)
     else:
-        from hyperrec.stream import run
+        from hyperrec.features.stream import run
 
         run(settings, log=console.print, batch_only=batch_only, ready_file=ready_file)
 
@@ -378,7 +378,7 @@ def monitor(home: Path | None = HomeOpt,
     recall; a dashboard snapshot per pass (`make ui`)."""
     import time as _time
 
-    from hyperrec.retrain import KfpRetrain, LocalRetrain
+    from hyperrec.training.retrain import KfpRetrain, LocalRetrain
     from monitoring.job import run_once
 
     settings = load_settings(home)
@@ -397,7 +397,7 @@ def monitor(home: Path | None = HomeOpt,
 def retrain(run_id: str = typer.Option(..., "--run-id"), epochs: int = 6, home: Path | None = HomeOpt):
     """One retraining run (what `monitor` starts in embedded mode): world + logged events ->
     snapshot -> feature store -> training pipeline (kfp.local) -> the model gate decides."""
-    from hyperrec.retrain import run
+    from hyperrec.training.retrain import run
 
     outcome = run(load_settings(home), run_id, epochs=epochs, console=console)
     console.print_json(json.dumps(outcome, default=str))
@@ -417,12 +417,12 @@ def demo(users: int = 2_000, items: int = 1_000, days: int = 14, events: int = 2
          lists_per_day: int = typer.Option(0, help="0: the history's traffic intensity"),
          step_hours: float = 6.0, max_retrains: int = 3,
          drift_categories: int = typer.Option(0, help="categories the drifting users turn to (0: each user any)"),
-         feedback: bool = typer.Option(True, help="the server's feedback stages (hyperrec.feedback)"),
+         feedback: bool = typer.Option(True, help="the server's feedback stages (hyperrec.online.feedback)"),
          home: Path | None = HomeOpt):
     """The whole story: data -> Feast -> kfp.local training -> MLflow -> KServe -> simulated
     users whose tastes drift -> monitoring -> retraining -> swap -> CTR plot."""
-    from hyperrec.closed_loop import LoopConfig
-    from hyperrec.demo import run_demo
+    from hyperrec.demo.closed_loop import LoopConfig
+    from hyperrec.demo.story import run_demo
 
     loop = LoopConfig(days=sim_days, lists_per_day=lists_per_day or None, step_hours=step_hours, epochs=epochs,
                       max_retrains=max_retrains, drift_categories=drift_categories or None, feedback=feedback)

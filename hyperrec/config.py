@@ -29,7 +29,7 @@ class Settings(BaseModel):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = Field("127.0.0.1:6379", description="Feast connection_string (host:port[,db=N])")
     recs_cache: str | None = Field(None, description="Redis (host:port[,db=N]) caching served lists "
-                                   "(hyperrec.recs_cache); None: no cache")
+                                   "(hyperrec.online.recs_cache); None: no cache")
 
     @property
     def feature_store_yaml(self) -> Path:

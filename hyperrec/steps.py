@@ -53,7 +53,7 @@ def feature_step(settings: Settings, world_dir: Path, console: Console, online: 
     `online=False` (a retrain): the offline tables and the registry only. Training reads
     the offline store; the online store is the stream processor's to keep current (a
     backfill from a snapshot writes no newer value than it already holds)."""
-    from hyperrec.featurestore import apply_repo, materialize, write_offline_tables
+    from hyperrec.features.store import apply_repo, materialize, write_offline_tables
 
     world = load_world(world_dir)
     with console.status("feast: writing offline tables"):

@@ -7,7 +7,7 @@ plot one snapshot per serving window over time (`python -m monitoring.ui` serves
   the snapshot, stamped with the window's time, to the project (1.3-1.5 s for 2k requests and
   10k impressions against a 10k-row reference; up to 3 s on a busy 2-core machine).
 - `seed_demo`: synthetic days with a taste shift partway, judged by the real
-  `hyperrec.monitor.RetrainTrigger`; `make ui` shows it when the workspace is empty.
+  `hyperrec.monitor.trigger.RetrainTrigger`; `make ui` shows it when the workspace is empty.
 
 How the window fits one report: Evidently runs a report on one (current, reference) pair of
 tables, but a window is four things of different lengths (a row per request, a row per
@@ -21,7 +21,7 @@ Drift is measured with fixed methods (normed Wasserstein for numbers, Jensen-Sha
 categories, Evidently's threshold 0.1 on both) so the per-feature lines are one comparable
 distance over time; Evidently's automatic choice would switch between a p-value and a
 distance with the window size. These verdicts are for the dashboard; the retraining
-decision is `hyperrec.monitor` (p-value AND distance, see there).
+decision is `hyperrec.monitor.trigger` (p-value AND distance, see there).
 
 How the panels find their numbers (0.7's local storage, `get_data_series`): a panel series
 is a metric type plus labels that must all equal the stored metric's parameters (as
@@ -53,7 +53,7 @@ from evidently.ui.storage.local.base import LocalState
 PROJECT = "hyperrec"
 WINDOW_TAG = "hyperrec-window"
 TAB = "Monitoring"
-ARMS = ("control", "diverse-explore")  # hyperrec.online.Experiment's arms (demo data only)
+ARMS = ("control", "diverse-explore")  # hyperrec.online.serving_path.Experiment's arms (demo data only)
 NUM_METHOD, CAT_METHOD = "wasserstein", "jensenshannon"  # Evidently's threshold: 0.1 for both
 QUANTILES = {"p50": 0.5, "p99": 0.99}  # freshness quantiles plotted
 # columns `window_frame` adds next to the features (a feature may not use these names)
@@ -238,7 +238,7 @@ def window_values(workspace_dir: str | Path, snapshot_id: str, project: str = PR
 
 def retrains_between(records: Iterable[dict], start: float, end: float) -> int:
     """Retraining decisions that fired in [start, end) (unix seconds), from the records of a
-    `hyperrec.monitor.RetrainTrigger` decision log (`trigger.records()`)."""
+    `hyperrec.monitor.trigger.RetrainTrigger` decision log (`trigger.records()`)."""
     return sum(1 for r in records if r.get("event") == "decision" and r.get("retrain") and start <= r["ts"] < end)
 
 
@@ -279,7 +279,7 @@ def seed_demo(workspace_dir: str | Path, days: int = 14, drift_day: int | None =
     current reference, and a fired retrain catches the model up the next day (a new
     reference, CTR recovers). One day has a stream-processor lag (freshness x20).
     Returns the snapshot ids, oldest first."""
-    from hyperrec.monitor import FEATURES, RetrainTrigger, Window
+    from hyperrec.monitor.trigger import FEATURES, RetrainTrigger, Window
 
     rng = np.random.default_rng(seed)
     drift_day = days * 2 // 3 if drift_day is None else drift_day

@@ -9,7 +9,7 @@ Current: the champion's lists of the last full `window_s` after the reference, e
 collect its clicks. Then:
 
 0. when a challenger is on trial, its interleaved (or A/B) test against the champion
-   (`hyperrec.canary`): promote, retire or keep collecting -> a line in `<home>/monitoring/trials.jsonl`;
+   (`hyperrec.experiments.canary`): promote, retire or keep collecting -> a line in `<home>/monitoring/trials.jsonl`;
 1. `RetrainTrigger.decide` (significance and size, minimum sample, cooldown, one run in
    flight, dedupe) -> a decision line in `<home>/monitoring/decisions.jsonl`; when it
    fires, the submitter starts the retraining run (embedded: `hyperrec retrain`; cluster:
@@ -34,13 +34,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hyperrec.canary import CONTINUE, PROMOTE, CanaryConfig, judge, judge_interleaved, lists_with_outcomes, team_lists
 from hyperrec.config import Settings
-from hyperrec.eventlog import EventLog
-from hyperrec.impressions import ImpressionLog
-from hyperrec.monitor import FEATURES, RetrainTrigger, TriggerConfig
-from hyperrec.registry import champion_version
-from hyperrec.traffic import (
+from hyperrec.data.eventlog import EventLog
+from hyperrec.data.impressions import ImpressionLog
+from hyperrec.experiments.canary import (
+    CONTINUE,
+    PROMOTE,
+    CanaryConfig,
+    judge,
+    judge_interleaved,
+    lists_with_outcomes,
+    team_lists,
+)
+from hyperrec.monitor.traffic import (
     ATTRIBUTION_S,
     attribute,
     data_quality,
@@ -52,6 +58,8 @@ from hyperrec.traffic import (
     shown_items,
     window,
 )
+from hyperrec.monitor.trigger import FEATURES, RetrainTrigger, TriggerConfig
+from hyperrec.registry.model_registry import champion_version
 
 DAY = 86_400.0
 
@@ -120,7 +128,7 @@ def judge_trial(settings: Settings, served: pd.DataFrame, champion: int | None, 
     """The challenger's trial over the lists served since both versions first served
     (`trial_items`), each with `attribution_s` to collect its clicks; promote or retire it
     in the registry when decided. None when no challenger is on trial. `events()`: the event log, read once per pass."""
-    from hyperrec.registry import challenger_version, end_challenger
+    from hyperrec.registry.model_registry import challenger_version, end_challenger
 
     challenger = challenger_version(settings)
     if challenger is None or champion is None or challenger == champion:
@@ -158,8 +166,8 @@ def _champion_traffic(settings: Settings, served: pd.DataFrame, version: int | N
 def _model_dir(settings: Settings, version: int) -> Path:
     """The version's exported files, downloaded once per version for every later pass (the
     servers' download-once mechanism, in the monitor's own folder)."""
-    from hyperrec.hotswap import load_shared
-    from hyperrec.registry import model_version_dir
+    from hyperrec.online.hotswap import load_shared
+    from hyperrec.registry.model_registry import model_version_dir
 
     return load_shared(settings.monitoring_dir / "models", version,
                        lambda folder: model_version_dir(settings, version, folder), lambda model_dir: model_dir)
@@ -181,7 +189,7 @@ def _item_drift(settings: Settings, version: int, reference: pd.DataFrame, curre
 def _probe_index(settings: Settings, version: int, current: pd.DataFrame, k: int = 50) -> dict:
     """The served index's recall@k against exact search on its own candidate embeddings, for
     live queries. Needs the index and the embeddings only, not the towers (no TensorFlow)."""
-    from hyperrec.index import load_index
+    from hyperrec.models.index import load_index
 
     queries = [q for q in current["query"] if q is not None][:500]
     if not queries:

@@ -6,9 +6,9 @@ plain dicts of numbers out, so callers never hold Evidently objects.
   thresholds), for dashboards. Its verdicts are NOT what the retraining trigger uses: the
   default method switches with reference size (KS/chi-square p < 0.05 up to 1000 reference
   rows, normed Wasserstein / Jensen-Shannon >= 0.1 above), and either half is
-  mis-calibrated somewhere (see `hyperrec.monitor`).
+  mis-calibrated somewhere (see `hyperrec.monitor.trigger`).
 - `column_drift`: the numbers the trigger needs (a p-value AND a distance per column) in
-  the shape of `hyperrec.monitor.column_drift`; inject it to have every decision's
+  the shape of `hyperrec.monitor.trigger.column_drift`; inject it to have every decision's
   numbers land in the workspace too:
   `RetrainTrigger(log, drift_fn=functools.partial(column_drift, workspace=ws_dir))`.
   1-2.5 s per call here (each `ValueDrift` renders its widget), so the bench uses the
@@ -80,7 +80,7 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, numerical: list
 def column_drift(reference: pd.DataFrame, current: pd.DataFrame, numerical: list[str], categorical: list[str],
                  workspace: Path | None = None, project: str = PROJECT, name: str | None = None) -> dict[str, dict]:
     """Per column a p-value (KS / chi-square) and a distance (normed Wasserstein /
-    Jensen-Shannon) from Evidently's `ValueDrift`; same keys as `hyperrec.monitor.column_drift`.
+    Jensen-Shannon) from Evidently's `ValueDrift`; same keys as `hyperrec.monitor.trigger.column_drift`.
     With `workspace`, the report is saved there and `snapshot_id` added to every column."""
     kinds = {c: "numerical" for c in numerical} | {c: "categorical" for c in categorical}
     metrics = [ValueDrift(column=c, method=m) for c, kind in kinds.items() for m in METHODS[kind]]

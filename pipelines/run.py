@@ -43,7 +43,7 @@ def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20,
 
 
 def _result(settings: Settings, run_tag: str) -> RunResult:
-    from hyperrec.registry import configure
+    from hyperrec.registry.model_registry import configure
 
     client = configure(settings)
     found = client.search_model_versions(f"name = '{settings.model_name}'")

@@ -7,7 +7,7 @@ validate_data gates everything: on "failed" nothing below it runs (its report is
 run's output). build_index assembles two serving units (towers, ranker, candidate
 embeddings and index) before evaluation: `model`, whose towers never saw the test rows,
 is evaluated, index included; `serving_model`, its twin whose towers were also fit on the
-test rows (each user's newest interactions, hyperrec.train.refit_for_serving), is
+test rows (each user's newest interactions, hyperrec.training.fit.refit_for_serving), is
 registered and served. The model gate decides what register_model does with the alias;
 deploy then verifies the roll-out (servers follow the alias themselves) or reports that
 there was nothing to roll out.

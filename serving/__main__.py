@@ -31,7 +31,7 @@ def worker_args(argv: list[str]) -> argparse.Namespace:
 def server_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
-    from hyperrec.online import EXPERIMENTS
+    from hyperrec.online.serving_path import EXPERIMENTS
     from serving.recommender import TRIAL_DESIGNS, ServerConfig
 
     parser = argparse.ArgumentParser(parents=[model_server.parser], conflict_handler="resolve")
@@ -55,10 +55,10 @@ def server_parser() -> argparse.ArgumentParser:
                              "(invalidated sooner when the user's online features change)")
     parser.add_argument("--feedback", default="on", choices=("on", "off"),
                         help="the user's last two days of engaged, found and passed-over items move each query "
-                             "and re-score its candidates (hyperrec.feedback)")
+                             "and re-score its candidates (hyperrec.online.feedback)")
     parser.add_argument("--experiment", default="rerank", choices=sorted(EXPERIMENTS),
-                        help="the re-ranking experiment's arms (hyperrec.online.EXPERIMENTS); a stream processor "
-                             "must run with the same one")
+                        help="the re-ranking experiment's arms (hyperrec.online.serving_path.EXPERIMENTS); "
+                             "a stream processor must run with the same one")
     parser.add_argument("--request_logs", action="store_true",
                         help="log every request (uvicorn access + KServe timing lines: ~6 lines per request)")
     # replaces KServe's --workers, whose multi-process mode cannot carry our model (serving/workers.py)
@@ -79,7 +79,7 @@ def serve(args: argparse.Namespace) -> None:
 
     import hyperrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF loads)
     from hyperrec.config import load_settings
-    from hyperrec.eventlog import EventLog
+    from hyperrec.data.eventlog import EventLog
     from hyperrec.privacy import ErasureWatch
     from serving.app import install
     from serving.recommender import RecommenderModel, ServerConfig
@@ -89,7 +89,7 @@ def serve(args: argparse.Namespace) -> None:
                           poll_s=args.poll_s, worker=args.worker_slot, canary_share=args.canary_share,
                           trial=args.trial, backend=args.model_backend, recs_cache_ttl_s=args.recs_cache_ttl_s,
                           feedback=args.feedback == "on")
-    from hyperrec.online import EXPERIMENTS
+    from hyperrec.online.serving_path import EXPERIMENTS
 
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config,
                              experiment=EXPERIMENTS[args.experiment])

@@ -41,7 +41,7 @@ def main():
     from kserve import model_server
 
     from hyperrec.config import load_settings
-    from hyperrec.featurestore import online_user_features, open_store
+    from hyperrec.features.store import online_user_features, open_store
     from hyperrec.models.two_tower import USER_INPUTS, tensors
     from serving.protocol import parse_v1
 

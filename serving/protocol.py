@@ -27,8 +27,8 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hyperrec.online import Recommended, Request
-from hyperrec.schemas import Id
+from hyperrec.data.schemas import Id
+from hyperrec.online.serving_path import Recommended, Request
 
 MAX_K = 100
 MAX_BATCH = 256  # instances per HTTP request

@@ -1,14 +1,14 @@
 """The recommendation Model on KServe: parse (v1 or v2) -> micro-batch -> online user
-features (Feast's online store, read directly: hyperrec.online_reader) -> retrieval ->
+features (Feast's online store, read directly: hyperrec.features.online_reader) -> retrieval ->
 ranking -> re-ranking, from the serving unit the champion alias
 names (hot-swapped in the background).
 
 Online trial: while the registry names a `challenger`, a stable hash of the request key
 picks `canary_share` of users for the trial (both units loaded side by side). By default
 their lists interleave the champion's and the challenger's by team draft
-(`hyperrec.interleave`; each item logged with the version that placed it); with
+(`hyperrec.experiments.interleave`; each item logged with the version that placed it); with
 `trial="ab"` they get the challenger's lists. The monitoring job judges the trial from the
-impression log and promotes or retires it (`hyperrec.canary`). This splits model versions
+impression log and promotes or retires it (`hyperrec.experiments.canary`). This splits model versions
 inside each process; KServe's canaryTrafficPercent splits revisions (new images or
 configs) across pods, and the two compose."""
 
@@ -26,18 +26,21 @@ import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
-from hyperrec.bandit import LinUCB
-from hyperrec.bandit_store import BanditStore, Credit, store_path
-from hyperrec.batching import MicroBatcher
 from hyperrec.config import Settings
-from hyperrec.features import REQUEST_TS, SERVING_USER_VIEWS
-from hyperrec.feedback import FEEDBACK_INPUTS, FeedbackConfig
-from hyperrec.hotswap import ModelSlot, load_shared, versions_dir_cleanup
-from hyperrec.impressions import ImpressionLog, ImpressionRecorder
-from hyperrec.interleave import interleave
+from hyperrec.data.impressions import ImpressionLog, ImpressionRecorder
+from hyperrec.experiments.interleave import interleave
+from hyperrec.features.online_reader import Columns, OnlineUserReader
+from hyperrec.features.views import REQUEST_TS, SERVING_USER_VIEWS
 from hyperrec.models.two_tower import NEW_USER, USER_INPUTS
-from hyperrec.monitor import FEATURES as MONITORED_FEATURES
-from hyperrec.online import (
+from hyperrec.monitor.trigger import FEATURES as MONITORED_FEATURES
+from hyperrec.online.bandit import LinUCB
+from hyperrec.online.bandit_store import BanditStore, Credit, store_path
+from hyperrec.online.batching import MicroBatcher
+from hyperrec.online.feedback import FEEDBACK_INPUTS, FeedbackConfig
+from hyperrec.online.hotswap import ModelSlot, load_shared, versions_dir_cleanup
+from hyperrec.online.recs_cache import RecsCache
+from hyperrec.online.rerank import EXPLORATION_DIM
+from hyperrec.online.serving_path import (
     PERSONALIZED,
     Experiment,
     Recommended,
@@ -49,11 +52,8 @@ from hyperrec.online import (
     stable_fraction,
     take,
 )
-from hyperrec.online_reader import Columns, OnlineUserReader
 from hyperrec.privacy import ConsentLedger
-from hyperrec.recs_cache import RecsCache
-from hyperrec.registry import CHALLENGER, alias_watcher, model_version_dir
-from hyperrec.rerank import EXPLORATION_DIM
+from hyperrec.registry.model_registry import CHALLENGER, alias_watcher, model_version_dir
 from serving import metrics
 from serving.protocol import parse_v1, parse_v2, v1_response, v2_response
 
@@ -79,9 +79,9 @@ class ServerConfig:
     worker: int | None = None  # this process's slot in a multi-process server (None: the only process)
     canary_share: float = 0.2  # users in the trial while a challenger is on one (0: never load one)
     trial: str = "interleave"  # the trial share's lists: "interleave" (both versions, by team) or "ab" (challenger)
-    backend: str = "numpy"  # the query tower and ranker: numpy forward passes or "tf" (hyperrec.recommend)
+    backend: str = "numpy"  # the query tower and ranker: numpy forward passes or "tf" (hyperrec.models.recommender)
     recs_cache_ttl_s: float = 120.0  # longest a cached list is served (with Settings.recs_cache set)
-    feedback: bool = True  # move each query by the user's recent reactions (hyperrec.feedback)
+    feedback: bool = True  # move each query by the user's recent reactions (hyperrec.online.feedback)
 
     def __post_init__(self):
         if self.trial not in TRIAL_DESIGNS:
@@ -177,7 +177,7 @@ class RecommenderModel(kserve.Model):
     @property
     def _versions_dir(self):
         """Where versions are downloaded: one folder for all workers of a multi-process
-        server, each version fetched once (hyperrec.hotswap.load_shared)."""
+        server, each version fetched once (hyperrec.online.hotswap.load_shared)."""
         return self.settings.home / "serving" / "versions"
 
     def stop(self) -> None:

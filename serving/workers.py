@@ -23,7 +23,7 @@ it fails at once instead of after every worker has loaded.
   artifact): a broken model must not look like a slow one.
 - SIGTERM/SIGINT to the supervisor stops the workers (SIGTERM, then SIGKILL after
   `GRACE_S`). A worker whose supervisor is gone (its stdin closes) stops itself.
-- Shared state lives in files: the bandit and pending feedback in `hyperrec.bandit_store`,
+- Shared state lives in files: the bandit and pending feedback in `hyperrec.online.bandit_store`,
   events and impressions in their SQLite logs (WAL, busy timeouts), Prometheus samples in
   `<home>/serving/prometheus` (emptied at start; /metrics from any worker covers all).
 
@@ -200,9 +200,9 @@ class Supervisor:
 
 
 def supervise(args, argv: list[str]) -> int:
-    from hyperrec.bandit_store import init_store, store_path
     from hyperrec.config import load_settings
-    from hyperrec.rerank import EXPLORATION_DIM
+    from hyperrec.online.bandit_store import init_store, store_path
+    from hyperrec.online.rerank import EXPLORATION_DIM
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     # the shared bandit store exists before any worker opens it (no first-writer race)

@@ -54,10 +54,10 @@ def champion_server(make_workspace):
     pipeline and its gates are tested elsewhere), and a real server on it, started with
     `extra_args`; yields what the serving tests need."""
     from hyperrec.models.two_tower import TwoTowerConfig
-    from hyperrec.registry import register_model
+    from hyperrec.registry.model_registry import register_model
     from hyperrec.services import free_port as any_free_port
-    from hyperrec.train import fit_models
-    from hyperrec.training_set import build_training_set
+    from hyperrec.training.dataset import build_training_set
+    from hyperrec.training.fit import fit_models
     from serving.launch import start_server, stop_server, wait_ready
 
     @contextmanager

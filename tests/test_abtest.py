@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import special, stats
 
-from hyperrec.abtest import (
+from hyperrec.experiments.abtest import (
     ab_verdict,
     arm_metrics,
     bayes_compare,

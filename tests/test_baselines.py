@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from hyperrec.baselines import InteractionMatrix, ease, evaluate_baselines, ials, item_knn, popularity
+from hyperrec.models.baselines import InteractionMatrix, ease, evaluate_baselines, ials, item_knn, popularity
 
 X = sp.csr_matrix(np.array([[1, 1, 0, 0],
                             [1, 0, 1, 0],

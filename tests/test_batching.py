@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from hyperrec.batching import MicroBatcher
+from hyperrec.online.batching import MicroBatcher
 
 
 def run(coro):

@@ -3,7 +3,7 @@ a bench that did not run says so, and the closed loop's rows follow what that ru
 
 import json
 
-from hyperrec.benchmarks_md import render
+from hyperrec.bench.markdown import render
 
 
 def test_the_report_prints_what_the_files_hold_and_names_what_did_not_run(tmp_path):

@@ -1,11 +1,11 @@
-"""The online trial's decision (hyperrec.canary): promote a better challenger, retire a worse
+"""The online trial's decision (hyperrec.experiments.canary): promote a better challenger, retire a worse
 one or one that hurts the guardrail, keep collecting while undecided, and do not promote
 noise although the monitoring job looks again after every window."""
 
 import numpy as np
 import pandas as pd
 
-from hyperrec.canary import (
+from hyperrec.experiments.canary import (
     CONTINUE,
     PROMOTE,
     RETIRE,

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hyperrec.closed_loop import arm_table
+from hyperrec.demo.closed_loop import arm_table
 
 
 def _outcomes(p_click: dict[str, float], lists: int = 4_000, k: int = 5, seed: int = 0) -> pd.DataFrame:
@@ -42,7 +42,7 @@ def test_without_a_full_arm_there_are_only_rates():
 
 
 def test_ctr_by_team_splits_interleaved_lists_by_the_version_that_placed_each_item():
-    from hyperrec.closed_loop import ctr_by_team
+    from hyperrec.demo.closed_loop import ctr_by_team
 
     t0 = pd.Timestamp("2026-01-01", tz="UTC")
     steps = pd.DataFrame({"step": [0, 1], "sim_end": [t0 + pd.Timedelta(hours=6), t0 + pd.Timedelta(hours=12)]})
@@ -62,10 +62,10 @@ def test_hidden_quality_scores_the_top_slots_by_each_users_taste_on_the_day_show
     """Two users who like item a; user 1's taste moves to item b within day 1. The
     measure reads the truth on the day each item was shown, per step and user group, and
     leaves out popular lists and slots below the top."""
-    from hyperrec.closed_loop import LoopConfig, hidden_quality
     from hyperrec.data.truth import Truth
     from hyperrec.data.world import World
-    from hyperrec.demo import QUALITY_GROUPS, story_numbers
+    from hyperrec.demo.closed_loop import LoopConfig, hidden_quality
+    from hyperrec.demo.story import QUALITY_GROUPS, story_numbers
 
     e = np.eye(2)
     truth = Truth(user_base=e[[0, 0]], user_shift=np.array([[0.0, 0.0], [-2.0, 2.0]]), drift_start=np.array([9.0, 1.0]),
@@ -101,8 +101,8 @@ def test_hidden_quality_scores_the_top_slots_by_each_users_taste_on_the_day_show
 def test_story_has_a_phase_per_confirmed_model_and_the_share_of_the_drop_won_back():
     """Two retrains, each decided by a trial: each confirmed model's phase runs from its
     trial's decision to the step the next retrain started in (that step is still its own)."""
-    from hyperrec.closed_loop import LoopConfig
-    from hyperrec.demo import story_numbers
+    from hyperrec.demo.closed_loop import LoopConfig
+    from hyperrec.demo.story import story_numbers
 
     t0 = pd.Timestamp("2026-01-01", tz="UTC")
     ends = [t0 + pd.Timedelta(days=d) for d in range(1, 9)]
@@ -122,7 +122,7 @@ def test_the_plot_draws_three_rounds_of_retrain_and_trial(tmp_path):
     palette once ran out at three), a handful of items makes no point, and the PNG is written."""
     from PIL import Image
 
-    from hyperrec.closed_loop import plot, side_by_side
+    from hyperrec.demo.closed_loop import plot, side_by_side
 
     t0 = pd.Timestamp("2026-01-01", tz="UTC")
     n = 40

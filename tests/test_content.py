@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from hyperrec.content import ContentTokens
+from hyperrec.models.content import ContentTokens
 
 
 def test_the_vocabulary_keeps_words_shared_by_some_items_but_not_by_most():

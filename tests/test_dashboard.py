@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hyperrec.monitor import column_drift
+from hyperrec.monitor.trigger import column_drift
 from monitoring import dashboard as dash
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ def _free_ports(n: int) -> list[int]:
 
 @pytest.mark.slow
 def test_two_workers_train_in_sync_and_the_chief_exports(tmp_path):
-    from hyperrec.distributed import local_cluster_tf_config
+    from hyperrec.training.distributed import local_cluster_tf_config
 
     train, items = _frames()
     data, out = tmp_path / "data", tmp_path / "out"
@@ -37,7 +37,7 @@ def test_two_workers_train_in_sync_and_the_chief_exports(tmp_path):
     train.to_parquet(data / "train.parquet", index=False)
     items.to_parquet(data / "items.parquet", index=False)
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cmd = [sys.executable, "-m", "hyperrec.distributed", "--data", str(data), "--out", str(out),
+    cmd = [sys.executable, "-m", "hyperrec.training.distributed", "--data", str(data), "--out", str(out),
            "--epochs", "3", "--batch-size", "64"]
     procs, logs = [], [tmp_path / f"worker_{i}.log" for i in range(2)]
     try:

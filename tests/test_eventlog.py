@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hyperrec.eventlog import EventLog
+from hyperrec.data.eventlog import EventLog
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -62,7 +62,7 @@ WRITER = """
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from hyperrec.eventlog import EventLog
+from hyperrec.data.eventlog import EventLog
 
 log, at = EventLog(Path(sys.argv[1])), datetime.now(UTC) - timedelta(minutes=1)
 for b in range(10_000):

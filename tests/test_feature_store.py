@@ -5,9 +5,9 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from hyperrec.features import USER_ACTIVITY
-from hyperrec.featurestore import online_user_features, open_store, training_set
-from hyperrec.windows import replay
+from hyperrec.features.store import online_user_features, open_store, training_set
+from hyperrec.features.views import USER_ACTIVITY
+from hyperrec.features.windows import replay
 
 pytestmark = pytest.mark.slow
 TTL = USER_ACTIVITY.ttl
@@ -63,7 +63,7 @@ def test_online_reads_treat_values_past_ttl_as_missing(store_world):
 
 
 def test_incremental_materialization_loads_only_what_is_new(store_world):
-    from hyperrec.featurestore import materialize_incremental
+    from hyperrec.features.store import materialize_incremental
 
     settings, world = store_world
     path = settings.offline_dir / "user_activity.parquet"
@@ -83,8 +83,8 @@ def test_a_workspace_without_a_newer_view_fails_at_startup_naming_the_fix(settin
     load time instead of failing every request."""
     import sqlite3
 
-    from hyperrec.features import SERVING_USER_VIEWS, USER_VIEWS
-    from hyperrec.online_reader import PROJECT, OnlineUserReader
+    from hyperrec.features.online_reader import PROJECT, OnlineUserReader
+    from hyperrec.features.views import SERVING_USER_VIEWS, USER_VIEWS
 
     settings.feast_dir.mkdir(parents=True)
     db = sqlite3.connect(settings.feast_dir / "online_store.db")

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hyperrec.features import fill_missing, price_bucket, request_context_features
-from hyperrec.interactions import positives, temporal_split
-from hyperrec.metrics import ndcg_at_k, recall_at_k, top_k_excluding
+from hyperrec.data.interactions import positives, temporal_split
+from hyperrec.evaluation.metrics import ndcg_at_k, recall_at_k, top_k_excluding
+from hyperrec.features.views import fill_missing, price_bucket, request_context_features
 
 
 def ev(rows):

@@ -5,11 +5,11 @@ the query's norm. The re-scoring after ranking: candidates like those recent ite
 import numpy as np
 import pytest
 
-from hyperrec.content import ContentTokens
-from hyperrec.features import REQUEST_TS
-from hyperrec.feedback import FeedbackConfig, Reactions, content_rescored, feedback_queries, reacted, rescored
-from hyperrec.online import Request, apply_request
-from hyperrec.online_reader import object_column
+from hyperrec.features.online_reader import object_column
+from hyperrec.features.views import REQUEST_TS
+from hyperrec.models.content import ContentTokens
+from hyperrec.online.feedback import FeedbackConfig, Reactions, content_rescored, feedback_queries, reacted, rescored
+from hyperrec.online.serving_path import Request, apply_request
 
 NOW = 1_800_000_000
 DAY = 86_400

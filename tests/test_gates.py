@@ -2,9 +2,9 @@
 
 import pandas as pd
 
+from hyperrec.data.gate import check_world
 from hyperrec.data.generate import WorldConfig, generate_world
-from hyperrec.data_gate import check_world
-from hyperrec.model_gate import ModelGateConfig, decide
+from hyperrec.evaluation.gate import ModelGateConfig, decide
 
 
 def _world():
@@ -76,7 +76,7 @@ def test_small_segments_do_not_veto():
 
 def test_a_blessed_candidate_replacing_a_champion_puts_it_on_trial_as_a_holdback():
     """Offline metrics on logged traffic are biased both ways, so the champion a blessing
-    replaces serves on in the online trial (hyperrec.registry.register_model acts on it)."""
+    replaces serves on in the online trial (hyperrec.registry.model_registry.register_model acts on it)."""
     replacing = decide(_metrics(0.12), _metrics(0.10))
     assert replacing.blessed and replacing.holdback and replacing.to_dict()["holdback"]
     assert "holdback" in replacing.to_markdown()

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from hyperrec.data.generate import WorldConfig, generate_world
+from hyperrec.data.schemas import Event, check_frame
 from hyperrec.data.world import load_world, save_world
-from hyperrec.schemas import Event, check_frame
 
 SMALL = dict(users=120, items=60, days=10, events=6_000)
 

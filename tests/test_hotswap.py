@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from hyperrec.hotswap import ModelSlot
+from hyperrec.online.hotswap import ModelSlot
 
 
 @dataclass
@@ -89,7 +89,7 @@ def test_workers_download_a_version_once_and_cleanup_spares_what_is_in_use(tmp_p
     skips a version someone is downloading or loading."""
     import threading
 
-    from hyperrec.hotswap import _locked, load_shared, versions_dir_cleanup
+    from hyperrec.online.hotswap import _locked, load_shared, versions_dir_cleanup
 
     downloads = []
 

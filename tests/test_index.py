@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from hyperrec.index import BruteForceIndex, CandidateIndex, IvfIndex, build_index, load_index
-from hyperrec.index_bench import generate_catalog, print_index_table, recall_at_k
+from hyperrec.bench.index import generate_catalog, print_index_table, recall_at_k
+from hyperrec.models.index import BruteForceIndex, CandidateIndex, IvfIndex, build_index, load_index
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_build_index_auto(catalog):
 def test_bench_rows_and_table():
     from rich.console import Console
 
-    from hyperrec.index_bench import bench_index
+    from hyperrec.bench.index import bench_index
 
     rows = bench_index(sizes=(3_000,), dim=16, queries=30, k=100, warmup=2)
     assert [r["index"] for r in rows] == ["brute", "ivf"]

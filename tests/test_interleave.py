@@ -1,4 +1,4 @@
-"""Team-draft interleaving (hyperrec.interleave) and its judgment (hyperrec.canary): each
+"""Team-draft interleaving (hyperrec.experiments.interleave) and its judgment (hyperrec.experiments.canary): each
 list is fair to both versions, items keep their source's score and reason, and a paired
 test on per-list team clicks finds a preference an A/B test of the same size misses."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hyperrec.canary import (
+from hyperrec.experiments.canary import (
     CONTINUE,
     PROMOTE,
     RETIRE,
@@ -18,8 +18,8 @@ from hyperrec.canary import (
     judge_interleaved,
     team_lists,
 )
-from hyperrec.interleave import interleave, team_draft
-from hyperrec.online import Recommended
+from hyperrec.experiments.interleave import interleave, team_draft
+from hyperrec.online.serving_path import Recommended
 
 CHAMPION, CHALLENGER = 1, 2
 

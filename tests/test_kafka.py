@@ -8,11 +8,11 @@ from datetime import timedelta
 
 import pytest
 
-from hyperrec.eventlog import EventLog
-from hyperrec.featurestore import online_user_features, open_store
-from hyperrec.kafka_source import KafkaEventConsumer
+from hyperrec.data.eventlog import EventLog
+from hyperrec.features.kafka_source import KafkaEventConsumer
+from hyperrec.features.store import online_user_features, open_store
+from hyperrec.features.stream import StreamProcessor
 from hyperrec.services import kafka_broker
-from hyperrec.stream import StreamProcessor
 
 pytestmark = pytest.mark.slow
 TOPIC = "interactions"
@@ -71,10 +71,10 @@ CONSUMER = """
 import sys
 from pathlib import Path
 from hyperrec.config import load_settings
-from hyperrec.eventlog import EventLog
-from hyperrec.featurestore import open_store
-from hyperrec.kafka_source import KafkaEventConsumer
-from hyperrec.stream import StreamProcessor, history
+from hyperrec.data.eventlog import EventLog
+from hyperrec.features.store import open_store
+from hyperrec.features.kafka_source import KafkaEventConsumer
+from hyperrec.features.stream import StreamProcessor, history
 
 settings, log = load_settings(), EventLog(Path(sys.argv[2]))
 processor = StreamProcessor(open_store(settings), log)

@@ -1,4 +1,4 @@
-"""The cluster's retrain submitter (hyperrec.retrain.KfpRetrain) through the real kfp.Client
+"""The cluster's retrain submitter (hyperrec.training.retrain.KfpRetrain) through the real kfp.Client
 against a stand-in for the Kubeflow Pipelines v2beta1 REST API.
 
 No KFP API server can run here (it needs Kubernetes, Argo and MySQL), so the server side is
@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from hyperrec.retrain import KfpRetrain
+from hyperrec.training.retrain import KfpRetrain
 
 
 class KfpApi(BaseHTTPRequestHandler):

@@ -661,7 +661,7 @@ def module_constant(path: Path, name: str):
 
 
 def served_name() -> str:
-    """The KServe model name the deploy step and the clients call (hyperrec/deploy.py)."""
+    """The KServe model name the deploy step and the clients call (hyperrec/registry/deploy.py)."""
     return module_constant(ROOT / "hyperrec" / "deploy.py", "SERVED_NAME")
 
 
@@ -726,8 +726,8 @@ def test_mlflow_is_where_the_tracking_uri_points(overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kafka_topic_consumer_and_code_agree(overlay):
-    from hyperrec import kafka_source
-    from hyperrec.windows import WINDOWS_S
+    from hyperrec.features import kafka_source
+    from hyperrec.features.windows import WINDOWS_S
 
     kafka = one(overlay, "Kafka", "hyperrec")
     plain = next(li for li in kafka["spec"]["kafka"]["listeners"] if not li["tls"])
@@ -774,15 +774,15 @@ def parse_cli(app, words: list[str]) -> dict:
 def test_pod_commands_parse_with_the_real_clis(overlay):
     import typer
 
-    from hyperrec import distributed
     from hyperrec.cli import app
+    from hyperrec.training import distributed
 
     single = typer.Typer()
     single.command()(distributed.main)
     checked = 0
     for where, c, _ in project_containers(overlay):
         words = command_line(c)
-        if words[:2] == ["python", "-m"] and words[2] == "hyperrec.distributed":
+        if words[:2] == ["python", "-m"] and words[2] == "hyperrec.training.distributed":
             parse_cli(single, words[3:])
         elif words[0] == "hyperrec":
             try:

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hyperrec.coengagement import CoEngagement
-from hyperrec.metrics import coverage, intra_list_diversity
+from hyperrec.evaluation.metrics import coverage, intra_list_diversity
+from hyperrec.models.coengagement import CoEngagement
 from hyperrec.models.two_tower import USER_INPUTS
 
 
@@ -51,7 +51,7 @@ def test_coengagement_features_match_their_sparse_algebra_definition():
     weights normalised per user) times the neighbour table, read at the candidates."""
     import scipy.sparse as sp
 
-    from hyperrec.coengagement import recency_weights
+    from hyperrec.models.coengagement import recency_weights
 
     rng = np.random.default_rng(4)
     items = pd.DataFrame({"item_id": [f"i{j}" for j in range(60)], "category": rng.choice(list("abcd"), 60)})
@@ -167,9 +167,9 @@ def test_fit_models_is_retrieval_then_ranking_then_the_serving_unit(tmp_path):
     import json
 
     from hyperrec.models.ranking import RankerConfig
+    from hyperrec.models.recommender import Recommender
     from hyperrec.models.two_tower import TwoTowerConfig
-    from hyperrec.recommend import Recommender
-    from hyperrec.train import fit_models
+    from hyperrec.training.fit import fit_models
 
     train, items = _frames(rows=2_000)
     ts = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(train)), unit="min")
@@ -212,7 +212,7 @@ def test_fit_models_is_retrieval_then_ranking_then_the_serving_unit(tmp_path):
 
 def test_ranker_refuses_examples_built_for_another_candidate_count(tmp_path):
     from hyperrec.models.ranking import RANKER_INPUTS, RankerConfig
-    from hyperrec.train import RANKING_EXAMPLES, fit_ranking
+    from hyperrec.training.fit import RANKING_EXAMPLES, fit_ranking
 
     np.savez(tmp_path / RANKING_EXAMPLES, label=np.zeros(4, bool), _candidates=np.asarray(100),
              _short_history_share=np.asarray(1.0), **{c: np.zeros(4, np.float32) for c in RANKER_INPUTS})

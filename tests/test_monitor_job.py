@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hyperrec.eventlog import EventLog
-from hyperrec.impressions import ImpressionLog, ImpressionRecorder
-from hyperrec.index import BruteForceIndex, IvfIndex
-from hyperrec.monitor import FEATURES, TriggerConfig
-from hyperrec.online import Recommended
-from hyperrec.traffic import attribute, embedding_drift, hit_rate, index_recall, shown_items
+from hyperrec.data.eventlog import EventLog
+from hyperrec.data.impressions import ImpressionLog, ImpressionRecorder
+from hyperrec.models.index import BruteForceIndex, IvfIndex
+from hyperrec.monitor.traffic import attribute, embedding_drift, hit_rate, index_recall, shown_items
+from hyperrec.monitor.trigger import FEATURES, TriggerConfig
+from hyperrec.online.serving_path import Recommended
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
 
@@ -66,7 +66,7 @@ def test_outcomes_are_attributed_by_request_id_or_the_latest_list_within_the_win
 
 
 def test_data_quality_names_a_feature_gone_missing_or_out_of_range():
-    from hyperrec.traffic import data_quality
+    from hyperrec.monitor.traffic import data_quality
 
     rng = np.random.default_rng(2)
     reference = pd.DataFrame({f: rng.gamma(3, 10, 2_000) for f in FEATURES})
@@ -96,7 +96,7 @@ def test_embedding_drift_is_small_on_the_same_distribution_and_large_after_a_shi
 
 
 def test_served_item_drift_sees_recommendations_move_in_the_item_space():
-    from hyperrec.traffic import served_item_drift
+    from hyperrec.monitor.traffic import served_item_drift
 
     rng = np.random.default_rng(5)
     item_ids = np.array([f"i{j}" for j in range(200)])
@@ -126,8 +126,8 @@ def test_index_recall_is_exact_for_brute_force_and_measured_for_an_approximate_i
 def test_the_monitor_decodes_only_new_rows_and_rereads_after_an_erasure(tmp_path, monkeypatch):
     """A pass reuses what earlier passes decoded, picks up rows logged since, and after a
     user's erasure deleted logged rows it never reports them again."""
-    from hyperrec import impressions
     from hyperrec.config import load_settings
+    from hyperrec.data import impressions
     from monitoring import job
 
     monkeypatch.setattr(job, "_DECODED", {})
@@ -223,7 +223,7 @@ def test_one_monitor_pass_decides_submits_and_respects_its_safeguards(settings):
 STUB = """
 import sys, time
 from hyperrec.config import load_settings
-from hyperrec.retrain import _status_path, _write
+from hyperrec.training.retrain import _status_path, _write
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
 settings = load_settings(args["--home"])
 time.sleep(1.0)
@@ -232,7 +232,7 @@ _write(_status_path(settings, args["--run-id"]), {"run_id": args["--run-id"], "s
 
 
 def test_local_retrain_runs_detached_and_reports_when_it_ended(settings):
-    from hyperrec.retrain import LocalRetrain, run_status
+    from hyperrec.training.retrain import LocalRetrain, run_status
 
     submitter = LocalRetrain(settings, command=[sys.executable, "-c", STUB])
     run_id = submitter.submit({"reasons": ["feature:views_7d"]})
@@ -244,7 +244,7 @@ def test_local_retrain_runs_detached_and_reports_when_it_ended(settings):
 
 
 def test_a_retrain_that_died_without_a_status_counts_as_ended(settings):
-    from hyperrec.retrain import LocalRetrain
+    from hyperrec.training.retrain import LocalRetrain
 
     submitter = LocalRetrain(settings, command=[sys.executable, "-c", "import sys; sys.exit(3)"])
     run_id = submitter.submit({})
@@ -257,7 +257,7 @@ def test_a_retrain_that_died_without_a_status_counts_as_ended(settings):
 def test_a_snapshot_appends_logged_events_once(settings):
     from hyperrec.data.generate import WorldConfig, generate_world
     from hyperrec.data.world import load_world, save_world
-    from hyperrec.retrain import snapshot_world
+    from hyperrec.training.retrain import snapshot_world
 
     world = generate_world(WorldConfig(users=30, items=20, days=3, events=600, seed=4))
     save_world(world, settings.data_dir / "world")
@@ -276,7 +276,7 @@ def test_a_snapshot_appends_logged_events_once(settings):
 def _registry(settings, versions: int, champion: int, challenger: int) -> None:
     """A registry with `versions` versions, `champion` and `challenger` (on trial) set; no
     artifacts needed."""
-    from hyperrec.registry import configure, move_alias, start_challenger
+    from hyperrec.registry.model_registry import configure, move_alias, start_challenger
 
     client = configure(settings)
     client.create_registered_model(settings.model_name)
@@ -323,7 +323,7 @@ def interleaved_traffic(settings, rng, n, p_click: dict[int, float], start: floa
 def test_the_monitor_judges_an_interleaved_trial_by_team(settings):
     """Servers that interleave log each item's team; the monitor judges those lists by the
     per-list difference of the teams' clicks, and promotes the preferred challenger."""
-    from hyperrec.registry import challenger_version, champion_version
+    from hyperrec.registry.model_registry import challenger_version, champion_version
     from monitoring.job import run_once
 
     _two_versions(settings)
@@ -342,7 +342,7 @@ def test_the_monitor_judges_an_interleaved_trial_by_team(settings):
 
 
 def test_the_monitor_promotes_a_challenger_that_wins_its_online_trial(settings):
-    from hyperrec.registry import challenger_version, champion_version
+    from hyperrec.registry.model_registry import challenger_version, champion_version
     from monitoring.job import paths, run_once
 
     _two_versions(settings)
@@ -369,7 +369,7 @@ def test_a_holdback_trial_counts_only_the_lists_since_its_champion_first_served(
     v2 served long before, in v1's trial too: those interleaved lists (teams 1 and 2, logged
     as v2's) and v2's own lists say nothing of v3, and before they were left out they made
     v3 look five times worse than v2 and rolled back every later retrain in `make demo`."""
-    from hyperrec.registry import challenger_version, champion_version
+    from hyperrec.registry.model_registry import challenger_version, champion_version
     from monitoring.job import run_once
 
     _registry(settings, 3, champion=3, challenger=2)

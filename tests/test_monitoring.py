@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hyperrec.bench.detection import TasteSim
 from hyperrec.data.generate import CATEGORIES
-from hyperrec.detection_bench import TasteSim
-from hyperrec.monitor import RetrainTrigger, TriggerConfig, Window, assess, column_drift
+from hyperrec.monitor.trigger import RetrainTrigger, TriggerConfig, Window, assess, column_drift
 
 HOUR = 3600.0
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from hyperrec.data.movielens import load_movielens
-from hyperrec.schemas import SchemaError
+from hyperrec.data.schemas import SchemaError
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ def unit(tmp_path_factory):
     """A tiny serving unit (towers trained once, a ranker on their candidates, the index),
     loaded with each backend. Built directly rather than through fit_models, which trains
     the towers twice and saves the item tower: a third of the time."""
-    from hyperrec.coengagement import CoEngagement
+    from hyperrec.models.coengagement import CoEngagement
     from hyperrec.models.ranking import RANKER_INPUTS, RankerConfig, ranker_rows, train_ranker
+    from hyperrec.models.recommender import Recommender, created_seconds, export_candidates
     from hyperrec.models.two_tower import TwoTowerConfig, embed, train_two_tower
-    from hyperrec.recommend import Recommender, created_seconds, export_candidates
 
     train, items = _frames(rows=2_000)
     train["request_ts"] = 1_704_067_200 + 60 * np.arange(len(train))
@@ -106,7 +106,7 @@ def test_serving_batches_as_dicts_of_arrays(unit):
 
 def test_a_model_without_a_numpy_twin_is_served_through_tf(unit, monkeypatch, caplog):
     from hyperrec.models import numpy_forward
-    from hyperrec.recommend import Recommender
+    from hyperrec.models.recommender import Recommender
 
     def unsupported(model, spec=None):
         raise NotImplementedError("no numpy forward for layer 'x' (Attention)")

@@ -9,8 +9,8 @@ import redis
 
 from hyperrec.data.generate import WorldConfig, generate_world
 from hyperrec.data.world import save_world
-from hyperrec.features import MISSING, USER_VIEWS
-from hyperrec.featurestore import apply_repo, materialize, online_user_features, open_store, write_offline_tables
+from hyperrec.features.store import apply_repo, materialize, online_user_features, open_store, write_offline_tables
+from hyperrec.features.views import MISSING, USER_VIEWS
 from hyperrec.services import redis_server
 
 pytestmark = pytest.mark.slow
@@ -113,7 +113,7 @@ def test_values_live_in_our_redis_and_reads_hit_it(stores):
 def test_direct_reader_returns_what_feast_returns(stores, store):
     """The serving path's OnlineUserReader reads Feast's tables itself: it must agree with
     Feast's own get_online_features, value for value, fresh and past the TTL, known and unknown."""
-    from hyperrec.online_reader import OnlineUserReader
+    from hyperrec.features.online_reader import OnlineUserReader
 
     sqlite, on_redis, world, _ = stores
     settings = sqlite if store == "sqlite" else on_redis

@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from hyperrec.eventlog import EventLog
-from hyperrec.features import MISSING, USER_VIEWS
-from hyperrec.featurestore import materialize, online_user_features, open_store
-from hyperrec.impressions import ImpressionLog
+from hyperrec.data.eventlog import EventLog
+from hyperrec.data.impressions import ImpressionLog
+from hyperrec.data.schemas import User
+from hyperrec.features.store import materialize, online_user_features, open_store
+from hyperrec.features.views import MISSING, USER_VIEWS
+from hyperrec.online.recs_cache import recs_cache_key
 from hyperrec.privacy import (
     ConsentLedger,
     PIIKeyError,
@@ -26,11 +28,9 @@ from hyperrec.privacy import (
     erase_user,
     erased_users,
     erasure_audit,
-    recs_cache_key,
     scrub_user_frame,
     scrub_user_record,
 )
-from hyperrec.schemas import User
 from hyperrec.services import redis_server
 
 KEY_A, KEY_B = secrets.token_hex(32), secrets.token_hex(32)
@@ -320,7 +320,7 @@ def test_erased_user_is_gone_from_every_store_and_others_are_intact(workspace, c
     assert second.removed["event_log.events"] == 0 and second.removed["offline.user_profile"] == 0
     assert not cache.exists(redis_key) and not cache.exists(cache_keys[1])
     # the user's cache hash holds no list, only the fence that stops a list computed before the
-    # erasure from being stored after it (hyperrec.recs_cache), and it expires within a minute
+    # erasure from being stored after it (hyperrec.online.recs_cache), and it expires within a minute
     assert cache.hkeys(cache_keys[0]) == [b"_v"] and 0 < cache.ttl(cache_keys[0]) <= 60
     assert cache.exists(cache_keys[2]) and cache.exists(cache_keys[3])  # u..0 shares the prefix, not the user
     assert _online_is_default(on_redis, [gone, kept], now) == [True, False]
@@ -348,7 +348,7 @@ def test_erased_user_is_gone_from_every_store_and_others_are_intact(workspace, c
 def test_training_learns_only_from_consented_events_of_users_not_erased(workspace):
     """What build_training_set feeds on: a withdrawal drops the events after it, a refusal
     drops them all, an erasure drops the user entirely."""
-    from hyperrec.training_set import usable_events
+    from hyperrec.training.dataset import usable_events
 
     settings = workspace[0]
     ledger = ConsentLedger.open(settings)

@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hyperrec.features import REQUEST_TS
-from hyperrec.online import Recommended, Request
-from hyperrec.privacy import recs_cache_key
-from hyperrec.recs_cache import RecsCache, invalidate
+from hyperrec.features.views import REQUEST_TS
+from hyperrec.online.recs_cache import RecsCache, invalidate, recs_cache_key
+from hyperrec.online.serving_path import Recommended, Request
 from hyperrec.services import free_port, redis_client, redis_server
 
 TS = int(datetime(2026, 1, 14, 15, 30, tzinfo=UTC).timestamp())
@@ -158,9 +157,9 @@ def test_an_unreachable_cache_is_a_miss_and_is_skipped_for_a_while():
 
 
 def test_the_stream_processor_invalidates_the_users_it_wrote(redis_url, settings):
-    from hyperrec.eventlog import EventLog
-    from hyperrec.recs_cache import invalidator
-    from hyperrec.stream import StreamProcessor
+    from hyperrec.data.eventlog import EventLog
+    from hyperrec.features.stream import StreamProcessor
+    from hyperrec.online.recs_cache import invalidator
 
     changed: list[list[str]] = []
     processor = StreamProcessor(store=None, log=EventLog(settings.event_log), users_changed=changed.append)

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hyperrec.bandit import LinUCB
-from hyperrec.rerank import (
+from hyperrec.online.bandit import LinUCB
+from hyperrec.online.rerank import (
     EXPLORATION_DIM,
     CatalogIndex,
     RerankConfig,
@@ -373,7 +373,7 @@ def test_concurrent_updates_keep_the_inverse_consistent():
 
 
 def test_the_ablation_experiment_switches_one_mechanism_off_per_arm():
-    from hyperrec.online import EXPERIMENTS
+    from hyperrec.online.serving_path import EXPERIMENTS
 
     ablation = EXPERIMENTS["ablation"]
     full = ablation.arms["full"]

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from hyperrec.schemas import Event, Item, SchemaError, User, check_frame, validate_frame
+from hyperrec.data.schemas import Event, Item, SchemaError, User, check_frame, validate_frame
 
 TS = "2026-01-01T00:00:00Z"
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import requests
 
-from hyperrec.deploy import deploy
-from hyperrec.registry import configure, move_alias, register_model
+from hyperrec.registry.deploy import deploy
+from hyperrec.registry.model_registry import configure, move_alias, register_model
 
 pytestmark = pytest.mark.slow
 BLESSED = {"blessed": True, "reasons": []}
@@ -37,9 +37,9 @@ def consenting(world) -> list[str]:
 def streaming(settings, users_changed=None):
     """The stream processor tailing the workspace's event log in a thread, as `hyperrec
     stream` would (warm-started from the history); yields the log."""
-    from hyperrec.eventlog import EventLog
-    from hyperrec.featurestore import open_store
-    from hyperrec.stream import StreamProcessor, history, tail
+    from hyperrec.data.eventlog import EventLog
+    from hyperrec.features.store import open_store
+    from hyperrec.features.stream import StreamProcessor, history, tail
 
     log = EventLog(settings.event_log)
     processor = StreamProcessor(open_store(settings), log, users_changed=users_changed)
@@ -282,9 +282,9 @@ def test_a_challenger_serves_its_share_of_users_until_promoted_or_retired(server
     the canary hash picks (20% by default) get it (interleaved with the champion's items), on
     every request; promotion moves them
     all to it without reloading, retirement moves them all back."""
-    from hyperrec.impressions import ImpressionLog
-    from hyperrec.online import stable_fraction
-    from hyperrec.registry import challenger_version, end_challenger
+    from hyperrec.data.impressions import ImpressionLog
+    from hyperrec.online.serving_path import stable_fraction
+    from hyperrec.registry.model_registry import challenger_version, end_challenger
     from serving.recommender import CANARY_SALT, ServerConfig
 
     settings, champion = server["settings"], server["version"]
@@ -353,11 +353,11 @@ def _click(user, item, at, event_id):
 
 
 def test_served_lists_are_logged_for_monitoring_and_outcomes_join_them(server):
-    from hyperrec.deploy import serving_version
-    from hyperrec.eventlog import EventLog
-    from hyperrec.impressions import ImpressionLog
-    from hyperrec.monitor import FEATURES
-    from hyperrec.traffic import attribute, shown_items
+    from hyperrec.data.eventlog import EventLog
+    from hyperrec.data.impressions import ImpressionLog
+    from hyperrec.monitor.traffic import attribute, shown_items
+    from hyperrec.monitor.trigger import FEATURES
+    from hyperrec.registry.deploy import serving_version
 
     world, settings = server["world"], server["settings"]
     assert serving_version(server["url"]) == server["version"]  # a deploy probe: answered, not logged
@@ -389,10 +389,10 @@ def test_served_lists_are_logged_for_monitoring_and_outcomes_join_them(server):
 def test_simulated_users_play_the_server_and_every_click_is_attributed_to_its_list(server):
     """The closed loop's traffic generator against the real server: lists served, events
     posted with their request ids, and the platform's own logs account for every click."""
-    from hyperrec.eventlog import EventLog
-    from hyperrec.impressions import ImpressionLog
-    from hyperrec.simulate import SimConfig, Simulator
-    from hyperrec.traffic import attribute, shown_items
+    from hyperrec.data.eventlog import EventLog
+    from hyperrec.data.impressions import ImpressionLog
+    from hyperrec.demo.simulate import SimConfig, Simulator
+    from hyperrec.monitor.traffic import attribute, shown_items
 
     world, settings = server["world"], server["settings"]
     t0 = world.events["ts"].max().to_pydatetime() + timedelta(hours=2)
@@ -415,7 +415,7 @@ def test_simulated_users_play_the_server_and_every_click_is_attributed_to_its_li
 
 
 def test_event_ingestion_counts_reconcile_and_bad_events_are_dead_lettered(server):
-    from hyperrec.eventlog import EventLog
+    from hyperrec.data.eventlog import EventLog
 
     world = server["world"]
     user, item = world.users["user_id"].iloc[3], world.items["item_id"].iloc[3]
@@ -471,9 +471,9 @@ def test_clicks_shift_recommendations_toward_their_category_within_a_second(serv
 def test_a_bought_item_is_never_offered_again(server):
     """The long-term purchase filter: after a purchase and 25 later clicks, the bought item
     has left the user's 20 recent items, and still never comes back."""
-    from hyperrec.eventlog import EventLog
-    from hyperrec.featurestore import online_user_features, open_store
-    from hyperrec.stream import StreamProcessor, history
+    from hyperrec.data.eventlog import EventLog
+    from hyperrec.features.store import online_user_features, open_store
+    from hyperrec.features.stream import StreamProcessor, history
 
     settings, world = server["settings"], server["world"]
     user = consenting(world)[7]
@@ -518,7 +518,7 @@ def test_cached_lists_are_served_until_the_users_online_features_change(server, 
     request is a cache hit; after the user's clicks reach the online store, the stream
     processor's invalidation makes the next request recompute (the list shifts toward the
     clicked category within a second, not after the cache's TTL)."""
-    from hyperrec.recs_cache import invalidator
+    from hyperrec.online.recs_cache import invalidator
     from hyperrec.services import free_port, redis_server
     from serving.launch import start_server, stop_server, wait_ready
 

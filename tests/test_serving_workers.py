@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from hyperrec.registry import register_model
+from hyperrec.registry.model_registry import register_model
 from hyperrec.services import child_pids
 
 pytestmark = pytest.mark.slow
@@ -123,8 +123,8 @@ def test_feedback_reaches_the_shared_bandit_from_either_worker(server):
 
 def test_events_and_impressions_from_both_workers_are_stored(server):
     """Several processes writing the same SQLite logs wait for each other (busy timeouts)."""
-    from hyperrec.eventlog import EventLog
-    from hyperrec.impressions import ImpressionLog
+    from hyperrec.data.eventlog import EventLog
+    from hyperrec.data.impressions import ImpressionLog
 
     world, settings = server["world"], server["settings"]
     at = world.events["ts"].max().to_pydatetime()
@@ -183,8 +183,8 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(server):
 CREDITOR = """
 import sys
 from pathlib import Path
-from hyperrec.bandit import LinUCB
-from hyperrec.bandit_store import BanditStore, Credit
+from hyperrec.online.bandit import LinUCB
+from hyperrec.online.bandit_store import BanditStore, Credit
 store = BanditStore(Path(sys.argv[1]), LinUCB(int(sys.argv[2])))
 outcomes = [store.credit(f"r{i}", "item", 1.0) for i in range(int(sys.argv[3]), 200, 2)]
 assert all(o is Credit.CREDITED for o in outcomes), outcomes
@@ -199,8 +199,8 @@ def test_credits_from_two_processes_at_once_all_count(tmp_path):
 
     import numpy as np
 
-    from hyperrec.bandit import LinUCB
-    from hyperrec.bandit_store import BanditStore
+    from hyperrec.online.bandit import LinUCB
+    from hyperrec.online.bandit_store import BanditStore
 
     rng = np.random.default_rng(3)
     xs = rng.random((200, 5))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hyperrec.simulate import Boredom
+from hyperrec.demo.simulate import Boredom
 
 
 def test_a_click_halves_the_next_click_and_wears_off_with_the_half_life():
@@ -38,7 +38,7 @@ def test_organic_visits_follow_the_users_current_taste_and_name_no_list():
     import pandas as pd
 
     from hyperrec.data.generate import WorldConfig, generate_world
-    from hyperrec.simulate import SimConfig, Simulator
+    from hyperrec.demo.simulate import SimConfig, Simulator
 
     world = generate_world(WorldConfig(users=150, items=200, days=10, events=8_000, drift_start_day=2.0,
                                        drift_spread_days=0.1, drift_max_days=1.0, seed=7))

@@ -6,11 +6,11 @@ import json
 import pandas as pd
 import pytest
 
-from hyperrec.features import USER_ACTIVITY
-from hyperrec.interactions import positives, temporal_split
-from hyperrec.registry import configure
-from hyperrec.training_set import usable_events
-from hyperrec.windows import replay
+from hyperrec.data.interactions import positives, temporal_split
+from hyperrec.features.views import USER_ACTIVITY
+from hyperrec.features.windows import replay
+from hyperrec.registry.model_registry import configure
+from hyperrec.training.dataset import usable_events
 from pipelines.run import compile_pipeline, run_local
 
 pytestmark = pytest.mark.slow
@@ -122,9 +122,9 @@ def test_worse_model_is_rejected_and_the_alias_stays(trained):
     """The gate -> register -> deploy tail of the pipeline, in-process on the functions its
     components call (a second kfp.local training run cost minutes of suite time): a candidate
     far below the champion on the same metrics is registered as rejected, nothing moves."""
-    from hyperrec.deploy import deploy
-    from hyperrec.model_gate import ModelGateConfig, decide
-    from hyperrec.registry import champion_model_dir, register_model
+    from hyperrec.evaluation.gate import ModelGateConfig, decide
+    from hyperrec.registry.deploy import deploy
+    from hyperrec.registry.model_registry import champion_model_dir, register_model
 
     settings, _, first = trained
     client = configure(settings)
@@ -144,7 +144,7 @@ def test_worse_model_is_rejected_and_the_alias_stays(trained):
 
 
 def test_promote_and_rollback_move_the_alias_and_record_why(trained):
-    from hyperrec.registry import alias_history, champion_version, move_alias, rollback
+    from hyperrec.registry.model_registry import alias_history, champion_version, move_alias, rollback
 
     settings, _, first = trained
     move_alias(settings, first + 1, "promote: testing by hand")
@@ -158,8 +158,8 @@ def test_promote_and_rollback_move_the_alias_and_record_why(trained):
 def test_a_blessed_retrain_holds_back_the_champion_it_replaces(trained):
     """register_model with the gate's holdback: the new version is champion and the one it
     replaced is the challenger, so the monitoring job's trial compares them online."""
-    from hyperrec.model_gate import decide
-    from hyperrec.registry import (
+    from hyperrec.evaluation.gate import decide
+    from hyperrec.registry.model_registry import (
         challenger_version,
         champion_model_dir,
         champion_version,
@@ -187,7 +187,7 @@ def test_a_blessed_retrain_holds_back_the_champion_it_replaces(trained):
 def test_the_champion_comparison_can_be_limited_to_interactions_after_its_data_end(trained):
     """What evaluate_model does when the champion was fit on test rows it is now judged on:
     only later interactions, and only their users, count."""
-    from hyperrec.train import data_end, evaluate_model
+    from hyperrec.training.fit import data_end, evaluate_model
 
     settings, _, _ = trained
     run = sorted(settings.pipeline_root.glob("hyperrec-training-*/build-index"))[0].parent

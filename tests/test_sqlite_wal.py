@@ -5,7 +5,7 @@ connection is making it, ignoring the busy timeout, so `connect_wal` retries it.
 import multiprocessing
 import sqlite3
 
-from hyperrec.eventlog import EventLog
+from hyperrec.data.eventlog import EventLog
 from hyperrec.sqlite_wal import connect_wal
 
 PROCESSES, FILES = 3, 200

@@ -6,10 +6,10 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from hyperrec.eventlog import EventLog
-from hyperrec.features import ITEM_POPULARITY, MISSING
-from hyperrec.featurestore import online_features, online_user_features, open_store
-from hyperrec.stream import StreamProcessor
+from hyperrec.data.eventlog import EventLog
+from hyperrec.features.store import online_features, online_user_features, open_store
+from hyperrec.features.stream import StreamProcessor
+from hyperrec.features.views import ITEM_POPULARITY, MISSING
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_new_events_reach_the_online_store(env, tmp_path):
 def test_a_batch_only_arm_keeps_its_materialized_features(env, tmp_path):
     """The ablation's real-time-off arm: the stream processor skips its users' events (the
     log keeps them for the next batch run); everyone else's still reach the online store."""
-    from hyperrec.online import EXPERIMENTS
+    from hyperrec.online.serving_path import EXPERIMENTS
 
     settings, world = env
     store = open_store(settings)
@@ -132,7 +132,7 @@ def test_the_ready_file_appears_once_history_is_folded_and_new_events_flow_after
     import threading
     import time
 
-    from hyperrec.stream import run
+    from hyperrec.features.stream import run
 
     settings, world = env
     ready, stop = settings.home / "logs" / "stream.ready", threading.Event()

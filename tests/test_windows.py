@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from hyperrec.data.generate import WorldConfig, generate_world
-from hyperrec.windows import StreamFolds, replay
+from hyperrec.features.windows import StreamFolds, replay
 
 
 def events(rows):

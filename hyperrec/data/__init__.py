@@ -1,4 +1,6 @@
-"""Data: the synthetic world generator, the MovieLens loaders and the on-disk world format."""
+"""Data: the event, user and item schemas, the world on disk (generated or loaded), the data
+gate, which events count as positive and the temporal split, and the two logs the platform
+appends to (events in, impressions out)."""
 
 from hyperrec.data.world import World, load_world, save_world
 

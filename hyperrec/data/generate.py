@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from hyperrec.data.schemas import AGE_BANDS, Event, Item, User, validate_frame
 from hyperrec.data.truth import Truth, normalize, sigmoid
 from hyperrec.data.world import World
-from hyperrec.schemas import AGE_BANDS, Event, Item, User, validate_frame
 
 CATEGORIES = ["books", "electronics", "fashion", "home", "garden", "sports", "toys",
               "beauty", "grocery", "music", "outdoors", "pets", "kitchen", "games",
@@ -148,7 +148,7 @@ def _impressions(cfg, rng, truth: Truth, item_cat, centroids, activity, n: int):
 
 def after_click(rng: np.random.Generator, affinity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What follows a click, by the user's affinity to the item: dwell seconds, added to
-    cart, purchased. Shared with `hyperrec.simulate`, so simulated traffic looks like history."""
+    cart, purchased. Shared with `hyperrec.demo.simulate`, so simulated traffic looks like history."""
     dwell = np.round(np.exp(rng.normal(np.log(8 + 60 * np.clip(affinity, 0, 1)), 0.5)), 1)
     cart = rng.random(len(affinity)) < 0.35 * sigmoid(3 * affinity)
     purchase = cart & (rng.random(len(affinity)) < 0.5)
@@ -214,7 +214,7 @@ def generate_world(cfg: WorldConfig, progress=None) -> World:
         "device": np.array(["mobile", "desktop", "tablet"])[raw["u"].to_numpy() % 3],
     })
     # every impression was a slot of the user's feed that day: its events name that list
-    # (what tells a passed-over slot from an item the user found alone, hyperrec.windows.listed)
+    # (what tells a passed-over slot from an item the user found alone, hyperrec.features.windows.listed)
     events["request_id"] = "feed-" + events["session_id"]
     meta = {"source": "synthetic", "config": asdict(cfg), "categories": CATEGORIES,
             "horizon_end": str(start + pd.Timedelta(days=cfg.days))}

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hyperrec.data.schemas import Event, Item, User, validate_frame
 from hyperrec.data.world import World
-from hyperrec.schemas import Event, Item, User, validate_frame
 
 GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from hyperrec.data.schemas import Event, Item, User, validate_frame
 from hyperrec.data.truth import Truth
-from hyperrec.schemas import Event, Item, User, validate_frame
 
 
 @dataclass

@@ -1,1 +1,2 @@
-"""Model builders (TFRS) and the non-neural baselines, behind the same scoring interface."""
+"""Models: the TFRS two-tower and ranker, their numpy forward pass, the exported two-stage
+recommender, the candidate index, co-engagement and content signals, and the baselines."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hyperrec.windows import RECENT_N
+from hyperrec.features.windows import RECENT_N
 
 
 def pad_lists(values, width: int = RECENT_N) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from hyperrec.features import REQUEST_TS
+from hyperrec.features.views import REQUEST_TS
 
 NUMERIC = ("retrieval_score", "coengagement", "category_share", "item_log_count", "log_rank",
            "retrieval_score_z", "coengagement_z", "item_log_age_days", "log_history_length")

@@ -27,9 +27,9 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from hyperrec.features import ITEM_METADATA, REQUEST_CONTEXT, USER_ACTIVITY, USER_PROFILE
+from hyperrec.features.views import ITEM_METADATA, REQUEST_CONTEXT, USER_ACTIVITY, USER_PROFILE
+from hyperrec.features.windows import RECENT_N
 from hyperrec.models.inputs import tensors
-from hyperrec.windows import RECENT_N
 
 
 @dataclass(frozen=True)

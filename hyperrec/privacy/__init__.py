@@ -12,7 +12,6 @@ Everything lives in `<home>/privacy.db` (WAL, secure_delete). See docs/privacy.m
 """
 
 from hyperrec.privacy.erasure import (
-    RECS_CACHE_PREFIX,
     ErasureReport,
     ErasureWatch,
     _entity_key,
@@ -21,7 +20,6 @@ from hyperrec.privacy.erasure import (
     erased_users,
     erasure_audit,
     event_log_paths,
-    recs_cache_key,
 )
 from hyperrec.privacy.ledger import DEFAULT_CONSENT, PRIVACY_DB, PURPOSES, ConsentLedger, Purpose, privacy_db
 from hyperrec.privacy.pseudonyms import (
@@ -37,8 +35,8 @@ from hyperrec.privacy.pseudonyms import (
 )
 
 __all__ = [
-    "DEFAULT_CONSENT", "KEY_ENV", "PII_FIELDS", "PREVIOUS_KEY_ENV", "PRIVACY_DB", "PURPOSES", "RECS_CACHE_PREFIX",
+    "DEFAULT_CONSENT", "KEY_ENV", "PII_FIELDS", "PREVIOUS_KEY_ENV", "PRIVACY_DB", "PURPOSES",
     "TOKEN", "ConsentLedger", "ErasureReport", "ErasureWatch", "PIIKeyError", "Pseudonymizer", "Purpose", "_entity_key",
     "drop_erased", "erase_user", "erased_users", "erasure_audit", "event_log_paths", "privacy_db",
-    "recs_cache_key", "scrub_user_frame", "scrub_user_record", "workspace_key_file",
+    "scrub_user_frame", "scrub_user_record", "workspace_key_file",
 ]

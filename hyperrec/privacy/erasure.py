@@ -22,9 +22,6 @@ from hyperrec.privacy.pseudonyms import Pseudonymizer
 
 log = logging.getLogger(__name__)
 
-RECS_CACHE_PREFIX = "hyperrec:recs:"  # cache keys: hyperrec:recs:<user_id> or hyperrec:recs:<user_id>:<suffix>
-
-
 @dataclass(frozen=True)
 class ErasureReport:
     user_token: str
@@ -200,7 +197,7 @@ def _erase_offline(settings: Settings, user_id: str) -> dict[str, int]:
 
 def _entity_key(user_id: str, version: int) -> bytes:
     """Feast's online key bytes for a user entity."""
-    from hyperrec.online_reader import entity_key
+    from hyperrec.features.online_reader import entity_key
 
     return entity_key("user_id", user_id, version)
 
@@ -254,7 +251,7 @@ def _erase_online_redis(config, key: bytes) -> dict[str, int]:
 
 
 def _erase_online(settings: Settings, user_id: str) -> dict[str, int]:
-    from hyperrec.featurestore import open_store
+    from hyperrec.features.store import open_store
 
     config = open_store(settings).config
     key = _entity_key(user_id, config.entity_key_serialization_version)
@@ -265,24 +262,14 @@ def _erase_online(settings: Settings, user_id: str) -> dict[str, int]:
     raise NotImplementedError(f"erasure from a {config.online_store.type!r} online store")
 
 
-def recs_cache_key(user_id: str, *parts: str) -> str:
-    """The one place cache keys are built: hyperrec:recs:<user_id>[:<part>...]."""
-    return ":".join([RECS_CACHE_PREFIX + user_id, *parts])
-
-
 def _erase_recs_cache(connection_string: str, user_id: str) -> dict[str, int]:
-    """Delete hyperrec:recs:<user_id> and hyperrec:recs:<user_id>:* -- not <user_id>* (that
-    would take u10's cache along with u1's)."""
-    from hyperrec.recs_cache import invalidate
+    """The recommendation cache owns its key layout; erasure only asks it to forget the user."""
+    from hyperrec.online.recs_cache import erase_user_lists
     from hyperrec.services import redis_client
 
     client = redis_client(connection_string)
-    glob_safe = re.sub(r"([*?\[\]\\])", r"\\\1", recs_cache_key(user_id))
     try:
-        keys = [recs_cache_key(user_id), *client.scan_iter(match=glob_safe + ":*", count=1000)]
-        removed = int(client.delete(*keys))
-        invalidate(client, [user_id])  # a list being computed from the user's old features is not stored after this
-        return {"recs_cache": removed}
+        return {"recs_cache": erase_user_lists(client, user_id)}
     finally:
         client.close()
 

@@ -1,0 +1,2 @@
+"""Evaluation: ranking metrics, cold-start slices and the model gate against baselines and
+the champion."""

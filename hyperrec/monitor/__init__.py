@@ -1,0 +1,1 @@
+"""Monitoring: served traffic as windows, and the trigger that decides to retrain."""

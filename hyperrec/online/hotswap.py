@@ -1,0 +1,152 @@
+"""Hot swap: follow the registry's champion alias and replace the serving unit atomically.
+
+A new version is downloaded, loaded and warmed next to the one serving; only when it
+answers a probe is the reference swapped (one assignment, so every batch sees either the
+old unit or the new one, never a mix). A version that fails to load (corrupt or
+incompatible artifact) is recorded and skipped; the old one keeps serving. This is the
+TF Serving / Triton reload semantics the fault list asks for.
+
+An optional slot (the challenger on trial) may also become empty: when its alias goes,
+the unit is dropped and its traffic returns to the champion.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SwapEvents:
+    """What happened, for metrics and tests."""
+
+    swaps: int = 0
+    failures: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
+
+
+class ModelSlot:
+    """Holds the live unit. `resolve()` -> the version to serve (or None); `load(version)`
+    -> a ready unit (raises if the artifact is bad); `probe(unit)` runs one request
+    through it (warms the TF graphs; raises if the unit cannot serve)."""
+
+    def __init__(self, resolve: Callable[[], int | None], load: Callable[[int], object],
+                 probe: Callable[[object], None], on_swap: Callable[[object], None] | None = None,
+                 on_failure: Callable[[int, str], None] | None = None, optional: bool = False):
+        self._resolve, self._load, self._probe = resolve, load, probe
+        self.optional = optional  # True: no version to serve empties the slot (else: keep serving)
+        self._on_swap, self._on_failure = on_swap, on_failure
+        self.unit = None  # read without a lock: a single reference, replaced in one step
+        self.events = SwapEvents()
+        self._lock = threading.Lock()  # one refresh at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def version(self) -> int | None:
+        return None if self.unit is None else self.unit.version
+
+    def refresh(self) -> bool:
+        """Load and swap in the resolved version if it is new and not known to be bad.
+        Returns True when a swap happened. A failed load raises only when nothing is
+        serving yet (a server with no model must not report ready)."""
+        with self._lock:
+            version = self._resolve()
+            if version is None and self.optional and self.unit is not None:
+                log.info("no longer serving version %s: its alias is gone", self.version)
+                self.unit = None
+                return True
+            if version is None or version == self.version or version in self.events.failures:
+                return False
+            try:
+                unit = self._load(version)
+                self._probe(unit)
+            except Exception as exc:  # noqa: BLE001 (any load failure keeps the old unit)
+                self.events.failures[version] = f"{type(exc).__name__}: {exc}"[:500]
+                log.error("model version %s failed to load, still serving %s: %s", version, self.version, exc)
+                if self._on_failure is not None:
+                    self._on_failure(version, self.events.failures[version])
+                if self.unit is None and not self.optional:
+                    raise
+                return False
+            old, self.unit = self.unit, unit
+            self.events.swaps += 1
+            log.info("now serving model version %s (was %s)", version, None if old is None else old.version)
+            if self._on_swap is not None:
+                self._on_swap(unit)
+            return True
+
+    def watch(self, every_s: float) -> None:
+        """Poll in a daemon thread until stop()."""
+        def loop():
+            while not self._stop.wait(every_s):
+                try:
+                    self.refresh()
+                except Exception as exc:  # noqa: BLE001 (the registry may be briefly unreachable)
+                    log.warning("champion check failed: %s", exc)
+
+        self._thread = threading.Thread(target=loop, name="champion-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@contextmanager
+def _locked(path: Path, blocking: bool = True, shared: bool = False):
+    """An flock on `path` (created): exclusive, or shared (many readers, no writer); yields
+    False when not blocking and taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_shared(root: Path, version: int, download: Callable[[Path], Path], load: Callable[[Path], object]):
+    """Download `version` into `root/<version>` once for every process sharing `root` (the
+    workers of one server), then load it. The download holds the version's download lock (a
+    second worker waits for the download only, then reuses the files); loading holds the
+    version's lock shared, so the workers load side by side and no cleanup removes the files
+    mid-load. Two locks, because a worker waiting to download under the load lock would wait
+    out the other's whole load. `download(folder) -> model dir` fetches the files;
+    `load(model dir)` builds the unit."""
+    folder, done = root / str(version), root / str(version) / ".complete"
+    for _ in range(2):  # a cleanup may remove the files between the download and the load: fetch again
+        if not done.exists():
+            with _locked(root / f"{version}.download.lock"):
+                if not done.exists():
+                    shutil.rmtree(folder, ignore_errors=True)  # a download that died halfway
+                    done.write_text(str(download(folder)))
+        with _locked(root / f"{version}.lock", shared=True):
+            if done.exists():
+                return load(Path(done.read_text()))
+    raise RuntimeError(f"version {version}'s files in {folder} kept disappearing before they could be loaded")
+
+
+def versions_dir_cleanup(root: Path, keep: set[int]) -> None:
+    """Remove downloaded versions older than every one in `keep` (this process's serving
+    version, its predecessor, which in-flight batches may still hold, and a challenger).
+    Newer ones may be what another worker is about to load; one being downloaded or loaded
+    is locked and skipped."""
+    if not root.exists() or not keep:
+        return
+    for child in root.iterdir():
+        if child.is_dir() and child.name.isdigit() and int(child.name) < min(keep):
+            with _locked(root / f"{child.name}.lock", blocking=False) as not_loading, \
+                    _locked(root / f"{child.name}.download.lock", blocking=False) as not_downloading:
+                if not_loading and not_downloading:
+                    shutil.rmtree(child, ignore_errors=True)

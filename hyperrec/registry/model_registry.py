@@ -1,0 +1,253 @@
+"""MLflow: log a training run, register the model, move aliases, load the champion.
+
+The registered artifact is an MLflow pyfunc wrapping the exported two-tower folder, so any
+MLflow tool can load it, and the model server loads it through the same API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+
+from hyperrec.config import Settings
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"  # a version on trial: served to a share of users until the A/B test decides
+HISTORY_TAG = "champion_history"
+EXPERIMENT = "hyperrec-training"
+
+
+class RetrievalPyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc face of a two-tower model: rows of user features in, top-k item ids out."""
+
+    def load_context(self, context):
+        from hyperrec.models.recommender import Recommender
+
+        self.recommender = Recommender(Path(context.artifacts["model_dir"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        k = int((params or {}).get("k", 10))
+        ranked, _ = self.recommender.recommend(model_input, k=k)
+        return pd.DataFrame({"items": ranked})
+
+
+def configure(settings: Settings) -> MlflowClient:
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT, artifact_location=(settings.mlflow_dir / "artifacts").as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return MlflowClient()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """sha256 over the files' bytes: which exact data a model was trained on."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def register_model(settings: Settings, model_dir: Path, params: dict, metrics: dict, gate: dict,
+                   artifacts: dict[str, str] | None = None, tags: dict | None = None) -> int:
+    """Log one MLflow run (params, metrics, the gate's decision, text artifacts, git commit)
+    and register the model as a new version. A blessed version becomes `champion` (the
+    previous one is remembered for rollback, and with the gate's `holdback` it becomes
+    `challenger`: the online trial of the new against the old); one the gate sends to an
+    online trial becomes `challenger`; a rejected one is registered with the reasons and no
+    alias moves."""
+    client = configure(settings)
+    blessed = bool(gate["blessed"])
+    outcome = "blessed" if blessed else ("canary" if gate.get("canary") else "rejected")
+    with mlflow.start_run(run_name="train-two-stage") as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags({"git_commit": _git_commit(), "gate": outcome, **(tags or {})})
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
+            artifacts={"model_dir": str(model_dir)},
+            pip_requirements=["hyperrec"],  # the project's own locked environment
+            registered_model_name=settings.model_name,
+        )
+        mlflow.log_text(json.dumps(metrics, indent=2), "evaluation.json")
+        mlflow.log_text(json.dumps(gate, indent=2), "gate.json")
+        for name, text in (artifacts or {}).items():
+            mlflow.log_text(text, name)
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(settings.model_name, version, "run_id", run.info.run_id)
+    client.set_model_version_tag(settings.model_name, version, "gate", outcome)
+    if blessed:
+        replaced = champion_version(settings)
+        move_alias(settings, int(version), "passed the model gate")
+        if gate.get("holdback") and replaced is not None and replaced != int(version):
+            start_challenger(settings, replaced, f"holdback: replaced by v{version}, which passed the model gate "
+                                                 "offline; the online trial measures the new against the old and "
+                                                 "promoting the old is the rollback")
+    else:
+        client.set_model_version_tag(settings.model_name, version, "rejected_because", "; ".join(gate["reasons"]))
+        if gate.get("canary"):
+            start_challenger(settings, int(version), "offline: " + "; ".join(gate["reasons"]))
+    return int(version)
+
+
+def alias_version(settings: Settings, alias: str) -> int | None:
+    client = configure(settings)
+    try:
+        return int(client.get_model_version_by_alias(settings.model_name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def champion_version(settings: Settings) -> int | None:
+    return alias_version(settings, CHAMPION)
+
+
+def challenger_version(settings: Settings) -> int | None:
+    return alias_version(settings, CHALLENGER)
+
+
+def start_challenger(settings: Settings, version: int, reason: str) -> None:
+    """Put `version` on trial: servers give it to their canary share of users (a newer
+    challenger replaces an older one, which is recorded as retired)."""
+    client = configure(settings)
+    previous = challenger_version(settings)
+    if previous is not None and previous != version:
+        end_challenger(settings, "retired", f"replaced by v{version}")
+    client.set_registered_model_alias(settings.model_name, CHALLENGER, str(version))
+    tag_version(settings, version, {"canary_started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                    "canary_reason": reason})
+
+
+def end_challenger(settings: Settings, outcome: str, reason: str) -> int | None:
+    """End the trial: "promoted" moves `champion` to the challenger, "retired" drops it.
+    Either way the challenger alias goes and the outcome is tagged on the version."""
+    if outcome not in ("promoted", "retired"):
+        raise ValueError(f"outcome must be 'promoted' or 'retired', got {outcome!r}")
+    version = challenger_version(settings)
+    if version is None:
+        return None
+    if outcome == "promoted":
+        move_alias(settings, version, f"won its online trial: {reason}")
+    configure(settings).delete_registered_model_alias(settings.model_name, CHALLENGER)
+    tag_version(settings, version, {"canary_outcome": outcome, "canary_outcome_reason": reason,
+                                    "canary_ended_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    return version
+
+
+def alias_watcher(settings: Settings, alias: str = CHAMPION) -> Callable[[], int | None]:
+    """`alias_version` for a poller. Asking MLflow holds the GIL for ~18 ms (SQLAlchemy
+    session, entity building), a stall every serving request in flight waits out. With a
+    SQLite tracking store the answer can only change when the database files do, so their
+    modification times are checked first (microseconds) and MLflow is asked only then.
+    Other stores (an MLflow server) are asked every time: that wait is I/O, not the GIL."""
+    if not settings.tracking_uri.startswith("sqlite:///"):
+        return lambda: alias_version(settings, alias)
+    db = Path(settings.tracking_uri.removeprefix("sqlite:///"))
+    files = [db, db.with_name(db.name + "-wal")]
+    last: dict = {"stamp": None, "version": None}
+
+    def current() -> int | None:
+        stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
+        if stamp != last["stamp"]:
+            last["version"] = alias_version(settings, alias)
+            last["stamp"] = stamp
+        return last["version"]
+    return current
+
+
+def _history(client: MlflowClient, settings: Settings) -> list[dict]:
+    try:
+        tags = client.get_registered_model(settings.model_name).tags
+    except mlflow.exceptions.MlflowException:
+        return []
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def move_alias(settings: Settings, version: int, reason: str) -> dict:
+    """Point `champion` at `version` and append who/when/why to the model's alias history
+    (a registered-model tag: the record promote and rollback read)."""
+    client = configure(settings)
+    client.get_model_version(settings.model_name, str(version))  # raises for an unknown version
+    entry = {"version": version, "previous": champion_version(settings), "reason": reason,
+             "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    client.set_registered_model_alias(settings.model_name, CHAMPION, str(version))
+    history = _history(client, settings) + [entry]
+    client.set_registered_model_tag(settings.model_name, HISTORY_TAG, json.dumps(history[-50:]))
+    return entry
+
+
+def rollback(settings: Settings, reason: str) -> dict:
+    """Move `champion` back to the version it pointed at before the latest move."""
+    client = configure(settings)
+    history = _history(client, settings)
+    current = champion_version(settings)
+    previous = next((h["previous"] for h in reversed(history) if h["version"] == current and h["previous"]), None)
+    if previous is None:
+        raise ValueError(f"no earlier champion to roll back to (current: {current})")
+    return move_alias(settings, previous, f"rollback: {reason}")
+
+
+def alias_history(settings: Settings) -> list[dict]:
+    return _history(configure(settings), settings)
+
+
+def champion_artifact(settings: Settings, name: str) -> str | None:
+    """A text artifact (e.g. data_profile.json) of the champion's training run, or None."""
+    version = champion_version(settings)
+    if version is None:
+        return None
+    run_id = configure(settings).get_model_version(settings.model_name, str(version)).tags.get("run_id")
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{name}")
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+
+
+def champion_model_dir(settings: Settings) -> Path | None:
+    """Local folder of the champion's exported model (downloaded by MLflow), or None."""
+    version = champion_version(settings)
+    return None if version is None else model_version_dir(settings, version)
+
+
+def model_version_dir(settings: Settings, version: int, dst: Path | None = None) -> Path:
+    """Download one registered version's files (into `dst`, default a temporary folder) and
+    return its exported model folder. Files only: loading the pyfunc would build the whole
+    TF model just to find its folder."""
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}",
+                                                     dst_path=str(dst) if dst else None))
+    flavor = mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]
+    return local / flavor["artifacts"]["model_dir"]["path"]
+
+
+def load_champion(settings: Settings, alias: str = CHAMPION):
+    """(Recommender, version) for the model version the alias points at."""
+    client = configure(settings)
+    version = client.get_model_version_by_alias(settings.model_name, alias)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{alias}")
+    return model.unwrap_python_model().recommender, int(version.version)
+
+
+def tag_version(settings: Settings, version: int, tags: dict) -> None:
+    """Set tags on one registered model version (e.g. the deploy step's outcome)."""
+    client = configure(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, str(version), key, str(value))
