@@ -32,6 +32,8 @@ if not console.is_terminal:  # piped or logged (CI, `make demo > log`): rich wou
     console = Console(width=140)
 
 HomeOpt = typer.Option(None, "--home", help="workspace directory (default $HYPERREC_HOME or ./var)")
+WorldOpt = typer.Option(None, "--world", help="world folder (default HOME/data/world)")
+OUT_HELP = "the JSON file to write"
 
 
 def _world_dir(home: Path | None, world: Path | None) -> Path:
@@ -41,9 +43,12 @@ def _world_dir(home: Path | None, world: Path | None) -> Path:
 @data_app.command("generate")
 def data_generate(
     out: Path | None = typer.Option(None, help="output folder (default HOME/data/world)"),
-    users: int = 2_000, items: int = 1_000, days: int = 30,
+    users: int = typer.Option(2_000, help="users in the world"),
+    items: int = typer.Option(1_000, help="catalog items"),
+    days: int = typer.Option(30, help="days of history"),
     events: int = typer.Option(200_000, help="approximate number of events"),
-    seed: int = 42, home: Path | None = HomeOpt,
+    seed: int = typer.Option(42, help="random seed: the same seed writes the same world"),
+    home: Path | None = HomeOpt,
 ):
     """Write a synthetic world (users, items, events, ground-truth tastes), deterministic by seed."""
     from hyperrec.steps import generate_step
@@ -54,7 +59,9 @@ def data_generate(
 
 
 @data_app.command("load-movielens")
-def data_load_movielens(path: Path, out: Path | None = typer.Option(None), home: Path | None = HomeOpt):
+def data_load_movielens(path: Path = typer.Argument(..., help="a MovieLens folder (100K or latest format)"),
+                        out: Path | None = typer.Option(None, help="output folder (default HOME/data/world)"),
+                        home: Path | None = HomeOpt):
     """Read MovieLens (100K or latest format) into the hyperrec schemas."""
     from hyperrec.data.movielens import load_movielens
     from hyperrec.data.world import save_world
@@ -66,7 +73,7 @@ def data_load_movielens(path: Path, out: Path | None = typer.Option(None), home:
 
 
 @data_app.command("validate")
-def data_validate(world: Path | None = typer.Option(None), home: Path | None = HomeOpt):
+def data_validate(world: Path | None = WorldOpt, home: Path | None = HomeOpt):
     """Check every table of a world against the schemas; exit 1 naming each bad row."""
     from hyperrec.data.schemas import SchemaError
     from hyperrec.data.world import load_world
@@ -80,7 +87,7 @@ def data_validate(world: Path | None = typer.Option(None), home: Path | None = H
 
 
 @features_app.command("build")
-def features_build(world: Path | None = typer.Option(None), home: Path | None = HomeOpt):
+def features_build(world: Path | None = WorldOpt, home: Path | None = HomeOpt):
     """Write offline feature tables, `feast apply`, and materialize to the online store."""
     from hyperrec.steps import feature_step
 
@@ -101,7 +108,9 @@ def features_materialize(end: str | None = typer.Option(None, help="ISO time to 
 
 
 @pipeline_app.command("run")
-def pipeline_run(world: Path | None = typer.Option(None), epochs: int = 6, k: int = 20,
+def pipeline_run(world: Path | None = WorldOpt,
+                 epochs: int = typer.Option(6, help="most retrieval epochs (a validation split picks fewer)"),
+                 k: int = typer.Option(20, help="list length the evaluation and the model gate score (recall@k)"),
                  warm_start: bool = typer.Option(False, help="start the towers from the champion's weights"),
                  endpoint: str = typer.Option("", help="a model server (http://host:port) the deploy step waits on "
                                                        "to serve the new version"),
@@ -125,7 +134,8 @@ def pipeline_submit(host: str = typer.Option(..., help="KFP API, e.g. http://ml-
                     home: str = typer.Option("/var/lib/hyperrec", help="HYPERREC_HOME inside the pods"),
                     world: str = typer.Option(..., help="world folder the pods read (a volume or bucket path)"),
                     cron: str | None = typer.Option(None, help='also a recurring run, e.g. "0 0 3 * * *"'),
-                    namespace: str | None = None):
+                    namespace: str | None = typer.Option(None, help="KFP namespace (multi-user Kubeflow); "
+                                                                    "default: the client's")):
     """Compile the pipeline and submit it to Kubeflow (kfp.Client): a run, optionally recurring."""
     import tempfile
 
@@ -137,7 +147,7 @@ def pipeline_submit(host: str = typer.Option(..., help="KFP API, e.g. http://ml-
 
 
 @pipeline_app.command("compile")
-def pipeline_compile(out: Path = typer.Option(Path("var/pipeline.yaml"))):
+def pipeline_compile(out: Path = typer.Option(Path("var/pipeline.yaml"), help="where to write the IR YAML")):
     """Compile the training pipeline to KFP IR YAML (what a Kubeflow cluster runs)."""
     from pipelines.run import compile_pipeline
 
@@ -145,7 +155,8 @@ def pipeline_compile(out: Path = typer.Option(Path("var/pipeline.yaml"))):
 
 
 @model_app.command("promote")
-def model_promote(version: int, reason: str = typer.Option(..., help="why: recorded in the alias history"),
+def model_promote(version: int = typer.Argument(..., help="the registered model version to serve"),
+                  reason: str = typer.Option(..., help="why: recorded in the alias history"),
                   home: Path | None = HomeOpt):
     """Point @champion at VERSION (e.g. a rejected or challenger version, by hand)."""
     from hyperrec.registry.model_registry import move_alias
@@ -178,8 +189,11 @@ def model_history(home: Path | None = HomeOpt):
 
 
 @bench_app.command("features")
-def bench_features_cmd(out: Path = typer.Option(Path("var/bench/features.json")), lookups: int = 200,
-                       candidates: int = 200, events: int = 200_000, home: Path | None = HomeOpt):
+def bench_features_cmd(out: Path = typer.Option(Path("var/bench/features.json"), help=OUT_HELP),
+                       lookups: int = typer.Option(200, help="timed online lookups per store"),
+                       candidates: int = typer.Option(200, help="items read with each recommend-shaped lookup"),
+                       events: int = typer.Option(200_000, help="events in the generated world"),
+                       home: Path | None = HomeOpt):
     """Online lookup latency (SQLite vs Redis) and event -> online freshness."""
     from hyperrec.bench.features import bench_features
 
@@ -190,9 +204,10 @@ def bench_features_cmd(out: Path = typer.Option(Path("var/bench/features.json"))
 
 
 @bench_app.command("index")
-def bench_index_cmd(out: Path = typer.Option(Path("var/bench/index.json")),
+def bench_index_cmd(out: Path = typer.Option(Path("var/bench/index.json"), help=OUT_HELP),
                     sizes: str = typer.Option("10000,100000,1000000", help="catalog sizes, comma-separated"),
-                    dim: int = 64, queries: int = 1000):
+                    dim: int = typer.Option(64, help="embedding dimension"),
+                    queries: int = typer.Option(1000, help="timed queries per catalog size")):
     """Exact vs approximate (FAISS IVF) candidate index on generated catalogs: recall@100
     against brute force and per-query latency."""
     from hyperrec.bench.index import bench_index, print_index_table
@@ -207,7 +222,7 @@ def bench_index_cmd(out: Path = typer.Option(Path("var/bench/index.json")),
 @bench_app.command("quality")
 def bench_quality_cmd(path: Path = typer.Option(..., help="a MovieLens folder (100K or latest format)"),
                       format: str | None = typer.Option(None, "--format", help="ml-100k or ml-latest (checked)"),
-                      out: Path = typer.Option(Path("var/bench/quality.json")),
+                      out: Path = typer.Option(Path("var/bench/quality.json"), help=OUT_HELP),
                       epochs: int = typer.Option(6, help="most retrieval epochs (a validation split picks fewer)"),
                       home: Path | None = HomeOpt):
     """Baselines (popularity, item-kNN, EASE, iALS) and the hyperrec two-tower on real data,
@@ -221,9 +236,10 @@ def bench_quality_cmd(path: Path = typer.Option(..., help="a MovieLens folder (1
 
 
 @bench_app.command("serving")
-def bench_serving_cmd(out: Path = typer.Option(Path("var/bench/serving.json")),
+def bench_serving_cmd(out: Path = typer.Option(Path("var/bench/serving.json"), help=OUT_HELP),
                       home: Path = typer.Option(Path("var/bench-serving"), help="workspace for the 100k-item catalog"),
-                      seconds: int = typer.Option(10, help="seconds per load run"), rate: float = 500.0,
+                      seconds: int = typer.Option(10, help="seconds per load run"),
+                      rate: float = typer.Option(500.0, help="open-loop request rate (requests/s)"),
                       workers: int = typer.Option(2, help="hyperrec server processes (the naive anchor stays one)")):
     """The full request path over a generated 100k-item catalog vs the naive per-request
     KServe path (one BruteForce SavedModel call), side by side; swap under load."""
@@ -234,9 +250,10 @@ def bench_serving_cmd(out: Path = typer.Option(Path("var/bench/serving.json")),
 
 
 @bench_app.command("freshness")
-def bench_freshness_cmd(out: Path = typer.Option(Path("var/bench/freshness.json")),
+def bench_freshness_cmd(out: Path = typer.Option(Path("var/bench/freshness.json"), help=OUT_HELP),
                         home: Path = typer.Option(Path("var/bench-serving"), help="the serving bench's workspace"),
-                        users: int = 60, ingest_s: float = 10.0):
+                        users: int = typer.Option(60, help="users whose event -> changed list is timed"),
+                        ingest_s: float = typer.Option(10.0, help="seconds of the POST /v1/events throughput run")):
     """Event -> changed recommendations (server + stream processor, each its own process) and
     durable ingestion throughput on POST /v1/events."""
     from hyperrec.bench.freshness import run
@@ -246,8 +263,9 @@ def bench_freshness_cmd(out: Path = typer.Option(Path("var/bench/freshness.json"
 
 
 @bench_app.command("detection")
-def bench_detection_cmd(out: Path = typer.Option(Path("var/bench/detection.json")), windows: int = 200,
-                        seed: int = 0):
+def bench_detection_cmd(out: Path = typer.Option(Path("var/bench/detection.json"), help=OUT_HELP),
+                        windows: int = typer.Option(200, help="same-distribution one-day windows (false alarms)"),
+                        seed: int = typer.Option(0, help="random seed of the simulator")):
     """Drift trigger on a taste simulator: false alarms over same-distribution windows, and
     requests from an injected taste shift until the trigger fires."""
     from hyperrec.bench.detection import run
@@ -258,7 +276,7 @@ def bench_detection_cmd(out: Path = typer.Option(Path("var/bench/detection.json"
 
 @bench_app.command("report")
 def bench_report_cmd(bench_dir: Path = typer.Option(Path("var/bench"), help="where the benches wrote their JSON"),
-                     out: Path = typer.Option(Path("BENCHMARKS.md"))):
+                     out: Path = typer.Option(Path("BENCHMARKS.md"), help="the Markdown file to write")):
     """BENCHMARKS.md from the benches' JSON: machine, date, each measure beside its target or anchor."""
     from hyperrec.bench.markdown import write
 
@@ -266,9 +284,10 @@ def bench_report_cmd(bench_dir: Path = typer.Option(Path("var/bench"), help="whe
 
 
 @bench_app.command("warm-start")
-def bench_warm_start_cmd(out: Path = typer.Option(Path("var/bench/warm_start.json")),
+def bench_warm_start_cmd(out: Path = typer.Option(Path("var/bench/warm_start.json"), help=OUT_HELP),
                          home: Path = typer.Option(Path("var/bench-warm"), help="workspace of its own"),
-                         epochs: int = 6, fine_tune_epochs: int = 2):
+                         epochs: int = typer.Option(6, help="most epochs of the champion and the scratch retrain"),
+                         fine_tune_epochs: int = typer.Option(2, help="epochs of the warm-started retrain")):
     """Retrain from the champion's weights vs from scratch, evaluated on interactions the
     champion never saw; training time and quality side by side."""
     from hyperrec.bench.warmstart import bench_warm_start
@@ -294,7 +313,8 @@ def serve(port: int | None = typer.Option(None, help="HTTP port (default $HYPERR
 
 
 @privacy_app.command("erase")
-def privacy_erase(user_id: str, reason: str = typer.Option(..., help="why (a ticket id): kept in the audit record"),
+def privacy_erase(user_id: str = typer.Argument(..., help="the user to erase"),
+                  reason: str = typer.Option(..., help="why (a ticket id): kept in the audit record"),
                   home: Path | None = HomeOpt):
     """Remove USER_ID from the event log, the offline and online feature stores and the
     recommendation cache; future training sets skip them. Needs HYPERREC_PII_KEY (the audit
@@ -308,8 +328,10 @@ def privacy_erase(user_id: str, reason: str = typer.Option(..., help="why (a tic
 @ab_app.command("report")
 def ab_report(impressions: Path | None = typer.Option(None, help="parquet or CSV: user_id, arm, clicked, converted "
                                                                 "(default: the server's impression + event logs)"),
-              control: str = "control", metric: str = typer.Option("clicked", help="clicked | converted"),
-              alpha: float = 0.05, min_lift: float = typer.Option(0.05, help="smallest relative lift worth finding"),
+              control: str = typer.Option("control", help="the control arm's name"),
+              metric: str = typer.Option("clicked", help="clicked | converted"),
+              alpha: float = typer.Option(0.05, help="significance level (family-wise, Holm)"),
+              min_lift: float = typer.Option(0.05, help="smallest relative lift worth finding"),
               home: Path | None = HomeOpt):
     """Per-arm rates with confidence intervals, a two-proportion z-test (Holm-corrected for
     several arms), the Bayesian probability to beat control, and the verdict."""
@@ -394,7 +416,8 @@ def monitor(home: Path | None = HomeOpt,
 
 
 @app.command()
-def retrain(run_id: str = typer.Option(..., "--run-id"), epochs: int = 6, home: Path | None = HomeOpt):
+def retrain(run_id: str = typer.Option(..., "--run-id", help="the monitor's id for this run (its record and logs)"),
+            epochs: int = typer.Option(6, help="most retrieval epochs"), home: Path | None = HomeOpt):
     """One retraining run (what `monitor` starts in embedded mode): world + logged events ->
     snapshot -> feature store -> training pipeline (kfp.local) -> the model gate decides."""
     from hyperrec.training.retrain import run
@@ -404,7 +427,9 @@ def retrain(run_id: str = typer.Option(..., "--run-id"), epochs: int = 6, home: 
 
 
 @app.command()
-def recommend(user_ids: list[str], k: int = 10, port: int = 8080):
+def recommend(user_ids: list[str] = typer.Argument(..., help="one or more user ids"),
+              k: int = typer.Option(10, help="items per list"),
+              port: int = typer.Option(8080, help="the local server's HTTP port")):
     """Ask a running server for recommendations (v1 protocol) and print them as JSON."""
     from serving.launch import recommend as ask
 
@@ -412,10 +437,16 @@ def recommend(user_ids: list[str], k: int = 10, port: int = 8080):
 
 
 @app.command()
-def demo(users: int = 2_000, items: int = 1_000, days: int = 14, events: int = 200_000,
-         epochs: int = 6, port: int = 8765, sim_days: float = 10.5,
+def demo(users: int = typer.Option(2_000, help="users in the generated world"),
+         items: int = typer.Option(1_000, help="catalog items"),
+         days: int = typer.Option(14, help="days of history before the live loop"),
+         events: int = typer.Option(200_000, help="approximate number of history events"),
+         epochs: int = typer.Option(6, help="most retrieval epochs of each training run"),
+         port: int = typer.Option(8765, help="the model server's HTTP port"),
+         sim_days: float = typer.Option(10.5, help="simulated days of the live loop (tastes drift after day 1)"),
          lists_per_day: int = typer.Option(0, help="0: the history's traffic intensity"),
-         step_hours: float = 6.0, max_retrains: int = 3,
+         step_hours: float = typer.Option(6.0, help="simulated hours between monitoring passes"),
+         max_retrains: int = typer.Option(3, help="retraining runs carried out (later firings are only recorded)"),
          drift_categories: int = typer.Option(0, help="categories the drifting users turn to (0: each user any)"),
          feedback: bool = typer.Option(True, help="the server's feedback stages (hyperrec.online.feedback)"),
          home: Path | None = HomeOpt):
