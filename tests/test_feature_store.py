@@ -97,3 +97,24 @@ def test_a_workspace_without_a_newer_view_fails_at_startup_naming_the_fix(settin
     with pytest.raises(RuntimeError,
                        match=r"no table for \['user_purchases', 'user_recent_views'\].*hyperrec features build"):
         OnlineUserReader(settings, SERVING_USER_VIEWS).check()
+
+
+def test_feast_cli_plans_a_built_workspace_as_feature_repo_readme_says(store_world):
+    """`export HYPERREC_HOME=...; feast -c feature_repo plan` (feature_repo/README.md): the
+    repository the platform applied has nothing to create or delete (Feast lists views as
+    "Updated" when only their metadata timestamps differ)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hyperrec.config import FEATURE_REPO, PROJECT_ROOT
+
+    settings, _ = store_world
+    feast = Path(sys.executable).with_name("feast")
+    env = os.environ | {"HYPERREC_HOME": str(settings.home)}
+    out = subprocess.run([str(feast), "-c", str(FEATURE_REPO.relative_to(PROJECT_ROOT)), "plan"], cwd=PROJECT_ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    changes = [line for line in out.stdout.splitlines() if line.startswith(("Created", "Deleted"))]
+    assert "Updated feature view user_activity" in out.stdout and changes == [], out.stdout[-2000:]
