@@ -71,7 +71,7 @@ class ServerConfig:
     # in flight only splits the CPU, and requests that queue meanwhile leave as one larger
     # batch (cheaper per request: 2.5 ms alone, 0.9 ms each in a batch of 8). At 500 req/s
     # with 2 workers on 2 cores, p50 30-67 ms and median p99 ~125 ms in 10 runs, against
-    # p50 62-125 and median p99 ~177 in 6 with 2 in flight (session 9, README Serving).
+    # p50 62-125 and median p99 ~177 in 6 with 2 in flight (2026-11-30, commit bdf3b2a; docs/serving.md).
     max_in_flight: int = 1
     poll_s: float = 5.0  # how often the champion alias is checked
     pending_feedback: int = 100_000  # exploration contexts kept for feedback (oldest dropped), all workers together

@@ -88,7 +88,7 @@ class Recommender:
         self.catalog = pd.read_parquet(self.model_dir / "items.parquet").set_index("item_id")
         self.created_s = created_seconds(self.catalog.reindex(self.item_ids))
         self.coengagement = CoEngagement.load(self.model_dir / "coengagement.npz")
-        # the items' words for the feedback stages (units exported before session 14 have none)
+        # the items' words for the feedback stages (units exported before commit 61e5642 have none)
         content = self.model_dir / "content.npz"
         self.content = (ContentTokens.load(content) if content.exists()
                         else ContentTokens.from_catalog(self.catalog.reindex(self.item_ids)))

@@ -14,19 +14,10 @@ is the model's temperature) by three kinds of reaction inside `window_s`:
   search, browsing), weight 0.5. Choosing to look at an item says what the user wants now;
 - away from the list slots the user viewed and passed over, weight 1.0.
 
-Telling the last two apart is what `hyperrec.features.windows.RecentViews` is for. Session 11
-counted every view without engagement as passed over, so a drifted user's own searches
-for their new taste pushed the query back toward the old one. Offline, on one demo's end
-state (top 5 after ranking, hidden click probability, drifted / other users):
-- every view a pass, 0.5 / 0.5: 0.062 / 0.183;
-- list slots only as passes: 0.069 / 0.188;
-- adding the found items, 0.5: 0.075 / 0.182;
-- passes at 1.0: 0.097 / 0.198.
-In `make demo` (same seed), drifted / other users after the retrain:
-- session 11's rule: 0.068 and 0.065 / 0.199 and 0.188;
-- this rule: 0.079 and 0.079 / 0.220 and 0.226;
-- served CTR after the retrain: 0.0534 and 0.0532 before, 0.0624 and 0.0604 now.
-The weights were chosen on these states (in-sample); README, *What helps*.
+Telling the last two apart is what `hyperrec.features.windows.RecentViews` is for: counting
+every view without engagement as passed over pushed a drifted user's query back toward the
+old taste whenever they searched for the new one. The weights and what they bought are in
+docs/experiments.md (chosen in-sample, on demo end states).
 
 After ranking, the same reactions re-score the candidates (`rescored`): each candidate's
 cosine to the centroid of the n items engaged with or found alone in the window, in units
