@@ -662,7 +662,7 @@ def module_constant(path: Path, name: str):
 
 def served_name() -> str:
     """The KServe model name the deploy step and the clients call (hyperrec/registry/deploy.py)."""
-    return module_constant(ROOT / "hyperrec" / "deploy.py", "SERVED_NAME")
+    return module_constant(ROOT / "hyperrec" / "registry" / "deploy.py", "SERVED_NAME")
 
 
 def installed(module: str) -> Path:
