@@ -6,7 +6,7 @@ Why words and not the model's item embeddings: the embeddings are learned from w
 engaged with what, and an item with a few dozen clicks gets a noisy one. The text is
 there from the item's first day. Measured on one demo world, a linear map recovers 54% of
 the simulator's hidden item vectors from the words (56% with the category), and 29% from
-the served model's item embeddings (held-out R², README *What helps: the words*).
+the served model's item embeddings (held-out R², docs/experiments.md, *The words of what was taken and left*).
 
 Each item is stored as the vocabulary ids of its distinct words (a padded int array, no
 sparse-matrix dependency), built when the serving unit is exported (content.npz; loading

@@ -19,35 +19,18 @@ every view without engagement as passed over pushed a drifted user's query back 
 old taste whenever they searched for the new one. The weights and what they bought are in
 docs/experiments.md (chosen in-sample, on demo end states).
 
-After ranking, the same reactions re-score the candidates (`rescored`): each candidate's
-cosine to the centroid of the n items engaged with or found alone in the window, in units
-of its list's spread, is added to the ranker's logit in units of the logit's spread, with
-weight `similarity_weight` x n / (n + `similarity_evidence`): a centroid of one item is
-mostly noise, of a dozen a taste. The ranker learns from histories where a taste holds
-still, so its features (co-engagement with the last items, the category share of the whole
-recent history) lag a change; within one drifted user's 100 candidates its order was
-hardly better than chance. Offline (position-weighted hidden P(click) over 10 slots, all
-users), after a drift, demo end state, v3: 0.1454 without it -> 0.1525; before the drift,
-the world's end, v1: 0.1779 -> 0.1747. A fixed weight 1 gave 0.1530 and 0.1672: it paid for
-the drifted users with the stable ones. In `make demo`, four runs: the `full` arm's CTR
-over the run 0.0702-0.0719 (0.0681-0.0709 without), after the retrain 0.0619-0.0654
-(0.0595-0.0624), before the drift 0.0800-0.0816 (0.0830-0.0839); README, *What helps*.
+After ranking, the same reactions re-score the candidates twice. `rescored`: each
+candidate's cosine to the centroid of the n items engaged with or found alone in the
+window, in units of its list's spread, is added to the ranker's logit in units of the
+logit's spread, with weight `similarity_weight` x n / (n + `similarity_evidence`): a
+centroid of one item is mostly noise, of a dozen a taste. The ranker learns from histories
+where a taste holds still, so its features lag a change. `content_rescored`: a per-user
+logistic model of took (engaged, found) against left (passed over) on the items' bags of
+words (`hyperrec.models.content`), its first gradient step on the window's reactions; the
+words carry an item's taste from its first day, the embeddings only after enough clicks.
 
-Last, the same reactions re-score the candidates by their words (`content_rescored`): a
-per-user logistic model of took (engaged, found) against left (passed over) on the items'
-bags of words (`hyperrec.models.content`), its first gradient step on the window's reactions. The
-embeddings are learned from engagement and carry an item's hidden taste loosely (a linear
-map recovers 29% of the simulator's item vectors from them, 54% from the words), and the
-similarity stage cannot learn from the passes. Offline (as above, measured with a full
-Newton step, which the gradient step ranks as): after the drift, v3, 0.1525 -> 0.1615
-(drifted 0.092 -> 0.107); before it, v1, 0.1747 -> 0.1742. Weight 2 gave 0.1636 and
-0.1699: the default is 1.
-
-The window was 2 days until then; 4 days gave, with all three stages, 0.1808 after the
-drift and 0.1809 before it (6 days: 0.1829 and 0.1881, but the drifted users lose past
-4: their window reaches back before the drift). In `make demo`, two runs: CTR before the
-drift 0.0865-0.0866 (2 days: 0.0805-0.0808), after the retrain 0.0694-0.0739 (0.0689-0.0697).
-README, *What helps: the words*.
+What each stage and the 4-day window bought, offline and in `make demo`, is in
+docs/realtime.md and docs/experiments.md.
 
 `python -m serving --feedback off` serves without any of the three.
 """
