@@ -4,7 +4,7 @@ model without FastAPI's routing (serving/direct.py), a request-size limit (413),
 a 400 with {"error": ...}), the answering process in a response header, /metrics over
 every worker under --workers (serving/metrics.py), the bandit
 feedback endpoint, and event ingestion (`POST /v1/events` into the durable event log the
-stream processor tails)."""
+stream processor tails; its JSON Schema at `GET /v1/schema/event`)."""
 
 from __future__ import annotations
 
@@ -105,8 +105,9 @@ def event_batch(raw: bytes) -> list:
 
 
 def install(app: FastAPI, models: dict, events=None) -> None:
-    """Add the middleware, the 400 handler, `POST /v1/models/{name}:feedback` and, given an
-    EventLog, `POST /v1/events`."""
+    """Add the middleware, the 400 handler, `POST /v1/models/{name}:feedback`, the event
+    contract at `GET /v1/schema/event` (hyperrec.data.contract) and, given an EventLog,
+    `POST /v1/events`."""
     from serving.direct import DirectV1Predict
 
     app.add_middleware(DirectV1Predict, models=models, fastapi_app=app)  # added first: innermost of the three
@@ -129,6 +130,14 @@ def install(app: FastAPI, models: dict, events=None) -> None:
 
     if events is not None:
         _install_ingestion(app, events)
+
+    from hyperrec.data.contract import event_json_schema
+
+    event_schema = event_json_schema()  # the contract of POST /v1/events and the Kafka topic's records
+
+    @app.get("/v1/schema/event")
+    async def event_contract():
+        return JSONResponse(content=event_schema)
 
     @app.post("/v1/models/{model_name}:feedback")
     async def feedback(model_name: str, request: Request):

@@ -440,6 +440,15 @@ def test_event_ingestion_counts_reconcile_and_bad_events_are_dead_lettered(serve
     assert requests.get(f"{server['url']}/metrics", timeout=10).text.count("hyperrec_events_total") >= 3
 
 
+def test_the_event_contract_is_served(server):
+    """`GET /v1/schema/event`: the JSON Schema POST /v1/events is held to (hyperrec.data.contract)."""
+    from hyperrec.data.contract import event_json_schema
+
+    resp = requests.get(f"{server['url']}/v1/schema/event", timeout=10)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("application/json")
+    assert resp.json() == event_json_schema()
+
+
 def test_clicks_shift_recommendations_toward_their_category_within_a_second(server):
     """A user clicks several items of one category; with the stream processor running, the
     next recommendations lean toward it, with no retraining."""
