@@ -1,8 +1,10 @@
 """Load MovieLens into the hyperrec schemas, from both published layouts:
 
+- "latest" / ml-latest-small: `ratings.csv`, `movies.csv` (genres "A|B"), optional `tags.csv`,
+  imported through the mapping file users would write (`examples/movielens-latest.yaml`);
 - 100K: `u.data` (user, item, rating, unix ts; tab-separated), `u.item` (pipe-separated,
   latin-1, 19 genre flags), `u.user` (age, gender, occupation, zip), optional `u.genre`;
-- "latest" / ml-latest-small: `ratings.csv`, `movies.csv` (genres "A|B"), optional `tags.csv`.
+  its genre flags and headerless files are read here.
 
 Ratings become `rating` events; titles (+ genres and tags) become item text and the first
 genre the category. MovieLens users consented to research use when they signed up, so they
@@ -16,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hyperrec.config import PROJECT_ROOT
 from hyperrec.data.schemas import Event, Item, User, validate_frame
 from hyperrec.data.world import World
+
+LATEST_MAPPING = PROJECT_ROOT / "examples" / "movielens-latest.yaml"
 
 GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
@@ -36,7 +41,18 @@ def load_movielens(path: str | Path) -> World:
     """Read a MovieLens folder in either format into a validated World."""
     path = Path(path)
     fmt = detect_format(path)
-    ratings, items, profiles = _read_100k(path) if fmt == "100k" else _read_latest(path)
+    meta = {"source": f"movielens-{fmt}", "path": str(path.resolve())}
+    if fmt == "latest":
+        from hyperrec.data.importer import import_world
+        from hyperrec.data.mapping import load_mapping
+
+        mapping = load_mapping(LATEST_MAPPING)
+        if not (path / "tags.csv").exists():
+            mapping.items.extra_text = None
+        world, _ = import_world(mapping, path, strict=True)
+        world.meta = meta
+        return world
+    ratings, items, profiles = _read_100k(path)
     ratings["ts"] = pd.to_datetime(ratings["ts"], unit="s", utc=True)
     events = pd.DataFrame({
         "event_id": [f"ml-{k}" for k in range(len(ratings))],
@@ -49,7 +65,6 @@ def load_movielens(path: str | Path) -> World:
     first_seen = events.groupby("item_id")["ts"].min()
     items["created_ts"] = items["item_id"].map(first_seen).fillna(events["ts"].min())
     users = _users(events, profiles)
-    meta = {"source": f"movielens-{fmt}", "path": str(path.resolve())}
     return World(validate_frame(users, User, "users"), validate_frame(items, Item, "items"),
                  validate_frame(events, Event, "events"), None, meta)
 
@@ -69,19 +84,6 @@ def _read_100k(path: Path):
     if (path / "u.user").exists():
         profiles = pd.read_csv(path / "u.user", sep="|", names=["user", "age", "gender", "occupation", "zip"])
     return ratings, items, profiles
-
-
-def _read_latest(path: Path):
-    ratings = pd.read_csv(path / "ratings.csv").rename(
-        columns={"userId": "user", "movieId": "item", "timestamp": "ts"})
-    movies = pd.read_csv(path / "movies.csv")
-    genres = movies["genres"].replace("(no genres listed)", "unknown")
-    tags = None
-    if (path / "tags.csv").exists():
-        t = pd.read_csv(path / "tags.csv")
-        tags = t.groupby("movieId")["tag"].apply(lambda s: " ".join(s.astype(str).unique()))
-    extra = movies["movieId"].map(tags).fillna("") if tags is not None else None
-    return ratings, _items(movies["movieId"], movies["title"], genres, extra), None
 
 
 def _items(ids: pd.Series, titles: pd.Series, genres, extra_text=None) -> pd.DataFrame:

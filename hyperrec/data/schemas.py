@@ -214,7 +214,7 @@ def check_frame(df: pd.DataFrame, model: type[Record]) -> tuple[pd.DataFrame, li
     if model.kind_field and model.kind_field in typed:
         for kind, needed in model.required_when.items():
             present = typed[needed].notna() if needed in typed else False
-            mask = ((typed[model.kind_field] == kind) & ~present).to_numpy()
+            mask = ((typed[model.kind_field] == kind) & ~present).fillna(False).to_numpy(dtype=bool)
             errors += _row_errors(mask, needed, f"required when {model.kind_field}={kind}")
     errors.sort(key=lambda e: (-1 if e.row is None else e.row, e.field))
     return typed, errors
