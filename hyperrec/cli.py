@@ -164,12 +164,17 @@ def pipeline_run(world: Path | None = WorldOpt,
                  warm_start: bool = typer.Option(False, help="start the towers from the champion's weights"),
                  endpoint: str = typer.Option("", help="a model server (http://host:port) the deploy step waits on "
                                                        "to serve the new version"),
+                 summary: Path | None = typer.Option(None, help="write {version, blessed, ndcg@10, "
+                                                              "popularity_ndcg@10, recall@K} as JSON here"),
                  home: Path | None = HomeOpt):
     """Run the training pipeline through kfp.local (SubprocessRunner, this venv)."""
     from pipelines.run import run_local
 
     result = run_local(load_settings(home), _world_dir(home, world), epochs=epochs, k=k, warm_start=warm_start,
                        endpoint=endpoint)
+    if summary is not None:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(json.dumps(result.summary(k), indent=2) + "\n")
     if result.stopped_at_data_gate:
         console.print(f"[red]stopped at the data gate[/red]: nothing trained or registered ({result.data_report})")
         if result.data_report:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyperrec.config import Settings
@@ -19,6 +19,13 @@ class RunResult:
     blessed: bool
     data_report: Path | None
     deploy_status: str | None = None  # skipped / alias-moved / serving / failed (the version's MLflow tag)
+    metrics: dict[str, float] = field(default_factory=dict)  # the registered run's evaluation
+
+    def summary(self, k: int) -> dict:
+        """The run in five keys, for scripts and CI (`hyperrec pipeline run --summary`)."""
+        return {"version": self.version, "blessed": self.blessed, "ndcg@10": self.metrics.get("ndcg_at_10"),
+                "popularity_ndcg@10": self.metrics.get("popularity_ndcg_at_10"),
+                f"recall@{k}": self.metrics.get(f"recall_at_{k}")}
 
     @property
     def stopped_at_data_gate(self) -> bool:
@@ -53,7 +60,7 @@ def _result(settings: Settings, run_tag: str) -> RunResult:
         mv = runs.get(run.info.run_id)
         if mv is not None:
             return RunResult(run_tag, int(mv.version), mv.tags.get("gate") == "blessed", None,
-                             mv.tags.get("deploy_status"))
+                             mv.tags.get("deploy_status"), dict(run.data.metrics))
     reports = sorted(settings.pipeline_root.glob("hyperrec-training-*/validate-data/report"),
                      key=lambda p: p.stat().st_mtime)
     return RunResult(run_tag, None, False, reports[-1] if reports else None)

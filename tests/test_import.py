@@ -164,23 +164,22 @@ def load_mapping_dict(spec: dict, folder: Path):
 
 @pytest.mark.slow
 def test_a_foreign_log_trains_and_serves(make_workspace, tmp_path):
-    """Import -> features -> kfp.local pipeline -> real server -> recommendations for an imported user."""
-    from rich.console import Console
-
-    from hyperrec.steps import feature_step
-    from pipelines.run import run_local
+    """The data guide's commands: import -> features build -> pipeline run --summary -> a real
+    server answering an imported user with items of the imported catalog."""
+    from hyperrec.services import free_port
     from serving.launch import start_server, stop_server, wait_ready
 
     with make_workspace("import-e2e", users=300, items=150, days=10, events=25_000, seed=11) as (settings, world):
         mapping = write_foreign(world, tmp_path / "export")
-        out = tmp_path / "imported"
-        done = hyperrec("data", "import", "--mapping", str(mapping), "--out", str(out), home=settings.home)
-        assert done.returncode == 0, done.stdout + done.stderr
-        feature_step(settings, out, Console(quiet=True))
-        result = run_local(settings, out, epochs=2, k=20)
-        assert result.version is not None and not result.stopped_at_data_gate
-        from hyperrec.services import free_port
-
+        out, summary = tmp_path / "imported", tmp_path / "summary.json"
+        for args in (("data", "import", "--mapping", str(mapping), "--out", str(out)),
+                     ("features", "build", "--world", str(out)),
+                     ("pipeline", "run", "--world", str(out), "--epochs", "2", "--summary", str(summary))):
+            done = hyperrec(*args, home=settings.home)
+            assert done.returncode == 0, f"{args}: {done.stdout}{done.stderr}"
+        result = json.loads(summary.read_text())
+        assert set(result) == {"version", "blessed", "ndcg@10", "popularity_ndcg@10", "recall@20"}
+        assert result["version"] >= 1 and 0 < result["ndcg@10"] <= 1 and 0 < result["recall@20"] <= 1
         port, log_path = free_port(), settings.home / "server.log"
         proc = start_server(settings, port, log_path, as_of=world.events["ts"].max().to_pydatetime())
         try:
@@ -189,8 +188,8 @@ def test_a_foreign_log_trains_and_serves(make_workspace, tmp_path):
             resp = requests.post(f"http://127.0.0.1:{port}/v1/models/recommender:predict",
                                  json={"instances": [{"user_id": user, "k": 5}]}, timeout=30)
             assert resp.status_code == 200, resp.text
-            pred = resp.json()["predictions"][0]
-            assert len(pred["items"]) == 5
-            assert {i["item_id"] if isinstance(i, dict) else i for i in pred["items"]} <= set(world.items["item_id"])
+            items = resp.json()["predictions"][0]["items"]
+            assert len(items) == 5
+            assert {i["item_id"] if isinstance(i, dict) else i for i in items} <= set(world.items["item_id"])
         finally:
             stop_server(proc)
