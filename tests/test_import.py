@@ -139,7 +139,8 @@ def test_every_format_gives_the_same_events(fmt, tmp_path):
     mapping = load_mapping_dict({"events": {"path": path.name, "columns": {"user_id": "who", "item_id": "what",
                                                                            "ts": "at", "event_type": "kind"},
                                             "event_types": {"open": "click", "buy": "purchase"}}}, tmp_path)
-    world, report = import_world(mapping, tmp_path)
+    imported = import_world(mapping, tmp_path)
+    world, report = imported.world(), imported.report
     assert list(world.events["user_id"]) == ["007", "007", "42"]  # ids keep their leading zeros
     assert list(world.events["event_type"]) == ["click", "purchase", "click"]
     assert world.events["ts"].iloc[1] == pd.Timestamp("2026-01-01T10:00:00Z")  # offsets honoured
@@ -193,3 +194,12 @@ def test_a_foreign_log_trains_and_serves(make_workspace, tmp_path):
             assert {i["item_id"] if isinstance(i, dict) else i for i in items} <= set(world.items["item_id"])
         finally:
             stop_server(proc)
+
+
+def test_the_import_bench_runs_the_command_and_counts_its_bad_rows():
+    from hyperrec.bench.data_import import bench_import
+
+    result = bench_import(events=5_000)
+    assert result["stored"] + result["dead_lettered"] + result["duplicates"] == 5_000
+    assert 0 < result["dead_lettered"] < 50 and result["events_per_s"] > 0  # ~0.1% bad rows, all counted
+    assert result["peak_rss_mib"] >= result["peak_rss_mib_at_a_tenth"] > 0

@@ -23,17 +23,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hyperrec.data.mapping import ItemSource, Mapping, TableSource, UserSource, load_mapping
-from hyperrec.data.schemas import Event, FieldError, Item, Record, SchemaError, User, check_frame
-from hyperrec.data.world import World, load_world, save_world
+from hyperrec.data.schemas import Event, FieldError, Item, Record, SchemaError, User, check_frame, validate_frame
+from hyperrec.data.world import World, load_world
 
-CHUNK_ROWS = 200_000
+CHUNK_ROWS = 100_000
 EARLIEST = pd.Timestamp("1970-01-01", tz="UTC")  # before it: a unit mistake, not an event
 FUTURE_SLACK = timedelta(days=1)  # clocks drift; a week-ahead timestamp is a bug
 SAMPLE_ROWS = 10  # row numbers kept per reason in the report
 Progress = Callable[[str, int, int], None]  # (table, done, total) in bytes or rows
+# events are kept as Arrow columns between chunks: strings cost their bytes, not a Python object each
+EVENT_ARROW = pa.schema([("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
+                         ("event_type", pa.string()), ("ts", pa.timestamp("ns", tz="UTC")),
+                         ("dwell_s", pa.float64()), ("rating", pa.float64()), ("session_id", pa.string()),
+                         ("device", pa.string()), ("request_id", pa.string())])
+assert EVENT_ARROW.names == list(Event.model_fields), "EVENT_ARROW must follow the Event schema"
 
 
 class ImportFailed(RuntimeError):
@@ -267,10 +275,15 @@ def _event_chunk(chunk: pd.DataFrame, mapping: Mapping, now: pd.Timestamp) -> tu
 
 
 def import_events(mapping: Mapping, base: Path, dead: _DeadLetters, on_progress: Progress | None,
-                  chunk_rows: int = CHUNK_ROWS) -> tuple[pd.DataFrame, TableReport]:
+                  chunk_rows: int = CHUNK_ROWS, stored_ids: set[str] | None = None) -> tuple[pa.Table, TableReport]:
+    """The usable events, each id once, oldest first. `stored_ids`: ids a world already holds
+    (counted as already present, not stored again)."""
     report = TableReport(mapping.events.path)
     now = pd.Timestamp.now(tz="UTC")
-    kept, first_row = [], 0
+    stored_ids = stored_ids or set()
+    seen: set[str] = set()
+    kept: list[pa.Table] = []
+    first_row = 0
     for chunk in read_chunks(mapping.events, base, on_progress, "events", chunk_rows):
         chunk = chunk.reset_index(drop=True)
         typed, reasons = _event_chunk(chunk, mapping, now)
@@ -281,16 +294,30 @@ def import_events(mapping: Mapping, base: Path, dead: _DeadLetters, on_progress:
         good = typed[~bad]
         if "event_id" not in mapping.events.columns:
             good = good.assign(event_id=derive_event_ids(good))
-        kept.append(good)
+        ids = good["event_id"].astype(object)
+        # set lookups per row: Series.isin(set) would copy the whole set on every chunk
+        repeat = ids.duplicated().to_numpy() | _member(ids, seen)  # an earlier row of this import
+        present = ~repeat & _member(ids, stored_ids)  # held by the world before
+        new = ~repeat & ~present
+        report.duplicates += int(repeat.sum())
+        report.already_present += int(present.sum())
+        seen.update(ids)
+        kept.append(pa.Table.from_pandas(good[new], schema=EVENT_ARROW, preserve_index=False))
         report.rows_read += len(chunk)
         first_row += len(chunk)
-    events = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=list(Event.model_fields))
-    before = len(events)
-    events = events.drop_duplicates("event_id", keep="first")
-    report.duplicates = before - len(events)
-    events = events.sort_values("ts", kind="stable").reset_index(drop=True)
-    report.rows_kept = len(events)
-    return events, report
+    events = pa.concat_tables(kept) if kept else EVENT_ARROW.empty_table()
+    report.rows_kept = events.num_rows
+    return events.take(pc.sort_indices(events, [("ts", "ascending")])), report  # a stable sort
+
+
+def _member(ids: pd.Series, known: set[str]) -> np.ndarray:
+    return np.fromiter((i in known for i in ids), dtype=bool, count=len(ids))
+
+
+def first_seen(events: pa.Table, key: str) -> pd.Series:
+    """Each user's or item's first event time."""
+    firsts = events.group_by(key).aggregate([("ts", "min")]).to_pandas()
+    return firsts.set_index(key)["ts_min"].sort_index()
 
 
 # -- items and users ------------------------------------------------------------------------------
@@ -329,12 +356,11 @@ def _item_text(source: ItemSource, base: Path, on_progress: Progress | None) -> 
     return text.groupby("item_id", sort=False)["text"].apply(lambda s: " ".join(s.astype(str).unique()))
 
 
-def import_items(mapping: Mapping, events: pd.DataFrame, base: Path, dead: _DeadLetters,
+def import_items(mapping: Mapping, firsts: pd.Series, base: Path, dead: _DeadLetters,
                  on_progress: Progress | None) -> tuple[pd.DataFrame, TableReport | None, int]:
     """The catalog, plus a minimal record for every item seen only in events. Description:
     the mapped one, else title + every category value (+ extra text), so the item tower reads words."""
-    first_seen = events.groupby("item_id")["ts"].min()
-    fallback_ts = events["ts"].min() if len(events) else pd.Timestamp.now(tz="UTC")
+    fallback_ts = firsts.min() if len(firsts) else pd.Timestamp.now(tz="UTC")
     report, typed = None, pd.DataFrame(columns=list(Item.model_fields))
     source = mapping.items
     if source is not None:
@@ -355,29 +381,28 @@ def import_items(mapping: Mapping, events: pd.DataFrame, base: Path, dead: _Dead
             categories = categories.str.split(source.list_separator, regex=False).str[0]
         frame["category"] = categories.astype(object)
         if "created_ts" not in frame:
-            frame["created_ts"] = frame["item_id"].map(first_seen).fillna(fallback_ts)
+            frame["created_ts"] = frame["item_id"].map(firsts).fillna(fallback_ts)
         typed = _finish_table(frame, raw, Item, "items", "item_id", dead, report)
-    unseen = sorted(set(first_seen.index) - set(typed["item_id"]))
+    unseen = sorted(set(firsts.index) - set(typed["item_id"]))
     minimal = pd.DataFrame({"item_id": unseen, "title": unseen, "category": "unknown", "description": "",
-                            "created_ts": [first_seen[i] for i in unseen]})
+                            "created_ts": [firsts[i] for i in unseen]})
     minimal = check_frame(minimal, Item)[0]
     items = minimal if typed.empty else pd.concat([typed, minimal], ignore_index=True) if unseen else typed
     return items, report, len(unseen)
 
 
-def import_users(mapping: Mapping, events: pd.DataFrame, base: Path, dead: _DeadLetters,
+def import_users(mapping: Mapping, firsts: pd.Series, base: Path, dead: _DeadLetters,
                  on_progress: Progress | None) -> tuple[pd.DataFrame, TableReport | None, int]:
     """Profiles, plus a default record for every user seen only in events: signed up at their
     first event, consent per the mapping's policy recorded at that time."""
-    first_seen = events.groupby("user_id")["ts"].min()
-    fallback_ts = events["ts"].min() if len(events) else pd.Timestamp.now(tz="UTC")
+    fallback_ts = firsts.min() if len(firsts) else pd.Timestamp.now(tz="UTC")
     granted = mapping.consent.default == "granted"
     report, typed = None, pd.DataFrame(columns=list(User.model_fields))
     source: UserSource | None = mapping.users
     if source is not None:
         frame, raw, report = _read_table(source, base, "users", on_progress)
         if "signup_ts" not in frame:
-            frame["signup_ts"] = frame["user_id"].map(first_seen).fillna(fallback_ts)
+            frame["signup_ts"] = frame["user_id"].map(firsts).fillna(fallback_ts)
         for purpose in ("consent_personalization", "consent_analytics"):
             if purpose not in frame:
                 frame[purpose] = granted
@@ -386,7 +411,7 @@ def import_users(mapping: Mapping, events: pd.DataFrame, base: Path, dead: _Dead
         if "consent_ts" not in frame:
             frame["consent_ts"] = frame["signup_ts"]
         typed = _finish_table(frame, raw, User, "users", "user_id", dead, report)
-    unseen = first_seen[~first_seen.index.isin(set(typed["user_id"]))]
+    unseen = firsts[~firsts.index.isin(set(typed["user_id"]))]
     defaults = pd.DataFrame({"user_id": unseen.index, "signup_ts": unseen.to_numpy(),
                              "consent_personalization": granted, "consent_analytics": granted,
                              "consent_ts": unseen.to_numpy()})
@@ -397,39 +422,58 @@ def import_users(mapping: Mapping, events: pd.DataFrame, base: Path, dead: _Dead
 
 # -- the whole import ------------------------------------------------------------------------------
 
-def _merge(existing: World, events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame,
-           report: TableReport) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Add to a world imported before: events by id, items and users not yet known."""
-    known = set(existing.events["event_id"])
-    new = ~events["event_id"].isin(known)
-    report.already_present = int((~new).sum())
-    report.rows_kept = int(new.sum())
-    events = pd.concat([existing.events, events[new]], ignore_index=True).sort_values("ts", kind="stable")
-    items = pd.concat([existing.items, items[~items["item_id"].isin(set(existing.items["item_id"]))]],
-                      ignore_index=True)
-    users = pd.concat([existing.users, users[~users["user_id"].isin(set(existing.users["user_id"]))]],
-                      ignore_index=True)
-    return events.reset_index(drop=True), items, users
+@dataclass
+class Imported:
+    """What an import produced: the tables (events as Arrow, oldest first) and its report."""
+
+    users: pd.DataFrame
+    items: pd.DataFrame
+    events: pa.Table
+    meta: dict
+    report: dict
+
+    def world(self) -> World:
+        """The tables as a validated in-memory World (pandas)."""
+        return World(self.users, self.items, validate_frame(self.events.to_pandas(), Event, "events"), None,
+                     self.meta)
+
+
+def _add_new(existing: pd.DataFrame, new: pd.DataFrame, key: str) -> pd.DataFrame:
+    return pd.concat([existing, new[~new[key].isin(set(existing[key]))]], ignore_index=True)
+
+
+def _write(out: Path, imported: Imported) -> None:
+    """The world's files (the layout hyperrec.data.world reads) and the import's report."""
+    imported.users.to_parquet(out / "users.parquet", index=False)
+    imported.items.to_parquet(out / "items.parquet", index=False)
+    pq.write_table(imported.events, out / "events.parquet")
+    (out / "meta.json").write_text(json.dumps(imported.meta, indent=2, default=str))
+    (out / "import_report.json").write_text(json.dumps(imported.report, indent=2, default=str) + "\n")
 
 
 def import_world(mapping: Mapping, base: Path, out: Path | None = None, on_progress: Progress | None = None,
                  chunk_rows: int = CHUNK_ROWS, strict: bool = False,
-                 prepare: Callable[[World], World] | None = None) -> tuple[World, dict]:
-    """Import the mapped files; with `out`, merge into (or create) the world there and write
-    `import_report.json` and `dead_letters.jsonl` beside it. Returns the world and the report.
-    `strict` (loaders of reference datasets, which must lose nothing) raises SchemaError on the
-    first unusable row instead of dead-lettering it; it writes no world. `prepare` transforms
-    the imported tables before they are merged or stored (the CLI pseudonymizes PII there)."""
+                 prepare_users: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Imported:
+    """Import the mapped files; with `out`, add to (or create) the world there and write
+    `import_report.json` and `dead_letters.jsonl` beside it.
+
+    `strict` (loaders of reference datasets, which must lose nothing) raises SchemaError on an
+    unusable row instead of dead-lettering it, and writes nothing. `prepare_users` transforms
+    the imported profiles before they are stored (the CLI pseudonymizes PII there)."""
     if strict and out is not None:
         raise ValueError("a strict import keeps its dead letters in memory: give no `out`")
     started = time.perf_counter()
+    existing = load_world(out) if out is not None and (out / "events.parquet").exists() else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     dead = _DeadLetters(out / "dead_letters.jsonl" if out is not None else None)
     try:
-        events, event_report = import_events(mapping, base, dead, on_progress, chunk_rows)
-        items, item_report, minimal_items = import_items(mapping, events, base, dead, on_progress)
-        users, user_report, default_users = import_users(mapping, events, base, dead, on_progress)
+        stored = set(existing.events["event_id"]) if existing is not None else None
+        events, event_report = import_events(mapping, base, dead, on_progress, chunk_rows, stored)
+        items, item_report, minimal_items = import_items(mapping, first_seen(events, "item_id"), base, dead,
+                                                         on_progress)
+        users, user_report, default_users = import_users(mapping, first_seen(events, "user_id"), base, dead,
+                                                         on_progress)
     finally:
         dead.close()
     if strict and dead.records:
@@ -440,32 +484,33 @@ def import_world(mapping: Mapping, base: Path, out: Path | None = None, on_progr
               "items_from_events_only": minimal_items, "users_from_events_only": default_users,
               "consent_default": mapping.consent.default,
               "dead_letters_file": str(dead.path) if dead.path else None}
-    if event_report.rows_kept == 0:
-        report["seconds"] = round(time.perf_counter() - started, 3)
-        raise ImportFailed(f"no usable events in {mapping.events.path}: {event_report.rows_read:,} rows read, "
-                           f"{dict(event_report.dead_letters)} dead-lettered", report)
-    meta = {"source": mapping.name or "import", "imported_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    world = World(users, items, events, None, meta)
-    if prepare is not None:
-        world = prepare(world)
-    if out is not None and (out / "events.parquet").exists():
-        existing = load_world(out)
-        events, items, users = _merge(existing, world.events, world.items, world.users, event_report)
-        world = World(users, items, events, existing.truth, {**existing.meta, "updated_at": meta["imported_at"]})
-        report["events"] = event_report.as_dict()
     seconds = time.perf_counter() - started
     report["seconds"] = round(seconds, 3)
     report["events_per_s"] = round(event_report.rows_read / seconds) if seconds else None
+    if event_report.rows_kept == 0 and event_report.already_present == 0:
+        raise ImportFailed(f"no usable events in {mapping.events.path}: {event_report.rows_read:,} rows read, "
+                           f"{dict(event_report.dead_letters)} dead-lettered", report)
+    if prepare_users is not None:
+        users = prepare_users(users)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    meta = {"source": mapping.name or "import", "imported_at": now}
+    if existing is not None:
+        stored_events = pa.Table.from_pandas(existing.events, schema=EVENT_ARROW, preserve_index=False)
+        events = pa.concat_tables([stored_events, events])
+        events = events.take(pc.sort_indices(events, [("ts", "ascending")]))
+        items, users = _add_new(existing.items, items, "item_id"), _add_new(existing.users, users, "user_id")
+        meta = {**existing.meta, "updated_at": now}
+    imported = Imported(users, items, events, meta, report)
     if out is not None:
-        save_world(world, out)
-        (out / "import_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return world, report
+        _write(out, imported)
+    return imported
 
 
 def import_from_file(mapping_path: str | Path, out: Path | None = None, base: Path | None = None,
                      on_progress: Progress | None = None,
-                     prepare: Callable[[World], World] | None = None) -> tuple[World, dict]:
+                     prepare_users: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Imported:
     """`import_world` for a mapping file; paths in it are relative to it unless `base` is given."""
     mapping_path = Path(mapping_path)
     mapping = load_mapping(mapping_path)
-    return import_world(mapping, base or mapping_path.resolve().parent, out, on_progress, prepare=prepare)
+    return import_world(mapping, base or mapping_path.resolve().parent, out, on_progress,
+                        prepare_users=prepare_users)

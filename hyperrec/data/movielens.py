@@ -49,7 +49,7 @@ def load_movielens(path: str | Path) -> World:
         mapping = load_mapping(LATEST_MAPPING)
         if not (path / "tags.csv").exists():
             mapping.items.extra_text = None
-        world, _ = import_world(mapping, path, strict=True)
+        world = import_world(mapping, path, strict=True).world()
         world.meta = meta
         return world
     ratings, items, profiles = _read_100k(path)
