@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hyperrec.config import Settings, export_env
+from hyperrec.data.event_types import FILE_NAME as EVENT_TYPES_FILE
+from hyperrec.data.event_types import EventTypes
 from hyperrec.data.generate import WorldConfig, generate_world
 from hyperrec.data.world import World, load_world, save_world
 
@@ -56,6 +58,8 @@ def feature_step(settings: Settings, world_dir: Path, console: Console, online: 
     from hyperrec.features.store import apply_repo, materialize, write_offline_tables
 
     world = load_world(world_dir)
+    # the world's event types become the workspace's: ingestion, the stream and training read them
+    EventTypes.of_world(world.meta).save(settings.home / EVENT_TYPES_FILE)
     with console.status("feast: writing offline tables"):
         counts = write_offline_tables(world, settings)
     with console.status("feast apply"):

@@ -79,6 +79,7 @@ def serve(args: argparse.Namespace) -> None:
 
     import hyperrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF loads)
     from hyperrec.config import load_settings
+    from hyperrec.data.event_types import EventTypes
     from hyperrec.data.eventlog import EventLog
     from hyperrec.privacy import ErasureWatch
     from serving.app import install
@@ -94,7 +95,8 @@ def serve(args: argparse.Namespace) -> None:
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config,
                              experiment=EXPERIMENTS[args.experiment])
     model.load()
-    events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings))
+    types = EventTypes.for_workspace(model.settings.home)
+    events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings), event_types=types.known)
     install(model_server.app, {model.name: model}, events=events)
     server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1)  # configures logging
     if not args.request_logs:  # per-request lines cost more than some serving stages

@@ -132,8 +132,10 @@ def install(app: FastAPI, models: dict, events=None) -> None:
         _install_ingestion(app, events)
 
     from hyperrec.data.contract import event_json_schema
+    from hyperrec.data.schemas import EVENT_TYPES
 
-    event_schema = event_json_schema()  # the contract of POST /v1/events and the Kafka topic's records
+    # the contract of POST /v1/events and the Kafka topic's records, with the workspace's event types
+    event_schema = event_json_schema(events.event_types if events is not None else EVENT_TYPES)
 
     @app.get("/v1/schema/event")
     async def event_contract():

@@ -17,25 +17,35 @@ from hyperrec.data.importer import ImportFailed, import_world
 from hyperrec.data.mapping import MappingError, load_mapping
 from hyperrec.data.world import load_world
 
-RAW_TYPES = {"view": "seen", "click": "tapped", "add_to_cart": "basket", "purchase": "bought", "rating": "stars"}
+RAW_TYPES = {"view": "seen", "click": "tapped", "add_to_cart": "basket", "purchase": "bought", "rating": "stars",
+             "faved": "faved"}
 MAPPING = {
     "name": "shop-export",
     "events": {"path": "log/events.jsonl",
                "columns": {"user_id": "uid", "item_id": "sku", "ts": "when", "event_type": "action",
                            "dwell_s": "secs", "rating": "score"},
                "ts_unit": "s",
-               "event_types": {v: k for k, v in RAW_TYPES.items()}},
+               "event_types": {**{v: k for k, v in RAW_TYPES.items()}, "faved": {"weight": 0.5}}},
     "items": {"path": "catalog.csv", "columns": {"item_id": "id", "title": "name", "category": "genre"}},
     "users": {"path": "crm.tsv", "columns": {"user_id": "id", "region": "area"}},
     "consent": {"default": "granted"},
 }
 
 
+def with_favourites(events: pd.DataFrame, n: int = 50) -> pd.DataFrame:
+    """The world's events plus a `faved` (a type of the shop's own) one second after each of
+    the first `n` clicks."""
+    faved = events[events["event_type"] == "click"].head(n).assign(
+        event_type="faved", dwell_s=float("nan"), ts=lambda d: d["ts"] + pd.Timedelta(seconds=1))
+    return pd.concat([events, faved], ignore_index=True)
+
+
 def write_foreign(world, folder: Path, bad_rows: bool = True) -> Path:
     """The world's tables as another shop would export them: JSON Lines with its own column
-    and type names and unix seconds, a CSV catalog, a TSV of profiles without consent."""
+    and type names (one of them, `faved`, declared with a weight) and unix seconds, a CSV
+    catalog, a TSV of profiles without consent."""
     (folder / "log").mkdir(parents=True)
-    ev = world.events
+    ev = with_favourites(world.events)
     raw = pd.DataFrame({"uid": ev["user_id"], "sku": ev["item_id"], "when": ev["ts"].astype("int64") // 10**9,
                         "action": ev["event_type"].map(RAW_TYPES), "secs": ev["dwell_s"], "score": ev["rating"]})
     if bad_rows:
@@ -71,7 +81,8 @@ def test_a_foreign_log_imports_with_bad_rows_counted_and_nothing_twice(small_wor
     done = hyperrec("data", "import", "--mapping", str(mapping), "--out", str(out), home=tmp_path / "home")
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "import_report.json").read_text())
-    n = len(small_world.events)
+    expected = with_favourites(small_world.events)
+    n = len(expected)
     assert report["events"]["rows_read"] == n + 7
     assert report["events"]["dead_letters"] == {"unknown event type": 1, "unparseable ts": 1,
                                                 "ts out of range": 1, "invalid user_id": 1}
@@ -84,9 +95,10 @@ def test_a_foreign_log_imports_with_bad_rows_counted_and_nothing_twice(small_wor
     world = load_world(out)  # validates every table against the schemas
     key = ["ts", "user_id", "item_id", "event_type"]
     got = world.events[key].sort_values(key).reset_index(drop=True)
-    want = small_world.events[key].assign(ts=small_world.events["ts"].dt.floor("s")).sort_values(key)
+    want = expected[key].assign(ts=expected["ts"].dt.floor("s")).sort_values(key)
     pd.testing.assert_frame_equal(got, want.reset_index(drop=True), check_dtype=False)  # unix seconds: whole seconds
     assert set(world.items["item_id"]) >= set(small_world.items["item_id"])
+    assert world.meta["event_types"] == {"faved": 0.5} and (world.events["event_type"] == "faved").sum() == 50
     assert world.users.set_index("user_id").loc[small_world.users["user_id"].iloc[0], "consent_personalization"]
 
     again = hyperrec("data", "import", "--mapping", str(mapping), "--out", str(out), home=tmp_path / "home")
@@ -192,6 +204,15 @@ def test_a_foreign_log_trains_and_serves(make_workspace, tmp_path):
             items = resp.json()["predictions"][0]["items"]
             assert len(items) == 5
             assert {i["item_id"] if isinstance(i, dict) else i for i in items} <= set(world.items["item_id"])
+            # the workspace took the world's own type: the door accepts it, and refuses an undeclared one
+            at = world.events["ts"].max().isoformat()
+            body = [{"event_id": "live-1", "user_id": user, "item_id": items[0]["item_id"], "event_type": "faved",
+                     "ts": at}, {"event_id": "live-2", "user_id": user, "item_id": items[0]["item_id"],
+                                 "event_type": "wishlisted", "ts": at}]
+            answer = requests.post(f"http://127.0.0.1:{port}/v1/events", json=body, timeout=30).json()
+            assert answer["stored"] == 1 and answer["dead_lettered"] == 1, answer
+            schema = requests.get(f"http://127.0.0.1:{port}/v1/schema/event", timeout=30).json()
+            assert "faved" in schema["properties"]["event_type"]["enum"]
         finally:
             stop_server(proc)
 

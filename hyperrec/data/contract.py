@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from hyperrec.data.schemas import Event
+from hyperrec.data.schemas import EVENT_TYPES, Event
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def event_json_schema() -> dict:
-    """The Event contract as a JSON Schema (draft 2020-12) dict."""
+def event_json_schema(event_types: Sequence[str] = EVENT_TYPES) -> dict:
+    """The Event contract as a JSON Schema (draft 2020-12) dict; `event_types`: the types the
+    workspace accepts (the canonical five unless it declares more, hyperrec.data.event_types)."""
     schema = Event.model_json_schema()
+    schema["properties"]["event_type"] = {"title": "Event Type", "type": "string", "enum": list(event_types),
+                                          "description": "the canonical types, or one the workspace declares"}
     kind = Event.kind_field
     rules = []
     for value, needed in sorted(Event.required_when.items()):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Collection, Container, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
-from hyperrec.data.schemas import Event
+from hyperrec.data.schemas import EVENT_TYPES, Event
 from hyperrec.sqlite_wal import connect_wal
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)  # an event stamped further in the future is rejected
@@ -62,17 +62,20 @@ def _raw_bytes(raw) -> bytes:
 
 
 class EventLog:
-    def __init__(self, path: Path, suppress: Container[str] = frozenset()):
+    def __init__(self, path: Path, suppress: Container[str] = frozenset(),
+                 event_types: Collection[str] = EVENT_TYPES):
         """`suppress`: user ids whose events are dropped at the door (a live
-        `hyperrec.privacy.ErasureWatch` in the server and consumers)."""
+        `hyperrec.privacy.ErasureWatch` in the server and consumers). `event_types`: the
+        types accepted (the workspace's, hyperrec.data.event_types)."""
         self.suppress = suppress
+        self.event_types = tuple(event_types)
         self.db = connect_wal(path, synchronous="FULL")  # an acknowledged event survives a crash
         self.db.executescript(SCHEMA)
         self._lock = threading.Lock()  # one connection, shared by the server's worker threads
 
     def _check(self, raw, now: datetime, check: Callable[[Event], str | None] | None) -> Event:
         data = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
-        event = Event.model_validate(data)
+        event = Event.model_validate(data, context={"event_types": self.event_types})
         if event.ts.tzinfo is None:
             raise ValueError("ts: timestamp needs a timezone")
         if event.ts > now + MAX_CLOCK_SKEW:

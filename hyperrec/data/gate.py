@@ -8,12 +8,14 @@ current champion was trained on.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
+from hyperrec.data.event_types import CANONICAL, EventTypes
 from hyperrec.data.schemas import Event, Item, User, check_frame
 
 
@@ -77,8 +79,9 @@ def _rate(n: int, total: int) -> float:
     return n / total if total else 0.0
 
 
-def _schema_checks(name: str, frame: pd.DataFrame, model, cfg: DataGateConfig) -> list[Check]:
-    _, errors = check_frame(frame, model)
+def _schema_checks(name: str, frame: pd.DataFrame, model, cfg: DataGateConfig,
+                   choices: dict[str, tuple] | None = None) -> list[Check]:
+    _, errors = check_frame(frame, model, choices)
     bad_rows = {e.row for e in errors if e.row is not None}
     table_errors = [e for e in errors if e.row is None]
     rate = 1.0 if table_errors else _rate(len(bad_rows), len(frame))
@@ -99,11 +102,14 @@ def _schema_checks(name: str, frame: pd.DataFrame, model, cfg: DataGateConfig) -
 
 
 def check_world(events: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
-                previous: dict | None = None, cfg: DataGateConfig = DataGateConfig()) -> DataReport:
-    """Every check, on raw tables (nothing coerced or dropped first)."""
+                previous: dict | None = None, cfg: DataGateConfig = DataGateConfig(),
+                event_types: EventTypes = CANONICAL) -> DataReport:
+    """Every check, on raw tables (nothing coerced or dropped first); `event_types`: the
+    world's own types, valid besides the canonical ones."""
     checks = [Check("events: row count", len(events) >= cfg.min_events, len(events), f">= {cfg.min_events}")]
+    choices = {"event_type": event_types.known}
     for name, frame, model in (("events", events, Event), ("users", users, User), ("items", items, Item)):
-        checks += _schema_checks(name, frame, model, cfg)
+        checks += _schema_checks(name, frame, model, cfg, choices if model is Event else None)
     keys = [c for c in ("user_id", "item_id", "event_type", "ts") if c in events]
     dup = _rate(int(events.duplicated(keys).sum()), len(events))
     checks.append(Check("events: duplicates", dup <= cfg.max_duplicate_rate, dup, f"<= {cfg.max_duplicate_rate}",
@@ -129,4 +135,6 @@ def check_world_dir(world_dir: Path, previous: dict | None = None, cfg: DataGate
     """check_world on a saved world's raw parquet tables."""
     world_dir = Path(world_dir)
     tables = {name: pd.read_parquet(world_dir / f"{name}.parquet") for name in ("events", "users", "items")}
-    return check_world(tables["events"], tables["users"], tables["items"], previous, cfg)
+    meta_path = world_dir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return check_world(tables["events"], tables["users"], tables["items"], previous, cfg, EventTypes.of_world(meta))

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from hyperrec.data.event_types import EventTypes
 from hyperrec.data.mapping import ItemSource, Mapping, TableSource, UserSource, load_mapping
 from hyperrec.data.schemas import Event, FieldError, Item, Record, SchemaError, User, check_frame, validate_frame
 from hyperrec.data.world import World, load_world
@@ -219,7 +220,8 @@ def map_columns(chunk: pd.DataFrame, source: TableSource, table: str) -> pd.Data
     return out
 
 
-def _check(frame: pd.DataFrame, model: type[Record], reasons: list[list[str]]) -> pd.DataFrame:
+def _check(frame: pd.DataFrame, model: type[Record], reasons: list[list[str]],
+           choices: dict[str, tuple] | None = None) -> pd.DataFrame:
     """Typed rows of `frame`; each bad row gets its reasons appended (field: message)."""
     flags = [c for c in frame.columns if c.startswith("__")]
     for c in flags:
@@ -227,7 +229,7 @@ def _check(frame: pd.DataFrame, model: type[Record], reasons: list[list[str]]) -
         for i in np.flatnonzero(frame[c].to_numpy()):
             reasons[i].append(f"unparseable {name}: not a timestamp in the mapping's ts_unit" if kind == "raw"
                               else f"{name} out of range: {name} before 1970 or in the future")
-    typed, errors = check_frame(frame.drop(columns=flags), model)
+    typed, errors = check_frame(frame.drop(columns=flags), model, choices)
     for e in errors:
         if e.row is not None and not (e.field in TS_FIELDS and reasons[e.row]):
             reasons[e.row].append(f"invalid {e.field}: {e.message}")
@@ -254,9 +256,10 @@ def _event_chunk(chunk: pd.DataFrame, mapping: Mapping, now: pd.Timestamp) -> tu
     reasons: list[list[str]] = [[] for _ in range(len(frame))]
     if source.event_types:
         raw = frame["event_type"].astype("string")
-        canonical = raw.map(source.event_types)
-        identity = raw.isin(set(source.event_types.values()) - set(source.event_types))
-        frame["event_type"] = canonical.where(canonical.notna(), raw.where(identity)).astype(object)
+        renames = source.renames()
+        stored = raw.map(renames)
+        identity = raw.isin(set(renames.values()) - set(renames))  # already a stored name
+        frame["event_type"] = stored.where(stored.notna(), raw.where(identity)).astype(object)
         for i in np.flatnonzero((frame["event_type"].isna() & raw.notna()).to_numpy()):
             reasons[i].append(f"unknown event type: {raw.iloc[i]!r} is not in the mapping's event_types")
     if "dwell_s" not in frame:
@@ -266,7 +269,7 @@ def _event_chunk(chunk: pd.DataFrame, mapping: Mapping, now: pd.Timestamp) -> tu
     frame.loc[clicks, "dwell_s"] = source.dwell_s_default
     if "event_id" not in frame:
         frame["event_id"] = "pending"  # derived after the check, from the typed values
-    typed = _check(frame, Event, reasons)
+    typed = _check(frame, Event, reasons, {"event_type": source.event_type_weights().known})
     ts = typed["ts"]
     for i in np.flatnonzero(((ts < EARLIEST) | (ts > now + FUTURE_SLACK)).fillna(False).to_numpy()):
         if not reasons[i]:
@@ -434,8 +437,9 @@ class Imported:
 
     def world(self) -> World:
         """The tables as a validated in-memory World (pandas)."""
-        return World(self.users, self.items, validate_frame(self.events.to_pandas(), Event, "events"), None,
-                     self.meta)
+        known = EventTypes.of_world(self.meta).known
+        return World(self.users, self.items,
+                     validate_frame(self.events.to_pandas(), Event, "events", {"event_type": known}), None, self.meta)
 
 
 def _add_new(existing: pd.DataFrame, new: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -493,13 +497,15 @@ def import_world(mapping: Mapping, base: Path, out: Path | None = None, on_progr
     if prepare_users is not None:
         users = prepare_users(users)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    meta = {"source": mapping.name or "import", "imported_at": now}
+    meta = {"source": mapping.name or "import", "imported_at": now,
+            "event_types": mapping.events.event_type_weights().to_json()}
     if existing is not None:
         stored_events = pa.Table.from_pandas(existing.events, schema=EVENT_ARROW, preserve_index=False)
         events = pa.concat_tables([stored_events, events])
         events = events.take(pc.sort_indices(events, [("ts", "ascending")]))
         items, users = _add_new(existing.items, items, "item_id"), _add_new(existing.users, users, "user_id")
-        meta = {**existing.meta, "updated_at": now}
+        meta = {**existing.meta, "updated_at": now, "event_types": {
+            **EventTypes.of_world(existing.meta).to_json(), **meta["event_types"]}}
     imported = Imported(users, items, events, meta, report)
     if out is not None:
         _write(out, imported)

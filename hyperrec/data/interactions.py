@@ -1,6 +1,9 @@
-"""Implicit feedback: which events count as positive, and the per-user temporal split."""
+"""Implicit feedback: which events count as positive and how strongly, and the per-user
+temporal split."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -9,13 +12,21 @@ POSITIVE_TYPES = ("click", "add_to_cart", "purchase")
 POSITIVE_RATING = 4.0  # explicit ratings at or above this count as positive
 
 
-def positives(events: pd.DataFrame, min_rating: float = POSITIVE_RATING) -> pd.DataFrame:
-    """Positive (user, item, ts) interactions, first occurrence per pair. Explicit ratings
-    count from `min_rating` up (0.5 makes every rating an interaction, the usual
-    implicit-feedback reading of MovieLens)."""
-    is_pos = events["event_type"].isin(POSITIVE_TYPES) | (
-        (events["event_type"] == "rating") & (events["rating"] >= min_rating))
-    pos = events.loc[is_pos, ["user_id", "item_id", "ts"]].sort_values("ts", kind="stable")
+def positives(events: pd.DataFrame, min_rating: float = POSITIVE_RATING,
+              weights: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """Positive (user, item, ts, weight) interactions, first occurrence per pair, weighted by
+    the pair's strongest event. `weights`: event type -> weight (hyperrec.data.event_types;
+    default: click, cart, purchase and rating 1, view 0); a type weighing 0 is not positive.
+    Explicit ratings count from `min_rating` up (0.5 makes every rating an interaction, the
+    usual implicit-feedback reading of MovieLens)."""
+    weights = weights if weights is not None else {**dict.fromkeys(POSITIVE_TYPES, 1.0), "rating": 1.0}
+    kinds = events["event_type"].astype(object)
+    weight = kinds.map(weights).fillna(0.0).astype(float)
+    is_pos = (weight > 0) & ((kinds != "rating") | (events["rating"] >= min_rating))
+    pos = events.loc[is_pos, ["user_id", "item_id", "ts"]].assign(weight=weight[is_pos])
+    pos = pos.sort_values("ts", kind="stable")
+    strongest = pos.groupby(["user_id", "item_id"], sort=False)["weight"].transform("max")
+    pos = pos.assign(weight=strongest)
     return pos.drop_duplicates(["user_id", "item_id"], keep="first").reset_index(drop=True)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hyperrec.data.event_types import EventTypes
 from hyperrec.data.schemas import EVENT_TYPES, Event, Item, User
 
 Format = Literal["csv", "tsv", "parquet", "jsonl"]
@@ -54,22 +55,50 @@ class TableSource(BaseModel):
         return fmt
 
 
+class DeclaredType(BaseModel):
+    """A type of the user's own, kept under its name and counted as positive by `weight`."""
+
+    model_config = ConfigDict(extra="forbid")
+    weight: float = Field(ge=0, le=100, description="how strongly it counts as positive (a click is 1; 0: not at all)")
+
+
 class EventSource(TableSource):
     """The interaction log."""
 
-    event_types: dict[str, str] = Field(
+    event_types: dict[str, str | DeclaredType] = Field(
         default_factory=dict,
-        description="raw event type -> canonical type; empty: the raw values must already be canonical")
+        description="raw event type -> a canonical type, or {weight: w} to keep it as a type of its own; "
+                    "empty: the raw values must already be canonical")
+    weights: dict[str, float] = Field(default_factory=dict,
+                                      description="canonical type -> weight (default: click, cart, purchase, "
+                                                  "rating 1; view 0)")
     dwell_s_default: float = Field(0.0, ge=0, description="dwell given to a click that has none")
 
     @field_validator("event_types")
     @classmethod
-    def _canonical_targets(cls, v: dict[str, str]) -> dict[str, str]:
-        wrong = {raw: to for raw, to in v.items() if to not in EVENT_TYPES}
+    def _canonical_targets(cls, v: dict) -> dict:
+        wrong = {raw: to for raw, to in v.items() if isinstance(to, str) and to not in EVENT_TYPES}
         if wrong:
             raise ValueError(f"event_types maps onto unknown types {wrong}; "
-                             f"the canonical types are {list(EVENT_TYPES)}")
+                             f"the canonical types are {list(EVENT_TYPES)} (or declare {{weight: w}})")
         return {str(raw): to for raw, to in v.items()}
+
+    @field_validator("weights")
+    @classmethod
+    def _canonical_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        wrong = sorted(set(v) - set(EVENT_TYPES))
+        if wrong:
+            raise ValueError(f"weights names {wrong}: only canonical types; declare your own under event_types")
+        return v
+
+    def renames(self) -> dict[str, str]:
+        """raw -> stored type: canonical targets, and declared types under their own name."""
+        return {raw: to if isinstance(to, str) else raw for raw, to in self.event_types.items()}
+
+    def event_type_weights(self) -> EventTypes:
+        """The types this log declares: its own ones and re-weighted canonical ones."""
+        declared = {raw: to.weight for raw, to in self.event_types.items() if isinstance(to, DeclaredType)}
+        return EventTypes({**self.weights, **declared})
 
 
 class TextSource(BaseModel):
@@ -156,4 +185,8 @@ def load_mapping(path: str | Path) -> Mapping:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise MappingError(f"{path}: {problems}") from None
     mapping.check_fields()
+    try:
+        mapping.events.event_type_weights()
+    except ValueError as exc:
+        raise MappingError(f"{path}: events.event_types: {exc}") from None
     return mapping

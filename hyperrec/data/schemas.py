@@ -17,10 +17,12 @@ from typing import Annotated, ClassVar, Literal
 import annotated_types
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 EventType = Literal["view", "click", "add_to_cart", "purchase", "rating"]
-EVENT_TYPES: tuple[str, ...] = typing.get_args(EventType)
+EVENT_TYPES: tuple[str, ...] = typing.get_args(EventType)  # canonical; a workspace may declare more
+TypeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", description=(
+    "view, click, add_to_cart, purchase, rating, or a type the workspace declares (hyperrec.data.event_types)"))]
 AgeBand = Literal["18-24", "25-34", "35-44", "45-54", "55-64", "65+", "unknown"]
 AGE_BANDS: tuple[str, ...] = typing.get_args(AgeBand)
 
@@ -34,6 +36,8 @@ class Record(BaseModel):
     # event_type value -> field that must be present for it (checked per record and per frame)
     required_when: ClassVar[dict[str, str]] = {}
     kind_field: ClassVar[str | None] = None
+    # field -> allowed values for a str field whose set is configuration (override per call)
+    choice_fields: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @model_validator(mode="after")
     def _conditional_fields(self):
@@ -50,7 +54,7 @@ class Event(Record):
     event_id: Id
     user_id: Id
     item_id: Id
-    event_type: EventType
+    event_type: TypeName
     ts: dt.datetime
     dwell_s: Annotated[float, Field(ge=0, le=86400)] | None = None
     rating: Annotated[float, Field(ge=0.5, le=5.0)] | None = None
@@ -60,6 +64,16 @@ class Event(Record):
 
     required_when: ClassVar[dict[str, str]] = {"click": "dwell_s", "rating": "rating"}
     kind_field: ClassVar[str | None] = "event_type"
+    choice_fields: ClassVar[dict[str, tuple[str, ...]]] = {"event_type": EVENT_TYPES}
+
+    @field_validator("event_type")
+    @classmethod
+    def _known_type(cls, value: str, info: ValidationInfo) -> str:
+        """Canonical types, or those in `context={"event_types": ...}` (the workspace's)."""
+        known = (info.context or {}).get("event_types", EVENT_TYPES)
+        if value not in known:
+            raise ValueError(f"{value!r} is not one of {list(known)}")
+        return value
 
 
 class User(Record):
@@ -126,7 +140,8 @@ class _Spec:
     default: object
 
 
-def _field_specs(model: type[BaseModel]) -> list[_Spec]:
+def _field_specs(model: type[BaseModel], choices: dict[str, tuple] | None = None) -> list[_Spec]:
+    choices = {**getattr(model, "choice_fields", {}), **(choices or {})}
     specs = []
     for name, info in model.model_fields.items():
         ann, optional = info.annotation, False
@@ -138,13 +153,14 @@ def _field_specs(model: type[BaseModel]) -> list[_Spec]:
             ann, *extra = typing.get_args(ann)
             for m in extra:
                 metadata.extend(getattr(m, "metadata", [m]))
-        choices = typing.get_args(ann) if typing.get_origin(ann) is Literal else None
-        base = str if choices else ann
+        allowed = typing.get_args(ann) if typing.get_origin(ann) is Literal else choices.get(name)
+        base = str if allowed else ann
         ge = next((m.ge for m in metadata if isinstance(m, annotated_types.Ge)), None)
         le = next((m.le for m in metadata if isinstance(m, annotated_types.Le)), None)
         min_len = next((m.min_length for m in metadata if isinstance(m, annotated_types.MinLen)), None)
         required = info.is_required() and not optional
-        specs.append(_Spec(name, base, required, choices, ge, le, min_len, info.default))
+        specs.append(_Spec(name, base, required, tuple(allowed) if allowed else None, ge, le, min_len,
+                           info.default))
     return specs
 
 
@@ -190,14 +206,16 @@ def _check_column(col: pd.Series, spec: _Spec) -> tuple[pd.Series, list[FieldErr
     return out, errors
 
 
-def check_frame(df: pd.DataFrame, model: type[Record]) -> tuple[pd.DataFrame, list[FieldError]]:
+def check_frame(df: pd.DataFrame, model: type[Record],
+                choices: dict[str, tuple] | None = None) -> tuple[pd.DataFrame, list[FieldError]]:
     """Check and coerce a whole table against `model`; return (typed frame, errors).
 
     Callers that can quarantine bad rows (ingestion) use the errors; callers that must not
-    lose anything (generator, loaders) use `validate_frame`, which raises.
+    lose anything (generator, loaders) use `validate_frame`, which raises. `choices`
+    overrides a configurable field's allowed values (a workspace's event types).
     """
     df = df.reset_index(drop=True)
-    specs = _field_specs(model)
+    specs = _field_specs(model, choices)
     known = {s.name for s in specs}
     errors = [FieldError(None, c, "unknown column") for c in df.columns if c not in known]
     out = {}
@@ -220,9 +238,10 @@ def check_frame(df: pd.DataFrame, model: type[Record]) -> tuple[pd.DataFrame, li
     return typed, errors
 
 
-def validate_frame(df: pd.DataFrame, model: type[Record], table: str | None = None) -> pd.DataFrame:
+def validate_frame(df: pd.DataFrame, model: type[Record], table: str | None = None,
+                   choices: dict[str, tuple] | None = None) -> pd.DataFrame:
     """Return `df` coerced to the schema, or raise SchemaError naming every bad row and field."""
-    typed, errors = check_frame(df, model)
+    typed, errors = check_frame(df, model, choices)
     if errors:
         raise SchemaError(table or model.__name__, errors, len(df))
     return typed

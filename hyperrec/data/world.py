@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hyperrec.data.event_types import EventTypes
 from hyperrec.data.schemas import Event, Item, User, validate_frame
 from hyperrec.data.truth import Truth
 
@@ -39,12 +40,13 @@ def load_world(directory: Path, validate: bool = True) -> World:
     users = pd.read_parquet(directory / "users.parquet")
     items = pd.read_parquet(directory / "items.parquet")
     events = pd.read_parquet(directory / "events.parquet")
+    meta_path = directory / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if validate:
         users = validate_frame(users, User, "users")
         items = validate_frame(items, Item, "items")
-        events = validate_frame(events, Event, "events")
+        known = EventTypes.of_world(meta).known  # the canonical types and the world's own
+        events = validate_frame(events, Event, "events", {"event_type": known})
     truth_path = directory / "truth.npz"
     truth = Truth.load(truth_path) if truth_path.exists() else None
-    meta_path = directory / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return World(users, items, events, truth, meta)

@@ -81,6 +81,7 @@ def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str | None = GRO
         stop: threading.Event | None = None, log=print, batch_only=None) -> None:
     """`hyperrec stream --kafka`: the cluster's event consumer (one per replica of the
     Deployment, sharing the topic's partitions through the consumer group)."""
+    from hyperrec.data.event_types import EventTypes
     from hyperrec.data.eventlog import EventLog
     from hyperrec.features.store import open_store
     from hyperrec.features.stream import history
@@ -89,9 +90,10 @@ def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str | None = GRO
 
     stop = stop or threading.Event()
     erasures = ErasureWatch(settings)
-    events = EventLog(settings.event_log, suppress=erasures)
+    types = EventTypes.for_workspace(settings.home)
+    events = EventLog(settings.event_log, suppress=erasures, event_types=types.known)
     processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only,
-                                users_changed=invalidator(settings))
+                                users_changed=invalidator(settings), engaged=types.engaged)
     processor.warm_start(history(events, settings.data_dir / "world"))
     consumer = KafkaEventConsumer(processor, bootstrap, topic, group_id=group_id)
     log(f"kafka consumer on {bootstrap} topic {topic} group {group_id}")

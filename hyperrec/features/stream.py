@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from hyperrec.data.event_types import EventTypes
 from hyperrec.data.eventlog import EventLog
 from hyperrec.features.views import FEATURE_VIEWS
-from hyperrec.features.windows import StreamFolds
+from hyperrec.features.windows import ENGAGED, StreamFolds
 
 PUSHED_VIEWS = [v for v in FEATURE_VIEWS if v.push]  # each fed by a `<view>_push` PushSource
 
@@ -24,15 +25,16 @@ PUSHED_VIEWS = [v for v in FEATURE_VIEWS if v.push]  # each fed by a `<view>_pus
 class StreamProcessor:
     def __init__(self, store, log: EventLog, consumer: str = "online-features", erasures=None,
                  batch_only: Callable[[str], bool] | None = None,
-                 users_changed: Callable[[list[str]], None] | None = None):
+                 users_changed: Callable[[list[str]], None] | None = None, engaged: tuple[str, ...] = ENGAGED):
         """`erasures`: a `hyperrec.privacy.ErasureWatch`; an erased user's windows are dropped
         and their online rows deleted again at the next poll, and their events never folded.
         `batch_only(user)`: True for users whose features must stay what batch
         materialization wrote (an experiment's real-time-off arm); their events are skipped.
         `users_changed(users)`: called after each online write with the users it changed
-        (`hyperrec.online.recs_cache.invalidator`: their cached lists go)."""
+        (`hyperrec.online.recs_cache.invalidator`: their cached lists go). `engaged`: the event
+        types kept as recent engaged items (the workspace's, hyperrec.data.event_types)."""
         self.store, self.log, self.consumer = store, log, consumer
-        self.folds = StreamFolds()
+        self.folds = StreamFolds.for_types(engaged)
         self.erasures = erasures
         self.batch_only = batch_only
         self.users_changed = users_changed
@@ -134,9 +136,10 @@ def run(settings, stop: threading.Event | None = None, log=print, batch_only: Ca
 
     stop = stop or threading.Event()
     erasures = ErasureWatch(settings)
-    events = EventLog(settings.event_log, suppress=erasures)
+    types = EventTypes.for_workspace(settings.home)
+    events = EventLog(settings.event_log, suppress=erasures, event_types=types.known)
     processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only,
-                                users_changed=invalidator(settings))
+                                users_changed=invalidator(settings), engaged=types.engaged)
     started = time.monotonic()
     past = history(events, settings.data_dir / "world")
     processor.warm_start(past)

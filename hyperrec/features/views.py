@@ -13,6 +13,7 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
+from hyperrec.data.event_types import EventTypes
 from hyperrec.features.windows import ITEM_TYPES, ITEM_WINDOWS_S, USER_TYPES, WINDOWS_S, replay
 
 
@@ -139,7 +140,7 @@ def item_metadata_table(items: pd.DataFrame) -> pd.DataFrame:
 
 def offline_tables(world) -> dict[str, pd.DataFrame]:
     """Every feature view's offline table, from a world's users, items and events."""
-    windowed = replay(world.events)
+    windowed = replay(world.events, EventTypes.of_world(world.meta).engaged)
     return {
         USER_PROFILE.name: user_profile_table(world.users),
         USER_ACTIVITY.name: windowed["user_activity"],

@@ -158,6 +158,11 @@ class StreamFolds:
     purchases: Purchases = field(default_factory=Purchases)
     viewed: RecentViews = field(default_factory=RecentViews)
 
+    @classmethod
+    def for_types(cls, engaged: tuple[str, ...] = ENGAGED) -> StreamFolds:
+        """Folds whose recent engaged items are events of the types `engaged`."""
+        return cls(recent=RecentItems(kinds=tuple(engaged)))
+
     def forget(self, user_ids) -> None:
         """Drop erased users' windows, recent, viewed and bought items (item counters are aggregates and stay)."""
         for user in user_ids:
@@ -287,13 +292,14 @@ def _purchases_table(events: pd.DataFrame, ts_ms: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "ts_ms", "purchased_items"])
 
 
-def replay(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The snapshots StreamFolds().fold_frame(events) would produce, computed at once."""
+def replay(events: pd.DataFrame, engaged: tuple[str, ...] = ENGAGED) -> dict[str, pd.DataFrame]:
+    """The snapshots StreamFolds.for_types(engaged).fold_frame(events) would produce, computed
+    at once. `engaged`: the types kept as recent engaged items (hyperrec.data.event_types)."""
     events = events.sort_values("ts", kind="stable").reset_index(drop=True)
     ts_ms = (events["ts"].astype("int64") // 1_000_000).to_numpy()
     dwell = np.where(events["event_type"].to_numpy() == "click",
                      events["dwell_s"].fillna(0.0).to_numpy() if "dwell_s" in events else 0.0, 0.0)
-    folds = StreamFolds()
+    folds = StreamFolds.for_types(engaged)
     tables = {
         "user_activity": _window_table(events, "user_id", folds.users, ts_ms, dwell),
         "item_popularity": _window_table(events, "item_id", folds.items, ts_ms, dwell),

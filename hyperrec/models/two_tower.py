@@ -182,17 +182,19 @@ class TwoTower(tfrs.Model):
         # in-batch negatives over-sample popular items; subtracting log(sampling
         # probability) keeps the softmax an estimate of p(item | user); an item that is
         # the batch's positive for another row is not counted as a negative
-        return self.task(users, items, compute_metrics=False,
+        return self.task(users, items, compute_metrics=False, sample_weight=features["sample_weight"],
                          candidate_sampling_probability=features["sampling_probability"],
                          candidate_ids=features["item_id"])
 
 
 def training_examples(train: pd.DataFrame) -> dict[str, np.ndarray]:
     """Positive rows (user features at the event + the item's features) as model tensors,
-    with each item's in-batch sampling probability (its share of the positives)."""
+    with each item's in-batch sampling probability (its share of the positives) and each
+    row's weight (its strongest event's, hyperrec.data.event_types; 1 when not given)."""
     freq = train["item_id"].map(train["item_id"].value_counts(normalize=True))
+    weight = train["weight"].to_numpy(np.float32) if "weight" in train else np.ones(len(train), np.float32)
     return {**tensors(train, USER_INPUTS), **tensors(train, ITEM_INPUTS),
-            "sampling_probability": freq.to_numpy(np.float32)}
+            "sampling_probability": freq.to_numpy(np.float32), "sample_weight": weight}
 
 
 def train_two_tower(train: pd.DataFrame, items: pd.DataFrame, cfg: TwoTowerConfig,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from hyperrec.config import Settings
+from hyperrec.data.event_types import EventTypes
 from hyperrec.data.interactions import POSITIVE_RATING, positives, temporal_split
 from hyperrec.data.world import load_world
 from hyperrec.features.store import training_set
@@ -25,7 +26,7 @@ def build_training_set(settings: Settings, world_dir: Path, out_dir: Path,
     test_queries / items parquet, returns sizes."""
     world = load_world(world_dir)
     events = usable_events(settings, world.events)
-    pos = positives(events, min_rating)
+    pos = positives(events, min_rating, EventTypes.of_world(world.meta).weights)
     train, test = temporal_split(pos)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
