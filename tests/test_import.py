@@ -160,6 +160,21 @@ def test_every_format_gives_the_same_events(fmt, tmp_path):
     assert report["items_from_events_only"] == 2 and report["users_from_events_only"] == 2
 
 
+def test_a_user_whose_profile_row_is_unreadable_is_not_granted_consent_by_default(tmp_path):
+    (tmp_path / "e.csv").write_text("u,i,t,k\na,x,2026-01-01T00:00:00Z,click\nb,x,2026-01-01T00:00:01Z,click\n"
+                                    "c,x,2026-01-01T00:00:02Z,click\n")
+    (tmp_path / "p.csv").write_text("id,opt_in\na,no way\nb,false\n")  # a's answer is unreadable; c has none
+    mapping = load_mapping_dict({"events": {"path": "e.csv", "columns": {"user_id": "u", "item_id": "i", "ts": "t",
+                                                                         "event_type": "k"}},
+                                 "users": {"path": "p.csv", "columns": {"user_id": "id",
+                                                                        "consent_personalization": "opt_in"}},
+                                 "consent": {"default": "granted"}}, tmp_path)
+    imported = import_world(mapping, tmp_path)
+    consent = imported.users.set_index("user_id")["consent_personalization"]
+    assert consent.to_dict() == {"a": False, "b": False, "c": True}
+    assert imported.report["users"]["dead_letters"] == {"invalid consent_personalization": 1}
+
+
 def test_nothing_usable_is_an_error_with_the_report(tmp_path):
     (tmp_path / "e.csv").write_text("u,i,t,k\na,b,notatime,view\n")
     mapping = load_mapping_dict({"events": {"path": "e.csv", "columns": {"user_id": "u", "item_id": "i", "ts": "t",

@@ -397,10 +397,13 @@ def import_items(mapping: Mapping, firsts: pd.Series, base: Path, dead: _DeadLet
 def import_users(mapping: Mapping, firsts: pd.Series, base: Path, dead: _DeadLetters,
                  on_progress: Progress | None) -> tuple[pd.DataFrame, TableReport | None, int]:
     """Profiles, plus a default record for every user seen only in events: signed up at their
-    first event, consent per the mapping's policy recorded at that time."""
+    first event, consent per the mapping's policy recorded at that time. A user whose profile
+    row was unusable gets consent denied, whatever the policy: their record said something
+    the import could not read, so the policy's default must not speak for them."""
     fallback_ts = firsts.min() if len(firsts) else pd.Timestamp.now(tz="UTC")
     granted = mapping.consent.default == "granted"
     report, typed = None, pd.DataFrame(columns=list(User.model_fields))
+    unreadable: set = set()
     source: UserSource | None = mapping.users
     if source is not None:
         frame, raw, report = _read_table(source, base, "users", on_progress)
@@ -414,9 +417,11 @@ def import_users(mapping: Mapping, firsts: pd.Series, base: Path, dead: _DeadLet
         if "consent_ts" not in frame:
             frame["consent_ts"] = frame["signup_ts"]
         typed = _finish_table(frame, raw, User, "users", "user_id", dead, report)
+        unreadable = set(frame["user_id"].dropna()) - set(typed["user_id"])
     unseen = firsts[~firsts.index.isin(set(typed["user_id"]))]
+    consent = np.where(unseen.index.isin(unreadable), False, granted)
     defaults = pd.DataFrame({"user_id": unseen.index, "signup_ts": unseen.to_numpy(),
-                             "consent_personalization": granted, "consent_analytics": granted,
+                             "consent_personalization": consent, "consent_analytics": consent,
                              "consent_ts": unseen.to_numpy()})
     defaults = check_frame(defaults, User)[0]
     users = defaults if typed.empty else pd.concat([typed, defaults], ignore_index=True) if len(unseen) else typed
