@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from hyperrec.data.schemas import EVENT_TYPES, Event
+from hyperrec.data.schemas import EARLIEST_TS, EVENT_TYPES, Event
 from hyperrec.sqlite_wal import connect_wal
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)  # an event stamped further in the future is rejected
@@ -78,6 +79,8 @@ class EventLog:
         event = Event.model_validate(data, context={"event_types": self.event_types})
         if event.ts.tzinfo is None:
             raise ValueError("ts: timestamp needs a timezone")
+        if event.ts < EARLIEST_TS:
+            raise ValueError(f"ts: {event.ts.isoformat()} is before {EARLIEST_TS:%Y-%m-%d}")
         if event.ts > now + MAX_CLOCK_SKEW:
             raise ValueError(f"ts: {event.ts.isoformat()} is in the future (now {now.isoformat()})")
         if check and (problem := check(event)):
@@ -129,8 +132,21 @@ class EventLog:
         if not rows:
             return after, pd.DataFrame()
         frame = pd.DataFrame([json.loads(body) for _, body in rows])
-        frame["ts"] = pd.to_datetime(frame["ts"], utc=True, format="ISO8601")
+        ts = pd.to_datetime(frame["ts"], utc=True, format="ISO8601", errors="coerce")
+        unreadable = (ts.isna() | (ts < pd.Timestamp(EARLIEST_TS))).to_numpy()
+        if unreadable.any():  # stored before the door refused them: no reader may meet them again
+            self._quarantine([rows[i] for i in np.flatnonzero(unreadable)], "ts: unreadable or before 1970")
+            frame, ts = frame[~unreadable].reset_index(drop=True), ts[~unreadable].reset_index(drop=True)
+        frame["ts"] = ts
         return rows[-1][0], frame
+
+    def _quarantine(self, rows: list[tuple[int, str]], error: str) -> None:
+        """Move stored rows to the dead letters, in one transaction (kept, never read as events)."""
+        with self._lock, self.db:
+            for offset, body in rows:
+                self.db.execute("INSERT INTO dead_letters (raw, error, received_at) VALUES (?, ?, ?)",
+                                (body.encode(), f"moved from the log at offset {offset}: {error}", time.time()))
+                self.db.execute("DELETE FROM events WHERE offset = ?", (offset,))
 
     def count_upto(self, offset: int) -> int:
         """Events at offsets <= `offset`: falls when one of them is deleted (an erasure);

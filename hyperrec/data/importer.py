@@ -29,11 +29,21 @@ import pyarrow.parquet as pq
 
 from hyperrec.data.event_types import EventTypes
 from hyperrec.data.mapping import ItemSource, Mapping, TableSource, UserSource, load_mapping
-from hyperrec.data.schemas import Event, FieldError, Item, Record, SchemaError, User, check_frame, validate_frame
+from hyperrec.data.schemas import (
+    EARLIEST_TS,
+    Event,
+    FieldError,
+    Item,
+    Record,
+    SchemaError,
+    User,
+    check_frame,
+    validate_frame,
+)
 from hyperrec.data.world import World, load_world
 
 CHUNK_ROWS = 100_000
-EARLIEST = pd.Timestamp("1970-01-01", tz="UTC")  # before it: a unit mistake, not an event
+EARLIEST = pd.Timestamp(EARLIEST_TS)  # before it: a unit mistake, not an event
 FUTURE_SLACK = timedelta(days=1)  # clocks drift; a week-ahead timestamp is a bug
 SAMPLE_ROWS = 10  # row numbers kept per reason in the report
 Progress = Callable[[str, int, int], None]  # (table, done, total) in bytes or rows

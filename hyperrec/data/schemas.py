@@ -27,6 +27,9 @@ AgeBand = Literal["18-24", "25-34", "35-44", "45-54", "55-64", "65+", "unknown"]
 AGE_BANDS: tuple[str, ...] = typing.get_args(AgeBand)
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
+# the earliest event time taken anywhere: older is a unit mistake or a probe, and pandas'
+# nanosecond timestamps cannot hold year 1 (a stored one stopped the stream on every read)
+EARLIEST_TS = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class Record(BaseModel):

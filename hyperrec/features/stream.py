@@ -39,6 +39,8 @@ class StreamProcessor:
         self.batch_only = batch_only
         self.users_changed = users_changed
         self._batch_only_seen: dict[str, bool] = {}
+        self.dead_lettered = 0  # rows the fold refused, copied to the log's dead letters
+        self.skipped_in_history = 0
 
     def _forget_erased(self) -> None:
         if self.erasures is None:
@@ -55,7 +57,9 @@ class StreamProcessor:
             self.erasures.poll()
             history = history[~history["user_id"].isin(self.erasures.users)] if not history.empty else history
         if not history.empty:
-            self.folds.fold_frame(history)
+            failed: list = []  # dead-lettered when they first arrived; a restart only skips them
+            self.folds.fold_frame(history, failed)
+            self.skipped_in_history = len(failed)
 
     def process_batch(self, events: pd.DataFrame) -> dict[str, int]:
         """Fold a batch and push the newest snapshot per entity to each streamed view."""
@@ -63,7 +67,9 @@ class StreamProcessor:
 
         if self.batch_only is not None and not events.empty:
             events = events[~events["user_id"].map(self._is_batch_only).astype(bool)]
-        snapshots = self.folds.fold_frame(events)
+        failed: list = []
+        snapshots = self.folds.fold_frame(events, failed)
+        self._dead_letter(events, failed)
         pushed, users = {}, set()
         for view in PUSHED_VIEWS:
             table = snapshots[view.name]
@@ -77,6 +83,13 @@ class StreamProcessor:
         if users and self.users_changed is not None:
             self.users_changed(sorted(users))
         return pushed
+
+    def _dead_letter(self, events: pd.DataFrame, failed: list[tuple[int, Exception]]) -> None:
+        """Rows the fold refused go to the log's dead letters with the error: the stream goes on."""
+        for label, exc in failed:
+            body = events.loc[label].to_json(date_format="iso")
+            self.log.dead_letter(body, f"stream: cannot fold: {type(exc).__name__}: {exc}")
+            self.dead_lettered += 1
 
     def _is_batch_only(self, user: str) -> bool:
         if not isinstance(user, str):  # an anonymous event: no user features to keep

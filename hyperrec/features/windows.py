@@ -171,29 +171,45 @@ class StreamFolds:
             self.purchases.state.pop(user, None)
             self.viewed.forget(user)
 
-    def fold_frame(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    def fold_frame(self, events: pd.DataFrame,
+                   failed: list[tuple[int, Exception]] | None = None) -> dict[str, pd.DataFrame]:
         """Fold events (in time order) and return snapshots per table: user_activity,
         item_popularity, user_recent_items, user_purchases, user_recent_views; each row stamped 1 ms
-        after its event."""
+        after its event. With `failed`, a row that cannot be folded is skipped and reported
+        there as (its index label, the error) instead of stopping the batch."""
         events = events.sort_values("ts", kind="stable")
+        if failed is not None and events["ts"].isna().any():
+            failed += [(i, ValueError("ts: missing")) for i in events.index[events["ts"].isna()]]
+            events = events[events["ts"].notna()]
         ts_ms = (events["ts"].astype("int64") // 1_000_000).to_numpy()  # ns -> ms
         dwell = pd.to_numeric(events["dwell_s"], errors="coerce").fillna(0.0).to_numpy() if "dwell_s" in events \
             else np.zeros(len(events))
         rows = {"user_activity": [], "item_popularity": [], "user_recent_items": [], "user_purchases": [],
                 "user_recent_views": []}
-        for user, item, kind, t, d, from_list in zip(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
-                                                     events["event_type"].to_numpy(), ts_ms, dwell, listed(events)):
-            d = float(d) if kind == "click" else 0.0
-            rows["user_activity"].append({"user_id": user, "ts_ms": t, **self.users.fold(user, t, kind, d)})
-            rows["item_popularity"].append({"item_id": item, "ts_ms": t, **self.items.fold(item, t, kind, d)})
-            if kind in self.recent.kinds:
-                rows["user_recent_items"].append({"user_id": user, "ts_ms": t, **self.recent.fold(user, item, t)})
-            if kind == "purchase":
-                rows["user_purchases"].append({"user_id": user, "ts_ms": t, **self.purchases.fold(user, item)})
-            if kind in self.viewed.kinds:
-                rows["user_recent_views"].append({"user_id": user, "ts_ms": t,
-                                                  **self.viewed.fold(user, item, t, bool(from_list))})
+        for label, user, item, kind, t, d, from_list in zip(
+                events.index, events["user_id"].to_numpy(), events["item_id"].to_numpy(),
+                events["event_type"].to_numpy(), ts_ms, dwell, listed(events)):
+            if failed is None:
+                self.fold_event(rows, user, item, kind, t, d, from_list)
+                continue
+            try:
+                self.fold_event(rows, user, item, kind, t, d, from_list)
+            except Exception as exc:  # noqa: BLE001  (one bad row must not stop the stream)
+                failed.append((label, exc))
         return {name: _stamp(pd.DataFrame(r)) for name, r in rows.items()}
+
+    def fold_event(self, rows: dict[str, list], user, item, kind, t: int, d: float, from_list) -> None:
+        """Fold one event into every window and append its snapshots to `rows`."""
+        d = float(d) if kind == "click" else 0.0
+        rows["user_activity"].append({"user_id": user, "ts_ms": t, **self.users.fold(user, t, kind, d)})
+        rows["item_popularity"].append({"item_id": item, "ts_ms": t, **self.items.fold(item, t, kind, d)})
+        if kind in self.recent.kinds:
+            rows["user_recent_items"].append({"user_id": user, "ts_ms": t, **self.recent.fold(user, item, t)})
+        if kind == "purchase":
+            rows["user_purchases"].append({"user_id": user, "ts_ms": t, **self.purchases.fold(user, item)})
+        if kind in self.viewed.kinds:
+            rows["user_recent_views"].append({"user_id": user, "ts_ms": t,
+                                              **self.viewed.fold(user, item, t, bool(from_list))})
 
 
 def _stamp(df: pd.DataFrame) -> pd.DataFrame:
