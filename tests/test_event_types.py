@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
+from test_windows import events  # the hand-made event frame the window tests use
 
 from hyperrec.data.event_types import EventTypes
 from hyperrec.data.eventlog import EventLog
@@ -27,13 +28,7 @@ def test_declared_types_and_their_roles():
         EventTypes({"view": 1.0})
 
 
-def _events(rows):
-    df = pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "ts", "dwell_s", "rating"])
-    df["ts"] = pd.to_datetime(df["ts"], utc=True)
-    return df
-
-
-EVENTS = _events([
+EVENTS = events([
     ("u", "a", "faved", "2026-01-01 10:00:00", None, None),
     ("u", "b", "shared", "2026-01-01 10:01:00", None, None),
     ("u", "c", "faved", "2026-01-01 10:02:00", None, None),
