@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hyperrec.data.schemas import Id
 from hyperrec.online.serving_path import Recommended, Request
@@ -57,6 +57,14 @@ class RecommendRequest(BaseModel):
     context: Context = Field(default_factory=Context)
     k: int = Field(10, ge=1, le=MAX_K)
     exclude: list[Id] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _not_a_flag(cls, value):
+        """JSON true is a bool, and a bool is an int to Python: `"k": true` must not mean 1."""
+        if isinstance(value, bool):
+            raise ValueError("k must be a whole number, not true or false")
+        return value
 
     @model_validator(mode="after")
     def _someone(self):

@@ -20,6 +20,7 @@ def test_valid_body_as_dict_or_raw_bytes():
     ({"instances": []}, "instances is empty"),
     ({"instances": [{"user_id": "u", "k": 0}]}, "instances[0]: k: Input should be greater than or equal to 1"),
     ({"instances": [{"user_id": "u", "k": "ten"}]}, "instances[0]: k: Input should be a valid integer"),
+    ({"instances": [{"user_id": "u", "k": True}]}, "instances[0]: k: Value error, k must be a whole number"),
     ({"instances": [{"user_id": "u"}, {"k": 5}]}, "instances[1]: instance: Value error, give user_id"),
     ({"instances": [{"user_id": "u", "colour": 1}]}, "instances[0]: colour: Extra inputs"),
     ({"instances": [{"user_id": "u", "context": {"device": "fridge"}}]}, "instances[0]: context.device"),
