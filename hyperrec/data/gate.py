@@ -8,7 +8,6 @@ current champion was trained on.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 
 from hyperrec.data.event_types import CANONICAL, EventTypes
 from hyperrec.data.schemas import Event, Item, User, check_frame
+from hyperrec.data.world import read_meta
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,5 @@ def check_world_dir(world_dir: Path, previous: dict | None = None, cfg: DataGate
     """check_world on a saved world's raw parquet tables."""
     world_dir = Path(world_dir)
     tables = {name: pd.read_parquet(world_dir / f"{name}.parquet") for name in ("events", "users", "items")}
-    meta_path = world_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return check_world(tables["events"], tables["users"], tables["items"], previous, cfg, EventTypes.of_world(meta))
+    return check_world(tables["events"], tables["users"], tables["items"], previous, cfg,
+                       EventTypes.of_world(read_meta(world_dir)))

@@ -40,7 +40,7 @@ from hyperrec.data.schemas import (
     check_frame,
     validate_frame,
 )
-from hyperrec.data.world import World, load_world
+from hyperrec.data.world import World, load_world, save_tables
 
 CHUNK_ROWS = 100_000
 EARLIEST = pd.Timestamp(EARLIEST_TS)  # before it: a unit mistake, not an event
@@ -84,7 +84,7 @@ class TableReport:
         return {"path": self.path, "rows_read": self.rows_read, "rows_kept": self.rows_kept,
                 "duplicates": self.duplicates, "already_present": self.already_present,
                 "dead_lettered": sum(self.dead_letters.values()), "dead_letters": dict(self.dead_letters),
-                "sample_rows": {k: v for k, v in self.sample_rows.items()}}
+                "sample_rows": dict(self.sample_rows)}
 
 
 class _DeadLetters:
@@ -274,9 +274,7 @@ def _event_chunk(chunk: pd.DataFrame, mapping: Mapping, now: pd.Timestamp) -> tu
             reasons[i].append(f"unknown event type: {raw.iloc[i]!r} is not in the mapping's event_types")
     if "dwell_s" not in frame:
         frame["dwell_s"] = np.nan
-    clicks = (frame["event_type"] == "click") & pd.to_numeric(frame["dwell_s"], errors="coerce").isna() \
-        & frame["dwell_s"].isna()
-    frame.loc[clicks, "dwell_s"] = source.dwell_s_default
+    frame.loc[(frame["event_type"] == "click") & frame["dwell_s"].isna(), "dwell_s"] = source.dwell_s_default
     if "event_id" not in frame:
         frame["event_id"] = "pending"  # derived after the check, from the typed values
     typed = _check(frame, Event, reasons, {"event_type": source.event_type_weights().known})
@@ -289,7 +287,7 @@ def _event_chunk(chunk: pd.DataFrame, mapping: Mapping, now: pd.Timestamp) -> tu
 
 def import_events(mapping: Mapping, base: Path, dead: _DeadLetters, on_progress: Progress | None,
                   chunk_rows: int = CHUNK_ROWS, stored_ids: set[str] | None = None) -> tuple[pa.Table, TableReport]:
-    """The usable events, each id once, oldest first. `stored_ids`: ids a world already holds
+    """The usable events, each id once, in file order. `stored_ids`: ids a world already holds
     (counted as already present, not stored again)."""
     report = TableReport(mapping.events.path)
     now = pd.Timestamp.now(tz="UTC")
@@ -320,7 +318,7 @@ def import_events(mapping: Mapping, base: Path, dead: _DeadLetters, on_progress:
         first_row += len(chunk)
     events = pa.concat_tables(kept) if kept else EVENT_ARROW.empty_table()
     report.rows_kept = events.num_rows
-    return events.take(pc.sort_indices(events, [("ts", "ascending")])), report  # a stable sort
+    return events, report
 
 
 def _member(ids: pd.Series, known: set[str]) -> np.ndarray:
@@ -461,15 +459,6 @@ def _add_new(existing: pd.DataFrame, new: pd.DataFrame, key: str) -> pd.DataFram
     return pd.concat([existing, new[~new[key].isin(set(existing[key]))]], ignore_index=True)
 
 
-def _write(out: Path, imported: Imported) -> None:
-    """The world's files (the layout hyperrec.data.world reads) and the import's report."""
-    imported.users.to_parquet(out / "users.parquet", index=False)
-    imported.items.to_parquet(out / "items.parquet", index=False)
-    pq.write_table(imported.events, out / "events.parquet")
-    (out / "meta.json").write_text(json.dumps(imported.meta, indent=2, default=str))
-    (out / "import_report.json").write_text(json.dumps(imported.report, indent=2, default=str) + "\n")
-
-
 def import_world(mapping: Mapping, base: Path, out: Path | None = None, on_progress: Progress | None = None,
                  chunk_rows: int = CHUNK_ROWS, strict: bool = False,
                  prepare_users: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Imported:
@@ -517,13 +506,13 @@ def import_world(mapping: Mapping, base: Path, out: Path | None = None, on_progr
     if existing is not None:
         stored_events = pa.Table.from_pandas(existing.events, schema=EVENT_ARROW, preserve_index=False)
         events = pa.concat_tables([stored_events, events])
-        events = events.take(pc.sort_indices(events, [("ts", "ascending")]))
         items, users = _add_new(existing.items, items, "item_id"), _add_new(existing.users, users, "user_id")
         meta = {**existing.meta, "updated_at": now, "event_types": {
             **EventTypes.of_world(existing.meta).to_json(), **meta["event_types"]}}
-    imported = Imported(users, items, events, meta, report)
-    if out is not None:
-        _write(out, imported)
+    imported = Imported(users, items, events.take(pc.sort_indices(events, [("ts", "ascending")])), meta, report)
+    if out is not None:  # a stable sort above: the world's events oldest first, file order within a time
+        save_tables(out, imported.users, imported.items, imported.events, meta)
+        (out / "import_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return imported
 
 

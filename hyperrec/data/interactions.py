@@ -8,7 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-POSITIVE_TYPES = ("click", "add_to_cart", "purchase")
+from hyperrec.data.event_types import CANONICAL_WEIGHTS
+
 POSITIVE_RATING = 4.0  # explicit ratings at or above this count as positive
 
 
@@ -19,7 +20,7 @@ def positives(events: pd.DataFrame, min_rating: float = POSITIVE_RATING,
     default: click, cart, purchase and rating 1, view 0); a type weighing 0 is not positive.
     Explicit ratings count from `min_rating` up (0.5 makes every rating an interaction, the
     usual implicit-feedback reading of MovieLens)."""
-    weights = weights if weights is not None else {**dict.fromkeys(POSITIVE_TYPES, 1.0), "rating": 1.0}
+    weights = weights if weights is not None else CANONICAL_WEIGHTS
     kinds = events["event_type"].astype(object)
     weight = kinds.map(weights).fillna(0.0).astype(float)
     is_pos = (weight > 0) & ((kinds != "rating") | (events["rating"] >= min_rating))

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hyperrec.data.event_types import EventTypes
 from hyperrec.data.schemas import Event, Item, User, validate_frame
@@ -23,14 +25,29 @@ class World:
 
 
 def save_world(world: World, directory: Path) -> Path:
+    return save_tables(directory, world.users, world.items, world.events, world.meta, world.truth)
+
+
+def save_tables(directory: Path, users: pd.DataFrame, items: pd.DataFrame, events: pd.DataFrame | pa.Table,
+                meta: dict, truth: Truth | None = None) -> Path:
+    """Write a world's files; `events` may be an Arrow table (the importer keeps them so)."""
     directory.mkdir(parents=True, exist_ok=True)
-    world.users.to_parquet(directory / "users.parquet", index=False)
-    world.items.to_parquet(directory / "items.parquet", index=False)
-    world.events.to_parquet(directory / "events.parquet", index=False)
-    if world.truth is not None:
-        world.truth.save(directory / "truth.npz")
-    (directory / "meta.json").write_text(json.dumps(world.meta, indent=2, default=str))
+    users.to_parquet(directory / "users.parquet", index=False)
+    items.to_parquet(directory / "items.parquet", index=False)
+    if isinstance(events, pa.Table):
+        pq.write_table(events, directory / "events.parquet")
+    else:
+        events.to_parquet(directory / "events.parquet", index=False)
+    if truth is not None:
+        truth.save(directory / "truth.npz")
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     return directory
+
+
+def read_meta(directory: Path) -> dict:
+    """A world's meta.json (its source, its own event types); {} when it has none."""
+    path = directory / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def load_world(directory: Path, validate: bool = True) -> World:
@@ -40,8 +57,7 @@ def load_world(directory: Path, validate: bool = True) -> World:
     users = pd.read_parquet(directory / "users.parquet")
     items = pd.read_parquet(directory / "items.parquet")
     events = pd.read_parquet(directory / "events.parquet")
-    meta_path = directory / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_meta(directory)
     if validate:
         users = validate_frame(users, User, "users")
         items = validate_frame(items, Item, "items")

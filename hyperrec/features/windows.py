@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from hyperrec.data.event_types import CANONICAL
+
 WINDOWS_S = {"30m": 1800, "1d": 86_400, "7d": 7 * 86_400}
 COUNTED = ("view", "click", "add_to_cart", "purchase")
-POSITIVE = ("click", "add_to_cart", "purchase")
 # what enters a user's recent-items list: positive events and any explicit rating (rating
-# a film at all means it was watched: the sequence signal, whatever the score)
-ENGAGED = (*POSITIVE, "rating")
+# a film at all means it was watched: the sequence signal, whatever the score); a workspace
+# that declares its own types passes its EventTypes.engaged instead
+ENGAGED = CANONICAL.engaged
 RECENT_N = 20
 RECENT_VIEWS_N = 30  # a few days of a typical user's views (of each kind: listed, browsed)
 PURCHASED_N = 200  # distinct items kept per user: what serving must never offer again
