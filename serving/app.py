@@ -108,9 +108,11 @@ def install(app: FastAPI, models: dict, events=None) -> None:
     """Add the middleware, the 400 handler, `POST /v1/models/{name}:feedback`, the event
     contract at `GET /v1/schema/event` (hyperrec.data.contract) and, given an EventLog,
     `POST /v1/events`."""
+    from serving import oip
     from serving.direct import DirectV1Predict
 
-    app.add_middleware(DirectV1Predict, models=models, fastapi_app=app)  # added first: innermost of the three
+    app.add_middleware(DirectV1Predict, models=models, fastapi_app=app)  # added first: innermost
+    oip.install(app)  # Open Inference Protocol conformance, inside the body limit (serving/oip.py)
     app.add_middleware(BodyLimit)
     app.add_middleware(WorkerHeader)
 

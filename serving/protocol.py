@@ -11,6 +11,8 @@ v2 / Open Inference Protocol (`POST /v2/models/recommender/infer`), one row per 
             recent_items BYTES [n] (comma-separated ids), device / page BYTES [n]
     outputs item_id BYTES [n, k], score FP32 [n, k], reason BYTES [n, k] ("" pads rows
             shorter than k), policy / arm / request_id BYTES [n]; model_version on the response
+    A request may name the outputs it wants (only those are returned) and ask for them as
+    binary data (the binary tensor extension); the model metadata lists both tables.
 
 Every problem is an InvalidInput (HTTP 400, `{"error": ...}`) naming the field: KServe
 hands a body sent without a JSON content type to predict() as raw bytes, so decode here.
@@ -24,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hyperrec.data.schemas import Id
@@ -108,6 +110,35 @@ def parse_v1(payload) -> list[Request]:
 
 
 V2_INPUTS = {"user_id": "BYTES", "k": "INT32", "recent_items": "BYTES", "device": "BYTES", "page": "BYTES"}
+V2_OUTPUTS = {"item_id": "BYTES", "score": "FP32", "reason": "BYTES", "policy": "BYTES", "arm": "BYTES",
+              "request_id": "BYTES"}
+PER_ITEM_OUTPUTS = ("item_id", "score", "reason")  # [n, k]; the others are [n]
+
+
+def v2_input_types() -> list[dict]:
+    """The model metadata's inputs: one value per request (k may be one for all), so [-1]."""
+    return [{"name": name, "datatype": dtype, "shape": [-1]} for name, dtype in V2_INPUTS.items()]
+
+
+def v2_output_types() -> list[dict]:
+    """The model metadata's outputs: [-1, -1] (requests by k) per listed item, [-1] per request."""
+    return [{"name": name, "datatype": dtype, "shape": [-1, -1] if name in PER_ITEM_OUTPUTS else [-1]}
+            for name, dtype in V2_OUTPUTS.items()]
+
+
+def requested_outputs(request: InferRequest) -> list[RequestedOutput] | None:
+    """The outputs a v2 request names (None: all), checked before any work is done. Each
+    says whether it goes as binary data: its own `binary_data`, else the request's
+    `binary_data_output` (KServe's encoder reads only the output's own, missing = JSON)."""
+    if not request.request_outputs:
+        return None
+    unknown = [o.name for o in request.request_outputs if o.name not in V2_OUTPUTS]
+    if unknown:
+        raise InvalidInput(f"unknown outputs {unknown}; this model has {list(V2_OUTPUTS)}")
+    default = bool(request.use_binary_outputs)
+    return [RequestedOutput(o.name, {**(o.parameters or {}),
+                                     "binary_data": default if o.binary_data is None else bool(o.binary_data)})
+            for o in request.request_outputs]
 
 
 def _column(tensor, n: int | None) -> list:
@@ -159,7 +190,10 @@ def v1_response(requests: list[Request], results: list[Recommended], request_ids
         for r, rec, rid in zip(requests, results, request_ids)]}
 
 
-def v2_response(model_name: str, response_id: str, results: list[Recommended], request_ids: list[str]) -> InferResponse:
+def v2_response(model_name: str, response_id: str, results: list[Recommended], request_ids: list[str],
+                outputs: list[RequestedOutput] | None = None, binary: bool = False) -> InferResponse:
+    """Every output, of which KServe encodes the requested `outputs` (all if None), as
+    binary data where asked (`binary`: all of them, when none are named)."""
     n, k = len(results), max(len(r.item_ids) for r in results)
 
     def grid(attr, pad):
@@ -168,7 +202,7 @@ def v2_response(model_name: str, response_id: str, results: list[Recommended], r
     def flat(rows):
         return [v for row in rows for v in row]
 
-    outputs = [
+    tensors = [
         InferOutput("item_id", [n, k], "BYTES", flat(grid("item_ids", ""))),
         InferOutput("score", [n, k], "FP32", flat(grid("scores", 0.0))),
         InferOutput("reason", [n, k], "BYTES", flat(grid("reasons", ""))),
@@ -177,4 +211,5 @@ def v2_response(model_name: str, response_id: str, results: list[Recommended], r
         InferOutput("request_id", [n], "BYTES", request_ids),
     ]
     versions = {r.model_version for r in results}
-    return InferResponse(response_id, model_name, outputs, model_version=str(max(versions)))
+    return InferResponse(response_id, model_name, tensors, model_version=str(max(versions)),
+                         use_binary_outputs=binary, requested_outputs=outputs)

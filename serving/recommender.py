@@ -55,7 +55,15 @@ from hyperrec.online.serving_path import (
 from hyperrec.privacy import ConsentLedger
 from hyperrec.registry.model_registry import CHALLENGER, alias_watcher, model_version_dir
 from serving import metrics
-from serving.protocol import parse_v1, parse_v2, v1_response, v2_response
+from serving.protocol import (
+    parse_v1,
+    parse_v2,
+    requested_outputs,
+    v1_response,
+    v2_input_types,
+    v2_output_types,
+    v2_response,
+)
 
 log = logging.getLogger("hyperrec.serving")
 CANARY_SALT = "hyperrec-canary-1"
@@ -260,10 +268,19 @@ class RecommenderModel(kserve.Model):
         """Stable per user; independent of the re-ranking experiment's assignment."""
         return stable_fraction(CANARY_SALT, key) < self.config.canary_share
 
+    def get_input_types(self) -> list[dict]:
+        """The v2 model metadata's inputs (GET /v2/models/{name})."""
+        return v2_input_types()
+
+    def get_output_types(self) -> list[dict]:
+        """The v2 model metadata's outputs."""
+        return v2_output_types()
+
     async def predict(self, payload, headers=None, response_headers=None):
         v2 = isinstance(payload, InferRequest)
         try:
             requests = parse_v2(payload) if v2 else parse_v1(payload)
+            outputs = requested_outputs(payload) if v2 else None
         except InvalidInput:
             metrics.ERRORS.labels("bad_request").inc()
             raise
@@ -281,7 +298,8 @@ class RecommenderModel(kserve.Model):
             if rec.explored_item is not None:
                 self.bandit_store.remember(rid, rec.explored_item, rec.explored_x)
         if v2:
-            return v2_response(self.name, payload.id or uuid.uuid4().hex, results, ids)
+            return v2_response(self.name, payload.id or uuid.uuid4().hex, results, ids, outputs,
+                               payload.use_binary_outputs)
         return v1_response(requests, results, ids)
 
     # --- bandit feedback --------------------------------------------------------------
