@@ -27,6 +27,8 @@ privacy_app = typer.Typer(no_args_is_help=True, help="GDPR/CCPA: erase a user ev
 app.add_typer(privacy_app, name="privacy")
 ab_app = typer.Typer(no_args_is_help=True, help="A/B tests over logged impressions.")
 app.add_typer(ab_app, name="ab")
+auth_app = typer.Typer(no_args_is_help=True, help="API keys and user tokens for the model server.")
+app.add_typer(auth_app, name="auth")
 console = Console()
 if not console.is_terminal:  # piped or logged (CI, `make demo > log`): rich would wrap tables at 80 columns
     console = Console(width=140)
@@ -367,7 +369,9 @@ def bench_warm_start_cmd(out: Path = typer.Option(Path("var/bench/warm_start.jso
 def serve(port: int | None = typer.Option(None, help="HTTP port (default $HYPERREC_PORT or 8080)"),
           home: Path | None = HomeOpt,
           as_of: str | None = typer.Option(None, help="ISO time to judge feature freshness at (simulated worlds)"),
-          workers: int = typer.Option(1, help="server processes on the port (serving/workers.py)")):
+          workers: int = typer.Option(1, help="server processes on the port (serving/workers.py)"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+          auth: str = typer.Option("auto", help="auto (on unless HOST is loopback), on or off: `hyperrec auth`")):
     """Run the KServe model server in the foreground (Ctrl-C stops it)."""
     import os
     import sys
@@ -375,8 +379,52 @@ def serve(port: int | None = typer.Option(None, help="HTTP port (default $HYPERR
     settings = load_settings(home)
     http_port = port or settings.server_port
     args = [sys.executable, "-m", "serving", "--home", str(settings.home), "--http_port", str(http_port),
-            "--workers", str(workers)]
+            "--workers", str(workers), "--host", host, "--auth", auth]
     os.execv(sys.executable, args + (["--as_of", as_of] if as_of else []))
+
+
+@auth_app.command("create-key")
+def auth_create_key(name: str = typer.Argument(..., help="what the key is for, e.g. site-backend"),
+                    scope: list[str] = typer.Option(..., "--scope", help="recommend, ingest, feedback or admin; "
+                                                    "repeat for several"),
+                    home: Path | None = HomeOpt):
+    """Create an API key with SCOPEs (printed once; only its hash is stored)."""
+    from hyperrec.online.access import open_authenticator
+
+    try:
+        secret = open_authenticator(load_settings(home).home).keys.create(name, scope)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    print(secret)
+
+
+@auth_app.command("revoke")
+def auth_revoke(name: str = typer.Argument(..., help="the key's name"), home: Path | None = HomeOpt):
+    """Revoke an API key (a running server stops accepting it within a second)."""
+    from hyperrec.online.access import open_authenticator
+
+    if not open_authenticator(load_settings(home).home).keys.revoke(name):
+        console.print(f"[red]no key named {name}[/]")
+        raise typer.Exit(1)
+
+
+@auth_app.command("list")
+def auth_list(home: Path | None = HomeOpt):
+    """The API keys' names and scopes (never their secrets)."""
+    from hyperrec.online.access import open_authenticator
+
+    console.print_json(data=open_authenticator(load_settings(home).home).keys.names())
+
+
+@auth_app.command("user-token")
+def auth_user_token(user_id: str = typer.Argument(..., help="the user the token acts as"),
+                    ttl_s: int = typer.Option(3600, help="seconds until it expires"),
+                    home: Path | None = HomeOpt):
+    """A signed token (JWT, HS256 with the workspace's secret) that acts only as USER_ID:
+    their lists, their events, their feedback. The site's login service mints the same."""
+    from hyperrec.online.access import open_authenticator
+
+    print(open_authenticator(load_settings(home).home, create_secret=True).tokens.issue(user_id, ttl_s=ttl_s))
 
 
 @privacy_app.command("erase")
@@ -430,7 +478,9 @@ def stream(home: Path | None = HomeOpt,
            experiment: str = typer.Option("rerank", help="the server's --experiment: its real-time-off arm's users "
                                                          "are skipped"),
            ready_file: Path | None = typer.Option(None, help="local log: created once the history is folded and "
-                                                             "new events are tailed")):
+                                                             "new events are tailed"),
+           new_log: bool = typer.Option(False, "--new-log", help="local log: accept an event log other than the one "
+                                                                 "followed before (it was deleted or replaced)")):
     """Run the stream processor in the foreground: events (POSTed to the server's /v1/events,
     or from Kafka) -> windowed features and recent items -> the online store (Ctrl-C stops it)."""
     from hyperrec.online.serving_path import EXPERIMENTS
@@ -445,9 +495,14 @@ def stream(home: Path | None = HomeOpt,
 
         run_kafka(settings, kafka, topic, group or None, log=console.print, batch_only=batch_only)
     else:
+        from hyperrec.data.eventlog import LogUnavailable
         from hyperrec.features.stream import run
 
-        run(settings, log=console.print, batch_only=batch_only, ready_file=ready_file)
+        try:
+            run(settings, log=console.print, batch_only=batch_only, ready_file=ready_file, new_log=new_log)
+        except LogUnavailable as exc:
+            console.print(f"[red]stream processor stopped: {exc}[/]")
+            raise typer.Exit(3) from None
 
 
 @app.command()

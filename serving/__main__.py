@@ -9,6 +9,8 @@ import sys
 from datetime import datetime
 
 DEFAULT_HTTP_PORT = 8080  # KServe's (kserve.constants.constants.DEFAULT_HTTP_PORT)
+LOOPBACK = "127.0.0.1"
+AUTH_MODES = ("auto", "on", "off")
 
 
 def _share(text: str) -> float:
@@ -25,6 +27,8 @@ def worker_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--worker_slot", type=int, default=None)
     parser.add_argument("--http_port", type=int, default=DEFAULT_HTTP_PORT)
     parser.add_argument("--home", default=None)
+    parser.add_argument("--host", default=LOOPBACK)
+    parser.add_argument("--auth", default="auto", choices=AUTH_MODES)
     return parser.parse_known_args(argv)[0]
 
 
@@ -59,6 +63,12 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--experiment", default="rerank", choices=sorted(EXPERIMENTS),
                         help="the re-ranking experiment's arms (hyperrec.online.serving_path.EXPERIMENTS); "
                              "a stream processor must run with the same one")
+    parser.add_argument("--host", default=LOOPBACK,
+                        help="address to listen on (0.0.0.0: every interface, as in a container)")
+    parser.add_argument("--auth", default="auto", choices=AUTH_MODES,
+                        help="require API keys or user tokens (serving/auth.py); auto: on unless --host is loopback")
+    parser.add_argument("--ingest_wait_s", type=float, default=10.0,
+                        help="longest POST /v1/events waits for the event log's write lock before a 503")
     parser.add_argument("--request_logs", action="store_true",
                         help="log every request (uvicorn access + KServe timing lines: ~6 lines per request)")
     # replaces KServe's --workers, whose multi-process mode cannot carry our model (serving/workers.py)
@@ -83,6 +93,7 @@ def serve(args: argparse.Namespace) -> None:
     from hyperrec.data.eventlog import EventLog
     from hyperrec.privacy import ErasureWatch
     from serving.app import install
+    from serving.auth import authenticator_for
     from serving.recommender import RecommenderModel, ServerConfig
     from serving.workers import serve as serve_on_socket
 
@@ -92,12 +103,15 @@ def serve(args: argparse.Namespace) -> None:
                           feedback=args.feedback == "on")
     from hyperrec.online.serving_path import EXPERIMENTS
 
+    authenticator = authenticator_for(args.host, args.auth, load_settings(args.home).home)
     model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config,
                              experiment=EXPERIMENTS[args.experiment])
     model.load()
     types = EventTypes.for_workspace(model.settings.home)
-    events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings), event_types=types.known)
-    install(model_server.app, {model.name: model}, events=events)
+    events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings), event_types=types.known,
+                      busy_wait_s=args.ingest_wait_s)
+    model.health_checks.append(events.problem)
+    install(model_server.app, {model.name: model}, events=events, authenticator=authenticator)
     server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1)  # configures logging
     if not args.request_logs:  # per-request lines cost more than some serving stages
         for name in ("uvicorn.access", "kserve.trace"):

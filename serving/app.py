@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -96,6 +97,8 @@ def event_batch(raw: bytes) -> list:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("body is nested too deeply to be events") from None
     events = body.get("events") if isinstance(body, dict) else body
     if not isinstance(events, list):
         raise ValueError('body must be a JSON list of events or {"events": [...]}')
@@ -104,15 +107,20 @@ def event_batch(raw: bytes) -> list:
     return events
 
 
-def install(app: FastAPI, models: dict, events=None) -> None:
-    """Add the middleware, the 400 handler, `POST /v1/models/{name}:feedback`, the event
-    contract at `GET /v1/schema/event` (hyperrec.data.contract) and, given an EventLog,
-    `POST /v1/events`."""
+def install(app: FastAPI, models: dict, events=None, authenticator=None) -> None:
+    """Add the middleware, the 400 and 403 handlers, `POST /v1/models/{name}:feedback`, the
+    event contract at `GET /v1/schema/event` (hyperrec.data.contract) and, given an
+    EventLog, `POST /v1/events`. Given an Authenticator, every other route needs a
+    credential (serving/auth.py)."""
+    from hyperrec.online.access import Forbidden
     from serving import oip
+    from serving.auth import RequireAuth, forbidden_response
     from serving.direct import DirectV1Predict
 
     app.add_middleware(DirectV1Predict, models=models, fastapi_app=app)  # added first: innermost
     oip.install(app)  # Open Inference Protocol conformance, inside the body limit (serving/oip.py)
+    if authenticator is not None:  # outside the direct path, so it too is authenticated
+        app.add_middleware(RequireAuth, authenticator=authenticator)
     app.add_middleware(BodyLimit)
     app.add_middleware(WorkerHeader)
 
@@ -121,6 +129,7 @@ def install(app: FastAPI, models: dict, events=None) -> None:
         return JSONResponse(status_code=400, content={"error": problems[:2000]})
 
     app.add_exception_handler(RequestValidationError, schema_error)
+    app.add_exception_handler(Forbidden, lambda _, exc: forbidden_response(exc))
 
     from serving import metrics
 
@@ -129,6 +138,14 @@ def install(app: FastAPI, models: dict, events=None) -> None:
         async def all_workers_metrics(request: Request):
             body, content_type = metrics.scrape(request.headers.get("accept"))
             return Response(content=body, headers={"content-type": content_type})
+
+    @app.get("/v2/health/ready")  # before KServe's, which answers true once the process serves
+    async def ready():
+        """Kubernetes' readiness: every model healthy (loaded, and its health checks pass)."""
+        unready = [name for name, model in models.items() if not await model.healthy()]
+        if unready:
+            return JSONResponse(status_code=503, content={"ready": False, "error": f"models not ready: {unready}"})
+        return {"ready": True}
 
     if events is not None:
         _install_ingestion(app, events)
@@ -143,6 +160,8 @@ def install(app: FastAPI, models: dict, events=None) -> None:
     async def event_contract():
         return JSONResponse(content=event_schema)
 
+    from serving.auth import current_caller
+
     @app.post("/v1/models/{model_name}:feedback")
     async def feedback(model_name: str, request: Request):
         model = models.get(model_name)
@@ -152,32 +171,84 @@ def install(app: FastAPI, models: dict, events=None) -> None:
             body = Feedback.model_validate_json(await request.body())
         except ValidationError as exc:
             return JSONResponse(status_code=400, content={"error": str(exc.errors(include_url=False))[:2000]})
-        if not await model.feedback(body.request_id, body.item_id, body.reward):
+        if not await model.feedback(body.request_id, body.item_id, body.reward, current_caller()):
             return JSONResponse(status_code=404, content={
                 "error": f"no exploration slot for request {body.request_id} and item {body.item_id} "
                          "(not an explored item, already credited, or expired)"})
         return {"updated": True}
 
 
+MAX_EVENT_DEPTH = 32  # an event is a flat object with a few small ones inside
+
+
+def depth(value) -> int:
+    """How deeply a parsed JSON value nests (iteratively: a hostile body must not recurse us)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_EVENT_DEPTH:
+                todo.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def split_too_deep(batch: list) -> tuple[list, list[int]]:
+    """The events shallow enough to validate, and the positions of the others (dead-lettered
+    alone: serializing or validating them would exhaust Python's recursion limit)."""
+    deep = [i for i, event in enumerate(batch) if depth(event) > MAX_EVENT_DEPTH]
+    skip = set(deep)
+    return [event for i, event in enumerate(batch) if i not in skip], deep
+
+
+def others_events(batch: list, caller) -> list[int]:
+    """Positions of events a user token may not post: another user's. (A service key with
+    the ingest scope posts for anyone; an event with no user_id is dead-lettered anyway.)"""
+    return [i for i, event in enumerate(batch)
+            if isinstance(event, dict) and "user_id" in event and not caller.acts_for(event["user_id"])]
+
+
 def _install_ingestion(app: FastAPI, log) -> None:
     from starlette.concurrency import run_in_threadpool
 
+    from hyperrec.data.eventlog import LogBusy, LogUnavailable
     from serving import metrics
+    from serving.auth import current_caller
 
     @app.post("/v1/events")
     async def ingest(request: Request):
         """Acknowledged = durable (the log commits with synchronous=FULL before we answer).
         200 with counts even when some events were dead-lettered: those are the client's to
         fix, and the rest must not be refused with them. received = stored + duplicates +
-        dead_lettered + suppressed (events of erased users, dropped)."""
+        dead_lettered + suppressed (events of erased users, dropped). 503 when the log cannot
+        take them (busy past the wait: Retry-After; deleted or replaced: until restarted)."""
         raw = await request.body()
+        try:
+            return await run_in_threadpool(store, raw, current_caller())
+        except LogBusy as exc:
+            metrics.ERRORS.labels("busy").inc()
+            return JSONResponse(status_code=503, content={"error": f"{exc}; retry"}, headers={"Retry-After": "1"})
+        except LogUnavailable as exc:
+            metrics.ERRORS.labels("log_unavailable").inc()
+            return JSONResponse(status_code=503, content={"error": f"{exc}; nothing was stored"})
+
+    def store(raw: bytes, caller):
         try:
             batch = event_batch(raw)
         except ValueError as exc:
-            await run_in_threadpool(log.dead_letter, raw, str(exc))
+            log.dead_letter(raw, str(exc))
             metrics.EVENTS.labels("dead_lettered").inc()
             return JSONResponse(status_code=400, content={"error": str(exc), "dead_lettered": 1})
-        result = await run_in_threadpool(log.append, batch)
+        batch, too_deep = split_too_deep(batch)
+        if strangers := others_events(batch, caller):
+            return JSONResponse(status_code=403, content={
+                "error": f"events {strangers[:20]} are for another user than {caller.name}; nothing was stored"})
+        result = log.append(batch)
+        for i in too_deep:  # kept whole: the request's own bytes, named by position
+            log.dead_letter(raw, f"events[{i}]: nested over {MAX_EVENT_DEPTH} levels")
+        result = replace(result, received=result.received + len(too_deep),
+                         dead_lettered=result.dead_lettered + len(too_deep),
+                         errors=[f"events[{i}]: nested too deeply" for i in too_deep] + result.errors)
         for outcome in ("stored", "duplicates", "dead_lettered", "suppressed"):
             metrics.EVENTS.labels(outcome).inc(getattr(result, outcome))
         return {"received": result.received, "stored": result.stored, "duplicates": result.duplicates,

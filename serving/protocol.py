@@ -104,6 +104,8 @@ def parse_v1(payload) -> list[Request]:
             payload = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidInput(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInput("body is nested too deeply to be a request") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
         raise InvalidInput('body must be {"instances": [{"user_id": ..., "k": ...}, ...]}')
     return _validated(payload["instances"], "instances")

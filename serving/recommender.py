@@ -18,6 +18,7 @@ import asyncio
 import gc
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -33,8 +34,9 @@ from hyperrec.features.online_reader import Columns, OnlineUserReader
 from hyperrec.features.views import REQUEST_TS, SERVING_USER_VIEWS
 from hyperrec.models.two_tower import NEW_USER, USER_INPUTS
 from hyperrec.monitor.trigger import FEATURES as MONITORED_FEATURES
+from hyperrec.online.access import LOCAL, Caller, Forbidden, without_details
 from hyperrec.online.bandit import LinUCB
-from hyperrec.online.bandit_store import BanditStore, Credit, store_path
+from hyperrec.online.bandit_store import BanditStore, Credit, owner_of, store_path
 from hyperrec.online.batching import MicroBatcher
 from hyperrec.online.feedback import FEEDBACK_INPUTS, FeedbackConfig
 from hyperrec.online.hotswap import ModelSlot, load_shared, versions_dir_cleanup
@@ -55,6 +57,7 @@ from hyperrec.online.serving_path import (
 from hyperrec.privacy import ConsentLedger
 from hyperrec.registry.model_registry import CHALLENGER, alias_watcher, model_version_dir
 from serving import metrics
+from serving.auth import current_caller
 from serving.protocol import (
     parse_v1,
     parse_v2,
@@ -131,6 +134,8 @@ class RecommenderModel(kserve.Model):
         # what else a cached list depends on (besides versions and request): the arms and the trial design
         self._cache_scope = f"{experiment.salt}|{config.trial}|{config.canary_share}"
         self._rng = np.random.default_rng()  # the team draft's coin flips
+        # what else readiness depends on: each returns the problem, or None (e.g. the event log's file is gone)
+        self.health_checks: list[Callable[[], str | None]] = []
 
     # --- model lifecycle -------------------------------------------------------------
     def load(self) -> bool:
@@ -147,6 +152,14 @@ class RecommenderModel(kserve.Model):
         self.canary.watch(self.config.poll_s)
         self.ready = True
         return True
+
+    async def healthy(self) -> bool:
+        """KServe's readiness: the champion loaded, and every health check passes (a server
+        whose event log vanished must be taken out of rotation, not acknowledge into nothing)."""
+        problems = [p for check in self.health_checks if (p := check())]
+        for problem in problems:
+            log.error("not ready: %s", problem)
+        return self.ready and not problems
 
     def _load_champion(self, version: int) -> ServingUnit:
         """A promoted challenger is already loaded and warm: the champion takes that unit."""
@@ -284,34 +297,43 @@ class RecommenderModel(kserve.Model):
         except InvalidInput:
             metrics.ERRORS.labels("bad_request").inc()
             raise
+        caller = current_caller()
+        if others := [i for i, r in enumerate(requests) if not caller.acts_for(r.user_id)]:
+            metrics.ERRORS.labels("forbidden").inc()
+            raise Forbidden(f"requests {others[:20]} ask for another user than the token's")
         try:
             results = await asyncio.gather(*(self.batcher.submit(r) for r in requests))
         except Exception:
             metrics.ERRORS.labels("internal").inc()
             raise
         ids = [uuid.uuid4().hex for _ in results]
-        if self.impressions is not None and not (headers or {}).get(PROBE_HEADER):
+        probe = bool((headers or {}).get(PROBE_HEADER)) and caller.may("admin")
+        if self.impressions is not None and not probe:
             self.impressions.add(ids, [r.user_id for r in requests], results, [rec.monitored for rec in results],
                                  [rec.monitored[REQUEST_TS] for rec in results])
-        for rid, rec in zip(ids, results):
+        for rid, req, rec in zip(ids, requests, results):
             metrics.REQUESTS.labels(rec.policy, rec.arm).inc()
             if rec.explored_item is not None:
-                self.bandit_store.remember(rid, rec.explored_item, rec.explored_x)
+                self.bandit_store.remember(rid, rec.explored_item, rec.explored_x, owner_of(rid, req.user_id))
+        results = [rec if caller.sees_details_of(req.user_id) else without_details(rec)
+                   for req, rec in zip(requests, results)]
         if v2:
             return v2_response(self.name, payload.id or uuid.uuid4().hex, results, ids, outputs,
                                payload.use_binary_outputs)
         return v1_response(requests, results, ids)
 
     # --- bandit feedback --------------------------------------------------------------
-    async def feedback(self, request_id: str, item_id: str, reward: float) -> bool:
-        """Credit the exploration slot of an earlier response: True if it was one. The list
+    async def feedback(self, request_id: str, item_id: str, reward: float, caller: Caller = LOCAL) -> bool:
+        """Credit the exploration slot of an earlier response: True if it was one (and, for
+        a user token, a list served to that user). The list
         may have been served by another worker that has not written its pending contexts
         yet (it does every 50 ms): in a multi-process server an unknown request is looked
         up again for up to `feedback_wait_s` before it is refused."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.config.feedback_wait_s if self.config.worker is not None else 0.0)
+        owner = None if caller.user_id is None else owner_of(request_id, caller.user_id)
         while True:
-            outcome = await loop.run_in_executor(None, self.bandit_store.credit, request_id, item_id, reward)
+            outcome = await loop.run_in_executor(None, self.bandit_store.credit, request_id, item_id, reward, owner)
             if outcome is not Credit.UNKNOWN or loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)

@@ -81,9 +81,9 @@ def _worker_argv(argv: list[str]) -> list[str]:
 
 
 class Supervisor:
-    def __init__(self, n: int, port: int, argv: list[str], metrics_dir: Path | None = None):
+    def __init__(self, n: int, port: int, argv: list[str], metrics_dir: Path | None = None, host: str = "127.0.0.1"):
         """`metrics_dir`: emptied, then where every worker writes its Prometheus samples."""
-        self.n, self.port, self.argv = n, port, _worker_argv(argv)
+        self.n, self.port, self.host, self.argv = n, port, host, _worker_argv(argv)
         self.metrics_dir = metrics_dir
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -129,7 +129,7 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT (0), or a worker cannot start (non-zero)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
-        self.sock = _bind(self.port)  # reserved, never listening: it gets no connections
+        self.sock = _bind(self.host, self.port)  # reserved, never listening: it gets no connections
         for slot in range(self.n):
             self._start(slot)
         try:
@@ -203,12 +203,15 @@ def supervise(args, argv: list[str]) -> int:
     from hyperrec.config import load_settings
     from hyperrec.online.bandit_store import init_store, store_path
     from hyperrec.online.rerank import EXPLORATION_DIM
+    from serving.auth import authenticator_for
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
+    authenticator_for(args.host, args.auth, load_settings(args.home).home)  # refused here, before N workers load
     # the shared bandit store exists before any worker opens it (no first-writer race)
     init_store(store_path(load_settings(args.home).home), EXPLORATION_DIM)
     home = load_settings(args.home).home
-    return Supervisor(args.workers, args.http_port, argv, metrics_dir=home / "serving" / "prometheus").run()
+    return Supervisor(args.workers, args.http_port, argv, metrics_dir=home / "serving" / "prometheus",
+                      host=args.host).run()
 
 
 # --- a worker ----------------------------------------------------------------------------
@@ -225,7 +228,7 @@ def serve(server, model, args) -> None:
             model.stop()
             return
         threading.Thread(target=_stop_with_supervisor, name="supervisor-watch", daemon=True).start()
-    sock = _bind(args.http_port, reuse_port=args.worker_slot is not None)
+    sock = _bind(args.host, args.http_port, reuse_port=args.worker_slot is not None)
     sock.listen(BACKLOG)
     for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn takes them while serving and raises them again after
         signal.signal(sig, _exit)
@@ -237,16 +240,17 @@ def serve(server, model, args) -> None:
         model.stop()
 
 
-def _bind(port: int, reuse_port: bool = True) -> socket.socket:
-    """A TCP socket bound to 0.0.0.0:`port` (KServe's host), not yet listening; with
+def _bind(host: str, port: int, reuse_port: bool = True) -> socket.socket:
+    """A TCP socket bound to `host`:`port`, not yet listening; with
     SO_REUSEPORT for the supervisor and its workers (a lone server keeps uvicorn's "address
     in use"). The protocol is named: asyncio sets TCP_NODELAY only on connections accepted
     from an IPPROTO_TCP socket, and without it responses wait out delayed ACKs (~40 ms)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("0.0.0.0", port))
+    sock.bind((host, port))
     return sock
 
 

@@ -61,12 +61,15 @@ def champion_server(make_workspace):
     from serving.launch import start_server, stop_server, wait_ready
 
     @contextmanager
-    def build(name: str, extra_args: tuple[str, ...] = ()):
+    def build(name: str, extra_args: tuple[str, ...] = (), before_start=None):
+        """`before_start(settings)` runs once the model is registered (e.g. to create API keys)."""
         with make_workspace(name, users=300, items=150, days=10, events=25_000, seed=7) as (settings, world):
             data_dir, model_dir = settings.data_dir / "training_set", settings.data_dir / "model"
             build_training_set(settings, settings.data_dir / "world", data_dir)
             fit_models(data_dir, model_dir, TwoTowerConfig(epochs=2), log=lambda *_: None)
             version = register_model(settings, model_dir, {}, {}, {"blessed": True, "reasons": []})
+            if before_start is not None:
+                before_start(settings)
             port = any_free_port()
             log_path = settings.home / "server.log"
             proc = start_server(settings, port, log_path,

@@ -5,6 +5,7 @@ processor goes on, on this run and on every restart."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
@@ -106,3 +107,64 @@ def test_an_online_store_outage_is_retried_not_dead_lettered(tmp_path):
     assert log.committed("online-features") == 0 and log.dead_letters() == []
     processor.store = _Store()
     assert processor.run_once() == 1 and log.committed("online-features") == 1
+
+
+def _nested(levels: int):
+    value: list = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_an_event_nested_past_the_recursion_limit_is_dead_lettered_alone(tmp_path):
+    log = EventLog(tmp_path / "events.db")
+    deep = {**event("deep", "2026-03-01T11:00:00+00:00"), "item_id": _nested(5000)}
+    text = json.dumps(event("deep2", "2026-03-01T11:00:00+00:00"))[:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    result = log.append([deep, text, event("ok", "2026-03-01T11:00:00+00:00")], now=NOW)
+    assert (result.stored, result.dead_lettered) == (1, 2)
+    assert all(raw for raw, _ in log.dead_letters())
+
+
+def test_a_deleted_log_is_noticed_not_written_into(tmp_path):
+    from hyperrec.data.eventlog import LogUnavailable
+
+    path = tmp_path / "events.db"
+    log = EventLog(path)
+    assert log.problem() is None
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    assert "deleted or replaced" in log.problem()
+    with pytest.raises(LogUnavailable):
+        log.append([event("e1", "2026-03-01T11:00:00+00:00")], now=NOW)
+    EventLog(path)  # recreated by someone else: still not the file this log opened
+    assert "deleted or replaced" in log.problem()
+
+
+def test_the_processor_stops_on_a_deleted_log_and_refuses_a_new_one(tmp_path, settings):
+    import threading
+
+    from hyperrec.data.eventlog import LogUnavailable
+    from hyperrec.features.stream import follow, tail
+
+    path = tmp_path / "events.db"
+    log = EventLog(path)
+    follow(settings, log)
+    follow(settings, EventLog(path))  # the same file again: fine
+    processor = StreamProcessor(_Store(), log)
+    path.unlink()
+    with pytest.raises(LogUnavailable):
+        tail(processor, threading.Event(), check_s=0.0)
+    fresh = EventLog(path)
+    with pytest.raises(LogUnavailable, match="--new-log"):
+        follow(settings, fresh)
+    follow(settings, fresh, new_log=True)  # accepted knowingly
+    follow(settings, fresh)
+
+
+def test_a_dead_letter_keeps_an_event_of_any_depth_whole():
+    from hyperrec.data.eventlog import _dumps_without_recursion, _raw_bytes
+
+    value = {"a": _nested(50), "b": [1, "x", None, {"c": 2.5, "d": False}]}
+    assert _dumps_without_recursion(value) == json.dumps(value, separators=(",", ":"))
+    deep = _raw_bytes({"a": _nested(3000)})
+    assert deep == b'{"a":' + b"[" * 3001 + b"]" * 3001 + b"}"

@@ -10,8 +10,11 @@ without a trace, counted only. received = stored + dead-lettered + duplicates + 
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Container, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,7 +46,20 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer TEXT PRIMARY KEY,
     offset INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+
+
+class LogUnavailable(RuntimeError):
+    """The log file was deleted or replaced under an open log: writing on would acknowledge
+    events into a file nobody will read again (the server answers 503 and turns unready)."""
+
+
+class LogBusy(RuntimeError):
+    """Another process held the log's write lock past the busy timeout (HTTP 503, Retry-After)."""
 
 
 @dataclass(frozen=True)
@@ -59,20 +75,62 @@ class AppendResult:
 def _raw_bytes(raw) -> bytes:
     if isinstance(raw, bytes):
         return raw
-    return raw.encode() if isinstance(raw, str) else json.dumps(raw, default=str).encode()
+    if isinstance(raw, str):
+        return raw.encode()
+    try:
+        return json.dumps(raw, default=str).encode()
+    except RecursionError:  # nested past the recursion limit: serialized without recursing
+        return _dumps_without_recursion(raw).encode()
+
+
+class _Text(str):
+    """Output already serialized (punctuation, keys), as opposed to a value still to write."""
+
+
+def _dumps_without_recursion(value) -> str:
+    """JSON for a value of any depth, with an explicit stack (json.dumps and repr recurse)."""
+    out, todo = [], [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, _Text):
+            out.append(item)
+        elif isinstance(item, dict | list):
+            pairs = item.items() if isinstance(item, dict) else ((None, v) for v in item)
+            parts: list = [_Text("{" if isinstance(item, dict) else "[")]
+            for n, (key, child) in enumerate(pairs):
+                parts += [_Text(",")] if n else []
+                parts += [_Text(json.dumps(str(key)) + ":")] if key is not None else []
+                parts.append(child)
+            parts.append(_Text("}" if isinstance(item, dict) else "]"))
+            todo.extend(reversed(parts))
+        else:
+            out.append(json.dumps(item, default=str))
+    return "".join(out)
 
 
 class EventLog:
     def __init__(self, path: Path, suppress: Container[str] = frozenset(),
-                 event_types: Collection[str] = EVENT_TYPES):
+                 event_types: Collection[str] = EVENT_TYPES, busy_wait_s: float = 30.0):
         """`suppress`: user ids whose events are dropped at the door (a live
         `hyperrec.privacy.ErasureWatch` in the server and consumers). `event_types`: the
-        types accepted (the workspace's, hyperrec.data.event_types)."""
+        types accepted (the workspace's, hyperrec.data.event_types). `busy_wait_s`: how long
+        an append waits for another process's write lock before LogBusy."""
         self.suppress = suppress
         self.event_types = tuple(event_types)
-        self.db = connect_wal(path, synchronous="FULL")  # an acknowledged event survives a crash
+        self.path = Path(path)
+        # synchronous=FULL: an acknowledged event survives a crash
+        self.db = connect_wal(self.path, synchronous="FULL", timeout_s=busy_wait_s)
         self.db.executescript(SCHEMA)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (uuid.uuid4().hex,))
+        self.log_id: str = self.db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0]
+        self._file = _file_identity(self.path)
         self._lock = threading.Lock()  # one connection, shared by the server's worker threads
+
+    def problem(self) -> str | None:
+        """Why this log can no longer be written (its file deleted or replaced), or None."""
+        if _file_identity(self.path) != self._file:
+            return f"the event log {self.path} was deleted or replaced while open"
+        return None
 
     def _check(self, raw, now: datetime, check: Callable[[Event], str | None] | None) -> Event:
         data = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
@@ -91,6 +149,16 @@ class EventLog:
                now: datetime | None = None) -> AppendResult:
         """Validate and store a batch in one transaction; bad events go to dead_letters."""
         now = now or datetime.now(UTC)
+        if problem := self.problem():
+            raise LogUnavailable(problem)
+        try:
+            return self._append(raws, check, now)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise LogBusy(f"the event log is busy (another writer held it too long): {exc}") from exc
+            raise
+
+    def _append(self, raws: Iterable, check, now: datetime) -> AppendResult:
         stored = dup = dead = received = suppressed = 0
         errors: list[str] = []
         t = time.time()
@@ -100,7 +168,7 @@ class EventLog:
                 received += 1
                 try:
                     event = self._check(raw, now, check)
-                except (ValueError, ValidationError, TypeError) as exc:
+                except (ValueError, ValidationError, TypeError, RecursionError) as exc:
                     message = _describe(exc)
                     self.db.execute("INSERT INTO dead_letters (raw, error, received_at) VALUES (?, ?, ?)",
                                     (_raw_bytes(raw), message, t))
@@ -119,6 +187,8 @@ class EventLog:
 
     def dead_letter(self, raw, error: str) -> None:
         """Keep a body that could not even be split into events (not JSON, not a list)."""
+        if problem := self.problem():
+            raise LogUnavailable(problem)
         with self._lock:
             self.db.execute("INSERT INTO dead_letters (raw, error, received_at) VALUES (?, ?, ?)",
                             (_raw_bytes(raw), error, time.time()))
@@ -174,9 +244,19 @@ class EventLog:
             return self.db.execute("SELECT raw, error FROM dead_letters ORDER BY id").fetchall()
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors())
     if isinstance(exc, json.JSONDecodeError):
         return f"not valid JSON: {exc}"
+    if isinstance(exc, RecursionError):
+        return "event: nested too deeply"
     return str(exc)

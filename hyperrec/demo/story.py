@@ -119,12 +119,13 @@ def _arms_rich(arms: pd.DataFrame) -> Table:
 
 
 def _fresh_loop_state(settings: Settings) -> None:
-    """A demo tells one story: the previous run's served traffic, decisions and snapshots go
-    (the registry keeps its history; the world is regenerated from the same seed)."""
+    """A demo tells one story: the previous run's served traffic, decisions and snapshots go,
+    and the stream processor's record of the log it followed (the registry keeps its
+    history; the world is regenerated from the same seed)."""
     for pattern in ("events.db*", "impressions.db*"):
         for path in settings.home.glob(pattern):
             path.unlink()
-    for folder in (settings.monitoring_dir, settings.data_dir / "snapshots"):
+    for folder in (settings.monitoring_dir, settings.data_dir / "snapshots", settings.home / "stream"):
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from hyperrec.data.event_types import EventTypes
-from hyperrec.data.eventlog import EventLog
+from hyperrec.data.eventlog import EventLog, LogUnavailable
 from hyperrec.features.views import FEATURE_VIEWS
 from hyperrec.features.windows import ENGAGED, StreamFolds
 
@@ -130,16 +130,35 @@ def history(log: EventLog, world_dir: Path | None, consumer: str = "online-featu
     return frame
 
 
-def tail(processor: StreamProcessor, stop: threading.Event, idle_s: float = 0.005) -> None:
+def tail(processor: StreamProcessor, stop: threading.Event, idle_s: float = 0.005, check_s: float = 1.0) -> None:
     """Process the log as it grows until `stop`: an event is in the online store a few ms
-    after its POST was acknowledged."""
+    after its POST was acknowledged. Raises LogUnavailable once the log's file is deleted or
+    replaced (checked every `check_s`): tailing a file nobody writes to would look healthy."""
+    checked = time.monotonic()
     while not stop.is_set():
         if processor.run_once() == 0:
             stop.wait(idle_s)
+        if time.monotonic() - checked >= check_s:
+            checked = time.monotonic()
+            if problem := processor.log.problem():
+                raise LogUnavailable(problem)
+
+
+def follow(settings, log: EventLog, new_log: bool = False) -> None:
+    """Refuse a log other than the one this workspace's processor followed before (deleted
+    and recreated: the events acknowledged into the old one are gone, and starting on an
+    empty log would hide it), unless `new_log` says that is known and accepted."""
+    marker = settings.home / "stream" / "followed_log"
+    if marker.exists() and marker.read_text().strip() != log.log_id and not new_log:
+        raise LogUnavailable(f"{log.path} is not the event log this stream processor followed (id "
+                             f"{marker.read_text().strip()}, now {log.log_id}): it was deleted or replaced, and "
+                             "what it held is lost. Restore it, or accept the new log with --new-log")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(log.log_id)
 
 
 def run(settings, stop: threading.Event | None = None, log=print, batch_only: Callable[[str], bool] | None = None,
-        ready_file: Path | None = None) -> None:
+        ready_file: Path | None = None, new_log: bool = False) -> None:
     """`hyperrec stream`: the embedded stream processor, beside the model server.
     `ready_file` is created once the history is folded and tailing starts: until then the
     online store lags every new event (imports and the fold take ~30 s on 2 cores)."""
@@ -151,6 +170,7 @@ def run(settings, stop: threading.Event | None = None, log=print, batch_only: Ca
     erasures = ErasureWatch(settings)
     types = EventTypes.for_workspace(settings.home)
     events = EventLog(settings.event_log, suppress=erasures, event_types=types.known)
+    follow(settings, events, new_log)
     processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only,
                                 users_changed=invalidator(settings), engaged=types.engaged)
     started = time.monotonic()

@@ -22,6 +22,7 @@ The state outlives the processes: a restarted server keeps what the bandit learn
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import sqlite3
 import threading
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS pending (
     item_id TEXT NOT NULL,
     x BLOB NOT NULL,       -- float64 [dim]: the explored item's context when it was shown
     credited INTEGER NOT NULL DEFAULT 0,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT ''  -- owner_of(request, user): who may credit it with a user token
 );
 """
 
@@ -60,6 +62,12 @@ class Credit(Enum):
     CREDITED = "credited"
     UNKNOWN = "unknown"  # no such request (yet: another process may not have flushed it), or trimmed
     REFUSED = "refused"  # not the explored item of that request, or already credited
+
+
+def owner_of(request_id: str, user_id: str | None) -> str:
+    """The list's owner as the store keeps it: a hash salted by the request, so the file
+    holds no user id and links no two requests of one user."""
+    return "" if user_id is None else hashlib.sha256(f"{request_id}|{user_id}".encode()).hexdigest()[:32]
 
 
 def store_path(home: Path) -> Path:
@@ -79,6 +87,8 @@ def init_store(path: Path, dim: int, ridge: float = 1.0, timeout_s: float = 30.0
     try:
         db.executescript(SCHEMA)
         db.execute("BEGIN IMMEDIATE")
+        if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(pending)")}:  # a file from before owners
+            db.execute("ALTER TABLE pending ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
         row = db.execute("SELECT dim FROM bandit WHERE id = 1").fetchone()
         if row is None or row[0] != dim:
             if row is not None:
@@ -101,7 +111,7 @@ class BanditStore:
         init_store(self.path, bandit.dim, bandit.ridge, timeout_s)
         self._db = _connect(self.path, timeout_s)  # busy timeout: writers of other processes are waited for
         self._lock = threading.Lock()  # the connection, and state reads + assigns as one step
-        self._buffer: list[tuple[str, str, bytes, float]] = []
+        self._buffer: list[tuple[str, str, bytes, float, str]] = []
         self._buffer_lock = threading.Lock()
         self._data_version = None
         self.refresh()
@@ -110,22 +120,23 @@ class BanditStore:
         self._thread.start()
 
     # --- the request path --------------------------------------------------------------
-    def remember(self, request_id: str, item_id: str, x) -> None:
+    def remember(self, request_id: str, item_id: str, x, owner: str = "") -> None:
         """An explored item was shown: keep its context for a later credit (buffered)."""
-        row = (request_id, item_id, np.asarray(x, np.float64).tobytes(), time.time())
+        row = (request_id, item_id, np.asarray(x, np.float64).tobytes(), time.time(), owner)
         with self._buffer_lock:
             self._buffer.append(row)
 
     # --- feedback -----------------------------------------------------------------------
-    def credit(self, request_id: str, item_id: str, reward: float) -> Credit:
-        """Credit the exploration slot of `request_id` if `item_id` was its explored item."""
+    def credit(self, request_id: str, item_id: str, reward: float, owner: str | None = None) -> Credit:
+        """Credit the exploration slot of `request_id` if `item_id` was its explored item
+        (and, given `owner`, the list was that owner's: `owner_of`)."""
         with self._lock:
             self._flush_locked()  # a request this process served is in the file before we look
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT item_id, x, credited FROM pending WHERE request_id = ?",
+                row = self._db.execute("SELECT item_id, x, credited, owner FROM pending WHERE request_id = ?",
                                        (request_id,)).fetchone()
-                if row is None or row[0] != item_id or row[2]:
+                if row is None or row[0] != item_id or row[2] or (owner is not None and row[3] != owner):
                     self._db.execute("ROLLBACK")
                     return Credit.UNKNOWN if row is None else Credit.REFUSED
                 A_inv, b, updates = self._read_state()
@@ -171,7 +182,8 @@ class BanditStore:
             return 0
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR IGNORE INTO pending (request_id, item_id, x, at) VALUES (?, ?, ?, ?)",
+            self._db.executemany("INSERT OR IGNORE INTO pending (request_id, item_id, x, at, owner) "
+                                 "VALUES (?, ?, ?, ?, ?)",
                                  rows)
             self._db.execute("COMMIT")
         except sqlite3.Error:
