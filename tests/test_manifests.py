@@ -7,7 +7,8 @@
 3. What must agree does: image names and tags (Dockerfile, components/image.py, manifests,
    compiled pipeline), ports (server flags, containers, probes, Services, URIs), Secret names
    and keys (manifests, pipeline, code), environment variables and config keys (ConfigMap,
-   code, Feast yaml), the Kafka topic, the CLI commands the pods run, the dashboard's metrics.
+   code, Feast yaml), the Kafka topic, the CLI commands the pods run, the dashboard's metrics,
+   and who may reach what (NetworkPolicies, the Istio policies, the server's authentication).
 
 Facts that still need a code change are listed in PENDING: their checks xfail with the
 reason and fail once the code is fixed, so the entry gets removed.
@@ -49,7 +50,22 @@ LIBRARY_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "TensorFlow", "DO_NOT_TRACK": "mlflow, evidently",
 }
 
-PENDING: dict[str, str] = {}
+# Secrets only the cluster's own objects read (the pipeline's tasks never see them; the
+# pipeline's are pipelines/training.py SECRETS): name -> {key: what reads it}
+CLUSTER_SECRETS = {
+    "hyperrec-auth": {"keys.json": "HYPERREC_API_KEYS", "idp.pem": "HYPERREC_JWT_PUBLIC_KEY"},  # the model server
+    "hyperrec-metrics-key": {"key": "the ServiceMonitor's scrape credential (an admin API key)"},
+}
+GATEWAY = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"  # the public ingress gateway
+KFP_POD_LABEL = ("pipelines.kubeflow.org/v2_component", "true")  # on every pod of a KFP 2.x run (its Argo compiler)
+
+PENDING: dict[str, str] = {
+    "scrape-scheme": "needs code: serving/auth.py takes an API key only as `Authorization: Bearer` or `x-api-key`, "
+                     "a ServiceMonitor can send only `Authorization: <type> <credential>`, and the pods' Istio "
+                     "sidecar (RequestAuthentication) refuses a Bearer value that is not a JWT, so Prometheus "
+                     "cannot reach /metrics; serving.auth.credential should accept the ServiceMonitor's scheme "
+                     "(`Authorization: ApiKey <key>`).",
+}
 
 
 def pending(key: str, ok: bool, detail: str = "") -> None:
@@ -190,8 +206,8 @@ def test_overlay_builds_into_one_namespace(overlay):
         seen.add(key)
         assert d["metadata"].get("namespace") == OVERLAYS[overlay], f"{overlay}: {key} not in {OVERLAYS[overlay]}"
     kinds = {d["kind"] for d in docs}
-    wanted = {"InferenceService", "AuthorizationPolicy", "NetworkPolicy", "ServiceMonitor", "KafkaTopic", "Kafka",
-              "KafkaNodePool", "TFJob", "CronJob", "Deployment", "StatefulSet", "ConfigMap"}
+    wanted = {"InferenceService", "AuthorizationPolicy", "RequestAuthentication", "NetworkPolicy", "ServiceMonitor",
+              "KafkaTopic", "Kafka", "KafkaNodePool", "TFJob", "CronJob", "Deployment", "StatefulSet", "ConfigMap"}
     assert wanted <= kinds, f"{overlay} lacks {sorted(wanted - kinds)}"
 
 
@@ -452,8 +468,8 @@ def test_pipeline_secrets_are_the_manifests_secrets(compiled):
             for s in e.get("secretAsEnv", []) for k in s["keyToEnv"]}
     assert {(n, k) for n, k, _ in used} <= {(n, k) for n, keys in SECRETS.items() for k in keys}
     for overlay in OVERLAYS:
-        refs = secret_refs(overlay)
-        assert {n for n, _ in refs} == set(SECRETS), f"{overlay}: Secrets {sorted(refs)} vs pipeline {sorted(SECRETS)}"
+        refs = {n for n, _ in secret_refs(overlay)} - set(CLUSTER_SECRETS)
+        assert refs == set(SECRETS), f"{overlay}: Secrets {sorted(refs)} vs pipeline {sorted(SECRETS)}"
     unknown = sorted(f"{env} (from {name}/{key})" for name, key, env in used if env not in known_env())
     pending("pipeline-secret-env", not unknown, f"unknown: {unknown}")
 
@@ -498,6 +514,12 @@ def secret_refs(overlay: str) -> set[tuple[str, str | None]]:
             if "secret" in vol:
                 for item in vol["secret"].get("items") or [{"key": None}]:
                     refs.add((vol["secret"]["secretName"], item["key"]))
+    for sm in objects(overlay, "ServiceMonitor"):  # scrape credentials, read by prometheus-operator
+        for ep in sm["spec"]["endpoints"]:
+            for field in ("authorization", "basicAuth", "bearerTokenSecret"):
+                for ref in (ep.get(field) or {}).values():
+                    if isinstance(ref, dict) and "key" in ref:
+                        refs.add((ref["name"], ref["key"]))
     return refs
 
 
@@ -506,9 +528,13 @@ def test_secrets_are_referenced_never_inlined(overlay):
     from pipelines.training import SECRETS
 
     assert not objects(overlay, "Secret"), "Secrets are created out of band, never shipped in manifests"
+    known = {**SECRETS, **CLUSTER_SECRETS}
     for name, key in secret_refs(overlay):
-        assert name in SECRETS and (key is None or key in SECRETS[name]), \
-            f"{overlay}: Secret {name} key {key} is not one pipelines/training.py SECRETS knows"
+        assert name in known and (key is None or key in known[name]), \
+            f"{overlay}: Secret {name} key {key} is neither in pipelines/training.py SECRETS nor in CLUSTER_SECRETS"
+    documented = (MANIFESTS / "README.md").read_text()
+    for name in CLUSTER_SECRETS:  # made by hand like the others, so the README must say how
+        assert f"create secret generic {name}" in documented, f"manifests/README.md does not say how to create {name}"
     for where, c, _ in containers(overlay):  # MLflow credentials land in the variables MLflow reads
         for var in c.get("env", []):
             if (ref := var.get("valueFrom", {}).get("secretKeyRef")) and ref["name"] == "hyperrec-mlflow":
@@ -857,6 +883,207 @@ def test_the_inference_endpoint_is_fenced(overlay):
         assert pods and pol["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": component}
         ports = {p["containerPort"] for s in pods for c in s["containers"] for p in c.get("ports", [])}
         assert {p["port"] for r in pol["spec"]["ingress"] for p in r["ports"]} == ports
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A label selector (matchLabels only: the manifests use nothing else) against pod labels."""
+    assert set(selector) <= {"matchLabels"}, f"selector {selector}: only matchLabels is handled here"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def pod_templates(overlay: str) -> list[tuple[str, dict, dict]]:
+    return [(where, spec, labels) for d in build(overlay) for where, spec, labels in pod_specs(d)]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_backend_is_fenced_by_a_network_policy(overlay):
+    """Every Service's pods are selected by an ingress NetworkPolicy that names its sources on
+    the Service's ports (no rule open to all); the Kafka brokers' policy is Strimzi's, made
+    from each listener's networkPolicyPeers, which must keep to this namespace."""
+    policies = [np for np in objects(overlay, "NetworkPolicy") if "Ingress" in np["spec"]["policyTypes"]]
+    for np in policies:
+        for rule in np["spec"]["ingress"]:
+            assert rule.get("from"), f"{overlay}: NetworkPolicy {np['metadata']['name']} has a rule open to all"
+    for svc in objects(overlay, "Service"):
+        name = svc["metadata"]["name"]
+        matched = [(spec, labels) for _, spec, labels in pod_templates(overlay)
+                   if svc["spec"]["selector"].items() <= labels.items()]
+        assert matched, f"{overlay}: Service {name} selects no pods"
+        for spec, labels in matched:
+            fences = [np for np in policies if selects(np["spec"]["podSelector"], labels)]
+            assert fences, f"{overlay}: Service {name}'s pods ({labels}) are selected by no NetworkPolicy"
+            by_name = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])
+                       if "name" in p}
+            rules = [r for np in fences for r in np["spec"]["ingress"]]
+            open_ports = {by_name.get(p["port"], p["port"]) for r in rules for p in r.get("ports", [])}
+            for port in svc["spec"]["ports"]:  # a rule without ports admits its sources on every port
+                target = by_name.get(port["targetPort"], port["targetPort"])
+                assert target in open_ports or any("ports" not in r for r in rules), \
+                    f"{overlay}: Service {name}: no policy admits anyone on port {target}"
+    kafka = one(overlay, "Kafka", "hyperrec")
+    for listener in kafka["spec"]["kafka"]["listeners"]:
+        peers = listener.get("networkPolicyPeers")
+        assert peers, f"{overlay}: Kafka listener {listener['name']} is open to every pod in the cluster"
+        for peer in peers:  # a podSelector alone: pods of the Kafka's own namespace
+            assert set(peer) == {"podSelector"}, f"{overlay}: Kafka listener {listener['name']} admits {peer}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_registry_and_online_store_admit_only_their_clients(overlay, compiled):
+    """MLflow (who reaches it can move @champion) admits the model servers, the monitoring
+    CronJob and the pipeline's tasks, by label; Redis the pods that open it. Every peer
+    names pods, and every peer matches pods that exist."""
+    _, executors = compiled
+    templates = pod_templates(overlay)
+
+    def peers(name: str) -> list[dict]:
+        (rule,) = one(overlay, "NetworkPolicy", name)["spec"]["ingress"]
+        out = [peer["podSelector"] for peer in rule["from"]]
+        assert all(set(peer) == {"podSelector"} for peer in rule["from"]), f"{overlay}: {name} admits other namespaces"
+        assert all(sel.get("matchLabels") for sel in out), f"{overlay}: {name} admits every pod of the namespace"
+        return out
+
+    def admitted(name: str) -> set[str]:
+        return {where.split("/")[0] + "/" + where.split("/")[1] for where, _, labels in templates
+                if any(selects(sel, labels) for sel in peers(name))}
+
+    mlflow_peers = peers("mlflow")
+    # the pods that carry MLflow credentials are MLflow's clients
+    clients = {where.split("/")[0] + "/" + where.split("/")[1] for where, c, _ in containers(overlay)
+               if any(v.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "hyperrec-mlflow"
+                      for v in c.get("env", []))}
+    assert {"InferenceService/recommender", "CronJob/hyperrec-monitor"} <= clients
+    assert clients <= admitted("mlflow"), f"{overlay}: MLflow refuses {sorted(clients - admitted('mlflow'))}"
+    tasks = [n for n, e in executors.items()
+             if any(s["secretName"] == "hyperrec-mlflow" for s in e.get("secretAsEnv", []))]
+    assert tasks and any(selects(sel, dict([KFP_POD_LABEL])) for sel in mlflow_peers), \
+        f"{overlay}: the pipeline's tasks {tasks} use MLflow; the policy must admit {KFP_POD_LABEL}"
+    assert "Deployment/hyperrec-stream" not in admitted("mlflow") and "Deployment/feast-feature-server" \
+        not in admitted("mlflow"), f"{overlay}: MLflow admits pods that have no business with the registry"
+    for sel in mlflow_peers:
+        assert sel["matchLabels"] == dict([KFP_POD_LABEL]) or any(selects(sel, lb) for _, _, lb in templates), sel
+    redis_clients = {"InferenceService/recommender", "Deployment/hyperrec-stream", "Deployment/feast-feature-server"}
+    assert admitted("redis") == redis_clients, f"{overlay}: Redis admits {sorted(admitted('redis'))}"
+
+
+def istio_path_matches(pattern: str, path: str) -> bool:
+    """Istio's path match in an AuthorizationPolicy: exact, `prefix*`, `*suffix` or `*`."""
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return path.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return path.endswith(pattern[1:])
+    return path == pattern
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_public_gateway_needs_an_end_user_token(overlay):
+    """The ingress gateway reaches only the user-facing calls (lists, events, feedback), each
+    with a token the RequestAuthentication verified; never /metrics. The RequestAuthentication
+    selects the recommender pods, forwards the token for the server to verify again, and
+    names the audience the server checks and an identity provider the overlay set."""
+    from serving.auth import required_scope
+
+    label = {"serving.kserve.io/inferenceservice": the_isvc(overlay)["metadata"]["name"]}
+    ap = one(overlay, "AuthorizationPolicy", "recommender")
+    assert all(r.get("from") for r in ap["spec"]["rules"]), f"{overlay}: a rule without `from` admits anyone"
+    gateway_rules = [r for r in ap["spec"]["rules"] if any(GATEWAY in f["source"].get("principals", [])
+                                                            for f in r["from"])]
+    assert gateway_rules, f"{overlay}: the public gateway reaches nothing"
+    name = served_name()
+    user_calls = [("POST", f"/v1/models/{name}:predict"), ("POST", f"/v2/models/{name}/infer"),
+                  ("POST", "/v1/events"), ("POST", f"/v1/models/{name}:feedback")]
+    reached = []
+    for rule in gateway_rules:
+        for f in rule["from"]:
+            assert f["source"].get("requestPrincipals"), f"{overlay}: the gateway is admitted without a user token"
+            assert set(f["source"]) <= {"principals", "requestPrincipals"}, f"{overlay}: {f}"
+        for to in rule["to"]:
+            methods, paths = to["operation"].get("methods"), to["operation"].get("paths")
+            assert methods and paths, f"{overlay}: the gateway rule must name its methods and paths: {to}"
+            for p in paths:  # only what a user token may do (serving/auth.py SCOPED), never an admin path
+                assert not p.endswith("*") and not p.startswith("*"), f"{overlay}: gateway path {p} is a pattern"
+                assert all(required_scope(m, p) in ("recommend", "ingest", "feedback") for m in methods), \
+                    f"{overlay}: the gateway reaches {methods} {p}, which needs {required_scope(methods[0], p)}"
+            reached += [(m, p) for m in methods for p in paths]
+    assert set(user_calls) <= set(reached), f"{overlay}: the gateway cannot reach {set(user_calls) - set(reached)}"
+    for rule in ap["spec"]["rules"]:  # /metrics: Knative's system pods and Prometheus only
+        if any(istio_path_matches(p, "/metrics") for t in rule["to"] for p in t["operation"].get("paths", ["*"])):
+            assert all(set(f["source"].get("namespaces", [])) <= {"knative-serving", "monitoring"}
+                       and set(f["source"]) == {"namespaces"} for f in rule["from"]), \
+                f"{overlay}: /metrics is open to {rule['from']}"
+
+    ras = [ra for ra in objects(overlay, "RequestAuthentication") if selects(ra["spec"]["selector"], label)]
+    assert len(ras) == 1, f"{overlay}: {len(ras)} RequestAuthentications select the recommender"
+    env = container_env(overlay, isvc_container(overlay))
+    for rule in ras[0]["spec"]["jwtRules"]:
+        assert rule.get("forwardOriginalToken") is True, f"{overlay}: the sidecar would strip the server's token"
+        assert rule["audiences"] == [env["HYPERREC_JWT_AUDIENCE"]], f"{overlay}: Istio, server: other audiences"
+        assert rule["jwksUri"].startswith("https://") and not re.search(r"(?i)replaced|\.invalid\b", rule["jwksUri"]), \
+            f"{overlay}: the overlay must set the identity provider's jwksUri, got {rule['jwksUri']}"
+        assert not re.search(r"(?i)replaced", rule["issuer"]), f"{overlay}: the overlay must set the issuer"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_model_server_requires_credentials(overlay, tmp_path):
+    """The server listens beyond loopback with --auth on, and the credentials it is pointed at
+    are the Secret's files: with the mount's files in place, the server's own start-up check
+    (serving.auth.authenticator_for) yields an authenticator over exactly those files."""
+    from hyperrec.online.access import KeyRing
+    from serving.__main__ import worker_args
+    from serving.auth import authenticator_for, is_loopback
+
+    c, spec = isvc_container(overlay), the_isvc(overlay)["spec"]["predictor"]
+    args = worker_args(command_line(c)[3:])
+    assert args.auth == "on" and not is_loopback(args.host), \
+        f"{overlay}: the server must run --auth on beyond loopback, runs --host {args.host} --auth {args.auth}"
+    env = container_env(overlay, c)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    local = {}  # the pod's path -> where this test puts the Secret's file
+    for var, key in (("HYPERREC_API_KEYS", "keys.json"), ("HYPERREC_JWT_PUBLIC_KEY", "idp.pem")):
+        path = env.get(var)
+        assert path, f"{overlay}: the server has no {var}"
+        mount = next((m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/")), None)
+        assert mount and mount.get("readOnly") and "subPath" not in mount, \
+            f"{overlay}: {var}={path} is not on a read-only, whole-directory mount (a subPath never sees updates)"
+        secret = volumes[mount["name"]]["secret"]
+        items = {i["path"]: i["key"] for i in secret.get("items", [])}
+        rel = path[len(mount["mountPath"]) + 1:]
+        assert secret["secretName"] == "hyperrec-auth" and items.get(rel, rel) == key and not secret.get("optional"), \
+            f"{overlay}: {var} is not the hyperrec-auth Secret's {key}"
+        local[var] = tmp_path / "secret" / key
+    local["HYPERREC_API_KEYS"].parent.mkdir()
+    KeyRing(local["HYPERREC_API_KEYS"]).create("site-backend", ["recommend"])
+    local["HYPERREC_JWT_PUBLIC_KEY"].write_text("-----BEGIN PUBLIC KEY-----\nprobe\n-----END PUBLIC KEY-----\n")
+    with mock.patch.dict(os.environ, {**{k: str(v) for k, v in local.items()},
+                                      "HYPERREC_JWT_AUDIENCE": env["HYPERREC_JWT_AUDIENCE"]}, clear=True):
+        authenticator = authenticator_for(args.host, args.auth, tmp_path / "home")
+    assert authenticator is not None and authenticator.keys.path == local["HYPERREC_API_KEYS"]
+    assert authenticator.keys.names() == {"site-backend": ["recommend"]}
+    assert authenticator.tokens.public_key and authenticator.tokens.audience == env["HYPERREC_JWT_AUDIENCE"]
+    assert authenticator.tokens.secret is None, "on the cluster, user tokens come from the identity provider only"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_scrapes_with_an_admin_credential(overlay):
+    """/metrics needs an admin key: every scrape endpoint sends one from a Secret, in an
+    `Authorization` scheme the server reads and the pods' sidecar lets through (it refuses a
+    Bearer value that is not a JWT once a RequestAuthentication selects the pods)."""
+    from serving.auth import credential
+
+    sm = one(overlay, "ServiceMonitor", "recommender")
+    label = {"serving.kserve.io/inferenceservice": the_isvc(overlay)["metadata"]["name"]}
+    jwt_checked = any(selects(ra["spec"]["selector"], label) for ra in objects(overlay, "RequestAuthentication"))
+    for ep in sm["spec"]["endpoints"]:
+        auth = ep.get("authorization")
+        assert auth and auth["credentials"]["name"] in CLUSTER_SECRETS, f"{overlay}: the scrape sends no API key"
+        scheme = auth.get("type", "Bearer")  # prometheus-operator's default
+        server_reads = credential([(b"authorization", f"{scheme} hr_probe_x".encode())]) == "hr_probe_x"
+        sidecar_passes = not (jwt_checked and scheme.lower() == "bearer")
+        pending("scrape-scheme", server_reads and sidecar_passes,
+                f"({overlay}: scheme {scheme!r}: server reads it: {server_reads}, sidecar lets it through: "
+                f"{sidecar_passes})")
 
 
 # ---------------------------------------------------------------- 3f. metrics and the dashboard
