@@ -56,7 +56,8 @@ USER 10001:10001
 # ---- serving: the KServe model server
 FROM runtime AS serving
 EXPOSE 8080
-CMD ["python", "-m", "serving", "--http_port", "8080"]
+# on every interface, so auth is on: the server refuses to start without keys (manifests/README.md)
+CMD ["python", "-m", "serving", "--http_port", "8080", "--host", "0.0.0.0"]
 
 # ---- component (the default target): KFP, the TFJob and the CronJobs give their own command
 FROM runtime AS component

@@ -250,3 +250,12 @@ def test_a_revoked_key_stops_working_on_the_running_server(server):
     auth.keys.revoke("temporary")
     time.sleep(1.5)
     assert _post(server, PREDICT, body, secret).status_code == 401
+
+
+def test_a_key_may_come_as_bearer_apikey_or_header():
+    from serving.auth import credential
+
+    assert credential([(b"authorization", b"Bearer hr_a_1")]) == "hr_a_1"
+    assert credential([(b"authorization", b"ApiKey hr_a_1")]) == "hr_a_1"  # behind Istio, Bearer means a JWT
+    assert credential([(b"x-api-key", b"hr_a_1")]) == "hr_a_1"
+    assert credential([(b"authorization", b"Basic abc")]) is None

@@ -59,13 +59,7 @@ CLUSTER_SECRETS = {
 GATEWAY = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"  # the public ingress gateway
 KFP_POD_LABEL = ("pipelines.kubeflow.org/v2_component", "true")  # on every pod of a KFP 2.x run (its Argo compiler)
 
-PENDING: dict[str, str] = {
-    "scrape-scheme": "needs code: serving/auth.py takes an API key only as `Authorization: Bearer` or `x-api-key`, "
-                     "a ServiceMonitor can send only `Authorization: <type> <credential>`, and the pods' Istio "
-                     "sidecar (RequestAuthentication) refuses a Bearer value that is not a JWT, so Prometheus "
-                     "cannot reach /metrics; serving.auth.credential should accept the ServiceMonitor's scheme "
-                     "(`Authorization: ApiKey <key>`).",
-}
+PENDING: dict[str, str] = {}
 
 
 def pending(key: str, ok: bool, detail: str = "") -> None:
@@ -710,7 +704,7 @@ def test_model_server_flags_ports_and_probes_agree(overlay):
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port}
     assert flag(words, "--model_name") == served_name() == isvc["metadata"]["name"]
-    serve_cmd = re.search(r'^CMD \["python", "-m", "serving", "--http_port", "(\d+)"\]',
+    serve_cmd = re.search(r'^CMD \["python", "-m", "serving", "--http_port", "(\d+)", "--host", "0.0.0.0"\]',
                           (ROOT / "Dockerfile").read_text(), re.M)
     assert serve_cmd and int(serve_cmd.group(1)) == port and f"EXPOSE {port}" in (ROOT / "Dockerfile").read_text()
     p = isvc["spec"]["predictor"]
