@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -216,21 +217,43 @@ def pipeline_compile(out: Path = typer.Option(Path("var/pipeline.yaml"), help="w
 def model_promote(version: int = typer.Argument(..., help="the registered model version to serve"),
                   reason: str = typer.Option(..., help="why: recorded in the alias history"),
                   home: Path | None = HomeOpt):
-    """Point @champion at VERSION (e.g. a rejected or challenger version, by hand)."""
-    from hyperrec.registry.model_registry import move_alias
+    """Point @champion at VERSION (e.g. a rejected or challenger version, by hand), once it
+    has loaded and passed the model server's checks here; refused (exit 1) otherwise."""
+    from hyperrec.registry.model_registry import promote
 
-    entry = move_alias(load_settings(home), version, f"promote: {reason}")
+    settings = load_settings(home)
+    with _refusal_exits(settings):
+        entry = promote(settings, version, f"promote: {reason}")
     console.print(f"@champion -> v{entry['version']} (was v{entry['previous']})")
 
 
 @model_app.command("rollback")
 def model_rollback(reason: str = typer.Option(..., help="why: recorded in the alias history"),
                    home: Path | None = HomeOpt):
-    """Move @champion back to the version it pointed at before."""
+    """Move @champion back to the version it pointed at before, once that version has loaded
+    and passed the model server's checks here; refused (exit 1) otherwise."""
     from hyperrec.registry.model_registry import rollback
 
-    entry = rollback(load_settings(home), reason)
+    settings = load_settings(home)
+    with _refusal_exits(settings):
+        entry = rollback(settings, reason)
     console.print(f"@champion -> v{entry['version']} (was v{entry['previous']})")
+
+
+@contextmanager
+def _refusal_exits(settings):
+    """A version @champion must not move to (or no version to move to): say why, exit 1."""
+    from rich.markup import escape
+
+    from hyperrec.registry.model_registry import champion_version
+
+    try:
+        yield
+    except ValueError as exc:  # RefusedVersion, or nothing to roll back to
+        current = champion_version(settings)
+        console.print(f"[red]refused[/]: {escape(str(exc))}; @champion stays at "
+                      f"{'nothing' if current is None else f'v{current}'}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
 
 
 @model_app.command("history")

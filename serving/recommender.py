@@ -34,6 +34,7 @@ from hyperrec.features.online_reader import Columns, OnlineUserReader
 from hyperrec.features.views import REQUEST_TS, SERVING_USER_VIEWS
 from hyperrec.models.two_tower import NEW_USER, USER_INPUTS
 from hyperrec.monitor.trigger import FEATURES as MONITORED_FEATURES
+from hyperrec.online import sanity
 from hyperrec.online.access import LOCAL, Caller, Forbidden, without_details
 from hyperrec.online.bandit import LinUCB
 from hyperrec.online.bandit_store import BanditStore, Credit, owner_of, store_path
@@ -55,7 +56,7 @@ from hyperrec.online.serving_path import (
     take,
 )
 from hyperrec.privacy import ConsentLedger
-from hyperrec.registry.model_registry import CHALLENGER, alias_watcher, model_version_dir
+from hyperrec.registry.model_registry import CHALLENGER, alias_watcher, model_version_dir, record_load_error
 from serving import metrics
 from serving.auth import current_caller
 from serving.protocol import (
@@ -176,10 +177,15 @@ class RecommenderModel(kserve.Model):
         return load_shared(self._versions_dir, version, download, load)
 
     def _probe(self, unit: ServingUnit) -> None:
-        """One personalized and one popular request through the new unit before it serves."""
-        first_item = str(unit.rec.item_ids[0])
-        requests = [Request(user_id=None, recent_items=(first_item,), k=5), Request(user_id=None, recent_items=(), k=5)]
-        self._recommend(unit, requests)
+        """One personalized and one popular request through the new unit before it serves,
+        and the unit's tables and lists checked (hyperrec.online.sanity). A unit that fails
+        the checks is recorded on its registry version, which rollback and promote then
+        refuse, and raises (the old unit keeps serving)."""
+        try:
+            sanity.probe(unit, self._recommend)
+        except sanity.UnfitModel as exc:
+            record_load_error(self.settings, unit.version, f"{type(exc).__name__}: {exc}")
+            raise
 
     def _swapped(self, unit: ServingUnit) -> None:
         # A unit is millions of long-lived objects (id maps, vocabularies): freeze them out of

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +24,13 @@ from hyperrec.config import Settings
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # a version on trial: served to a share of users until the A/B test decides
 HISTORY_TAG = "champion_history"
+LOAD_ERROR_TAG = "hyperrec.load_error"  # on a model version: why it failed to load or its checks
 EXPERIMENT = "hyperrec-training"
+log = logging.getLogger(__name__)
+
+
+class RefusedVersion(ValueError):
+    """A version `champion` must not point at; the message names it and says why."""
 
 
 class RetrievalPyfunc(mlflow.pyfunc.PythonModel):
@@ -184,9 +192,12 @@ def _history(client: MlflowClient, settings: Settings) -> list[dict]:
 
 def move_alias(settings: Settings, version: int, reason: str) -> dict:
     """Point `champion` at `version` and append who/when/why to the model's alias history
-    (a registered-model tag: the record promote and rollback read)."""
+    (a registered-model tag: the record promote and rollback read). A version known not to
+    load (LOAD_ERROR_TAG) is refused with RefusedVersion."""
     client = configure(settings)
-    client.get_model_version(settings.model_name, str(version))  # raises for an unknown version
+    found = client.get_model_version(settings.model_name, str(version))  # raises for an unknown version
+    if LOAD_ERROR_TAG in found.tags:
+        raise RefusedVersion(f"v{version} failed to load: {found.tags[LOAD_ERROR_TAG]}")
     entry = {"version": version, "previous": champion_version(settings), "reason": reason,
              "at": datetime.now(UTC).isoformat(timespec="seconds")}
     client.set_registered_model_alias(settings.model_name, CHAMPION, str(version))
@@ -195,15 +206,59 @@ def move_alias(settings: Settings, version: int, reason: str) -> dict:
     return entry
 
 
-def rollback(settings: Settings, reason: str) -> dict:
-    """Move `champion` back to the version it pointed at before the latest move."""
+def rollback(settings: Settings, reason: str, load_check: bool = True) -> dict:
+    """Move `champion` back to the version it pointed at before the latest move, unless that
+    version is known not to load or, with `load_check`, fails `check_version` now."""
     client = configure(settings)
     history = _history(client, settings)
     current = champion_version(settings)
     previous = next((h["previous"] for h in reversed(history) if h["version"] == current and h["previous"]), None)
     if previous is None:
         raise ValueError(f"no earlier champion to roll back to (current: {current})")
-    return move_alias(settings, previous, f"rollback: {reason}")
+    return promote(settings, previous, f"rollback: {reason}", load_check)
+
+
+def promote(settings: Settings, version: int, reason: str, load_check: bool = True) -> dict:
+    """`move_alias`, after making sure `version` can serve: refused (RefusedVersion) when it
+    is known not to load or, with `load_check`, fails `check_version` now."""
+    if (why := load_error(settings, version)) is not None:
+        raise RefusedVersion(f"v{version} failed to load: {why}")
+    if load_check:
+        check_version(settings, version)
+    return move_alias(settings, version, reason)
+
+
+def check_version(settings: Settings, version: int) -> None:
+    """Load `version` from its registered files and run the check the model server runs
+    before serving a version (hyperrec.online.sanity). A failure is recorded on the version
+    (LOAD_ERROR_TAG) and raised as RefusedVersion; a failed download raises as it is (it
+    says nothing about the version)."""
+    from hyperrec.online.sanity import check_model_dir
+
+    configure(settings)
+    with tempfile.TemporaryDirectory(prefix=f"hyperrec-v{version}-") as folder:
+        model_dir = model_version_dir(settings, version, Path(folder))
+        try:
+            check_model_dir(model_dir, version)
+        except Exception as exc:  # noqa: BLE001 (whatever stops it loading is the reason to refuse it)
+            reason = f"{type(exc).__name__}: {exc}"
+            record_load_error(settings, version, reason)
+            raise RefusedVersion(f"v{version} failed to load: {reason}") from exc
+
+
+def load_error(settings: Settings, version: int) -> str | None:
+    """Why `version` failed to load where it was last tried (a server or `check_version`), or None."""
+    return configure(settings).get_model_version(settings.model_name, str(version)).tags.get(LOAD_ERROR_TAG)
+
+
+def record_load_error(settings: Settings, version: int, reason: str) -> None:
+    """Tag `version` with why it failed to load, for rollback and promote to refuse it.
+    Never raises: a registry that cannot be written must not stop the caller (a server
+    that keeps serving its old version)."""
+    try:
+        tag_version(settings, version, {LOAD_ERROR_TAG: reason[:1000]})
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not record on version %s that it failed to load (%s): %s", version, reason, exc)
 
 
 def alias_history(settings: Settings) -> list[dict]:
