@@ -55,7 +55,7 @@ from hyperrec.online.serving_path import (
     stable_fraction,
     take,
 )
-from hyperrec.privacy import ConsentLedger
+from hyperrec.privacy import ConsentLedger, ErasureWatch
 from hyperrec.registry.model_registry import CHALLENGER, alias_watcher, model_version_dir, record_load_error
 from serving import metrics
 from serving.auth import current_caller
@@ -128,7 +128,10 @@ class RecommenderModel(kserve.Model):
         self.batcher: MicroBatcher | None = None
         self._champion_version: int | None = None  # the last champion swapped in, and the one before it
         self._predecessor: int | None = None
-        self.impressions = ImpressionRecorder(ImpressionLog(settings.impression_log)) if log_impressions else None
+        self.impressions: ImpressionRecorder | None = None
+        if log_impressions:  # an erased user's lists are never logged
+            served = ImpressionLog(settings.impression_log, suppress=ErasureWatch(settings))
+            self.impressions = ImpressionRecorder(served)
         self.cache = RecsCache(settings.recs_cache, ttl_s=config.recs_cache_ttl_s,
                                on_outcome=lambda outcome, n: metrics.CACHE.labels(outcome).inc(n)) \
             if settings.recs_cache else None

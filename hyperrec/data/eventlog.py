@@ -243,6 +243,16 @@ class EventLog:
         with self._lock:
             return self.db.execute("SELECT raw, error FROM dead_letters ORDER BY id").fetchall()
 
+    def drop_dead_letters(self, names: Callable[[bytes, str], bool]) -> int:
+        """Delete, in one transaction, the dead letters for which `names(raw, error)` is true
+        (an erasure's test for one user: hyperrec.privacy); returns how many went."""
+        with self._lock, self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            doomed = [(i,) for i, raw, error in self.db.execute("SELECT id, raw, error FROM dead_letters")
+                      if names(raw, error)]
+            self.db.executemany("DELETE FROM dead_letters WHERE id = ?", doomed)
+        return len(doomed)
+
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
     try:

@@ -6,7 +6,8 @@ Written off the request path: `ImpressionRecorder` buffers rows in memory and a 
 thread writes them in one transaction every `flush_s` (a crash loses at most that much
 monitoring data, never an acknowledged event). Query embeddings are kept for a sample of
 the personalized requests (every `query_every`-th): enough for embedding drift and the
-index-recall probe, a few bytes per request on average.
+index-recall probe, a few bytes per request on average. Lists served to an erased user are
+never stored (`suppress`), as the event log drops their events.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +42,24 @@ CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts);
 
 
 class ImpressionLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, suppress: Container[str] = frozenset()):
+        """`suppress`: users whose lists are never stored (a live `hyperrec.privacy.ErasureWatch`
+        in the server): an erased user's rows are dropped at the write, counted in `suppressed`."""
         self.db = connect_wal(path, synchronous="NORMAL")  # monitoring data: durable at checkpoints is enough
         self.db.executescript(SCHEMA)
+        self.suppress = suppress
+        self.suppressed = 0
         self._lock = threading.Lock()
 
     def write(self, rows: Sequence[tuple]) -> None:
+        """Store rows, except those of suppressed users. The write lock is taken before the
+        erasure list is asked: an erasure lists the user, then deletes their rows under this
+        lock, so a row either sees the listing or is written before that delete."""
         with self._lock, self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.execute("BEGIN IMMEDIATE")
+            kept = [row for row in rows if row[2] is None or row[2] not in self.suppress]
+            self.db.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", kept)
+        self.suppressed += len(rows) - len(kept)
 
     COLUMNS = ("request_id", "ts", "user_id", "arm", "policy", "model_version", "features", "items", "query")
 

@@ -5,8 +5,10 @@ one user from every store the platform writes, with an append-only audit.
   (`HYPERREC_PII_KEY` or a mounted file `HYPERREC_PII_KEY_FILE`), never from code or
   parameters; a previous key (`HYPERREC_PII_KEY_PREVIOUS[_FILE]`) still matches during rotation.
 - `ConsentLedger`: per user and purpose, the latest grant or withdrawal at a given time.
-- `erase_user`: event log, Feast offline parquet, Feast online store (SQLite or Redis), the
-  recommendation cache, the consent rows; the user joins the erasure list training honours.
+- `erase_user`: Feast online store (SQLite or Redis), event log and its dead letters, impression
+  log, Feast offline parquet and every other data file under home, the recommendation cache,
+  the consent rows, the trained models (`hyperrec.privacy.models`); the user joins the erasure
+  list that training, the event log and the impression log honour.
 
 Everything lives in `<home>/privacy.db` (WAL, secure_delete). See docs/privacy.md.
 """

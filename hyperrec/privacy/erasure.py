@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ErasureReport:
     user_token: str
-    removed: dict[str, int]  # store -> rows (SQLite, parquet) or keys (Redis) removed
+    removed: dict[str, int]  # store -> rows (SQLite, parquet, JSON lines), keys (Redis) or model versions
     status: str
 
 
@@ -48,23 +48,33 @@ class ErasureWatch:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.users: frozenset[str] = frozenset()
+        self._unreported: frozenset[str] = frozenset()  # listed since the last poll()
         self._db = _connect(privacy_db(settings))
         self._version: int | None = None
         self._lock = threading.Lock()
 
-    def poll(self) -> frozenset[str]:
-        """Users erased since the last poll (all of them at the first)."""
+    def _refresh(self) -> None:
+        """Re-read the list if privacy.db changed; users new to it wait for the next poll()."""
         with self._lock:
             version = self._db.execute("PRAGMA data_version").fetchone()[0]
             if version == self._version:
-                return frozenset()
+                return
             self._version = version
             users = frozenset(row[0] for row in self._db.execute("SELECT user_id FROM erased_users"))
-            new, self.users = users - self.users, users
-            return new
+            self._unreported |= users - self.users
+            self.users = users
+
+    def poll(self) -> frozenset[str]:
+        """Users erased since the last poll (all of them at the first). Asking `user in watch`
+        in between does not use them up: the Kafka consumer's event door and its stream
+        processor share one watch, and the processor must still hear of every erasure."""
+        self._refresh()
+        with self._lock:
+            new, self._unreported = self._unreported, frozenset()
+        return new
 
     def __contains__(self, user_id: str) -> bool:
-        self.poll()
+        self._refresh()
         return user_id in self.users
 
     def erase_online(self, user_id: str) -> dict[str, int]:
@@ -146,19 +156,21 @@ def _mentions(raw, error: str, user_id: str) -> bool:
 
 
 def _erase_event_log(path: Path, user_id: str) -> tuple[int, int]:
-    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    """(events, dead letters) of the user deleted from one EventLog file, then compacted."""
+    from hyperrec.data.eventlog import EventLog
+
+    log = EventLog(path)
     try:
-        db.execute("PRAGMA secure_delete=ON")
-        db.execute("BEGIN IMMEDIATE")
-        events = db.execute("DELETE FROM events WHERE json_extract(body, '$.user_id') = ?", (user_id,)).rowcount
-        doomed = [(i,) for i, raw, error in db.execute("SELECT id, raw, error FROM dead_letters")
-                  if _mentions(raw, error, user_id)]
-        db.executemany("DELETE FROM dead_letters WHERE id = ?", doomed)
-        db.execute("COMMIT")
-        _compact(db)
+        log.db.execute("PRAGMA secure_delete=ON")
+        with log.db:
+            log.db.execute("BEGIN IMMEDIATE")
+            events = log.db.execute("DELETE FROM events WHERE json_extract(body, '$.user_id') = ?",
+                                    (user_id,)).rowcount
+        dead = log.drop_dead_letters(lambda raw, error: _mentions(raw, error, user_id))
+        _compact(log.db)
     finally:
-        db.close()
-    return events, len(doomed)
+        log.db.close()
+    return events, dead
 
 
 def _erase_impressions(path: Path, user_id: str) -> int:
@@ -175,23 +187,55 @@ def _erase_impressions(path: Path, user_id: str) -> int:
     return gone
 
 
-def _erase_offline(settings: Settings, user_id: str) -> dict[str, int]:
-    """Rewrite every parquet table under offline_dir that has the user's rows (atomic replace)."""
+def _erase_parquet(path: Path, user_id: str) -> int | None:
+    """Drop the user's rows from one parquet file (atomic replace); None if it has no user_id column."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    if "user_id" not in pq.read_schema(path).names:
+        return None
+    table = pq.read_table(path)
+    hit = pc.fill_null(pc.equal(pc.cast(table["user_id"], pa.string()), user_id), False)
+    n = int(pc.sum(hit).as_py() or 0)
+    if n:
+        tmp = path.with_name(path.name + ".erasing")
+        pq.write_table(table.filter(pc.invert(hit)), tmp)
+        os.replace(tmp, path)
+    return n
+
+
+def _erase_offline(settings: Settings, user_id: str) -> dict[str, int]:
+    """Rewrite every parquet table under offline_dir that has the user's rows."""
     removed = {}
-    tables = sorted(settings.offline_dir.rglob("*.parquet")) if settings.offline_dir.exists() else []
-    for path in tables:
-        if "user_id" not in pq.read_schema(path).names:
-            continue
-        table = pq.read_table(path)
-        hit = pc.fill_null(pc.equal(table["user_id"], user_id), False)
-        removed[f"offline.{path.stem}"] = n = int(pc.sum(hit).as_py() or 0)
-        if n:
-            tmp = path.with_name(path.name + ".erasing")
-            pq.write_table(table.filter(pc.invert(hit)), tmp)
-            os.replace(tmp, path)
+    for path in sorted(settings.offline_dir.rglob("*.parquet")) if settings.offline_dir.exists() else []:
+        if (n := _erase_parquet(path, user_id)) is not None:
+            removed[f"offline.{path.stem}"] = n
+    return removed
+
+
+def _erase_jsonl(path: Path, user_id: str) -> int:
+    """Drop the lines that name the user from a JSON Lines file (atomic replace)."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if not _mentions(line, "", user_id)]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".erasing")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _erase_data_files(settings: Settings, user_id: str) -> dict[str, int]:
+    """The user's rows in every other data file under home, keyed `files.<path>`: parquet
+    with a user_id column (worlds, snapshots, training sets, kfp.local outputs, any logged
+    with a model) and the importer's dead_letters.jsonl. Only files that held them are listed."""
+    removed = {}
+    for path in sorted(settings.home.rglob("*.parquet")):
+        if not path.is_relative_to(settings.offline_dir) and (n := _erase_parquet(path, user_id)):
+            removed[f"files.{path.relative_to(settings.home).as_posix()}"] = n
+    for path in sorted(settings.home.rglob("dead_letters.jsonl")):
+        if n := _erase_jsonl(path, user_id):
+            removed[f"files.{path.relative_to(settings.home).as_posix()}"] = n
     return removed
 
 
@@ -276,35 +320,46 @@ def _erase_recs_cache(connection_string: str, user_id: str) -> dict[str, int]:
 
 def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Sequence[Path] | None = None,
                recs_cache_url: str | None = None) -> ErasureReport:
-    """Remove `user_id` from the event log(s), Feast offline tables and online store, the
-    recommendation cache and the consent ledger; add it to the erasure list; audit it.
+    """Remove `user_id` from the Feast online store, the event log(s), the impression log,
+    Feast offline tables and every other data file under home, the recommendation cache,
+    the consent ledger and the trained models (hyperrec.privacy.models); add it to the
+    erasure list; audit what each store really lost.
 
     Idempotent: a repeat finds nothing and is audited too. The key is checked before
-    anything is touched; the user joins the erasure list before any store, so training
-    honours it even when a store below fails (the audit row then says so; run it again).
-    `event_logs`: default every EventLog under home (`event_log_paths`). The cache is
-    cleaned in `recs_cache_url`, default settings.recs_cache, else settings.redis_url when
-    the online store is Redis.
+    anything is touched. The user joins the erasure list right after the online store (a
+    live ErasureWatch deletes a listed user's online rows itself, and the audit would count
+    none of them) and before every other store, and joins it even if the online step
+    fails, so training honours it when a store fails (the audit row then says so; run it
+    again). `event_logs`: default every EventLog under home (`event_log_paths`). The cache
+    is cleaned in `recs_cache_url`, default settings.recs_cache, else settings.redis_url
+    when the online store is Redis.
     """
+    from hyperrec.privacy.models import erase_from_models
+
     token = Pseudonymizer.for_workspace(settings).token(user_id, "user_id")
     _check_reason(user_id, reason)
     db = _connect(privacy_db(settings))
-    db.execute("INSERT OR IGNORE INTO erased_users (user_id, first_erased_at) VALUES (?, ?)", (user_id, time.time()))
     removed: dict[str, int] = {"event_log.events": 0, "event_log.dead_letters": 0}
     status = "failed"
     try:
+        try:
+            removed |= _erase_online(settings, user_id)
+        finally:
+            db.execute("INSERT OR IGNORE INTO erased_users (user_id, first_erased_at) VALUES (?, ?)",
+                       (user_id, time.time()))
         for path in event_logs if event_logs is not None else event_log_paths(settings):
             events, dead = _erase_event_log(Path(path), user_id)
             removed["event_log.events"] += events
             removed["event_log.dead_letters"] += dead
         removed["impressions"] = _erase_impressions(settings.impression_log, user_id)
         removed |= _erase_offline(settings, user_id)
-        removed |= _erase_online(settings, user_id)
+        removed |= _erase_data_files(settings, user_id)
         cache = recs_cache_url or settings.recs_cache or (settings.redis_url if settings.online_store == "redis"
                                                           else None)
         if cache:
             removed |= _erase_recs_cache(cache, user_id)
         removed["consent"] = db.execute("DELETE FROM consent WHERE user_id = ?", (user_id,)).rowcount
+        removed |= erase_from_models(settings, user_id)
         status = "done"
     except Exception as exc:
         status = f"failed: {type(exc).__name__}"  # not the message: it may quote the user
@@ -312,6 +367,7 @@ def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Seq
     finally:
         db.execute("INSERT INTO erasure_audit (user_token, at, reason, removed, status) VALUES (?, ?, ?, ?, ?)",
                    (token, datetime.now(UTC).isoformat(), reason, json.dumps(removed, sort_keys=True), status))
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # old pages of the consent rows leave the WAL, if unread
         db.close()
         log.info("erasure of %s %s: %s", token, status, removed)
     return ErasureReport(token, removed, status)
