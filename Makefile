@@ -54,7 +54,7 @@ ui: $(STAMP) ## monitoring dashboard (Evidently UI on UI_PORT) over `hyperrec mo
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11 --generate-hashes
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check hyperrec components pipelines serving monitoring feature_repo tests

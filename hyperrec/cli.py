@@ -366,6 +366,20 @@ def bench_detection_cmd(out: Path = typer.Option(Path("var/bench/detection.json"
     console.print(f"wrote {out}")
 
 
+@bench_app.command("faults")
+def bench_faults_cmd(out: Path = typer.Option(Path("var/bench/faults.json"), help=OUT_HELP),
+                     home: Path = typer.Option(Path("var/bench-faults"), help="its own workspace (emptied first)")):
+    """A hostile client's probes (auth, impersonation, nested and malformed bodies, locked
+    and deleted logs, OIP clients) against a live server and stream processor; writes
+    probes, failed, server_5xx, events_lost, stream_crashes, impersonation_accepted."""
+    from hyperrec.bench.faults import run
+
+    result = run(home, out, console)
+    console.print(f"wrote {out}")
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
 @bench_app.command("report")
 def bench_report_cmd(bench_dir: Path = typer.Option(Path("var/bench"), help="where the benches wrote their JSON"),
                      out: Path = typer.Option(Path("BENCHMARKS.md"), help="the Markdown file to write")):

@@ -36,7 +36,9 @@ def server_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
     from hyperrec.online.serving_path import EXPERIMENTS
+    from serving.app import BODY_TIMEOUT_S
     from serving.recommender import TRIAL_DESIGNS, ServerConfig
+    from serving.timeouts import HEADER_TIMEOUT_S
 
     parser = argparse.ArgumentParser(parents=[model_server.parser], conflict_handler="resolve")
     parser.add_argument("--home", default=None, help="hyperrec workspace (default $HYPERREC_HOME or ./var)")
@@ -69,6 +71,10 @@ def server_parser() -> argparse.ArgumentParser:
                         help="require API keys or user tokens (serving/auth.py); auto: on unless --host is loopback")
     parser.add_argument("--ingest_wait_s", type=float, default=10.0,
                         help="longest POST /v1/events waits for the event log's write lock before a 503")
+    parser.add_argument("--header_timeout_s", type=float, default=HEADER_TIMEOUT_S,
+                        help="longest a connection may take to send a request's headers (then 408, closed)")
+    parser.add_argument("--body_timeout_s", type=float, default=BODY_TIMEOUT_S,
+                        help="longest a request's body may take to arrive (then 408)")
     parser.add_argument("--request_logs", action="store_true",
                         help="log every request (uvicorn access + KServe timing lines: ~6 lines per request)")
     # replaces KServe's --workers, whose multi-process mode cannot carry our model (serving/workers.py)
@@ -111,7 +117,8 @@ def serve(args: argparse.Namespace) -> None:
     events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings), event_types=types.known,
                       busy_wait_s=args.ingest_wait_s)
     model.health_checks.append(events.problem)
-    install(model_server.app, {model.name: model}, events=events, authenticator=authenticator)
+    install(model_server.app, {model.name: model}, events=events, authenticator=authenticator,
+            body_timeout_s=args.body_timeout_s)
     server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1)  # configures logging
     if not args.request_logs:  # per-request lines cost more than some serving stages
         for name in ("uvicorn.access", "kserve.trace"):

@@ -8,6 +8,7 @@ stream processor tails; its JSON Schema at `GET /v1/schema/event`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import replace
@@ -18,26 +19,36 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_BODY_BYTES = 1 << 20
+BODY_TIMEOUT_S = 30.0
 
 
 class BodyLimit:
     """ASGI middleware: refuse bodies over `limit` bytes with 413, by Content-Length when
-    given and by counting otherwise (chunked uploads), before the app reads them whole."""
+    given and by counting otherwise (chunked uploads), before the app reads them whole; and
+    bodies that take longer than `timeout_s` to arrive with 408 (a trickling client holds a
+    connection and a request's memory; serving/timeouts.py bounds the headers)."""
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, timeout_s: float = BODY_TIMEOUT_S):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._too_large(send)
-        seen = 0
+            return await _error(send, 413, f"request body over {self.limit} bytes")
+        seen, complete, deadline = 0, False, asyncio.get_running_loop().time() + self.timeout_s
 
         async def counted():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body: the app waits for a disconnect, for as long as it serves
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):  # a timer, not a task per receive
+                    message = await receive()
+            except TimeoutError:
+                raise _TooSlow from None
+            complete = not message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise _TooLarge
@@ -46,16 +57,23 @@ class BodyLimit:
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await self._too_large(send)
+            await _error(send, 413, f"request body over {self.limit} bytes")
+        except _TooSlow:
+            await _error(send, 408, f"request body not received within {self.timeout_s:.0f} s")
 
-    async def _too_large(self, send):
-        body = json.dumps({"error": f"request body over {self.limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+
+async def _error(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _TooSlow(Exception):
     pass
 
 
@@ -107,7 +125,8 @@ def event_batch(raw: bytes) -> list:
     return events
 
 
-def install(app: FastAPI, models: dict, events=None, authenticator=None) -> None:
+def install(app: FastAPI, models: dict, events=None, authenticator=None,
+            body_timeout_s: float = BODY_TIMEOUT_S) -> None:
     """Add the middleware, the 400 and 403 handlers, `POST /v1/models/{name}:feedback`, the
     event contract at `GET /v1/schema/event` (hyperrec.data.contract) and, given an
     EventLog, `POST /v1/events`. Given an Authenticator, every other route needs a
@@ -121,7 +140,7 @@ def install(app: FastAPI, models: dict, events=None, authenticator=None) -> None
     oip.install(app)  # Open Inference Protocol conformance, inside the body limit (serving/oip.py)
     if authenticator is not None:  # outside the direct path, so it too is authenticated
         app.add_middleware(RequireAuth, authenticator=authenticator)
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, timeout_s=body_timeout_s)
     app.add_middleware(WorkerHeader)
 
     async def schema_error(_, exc: RequestValidationError):

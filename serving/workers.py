@@ -233,7 +233,7 @@ def serve(server, model, args) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn takes them while serving and raises them again after
         signal.signal(sig, _exit)
     try:
-        asyncio.run(_serve(server, model, sock, timing=args.request_logs))
+        asyncio.run(_serve(server, model, sock, timing=args.request_logs, header_timeout_s=args.header_timeout_s))
     except SystemExit:
         pass
     finally:
@@ -254,7 +254,7 @@ def _bind(host: str, port: int, reuse_port: bool = True) -> socket.socket:
     return sock
 
 
-async def _serve(server, model, sock: socket.socket, timing: bool) -> None:
+async def _serve(server, model, sock: socket.socket, timing: bool, header_timeout_s: float) -> None:
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 
     # what ModelServer.start does for one process (KServe 0.21), with our socket
@@ -264,6 +264,7 @@ async def _serve(server, model, sock: socket.socket, timing: bool) -> None:
                                 grace_period=server.grace_period, event_loop=server.event_loop,
                                 timeout_keep_alive=server.timeout_keep_alive)
     rest.timing = timing
+    rest.config.http = _http_protocol(header_timeout_s)
     rest.create_application()
     server.setup_event_loop()
     await rest._server.serve(sockets=[sock])
@@ -287,6 +288,18 @@ def _rest_server_class():
                 super()._add_middlewares(app)
 
     return Server
+
+
+def _http_protocol(timeout_s: float):
+    """uvicorn's HTTP protocol with a deadline for request headers (serving/timeouts.py)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from serving.timeouts import with_header_deadline
+
+    if AutoHTTPProtocol is not HttpToolsProtocol:  # no httptools: h11 has other callbacks
+        return "auto"
+    return with_header_deadline(HttpToolsProtocol, timeout_s)
 
 
 def _exit(*_) -> None:

@@ -16,7 +16,8 @@ PREDICT = "/v1/models/recommender:predict"
 
 @pytest.fixture(scope="module")
 def server(champion_server):
-    with champion_server("hostile", ("--ingest_wait_s", "1")) as built:
+    with champion_server("hostile", ("--ingest_wait_s", "1", "--header_timeout_s", "2", "--body_timeout_s", "2")) \
+            as built:
         built["at"] = built["world"].events["ts"].max().isoformat()
         yield built
 
@@ -78,6 +79,30 @@ def test_a_locked_log_is_a_503_with_retry_after_not_a_500(server):
         holder.close()
     again = requests.post(server["url"] + "/v1/events", json=[_event(server, "locked")], timeout=30)
     assert again.status_code == 200 and again.json()["stored"] == 1  # the retry lands
+
+
+def test_a_client_trickling_its_headers_is_cut_off(server):
+    import socket
+
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=30) as sock:
+        sock.sendall(b"POST /v1/models/recommender:predict HTTP/1.1\r\nHost: x\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):  # never finishing the headers; the server must hang up
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 10
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=30) as idle:
+        assert idle.recv(4096).startswith(b"HTTP/1.1 408")  # an idle connection too
+
+
+def test_a_body_that_trickles_is_a_408(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=30) as sock:
+        sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n[")
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
 
 
 def test_zz_a_deleted_event_log_turns_the_server_unready_and_ingest_503(server):
