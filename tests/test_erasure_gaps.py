@@ -221,8 +221,6 @@ def test_dead_letters_naming_the_user_go_and_others_stay(workspace):
     assert gone.encode() not in dead and kept.encode() in dead
 
 
-@pytest.mark.xfail(strict=True, reason="EventLog.append dead-letters an invalid event before it asks `suppress`: "
-                                       "the door has to check the raw event's user_id first")
 def test_an_invalid_event_of_an_erased_user_is_not_dead_lettered(workspace):
     settings, world, users = workspace
     gone = users[3]

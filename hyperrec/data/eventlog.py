@@ -169,6 +169,9 @@ class EventLog:
                 try:
                     event = self._check(raw, now, check)
                 except (ValueError, ValidationError, TypeError, RecursionError) as exc:
+                    if _claimed_user(raw) in self.suppress:  # an erased user's: not kept, even as a dead letter
+                        suppressed += 1
+                        continue
                     message = _describe(exc)
                     self.db.execute("INSERT INTO dead_letters (raw, error, received_at) VALUES (?, ?, ?)",
                                     (_raw_bytes(raw), message, t))
@@ -252,6 +255,17 @@ class EventLog:
                       if names(raw, error)]
             self.db.executemany("DELETE FROM dead_letters WHERE id = ?", doomed)
         return len(doomed)
+
+
+def _claimed_user(raw) -> str | None:
+    """The user_id an event that failed validation names, if it names one as a string."""
+    if isinstance(raw, bytes | str):
+        try:
+            raw = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+    user = raw.get("user_id") if isinstance(raw, dict) else None
+    return user if isinstance(user, str) else None
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
