@@ -142,3 +142,47 @@ def test_the_plot_draws_three_rounds_of_retrain_and_trial(tmp_path):
     assert np.isnan(lines[2][0]).sum() == 1  # v2 serves in two trials: two lines
     out = plot(steps, retrains, 1.0, tmp_path / "ctr.png", 10.0, trials, per_version)
     assert Image.open(out).size == (990, 572)
+
+
+def test_drift_response_gives_the_troughs_after_the_drift_and_the_hours_to_the_first_retrain():
+    """Six-hour steps, the drift starting after day 1 (step 4): the troughs are the lowest
+    step after it over the mean before it (CTR; the drifted users' hidden click
+    probability), and the first retrain's monitor pass came 18 h after the drift began."""
+    from hyperrec.demo.closed_loop import LoopConfig
+    from hyperrec.demo.story import drift_response, story_numbers
+
+    t0 = pd.Timestamp("2026-01-01", tz="UTC")
+    ends = [t0 + pd.Timedelta(hours=6 * (i + 1)) for i in range(10)]
+    ctr = [0.10, 0.08, 0.10, 0.08, 0.09, 0.06, 0.045, 0.07, 0.08, 0.09]
+    steps = pd.DataFrame({"step": range(10), "sim_end": ends, "ctr": ctr, "lists": [100] * 10})
+    p_drifted = [0.2, 0.2, 0.2, 0.2, 0.15, 0.1, 0.05, 0.08, 0.12, 0.15]
+    quality = pd.DataFrame([{"step": s, "drifting": d, "shown": 50, "p_click": p_drifted[s] if d else 0.2}
+                            for s in range(10) for d in (True, False)])
+    retrains = [{"sim_time": ends[6]}]  # the pass at the end of step 6: 42 h after the loop's start
+    loop = LoopConfig(step_hours=6)
+    got = drift_response(steps, retrains, drift_day=1.0, loop=loop, quality=quality)
+    assert got["ctr_trough_ratio"] == pytest.approx(0.045 / 0.09)
+    assert got["drifted_pclick_trough_ratio"] == pytest.approx(0.05 / 0.2)
+    assert got["hours_drift_to_first_retrain"] == pytest.approx(18.0)
+    story = story_numbers(steps, retrains, [], drift_day=1.0, loop=loop, quality=quality)
+    assert story["ctr_trough_ratio"] == got["ctr_trough_ratio"]  # top-level keys of closed_loop.json
+    none = drift_response(steps, [], drift_day=1.0, loop=loop)
+    assert none["hours_drift_to_first_retrain"] is None and none["drifted_pclick_trough_ratio"] is None
+    # three-hour steps pool into six-hour spans, weighted by lists
+    fine = pd.DataFrame({"step": range(4), "sim_end": [t0 + pd.Timedelta(hours=3 * (i + 1)) for i in range(4)],
+                         "ctr": [0.1, 0.1, 0.04, 0.08], "lists": [10, 10, 10, 30]})
+    got = drift_response(fine, [], drift_day=0.25, loop=LoopConfig(step_hours=3))
+    assert got["ctr_trough_ratio"] == pytest.approx((0.04 * 10 + 0.08 * 30) / 40 / 0.1)
+
+
+def test_write_summary_carries_the_drift_response_keys(tmp_path):
+    import json
+
+    from hyperrec.demo.story import write_summary
+
+    story = {"ctr": {"CTR before the drift": 0.1}, "ctr_trough_ratio": 0.7, "drifted_pclick_trough_ratio": 0.5,
+             "hours_drift_to_first_retrain": 18.0}
+    arms = pd.DataFrame({"lists_with_click": [0.5]}, index=["full"])
+    out = json.loads(write_summary(tmp_path / "c.json", story, arms, {}, 1.0, [], []).read_text())
+    assert out["ctr_trough_ratio"] == 0.7 and out["hours_drift_to_first_retrain"] == 18.0
+    assert out["drifted_pclick_trough_ratio"] == 0.5

@@ -65,7 +65,48 @@ def story_numbers(steps: pd.DataFrame, retrains: list[dict], trials: list[dict],
     if quality is not None:
         story["hidden_p_click"] = {label: _p_click_by_group(quality, steps["step"].to_numpy()[mask])
                                    for label, mask in phases.items()}
-    return story
+    return story | drift_response(steps, retrains, drift_day, loop, quality)
+
+
+TROUGH_HOURS = 6.0  # the span over which the trough is judged (the loop's step by default)
+
+
+def drift_response(steps: pd.DataFrame, retrains: list[dict], drift_day: float, loop: LoopConfig,
+                   quality: pd.DataFrame | None = None) -> dict:
+    """How much a taste drift cost before the platform caught up, and how soon it retrained:
+    `ctr_trough_ratio`, the lowest CTR of any 6-hour span after the drift begins (steps
+    pooled into spans of max(6 h, step)) over the CTR before it; the same for the hidden
+    click probability of what the users whose taste drifted were shown
+    (`drifted_pclick_trough_ratio`, from `quality`, closed_loop.hidden_quality); and
+    `hours_drift_to_first_retrain`, simulated hours from the drift's start to the monitor
+    pass that started the first retrain (None: none started). `drift_day`: days after the
+    loop's start."""
+    span_h = max(TROUGH_HOURS, loop.step_hours)
+    end_h = (np.arange(len(steps)) + 1) * loop.step_hours
+    span = np.floor((end_h - 1e-9) / span_h).astype(int)
+    before = end_h <= drift_day * 24 + 1e-9
+    after = span * span_h >= drift_day * 24 - 1e-9
+    weight = steps["lists"].to_numpy(float) if "lists" in steps else np.ones(len(steps))
+    out: dict = {"ctr_trough_ratio": None, "drifted_pclick_trough_ratio": None, "hours_drift_to_first_retrain": None}
+    frame = pd.DataFrame({"span": span, "ctr": steps["ctr"].to_numpy(float), "w": weight})
+    if before.any() and after.any():
+        per_span = (frame["ctr"] * frame["w"]).groupby(frame["span"]).sum() / frame.groupby("span")["w"].sum()
+        trough = float(per_span[sorted(set(span[after]))].min())
+        out["ctr_trough_ratio"] = trough / float(steps["ctr"][before].mean())
+    if quality is not None and before.any() and after.any():
+        drifted = quality[quality["drifting"].astype(bool)]
+        span_of = dict(zip(steps["step"], span))
+        rows = drifted.assign(span=drifted["step"].map(span_of), mass=drifted["p_click"] * drifted["shown"])
+        base = rows[rows["step"].isin(steps["step"][before])]
+        per_span = rows.groupby("span")["mass"].sum() / rows.groupby("span")["shown"].sum()
+        per_span = per_span[per_span.index.isin(sorted(set(span[after])))]
+        if len(base) and base["shown"].sum() and len(per_span):
+            out["drifted_pclick_trough_ratio"] = float(per_span.min()) / float(base["mass"].sum() / base["shown"].sum())
+    if retrains:
+        start = pd.Timestamp(steps["sim_end"].iloc[0]) - pd.Timedelta(hours=loop.step_hours)
+        fired = (pd.Timestamp(retrains[0]["sim_time"]) - start) / pd.Timedelta(hours=1)
+        out["hours_drift_to_first_retrain"] = float(fired - drift_day * 24)
+    return out
 
 
 QUALITY_GROUPS = {True: "users whose taste drifted", False: "other users"}
@@ -237,6 +278,11 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     console.print("hidden click probability of the top 5 personalized items shown (the simulator's truth): "
                   + "; ".join(f"{label}: " + ", ".join(f"{group} {p:.3f}" for group, p in groups.items())
                               for label, groups in story["hidden_p_click"].items()))
+    console.print("cost of the drift before the platform caught up: "
+                  + ", ".join(f"{key} {value:.3f}" if value is not None else f"{key} none"
+                              for key in ("ctr_trough_ratio", "drifted_pclick_trough_ratio",
+                                          "hours_drift_to_first_retrain")
+                              for value in [story.get(key)]))
     console.print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
                   + f"; total {time.monotonic() - t0:.0f}s")
     console.print(f"plot: {png}")
