@@ -30,7 +30,7 @@ from kserve.protocol.infer_type import InferRequest
 from hyperrec.config import Settings
 from hyperrec.data.impressions import ImpressionLog, ImpressionRecorder
 from hyperrec.experiments.interleave import interleave
-from hyperrec.features.online_reader import Columns, OnlineUserReader
+from hyperrec.features.online_reader import UNAVAILABLE, Columns, OnlineUserReader
 from hyperrec.features.views import REQUEST_TS, SERVING_USER_VIEWS
 from hyperrec.models.two_tower import NEW_USER, USER_INPUTS
 from hyperrec.monitor.trigger import FEATURES as MONITORED_FEATURES
@@ -72,6 +72,7 @@ from serving.protocol import (
 log = logging.getLogger("hyperrec.serving")
 CANARY_SALT = "hyperrec-canary-1"
 TRIAL_DESIGNS = ("interleave", "ab")
+DEGRADED_HEADER = "x-hyperrec-degraded"  # what a list was made without (an outage), comma-separated
 PROBE_HEADER = "x-hyperrec-probe"  # a deploy or health check: answered like any request, not logged as traffic
 
 
@@ -106,7 +107,7 @@ class RecommenderModel(kserve.Model):
                  log_impressions: bool = True):
         """`as_of` fixes the clock feature TTLs are judged by (a simulated world's "now");
         None means the wall clock. Served lists go to the impression log (monitoring)."""
-        super().__init__(name)
+        super().__init__(name, return_response_headers=True)  # a degraded answer says so in a header
         self.settings, self.as_of, self.config, self.experiment = settings, as_of, config, experiment
         # the bandit's state and the pending exploration contexts live in a file every worker
         # process shares: feedback may reach another worker than the one that served the list
@@ -236,7 +237,9 @@ class RecommenderModel(kserve.Model):
     def _serve(self, unit: ServingUnit, requests: list[Request], rows: Columns) -> list[Recommended]:
         results = recommend_batch(unit, rows, requests, self.experiment, self.bandit, self._timer, self._feedback)
         monitored = {name: rows[name].tolist() for name in (*MONITORED_FEATURES, REQUEST_TS)}
-        return [replace(rec, monitored={name: values[i] for name, values in monitored.items()})
+        unavailable = rows[UNAVAILABLE]
+        return [replace(rec, monitored={name: values[i] for name, values in monitored.items()},
+                        degraded=("online-features",) if unavailable[i] else ())
                 for i, rec in enumerate(results)]
 
     def _with_consent(self, requests: list[Request]) -> list[Request]:
@@ -255,7 +258,10 @@ class RecommenderModel(kserve.Model):
         if self.cache is None:
             return self._lists(champion, trial, requests)
         scope = f"{self._cache_scope}|v{champion.version}|t{trial.version if trial is not None else 0}"
-        return self.cache.serve(requests, scope, self._now_ts(), lambda todo: self._lists(champion, trial, todo))
+        results = self.cache.serve(requests, scope, self._now_ts(), lambda todo: self._lists(champion, trial, todo))
+        if self.cache.available:
+            return results
+        return [replace(rec, degraded=(*rec.degraded, "recs-cache")) for rec in results]
 
     def _now_ts(self) -> int:
         """The request time the feature reader stamps (REQUEST_TS): `as_of`, else the clock."""
@@ -326,9 +332,17 @@ class RecommenderModel(kserve.Model):
                 self.bandit_store.remember(rid, rec.explored_item, rec.explored_x, owner_of(rid, req.user_id))
         results = [rec if caller.sees_details_of(req.user_id) else without_details(rec)
                    for req, rec in zip(requests, results)]
+        if degraded := sorted({part for rec in results for part in rec.degraded}):
+            for part in degraded:
+                metrics.DEGRADED.labels(part).inc()
+            if response_headers is not None:
+                response_headers[DEGRADED_HEADER] = ",".join(degraded)
         if v2:
-            return v2_response(self.name, payload.id or uuid.uuid4().hex, results, ids, outputs,
-                               payload.use_binary_outputs)
+            response = v2_response(self.name, payload.id or uuid.uuid4().hex, results, ids, outputs,
+                                   payload.use_binary_outputs)
+            if degraded:  # KServe's v2 route sends no model headers: the response's parameters say it
+                response.parameters = {**(response.parameters or {}), "degraded": ",".join(degraded)}
+            return response
         return v1_response(requests, results, ids)
 
     # --- bandit feedback --------------------------------------------------------------

@@ -3,6 +3,7 @@ locked event log, and the log's file deleted while serving. Client mistakes are 
 server's own trouble a 503 that says so; never a 500, never an acknowledgement into nothing.
 (The tests run in file order: the last one deletes the log.)"""
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -16,10 +17,16 @@ PREDICT = "/v1/models/recommender:predict"
 
 @pytest.fixture(scope="module")
 def server(champion_server):
-    with champion_server("hostile", ("--ingest_wait_s", "1", "--header_timeout_s", "2", "--body_timeout_s", "2")) \
-            as built:
-        built["at"] = built["world"].events["ts"].max().isoformat()
-        yield built
+    """The server caches lists in a real Redis of its own, which a test stops (`stop_cache`)."""
+    from hyperrec.services import redis_server
+
+    with contextlib.ExitStack() as cache, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HYPERREC_RECS_CACHE", cache.enter_context(redis_server()))
+        with champion_server("hostile", ("--ingest_wait_s", "1", "--header_timeout_s", "2",
+                                         "--body_timeout_s", "2")) as built:
+            built["at"] = built["world"].events["ts"].max().isoformat()
+            built["stop_cache"] = cache.close
+            yield built
 
 
 def _event(server, i, **extra) -> dict:
@@ -103,6 +110,19 @@ def test_a_body_that_trickles_is_a_408(server):
                      b"Content-Length: 1000\r\n\r\n[")
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+
+
+def test_lists_made_while_the_cache_is_down_are_flagged_degraded(server):
+    user = server["world"].users["user_id"].iloc[0]
+    before = requests.post(server["url"] + PREDICT, json={"instances": [{"user_id": user}]}, timeout=30)
+    assert before.status_code == 200 and "x-hyperrec-degraded" not in before.headers
+    server["stop_cache"]()
+    during = requests.post(server["url"] + PREDICT, json={"instances": [{"user_id": user}]}, timeout=30)
+    assert during.status_code == 200 and during.headers["x-hyperrec-degraded"] == "recs-cache"
+    assert during.json()["predictions"][0]["items"]
+    v2 = {"inputs": [{"name": "user_id", "shape": [1], "datatype": "BYTES", "data": [user]}]}
+    infer = requests.post(server["url"] + "/v2/models/recommender/infer", json=v2, timeout=30)
+    assert infer.status_code == 200 and infer.json()["parameters"]["degraded"] == "recs-cache"
 
 
 def test_zz_a_deleted_event_log_turns_the_server_unready_and_ingest_503(server):

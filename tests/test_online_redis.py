@@ -127,3 +127,21 @@ def test_direct_reader_returns_what_feast_returns(stores, store):
             assert [list(v) if isinstance(v, list) else v for v in got[col]] == \
                    [list(v) if isinstance(v, list) else v for v in want[col]], (col, now)
     assert not _defaults(want).all()  # the comparison saw real values, not only defaults
+
+
+def test_an_unreachable_online_store_is_flagged_not_failed_or_waited_for(tmp_path):
+    import time
+
+    from hyperrec.config import load_settings
+    from hyperrec.features.online_reader import UNAVAILABLE, OnlineUserReader
+    from hyperrec.services import free_port
+
+    settings = load_settings(tmp_path).model_copy(update={"online_store": "redis",
+                                                          "redis_url": f"127.0.0.1:{free_port()}"})
+    reader = OnlineUserReader(settings)
+    started = time.monotonic()
+    first = reader.read(["u1", "u2"])
+    second = reader.read(["u3"])  # inside the cooldown: not asked again
+    assert time.monotonic() - started < 1.0
+    assert first[UNAVAILABLE].tolist() == [True, True] and second[UNAVAILABLE].tolist() == [True]
+    assert first["last_event_ts"].tolist() == second["last_event_ts"].tolist()[:1] * 2  # typed defaults

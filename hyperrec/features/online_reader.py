@@ -20,8 +20,10 @@ Like that function, values older than their view's TTL count as missing (Feast s
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -30,6 +32,11 @@ import numpy as np
 
 from hyperrec.config import Settings
 from hyperrec.features.views import MISSING, PANDAS_TYPES, REQUEST_TS, USER_VIEWS, FeatureViewSpec, request_context
+
+log = logging.getLogger(__name__)
+UNAVAILABLE = "online_features_unavailable"  # a column: True where the store could not be read (typed defaults served)
+READ_TIMEOUT_S = 0.25  # a Redis read that takes longer is an outage: the request goes on without it
+OUTAGE_COOLDOWN_S = 1.0  # after a failed read, the store is not asked again for this long
 
 PROJECT = "hyperrec"  # feature_repo/feature_store*.yaml
 Columns = dict[str, np.ndarray]  # one array per feature, row i = user i; list features as object arrays
@@ -129,7 +136,7 @@ class _RedisRows:
     def __init__(self, connection_string: str):
         from hyperrec.services import redis_client
 
-        self.client = redis_client(connection_string)
+        self.client = redis_client(connection_string, READ_TIMEOUT_S)
 
     def read(self, views: Sequence[FeatureViewSpec], keys: list[bytes]) -> list[dict]:
         from feast.infra.online_stores.helpers import _mmh3
@@ -170,6 +177,20 @@ class OnlineUserReader:
         self._decode = _decoder()
         self.rows = (_SqliteRows(settings.feast_dir / "online_store.db") if settings.online_store == "sqlite"
                      else _RedisRows(settings.redis_url))
+        self._skip_until = 0.0
+
+    def _read_rows(self, keys: list[bytes]) -> list[dict] | None:
+        """Every view's rows, or None while the store is out (a failed read, then a cooldown):
+        the requests are answered from typed defaults, flagged, rather than failed or held."""
+        if time.monotonic() < self._skip_until:
+            return None
+        try:
+            return self.rows.read(self.views, keys)
+        except Exception as exc:  # noqa: BLE001 (an outage of any kind: connection, timeout, locked file)
+            self._skip_until = time.monotonic() + OUTAGE_COOLDOWN_S
+            log.warning("online store unavailable (%s: %s); serving without user features for %.1f s",
+                        type(exc).__name__, exc, OUTAGE_COOLDOWN_S)
+            return None
 
     def check(self) -> None:
         """Raise (naming the fix) when the online store lacks a view this reader needs."""
@@ -181,7 +202,9 @@ class OnlineUserReader:
         decode = self._decode
         keys = [entity_key("user_id", u) for u in user_ids]
         columns: Columns = {"user_id": np.asarray(user_ids, dtype=object)}
-        for view, rows in zip(self.views, self.rows.read(self.views, keys)):
+        found_rows = self._read_rows(keys)
+        columns[UNAVAILABLE] = np.full(len(keys), found_rows is None)
+        for view, rows in zip(self.views, found_rows or [{} for _ in self.views]):
             oldest = now_s - view.ttl.total_seconds() if view.ttl.total_seconds() else -np.inf
             found = [rows.get(k) for k in keys]
             fresh = [hit[1] if hit is not None and hit[0] >= oldest else None for hit in found]

@@ -170,7 +170,8 @@ class RecsCache:
         if missing:
             for i, rec in zip(missing, compute([requests[i] for i in missing]), strict=True):
                 out[i] = rec
-            self._store([(tokens[i], out[i]) for i in missing if i in tokens], now)
+            # a list made without the user's features is not kept: the next request may have them
+            self._store([(tokens[i], out[i]) for i in missing if i in tokens and not out[i].degraded], now)
         return out
 
     def _store(self, entries: list, now: float) -> None:
@@ -185,6 +186,11 @@ class RecsCache:
                 self.on_outcome("fenced", len(entries) - stored)  # invalidated while being computed
         except Exception as exc:  # noqa: BLE001
             self._failed(exc, 0)
+
+    @property
+    def available(self) -> bool:
+        """False while an outage's cooldown lasts (lists are then computed for every request)."""
+        return time.monotonic() >= self._skip_until
 
     def _failed(self, exc: Exception, requests: int) -> None:
         self.on_outcome("error", max(requests, 1))

@@ -87,6 +87,7 @@ class Recommended:
     query: np.ndarray | None = None  # the query embedding (personalized lists; monitoring samples it)
     monitored: dict | None = None  # serving-time feature values the impression log keeps
     teams: list[int] | None = None  # an interleaved list (hyperrec.experiments.interleave): each item's model version
+    degraded: tuple[str, ...] = ()  # what the list was made without: "online-features", "recs-cache"
 
 
 def stable_fraction(salt: str, key: str) -> float:
