@@ -398,3 +398,16 @@ def test_after_an_erasure_no_file_of_a_served_workspace_names_the_user(trained, 
     assert needles["user_id token"].decode() in tokens
     assert set().union(*privacy.values()) == {"raw id", "user_id token"}  # (the search does see them)
     assert erasure_audit(settings, gone)[-1]["removed"]["models.versions"] == len(versions)
+
+
+def test_a_dead_letter_nested_past_the_recursion_limit_is_found_and_erased(tmp_path):
+    """A hostile event (5,000 nested lists, the user id in escaped form) once made erase crash
+    while it searched the dead letters."""
+    from hyperrec.privacy.erasure import _mentions
+
+    log = EventLog(tmp_path / "events.db")
+    deep = '{"event_id": "e1", "user_id": "\\u0075\\u0031", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    log.append([deep, '{"event_id": "e2", "user_id": "u12", "ts": "x"}'])
+    assert log.counts()["dead_letters"] == 2
+    assert log.drop_dead_letters(lambda raw, error: _mentions(raw, error, "u1")) == 1
+    assert [raw for raw, _ in log.dead_letters()] == [b'{"event_id": "e2", "user_id": "u12", "ts": "x"}']

@@ -139,20 +139,16 @@ def _mentions(raw, error: str, user_id: str) -> bool:
     word = re.compile(rf"(?<![\w-]){re.escape(user_id)}(?![\w-])")
     if word.search(text) or word.search(error):
         return True
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return False
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if item == user_id:
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+    for literal in _JSON_STRING.finditer(text):  # each string literal alone: no parse of a hostile depth
+        try:
+            if json.loads(literal.group()) == user_id:
+                return True
+        except ValueError:
+            continue
     return False
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 def _erase_event_log(path: Path, user_id: str) -> tuple[int, int]:
