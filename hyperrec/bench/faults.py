@@ -83,6 +83,8 @@ class Live:
     stream: subprocess.Popen
     server: subprocess.Popen
     at: str  # event time: the world's last moment
+    port: int
+    stop_cache: object  # stops the Redis the server caches lists in
 
     def event(self, tag: str, user: str | None = None, **extra) -> dict:
         return {"event_id": f"faults-{tag}", "user_id": user or self.user(0), "item_id": self.item(0),
@@ -96,6 +98,7 @@ class Live:
         return self.world.items["item_id"].iloc[i]
 
     def ingest(self, events: list, credential: str | None = None, **kwargs) -> requests.Response:
+        """POST events; those answered as stored join the tally's acknowledged ids."""
         resp = self.client.call("POST", "/v1/events", credential or self.keys["collector"], json=events, **kwargs)
         if resp.status_code == 200 and resp.json()["stored"] == len(events):
             self.client.tally.acknowledged.update(e["event_id"] for e in events)
@@ -228,6 +231,149 @@ def probe_open_inference_protocol(live: Live, tally: Tally) -> None:
                 [o["name"] for o in result.get_response()["outputs"]] == ["item_id"])
 
 
+def probe_slow_clients(live: Live, tally: Tally) -> None:
+    import socket
+
+    auth = b"Authorization: Bearer " + live.keys["collector"].encode() + b"\r\n"
+    for name, data in (("headers trickling", b"POST /v1/events HTTP/1.1\r\nHost: x\r\n"),
+                       ("a body trickling", b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                                            + auth + b"\r\n[")):
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", live.port), timeout=60) as sock:
+            sock.sendall(data)
+            reply = sock.recv(4096)
+        tally.check(f"a client {name}", reply.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 30,
+                    reply[:60].decode(errors="replace"))
+
+
+def probe_cache_outage(live: Live, tally: Tally) -> None:
+    user = live.user(2)
+    body = {"instances": [{"user_id": user}]}
+    before = live.client.call("POST", PREDICT, live.keys["admin"], json=body)
+    tally.check("no degraded flag while the cache is up", "x-hyperrec-degraded" not in before.headers)
+    live.stop_cache()
+    during = live.client.call("POST", PREDICT, live.keys["admin"], json=body)
+    tally.check("a list while the cache is down, flagged degraded",
+                during.status_code == 200 and during.headers.get("x-hyperrec-degraded") == "recs-cache",
+                f"{during.status_code} {during.headers.get('x-hyperrec-degraded')}")
+
+
+def probe_nan_model(live: Live, tally: Tally) -> None:
+    """A diverged version (NaN item embeddings) made champion behind the server's back: it
+    must keep serving the old one, and rollback/promote must refuse the bad one."""
+    import shutil
+
+    import numpy as np
+
+    from hyperrec.registry.model_registry import (
+        RefusedVersion,
+        champion_version,
+        move_alias,
+        promote,
+        register_model,
+    )
+
+    good = champion_version(live.settings)
+    bad_dir = live.settings.data_dir / "model-nan"
+    shutil.rmtree(bad_dir, ignore_errors=True)
+    shutil.copytree(live.settings.data_dir / "model", bad_dir)
+    with np.load(bad_dir / "candidates.npz") as z:
+        ids, embeddings = z["item_ids"], z["embeddings"].copy()
+    embeddings[::7] = np.nan
+    np.savez(bad_dir / "candidates.npz", item_ids=ids, embeddings=embeddings)
+    if (bad_dir / "index" / "embeddings.npy").exists():
+        np.save(bad_dir / "index" / "embeddings.npy", embeddings)
+    bad = register_model(live.settings, bad_dir, {"purpose": "faults-nan"}, {}, {"blessed": True, "reasons": []})
+    move_alias(live.settings, bad, "faults bench: a diverged model made champion by hand")
+    time.sleep(4)  # the server polls the alias every 0.5 s
+    resp = live.client.call("POST", PREDICT, live.keys["admin"], json={"instances": [{"user_id": live.user(0)}]})
+    rec = resp.json()["predictions"][0] if resp.status_code == 200 else {}
+    tally.check("a NaN model is not swapped in", rec.get("model_version") == good, str(rec.get("model_version")))
+    tally.check("scores stay finite", all(np.isfinite(i["score"]) for i in rec.get("items", [{"score": np.nan}])))
+    move_alias(live.settings, good, "faults bench: back to the good version")
+    try:
+        promote(live.settings, bad, "faults bench: promote the NaN version")
+        refused = False
+    except RefusedVersion:
+        refused = True
+    tally.check("promote or rollback to a version that failed to load is refused", refused)
+    tally.check("@champion stays on the good version", champion_version(live.settings) == good)
+
+
+def probe_erasure(live: Live, tally: Tally) -> None:
+    """Erase a user while the server and processor run: nothing they do next may store the id."""
+    from hyperrec.data.impressions import ImpressionLog
+    from hyperrec.privacy import erase_user
+
+    gone = live.user(5)
+    erase_user(live.settings, gone, "faults bench")
+    live.client.call("POST", PREDICT, live.keys["admin"], json={"instances": [{"user_id": gone}]})
+    late = live.ingest([live.event("after-erase", gone)])
+    tally.check("an erased user's new event is suppressed", late.status_code == 200
+                and late.json()["suppressed"] == 1, late.text)
+    bad = live.client.call("POST", "/v1/events", live.keys["collector"],
+                           json=[live.event("after-erase-bad", gone, ts="not a time")])
+    tally.check("an erased user's invalid event is not kept", bad.status_code == 200
+                and bad.json()["suppressed"] == 1, bad.text)
+    time.sleep(1.0)  # the impression recorder flushes every 0.2 s
+    log = ImpressionLog(live.settings.impression_log)
+    kept = int((log.read()["user_id"] == gone).sum())
+    log.close()
+    tally.check("no impression row names the erased user", kept == 0, f"{kept} rows")
+    db = sqlite3.connect(live.settings.event_log)
+    letters = db.execute("SELECT COUNT(*) FROM dead_letters WHERE CAST(raw AS TEXT) LIKE ?",
+                         (f"%{gone}%",)).fetchone()[0]
+    db.close()
+    tally.check("no dead letter names the erased user", letters == 0, f"{letters} dead letters")
+
+
+class Load:
+    """Valid events posted in the background throughout the probes (a collector's traffic):
+    what `events_lost` is counted over."""
+
+    def __init__(self, live: Live, batch: int = 20, pause_s: float = 0.05):
+        import threading
+
+        self.live, self.batch, self.pause_s = live, batch, pause_s
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="faults-load", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join(60)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            # users 10-49: the erasure probe erases user 5, whose acknowledged events it then removes
+            events = [self.live.event(f"load-{n + i}", self.live.user(10 + (n + i) % 40), event_type="click",
+                                      dwell_s=20.0) for i in range(self.batch)]
+            n += self.batch
+            try:
+                resp = self.live.ingest(events, expect_5xx=True)  # a 503 while a probe locks the log is asked for
+            except requests.RequestException:
+                continue
+            self.sent += len(events) if resp.status_code == 200 else 0
+            self._stop.wait(self.pause_s)
+
+
+def kill_stream(live: Live, tally: Tally) -> None:
+    """kill -9 the stream processor mid-stream and start another: it must pick up where the
+    committed offset says, exactly once (an intended fault, not a crash)."""
+    from hyperrec.demo.closed_loop import wait_tailing
+
+    live.stream.kill()
+    live.stream.wait(30)
+    live.stream = _start_stream(live.settings)
+    wait_tailing(live.settings, live.stream)
+    tally.check("the stream processor restarts after kill -9", live.stream.poll() is None)
+
+
 def probe_locked_log(live: Live, tally: Tally) -> None:
     holder = sqlite3.connect(live.settings.event_log, isolation_level=None, timeout=5)
     holder.execute("BEGIN IMMEDIATE")
@@ -241,7 +387,7 @@ def probe_locked_log(live: Live, tally: Tally) -> None:
     tally.check("the retry after a lock", resp.status_code == 200 and resp.json()["stored"] == 1, resp.text)
 
 
-def count_lost(live: Live, tally: Tally, timeout_s: float = 30.0) -> int:
+def count_lost(live: Live, tally: Tally, timeout_s: float = 120.0) -> int:
     """Acknowledged events missing from the log, or not yet folded by the stream processor."""
     db = sqlite3.connect(live.settings.event_log)
     try:
@@ -319,47 +465,52 @@ def _prepare(settings: Settings, console: Console):
 
 
 PROBES = (probe_unauthenticated, probe_impersonation, probe_hostile_events, probe_client_mistakes,
-          probe_open_inference_protocol, probe_locked_log)
+          probe_open_inference_protocol, probe_slow_clients, kill_stream, probe_locked_log, probe_nan_model,
+          probe_erasure, probe_cache_outage)
 
 
 def run(home: Path, out: Path | None, console: Console) -> dict:
+    import contextlib
     import shutil
 
     from hyperrec.demo.closed_loop import wait_tailing
-    from hyperrec.services import free_port
+    from hyperrec.services import free_port, redis_server
     from serving.launch import start_server, stop_server, wait_ready
 
     shutil.rmtree(home, ignore_errors=True)  # a fresh workspace: the probes count what they add
-    settings = load_settings(home)
     started = time.monotonic()
-    world, keys, tokens = _prepare(settings, console)
-    port, tally = free_port(), Tally()
-    (settings.home / "logs").mkdir(parents=True, exist_ok=True)
-    server = start_server(settings, port, settings.home / "logs" / "server.log",
-                          as_of=world.events["ts"].max().to_pydatetime(),
-                          extra_args=("--auth", "on", "--ingest_wait_s", "1", "--poll_s", "0.5"))
-    stream = _start_stream(settings)
-    try:
-        wait_ready(server, port, log_path=settings.home / "logs" / "server.log")
-        wait_tailing(settings, stream)
+    with contextlib.ExitStack() as cache:
+        settings = load_settings(home).model_copy(update={"recs_cache": cache.enter_context(redis_server())})
+        world, keys, tokens = _prepare(settings, console)
+        port, tally = free_port(), Tally()
+        (settings.home / "logs").mkdir(parents=True, exist_ok=True)
+        server = start_server(settings, port, settings.home / "logs" / "server.log",
+                              as_of=world.events["ts"].max().to_pydatetime(),
+                              extra_args=("--auth", "on", "--ingest_wait_s", "1", "--poll_s", "0.5",
+                                          "--header_timeout_s", "3", "--body_timeout_s", "3"))
         live = Live(settings, world, Client(f"http://127.0.0.1:{port}", tally), keys,
-                    lambda user: tokens.issue(user), stream, server, world.events["ts"].max().isoformat())
-        for probe in PROBES:
-            console.print(f"probing: {probe.__name__.removeprefix('probe_').replace('_', ' ')}")
-            probe(live, tally)
-            _watch_stream(live, tally)
-        events_lost = count_lost(live, tally)
-        probe_deleted_log(live, tally)
-        tally.check("the server survived every probe", server.poll() is None)
-    finally:
-        stop_server(server)
-        if stream.poll() is None:
-            stream.terminate()
-            stream.wait(20)
+                    lambda user: tokens.issue(user), _start_stream(settings), server,
+                    world.events["ts"].max().isoformat(), port, cache.close)
+        try:
+            wait_ready(server, port, log_path=settings.home / "logs" / "server.log")
+            wait_tailing(settings, live.stream)
+            with Load(live) as load:
+                for probe in PROBES:
+                    console.print(f"probing: {probe.__name__.removeprefix('probe_').replace('_', ' ')}")
+                    probe(live, tally)
+                    _watch_stream(live, tally)
+            events_lost = count_lost(live, tally)
+            probe_deleted_log(live, tally)
+            tally.check("the server survived every probe", server.poll() is None)
+        finally:
+            stop_server(server)
+            if live.stream.poll() is None:
+                live.stream.terminate()
+                live.stream.wait(20)
     result = {"probes": tally.probes, "failed": len(tally.failed), "server_5xx": tally.server_5xx,
               "events_lost": events_lost, "stream_crashes": tally.stream_crashes,
               "impersonation_accepted": tally.impersonation_accepted,
-              "failures": tally.failed, "events_acknowledged": len(tally.acknowledged),
+              "failures": tally.failed, "events_acknowledged": len(tally.acknowledged), "load_events_sent": load.sent,
               "seconds": round(time.monotonic() - started, 1)}
     console.print(target_table("hostile probes against a live server and stream processor", [
         ("probes", str(result["probes"]), ""), *((key, str(result[key]), "0") for key in
