@@ -12,6 +12,10 @@
 # The tag is the project version (pyproject.toml); tests/test_manifests.py holds the names
 # and tags equal across this file, components/image.py and the manifests.
 
+# Pin the base by digest where you build (`docker buildx imagetools inspect` the tag, then
+# --build-arg PYTHON_IMAGE=python:3.11.7-slim-bookworm@sha256:<digest>). It is not pinned
+# here: the registry cannot be reached from where this project is built and tested, and a
+# digest not checked against it would be a guess.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
 # ---- build: the locked virtualenv and the project, installed in place at /app

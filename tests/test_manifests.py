@@ -1159,3 +1159,15 @@ def test_dashboard_ships_and_prometheus_scrapes_the_server(overlay):
     for ep in sm["spec"]["endpoints"]:
         assert ep["port"] in port_names and port_names[ep["port"]]["targetPort"] == port and ep["path"] == "/metrics"
     assert svc[0]["spec"]["selector"] == {"serving.kserve.io/inferenceservice": the_isvc(overlay)["metadata"]["name"]}
+
+
+def test_the_lock_pins_every_package_by_version_and_hash():
+    """uv verifies the hashes on every install (`make install`, the images), so a package
+    re-uploaded under the same version cannot slip in."""
+    text = (ROOT / "requirements.lock").read_text()
+    assert "--generate-hashes" in text.splitlines()[1]
+    entries = re.split(r"\n(?=[a-z0-9])", text.split("\n", 2)[2])
+    for entry in entries:
+        name = entry.split()[0]
+        assert re.fullmatch(r"[a-z0-9._-]+==[^\s\\]+", name), f"not pinned: {name}"
+        assert "--hash=sha256:" in entry, f"{name} has no hash"
