@@ -168,3 +168,12 @@ def test_a_dead_letter_keeps_an_event_of_any_depth_whole():
     assert _dumps_without_recursion(value) == json.dumps(value, separators=(",", ":"))
     deep = _raw_bytes({"a": _nested(3000)})
     assert deep == b'{"a":' + b"[" * 3001 + b"]" * 3001 + b"}"
+
+
+def test_starting_the_log_over_on_purpose_is_accepted(settings):
+    from hyperrec.features.stream import follow, start_log_over
+
+    follow(settings, EventLog(settings.event_log))
+    start_log_over(settings)
+    assert not settings.event_log.exists()
+    follow(settings, EventLog(settings.event_log))  # a demo or bench starting from an empty log

@@ -79,13 +79,13 @@ def _ingest(url: str, world, seconds: float, batch: int = 500) -> dict:
 def run(settings: Settings, out: Path | None, console: Console, users: int = 60, ingest_s: float = 10.0) -> dict:
     from hyperrec.bench.serving import _launch, prepare
     from hyperrec.demo.closed_loop import start_stream, wait_tailing
+    from hyperrec.features.stream import start_log_over
     from hyperrec.services import free_port
     from serving.launch import stop_server
 
     info = prepare(settings, console)
     world = info.pop("world")
-    for stale in settings.home.glob(settings.event_log.name + "*"):  # each run starts from an empty log
-        stale.unlink()
+    start_log_over(settings)  # each run starts from an empty log
     as_of = world.events["ts"].max().to_pydatetime().isoformat()
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)

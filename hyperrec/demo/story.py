@@ -163,10 +163,12 @@ def _fresh_loop_state(settings: Settings) -> None:
     """A demo tells one story: the previous run's served traffic, decisions and snapshots go,
     and the stream processor's record of the log it followed (the registry keeps its
     history; the world is regenerated from the same seed)."""
-    for pattern in ("events.db*", "impressions.db*"):
-        for path in settings.home.glob(pattern):
-            path.unlink()
-    for folder in (settings.monitoring_dir, settings.data_dir / "snapshots", settings.home / "stream"):
+    from hyperrec.features.stream import start_log_over
+
+    start_log_over(settings)
+    for path in settings.home.glob(settings.impression_log.name + "*"):
+        path.unlink()
+    for folder in (settings.monitoring_dir, settings.data_dir / "snapshots"):
         shutil.rmtree(folder, ignore_errors=True)
 
 

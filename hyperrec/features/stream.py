@@ -157,6 +157,14 @@ def follow(settings, log: EventLog, new_log: bool = False) -> None:
     marker.write_text(log.log_id)
 
 
+def start_log_over(settings) -> None:
+    """Delete the workspace's event log on purpose (a demo or bench starting from an empty
+    one), with the processor's record of the log it followed, so `follow` accepts the next."""
+    for path in settings.home.glob(settings.event_log.name + "*"):
+        path.unlink()
+    (settings.home / "stream" / "followed_log").unlink(missing_ok=True)
+
+
 def run(settings, stop: threading.Event | None = None, log=print, batch_only: Callable[[str], bool] | None = None,
         ready_file: Path | None = None, new_log: bool = False) -> None:
     """`hyperrec stream`: the embedded stream processor, beside the model server.
