@@ -204,11 +204,53 @@ def _probe_index(settings: Settings, version: int, current: pd.DataFrame, k: int
             "index_probe_queries": len(queries), "index_probe_k": k}
 
 
+SHORT_WINDOW_S = 6 * 3600.0
+
+
+def same_time_of_day(reference: pd.DataFrame, start: float, end: float) -> pd.DataFrame:
+    """The lists of `reference` served at the times of day (UTC) of (start, end]: what a
+    short window is compared with, so that hour_of_day, and any daily cycle, compare like with
+    like."""
+    tod = reference["ts"].to_numpy(float) % DAY
+    a, b = start % DAY, end % DAY
+    keep = ((tod > a) & (tod <= b)) if a < b else ((tod > a) | (tod <= b))
+    return reference[keep]
+
+
+def _short_window(settings: Settings, reference: pd.DataFrame, served: pd.DataFrame, end: float, short_s: float,
+                  events: Callable[[], pd.DataFrame], attribution_s: float, config: TriggerConfig, submitter,
+                  version: int, on_trial: bool) -> dict:
+    """The short window's decision (`TriggerConfig.short`): the champion's lists of the last
+    `short_s` before `end` against the reference's lists at the same times of day; logged in
+    decisions.jsonl beside the day's, under the same safeguards (one run in flight,
+    cooldown, dedupe), since both read and write the same log."""
+    start = end - short_s
+    if start < float(reference["ts"].max()):
+        return {"status": "window_not_ready", "window_s": short_s}
+    current = served[(served["ts"] > start) & (served["ts"] <= end)]
+    matched = same_time_of_day(reference, start, end)
+    if current.empty or matched.empty:
+        return {"status": "no_current_window", "window_s": short_s}
+    ref_window, _ = window(matched, events(), attribution_s)
+    cur_window, _ = window(current, events(), attribution_s)
+    trigger = RetrainTrigger(paths(settings)["decisions"], config.short(),
+                             submit=submitter.submit if submitter else None,
+                             is_running=submitter.is_running if submitter else None)
+    decision = trigger.decide(ref_window, cur_window, reference_id=f"champion-v{version}", now=end, on_trial=on_trial)
+    return {"status": decision.status, "retrain": decision.retrain, "reasons": decision.reasons,
+            "blocked_by": decision.blocked_by, "run_id": decision.run_id, "window_s": short_s,
+            "window": {"lists": len(current), "reference_lists": len(matched), "from": start, "to": end}}
+
+
 def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, reference_s: float = DAY,
              attribution_s: float = ATTRIBUTION_S, config: TriggerConfig = TriggerConfig(), dashboard: bool = True,
-             probe_index: bool = True, champion: int | None = None) -> dict:
+             probe_index: bool = True, champion: int | None = None, short_window_s: float = SHORT_WINDOW_S) -> dict:
     """One monitoring pass; returns its report (also appended to reports.jsonl). `champion`:
-    the version whose traffic to judge (default: the registry's @champion)."""
+    the version whose traffic to judge (default: the registry's @champion). `short_window_s`
+    (0: none): when the day's window is not ready yet or finds no drift, the last
+    `short_window_s` of the champion's lists are also judged against the reference's lists at
+    the same times of day (`TriggerConfig.short`), so a drift can fire within hours of its
+    start; its decision is the report's `short_window`, and when it fires, the pass's."""
     out = paths(settings)
     everything = _served(settings)
     events = functools.cache(lambda: _events(settings))
@@ -226,10 +268,22 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
     reference = served[served["ts"] < float(served["ts"].min()) + reference_s]
     end = float(served["ts"].max()) - attribution_s
     start = end - window_s
+    on_trial = trial is not None and trial["action"] == CONTINUE
+
+    def short_window() -> dict:
+        short = _short_window(settings, reference, served, end, short_window_s, events, attribution_s, config,
+                              submitter, version, on_trial)
+        report["short_window"] = short
+        if short.get("retrain"):
+            report.update({k: short[k] for k in ("status", "retrain", "reasons", "blocked_by", "run_id")})
+        return short
+
     if start < float(reference["ts"].max()):  # a part of a day would "drift" in hour_of_day alone
         report |= {"status": "window_not_ready", "detail": f"{(end - float(reference['ts'].max())) / 3600:.1f} h "
                                                            f"served after the reference; the window needs "
                                                            f"{window_s / 3600:.0f} h"}
+        if short_window_s:
+            short_window()
         return _append(out["reports"], report)
     current = served[(served["ts"] > start) & (served["ts"] <= end)]
     ref_window, _ = window(reference, events(), attribution_s)
@@ -243,10 +297,11 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
 
     trigger = RetrainTrigger(out["decisions"], config, submit=submitter.submit if submitter else None,
                              is_running=submitter.is_running if submitter else None)
-    on_trial = trial is not None and trial["action"] == CONTINUE
     decision = trigger.decide(ref_window, cur_window, reference_id=f"champion-v{version}", now=end, on_trial=on_trial)
     report |= {"status": decision.status, "retrain": decision.retrain, "reasons": decision.reasons,
                "blocked_by": decision.blocked_by, "run_id": decision.run_id}
+    if short_window_s and decision.status in ("no_drift", "too_few_samples"):
+        short_window()
     report |= hit_rate(cur_outcomes)
     report["outcomes"] = outcomes_by_arm_and_version(cur_outcomes)
     report["data_quality"] = data_quality(reference, current)

@@ -383,3 +383,50 @@ def test_a_holdback_trial_counts_only_the_lists_since_its_champion_first_served(
     means = trial["metric"]["means"]
     assert means["champion"] > means["challenger"], trial["reason"]  # v3's team is clicked twice as often
     assert trial["action"] == "retire" and champion_version(settings) == 3 and challenger_version(settings) is None
+
+
+def _lists(rng, n, start, p_click, prefix):
+    rows, events = [], []
+    for i in range(n):
+        ts = start + 50 * i
+        items = [f"i{(i + j) % 50}" for j in range(5)]
+        rows.append(served(f"{prefix}{i}", ts, f"u{i % 300}", items, categories=[f"c{(i + j) % 4}" for j in range(5)],
+                           hour_of_day=int(ts // 3600) % 24, recency_s=rng.exponential(600)))
+        if rng.random() < p_click:
+            events.append(event(f"{prefix}e{i}", f"u{i % 300}", items[0], ts + 5, request_id=f"{prefix}{i}"))
+    return rows, events
+
+
+@pytest.mark.slow
+def test_the_short_window_fires_within_hours_while_the_days_window_is_not_ready(settings):
+    """A day of reference, then 8 hours: the day's window is not ready, so the last 6 hours
+    are judged against the reference's same times of day by the short rule (outcome checks
+    only). The same CTR: no drift; a CTR fallen by two thirds: it fires and submits."""
+    from monitoring.job import paths, run_once, same_time_of_day
+
+    rng = np.random.default_rng(5)
+    config = TriggerConfig(short_min_requests=300, short_min_clicks=15)
+    log, events = ImpressionLog(settings.impression_log), EventLog(settings.event_log)
+    ref_rows, ref_events = _lists(rng, 1_800, T0, 0.3, "ref")  # 25 h
+    write(log, ref_rows)
+    calm_rows, calm_events = _lists(rng, 576, T0 + 90_000, 0.3, "calm")  # 8 h, the same CTR
+    write(log, calm_rows)
+    events.append(ref_events + calm_events)
+    submitter = FakeSubmitter()
+    calm = run_once(settings, submitter, champion=1, config=config, probe_index=False, dashboard=False)
+    assert calm["status"] == "window_not_ready" and calm["short_window"]["status"] == "no_drift"
+    assert calm["short_window"]["window"]["lists"] == pytest.approx(432, abs=2)  # 6 h at one list per 50 s
+    assert 400 <= calm["short_window"]["window"]["reference_lists"] <= 470  # the same 6 h of the reference day
+    assert not submitter.submitted
+
+    drop_rows, drop_events = _lists(rng, 576, T0 + 90_000 + 8 * 3600, 0.1, "drop")
+    write(log, drop_rows)
+    events.append(drop_events)
+    report = run_once(settings, submitter, champion=1, config=config, probe_index=False, dashboard=False)
+    assert report["status"] == "fired" and report["run_id"] == "run-1" and report["reasons"] == ["outcome:ctr"]
+    assert report["short_window"]["window_s"] == 6 * 3600
+    decisions = [json.loads(line) for line in paths(settings)["decisions"].read_text().splitlines()]
+    assert [d["status"] for d in decisions] == ["no_drift", "fired"]
+    # times of day: a window across midnight takes the reference's lists on both sides of it
+    ref = pd.DataFrame({"ts": T0 + np.arange(0, 86_400, 3_600.0)})
+    assert len(same_time_of_day(ref, T0 + 86_400 * 3 - 3 * 3600, T0 + 86_400 * 3 + 3 * 3600)) == 6

@@ -177,3 +177,34 @@ def test_evidently_wrappers(tmp_path, rng):
     assert got["clicked_category"]["p_value"] < 1e-6 and got["score"]["p_value"] > 1e-3
     snapshots = list(workspace.glob("*/snapshots/*.json"))
     assert len(snapshots) == 2 and {report["snapshot_id"], got["score"]["snapshot_id"]} == {p.stem for p in snapshots}
+
+
+def test_the_short_rule_judges_outcomes_only_and_tests_categories_on_two_samples(rng):
+    """TriggerConfig.short: no serving-time feature, the four outcome checks at the day's
+    family alpha over four looks, and the category mix's p-value from the two-sample test
+    (a small reference is a sample too: its counts are not the expected ones)."""
+    short = TriggerConfig().short()
+    assert short.features == () and short.n_checks == 4 and short.family_alpha == pytest.approx(0.0025)
+    assert short.min_js == 0.2 and short.min_requests < TriggerConfig().min_requests
+    ref, cur = _window(rng, n=500), _window(rng, n=500)
+    result = assess(ref, cur, short)
+    assert set(result["checks"]) == {"outcome:score", "outcome:category", "outcome:clicked_category", "outcome:ctr"}
+    assert result["checks"]["outcome:category"]["p_method"] == "chi2_two_sample"
+    one_sample = column_drift(ref.outcome_frame(), cur.outcome_frame(), [], ["clicked_category"])
+    two_sample = column_drift(ref.outcome_frame(), cur.outcome_frame(), [], ["clicked_category"], "chi2_two_sample")
+    assert two_sample["clicked_category"]["p_value"] > one_sample["clicked_category"]["p_value"]
+    assert assess(ref, _window(rng, n=500, fav_ctr=0.05), short)["drifted"]  # a CTR collapse still fires
+
+
+def test_short_windows_stay_quiet_without_drift_and_never_delay_the_days_verdict():
+    """The bench's same-distribution 6-hour windows against the same hours of a reference
+    day stay quiet; after a taste shift the short rule runs only where the day's window finds
+    nothing, so it fires no later. (Its gain is in the monitor's first day after the
+    reference, when the day's window is not ready: tests/test_monitor_job.py.)"""
+    from hyperrec.bench.detection import detection_delay, false_alarms
+
+    null = false_alarms(4, seed=3, config=TriggerConfig(), references=2)
+    assert null["short"]["windows"] == 16 and null["short"]["alarms"] == 0 and null["short"]["assessed"] > 0
+    day = detection_delay(502, TriggerConfig(), 0.5, max_days=2)
+    short = detection_delay(502, TriggerConfig(), 0.5, short=True, max_days=2)
+    assert short["hours"] is not None and short["hours"] <= day["hours"]

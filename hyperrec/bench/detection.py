@@ -141,23 +141,47 @@ def concat(windows: list[Window]) -> Window:
 
 def _reference(seed: int) -> tuple[TasteSim, Window]:
     """A simulator past its 7-day warm-up (counters full) and the week it serves next."""
+    sim, week, _ = _reference_days(seed)
+    return sim, week
+
+
+def _reference_days(seed: int) -> tuple[TasteSim, Window, Window]:
+    """`_reference`, and the week's last day apart: the short windows' reference (the monitor
+    takes one day of a champion's traffic as its reference)."""
     sim = TasteSim(seed=seed)
     sim.hours(SLOTS)
-    return sim, sim.hours(SLOTS)
+    days = [sim.hours(24) for _ in range(SLOTS // 24)]  # the same draws as one sim.hours(SLOTS)
+    return sim, concat(days), days[-1]
 
 
-def false_alarms(windows: int, seed: int, config: TriggerConfig, references: int = 10) -> dict:
+def same_hours(reference: Window, current: Window, k: int = SimConfig.k) -> Window:
+    """The rows of `reference` at the hours of day `current` covers (`current` spans whole
+    hours): what a short window is compared with, so that hour_of_day, and any daily cycle,
+    compare like with like. Outcomes are `k` rows per request, in request order."""
+    keep = reference.features["hour_of_day"].isin(set(current.features["hour_of_day"])).to_numpy()
+    return Window(reference.features[keep].reset_index(drop=True),
+                  reference.outcomes[np.repeat(keep, k)].reset_index(drop=True))
+
+
+def false_alarms(windows: int, seed: int, config: TriggerConfig, references: int = 10, short_h: int = 6) -> dict:
     """Assess `windows` one-day, same-distribution windows, spread over `references` reference
     weeks (a reference is one draw too: an unlucky week raises every later window's chance
     to fire, and one reference would hide that). Counts where the trigger's rule fires, and
-    where simpler rules would have fired on the same numbers."""
+    where simpler rules would have fired on the same numbers. With `short_h`, each day is also
+    looked at as its `short_h`-hour windows, each against the same hours of the reference
+    week's last day by the short rule (`TriggerConfig.short`), as the monitor does every pass:
+    those windows' alarms, and the share of days with an alarm from either rule (the rate a
+    monitor passing every `short_h` hours pays)."""
     alpha_each = config.family_alpha / config.n_checks
     fired = dict.fromkeys(("trigger", "p_lt_0.05_any", "bonferroni_only", "evidently_distance_0.1_any"), 0)
+    short_config = config.short() if short_h else None
+    short = {"windows": 0, "assessed": 0, "alarms": 0, "days_with_alarm": 0, "requests": 0}
     requests = 0
     for r in range(references):
-        sim, ref = _reference(seed * 1000 + r)
+        sim, ref, ref_day = _reference_days(seed * 1000 + r)
         for _ in range(windows // references + (r < windows % references)):
-            cur = sim.hours(24)
+            chunks = [sim.hours(short_h) for _ in range(24 // short_h)] if short_h else [sim.hours(24)]
+            cur = concat(chunks)
             requests += len(cur.features)
             result = assess(ref, cur, config)
             checks = result["checks"].values()
@@ -165,25 +189,50 @@ def false_alarms(windows: int, seed: int, config: TriggerConfig, references: int
             fired["p_lt_0.05_any"] += any(c["p_value"] < 0.05 for c in checks)
             fired["bonferroni_only"] += any(c["p_value"] < alpha_each for c in checks)
             fired["evidently_distance_0.1_any"] += any(c.get("distance", 0) >= 0.1 for c in checks)
-    return {"rates": {k: v / windows for k, v in fired.items()}, "alarms": fired["trigger"],
-            "requests_per_window": round(requests / windows), "references": references}
+            day_alarm = bool(result["drifted"])
+            for chunk in chunks if short_config else ():
+                short["windows"] += 1
+                short["requests"] += len(chunk.features)
+                if (len(chunk.features) < short_config.min_requests
+                        or chunk.outcomes["clicked"].sum() < short_config.min_clicks):
+                    continue  # the trigger gives no verdict on it
+                short["assessed"] += 1
+                alarm = bool(assess(same_hours(ref_day, chunk), chunk, short_config)["drifted"])
+                short["alarms"] += alarm
+                day_alarm |= alarm
+            short["days_with_alarm"] += day_alarm
+    out = {"rates": {k: v / windows for k, v in fired.items()}, "alarms": fired["trigger"],
+           "requests_per_window": round(requests / windows), "references": references}
+    if short_config:
+        out["short"] = {"hours": short_h, "windows": short["windows"], "assessed": short["assessed"],
+                        "alarms": short["alarms"], "false_alarm_rate": short["alarms"] / max(short["assessed"], 1),
+                        "requests_per_window": round(short["requests"] / max(short["windows"], 1)),
+                        "days": windows, "days_with_alarm": short["days_with_alarm"],
+                        "false_alarm_rate_per_day": short["days_with_alarm"] / windows}
+    return out
 
 
 def detection_delay(seed: int, config: TriggerConfig, share: float, towards: list[int] | None = None,
-                    step_h: int = 6, max_days: int = 14) -> dict:
+                    step_h: int = 6, max_days: int = 14, short: bool = False) -> dict:
     """Shift tastes after a day of normal traffic, then run the full trigger (safeguards on)
-    every `step_h` hours over the trailing 24 hours; requests served from shift to fire."""
-    sim, ref = _reference(seed)
+    every `step_h` hours over the trailing 24 hours; requests served from shift to fire.
+    `short`: when that gives no verdict or no drift, the last `step_h` hours are also judged
+    against the same hours of the reference week's last day by the short rule."""
+    sim, ref, ref_day = _reference_days(seed)
     per_day = 24 // step_h
     chunks = [sim.hours(step_h) for _ in range(per_day)]
     sim.shift(share, towards)
     served = 0
     with TemporaryDirectory() as tmp:
-        trigger = RetrainTrigger(Path(tmp) / "decisions.jsonl", config)
+        log = Path(tmp) / "decisions.jsonl"
+        trigger = RetrainTrigger(log, config)
         for n in range(1, max_days * per_day + 1):
             chunks = [*chunks[1:], sim.hours(step_h)]
             served += len(chunks[-1].features)
             decision = trigger.decide(ref, concat(chunks), reference_id="champion", now=sim.hour * 3600.0)
+            if short and decision.status in ("no_drift", "too_few_samples"):  # as monitoring.job does
+                decision = RetrainTrigger(log, config.short()).decide(
+                    same_hours(ref_day, chunks[-1]), chunks[-1], reference_id="champion", now=sim.hour * 3600.0)
             if decision.retrain:
                 return {"requests": served, "hours": n * step_h, "reasons": decision.reasons}
     return {"requests": None, "hours": None, "reasons": []}
@@ -200,11 +249,18 @@ def run(out: Path | None, windows: int = 200, seed: int = 0, trials: int = 5,
     scenarios = {"diffuse": (0.5, None), "trend": (0.3, [4, 5])}  # trend: garden and sports
     delays = {name: [detection_delay(seed * 1000 + 500 + t, config, share, towards) for t in range(trials)]
               for name, (share, towards) in scenarios.items()}
+    short_delays = {name: [detection_delay(seed * 1000 + 500 + t, config, share, towards, short=True)
+                           for t in range(trials)] for name, (share, towards) in scenarios.items()}
+    short = null["short"]
     result = {"false_alarm_rate": null["rates"]["trigger"], "windows": windows,
               "false_alarms": null["alarms"], "references": null["references"],
               "window": f"24 h (~{null['requests_per_window']} requests)",
               "baseline_false_alarm_rates": {k: v for k, v in null["rates"].items() if k != "trigger"},
-              **_summary(delays), "seconds": round(time.perf_counter() - started, 1)}
+              **_summary(delays),
+              # the monitor's short window (TriggerConfig.short), looked at every 6 hours beside the day's
+              "short_window": {**short, "detection": _summary(short_delays)["detection"]},
+              "false_alarm_rate_per_day_with_short": short["false_alarm_rate_per_day"],
+              "seconds": round(time.perf_counter() - started, 1)}
     _table(console, result)
     write_json(out, result)
     return result
@@ -238,6 +294,17 @@ def _table(console: Console, r: dict) -> None:
         value = (f"{d['median_requests']:,} requests (~{d['median_hours']:.0f} h), {d['detected']}"
                  if d["median_requests"] is not None else f"not within 14 days ({d['detected']})")
         rows.append((f"delay, {name} taste shift (median)", value, ""))
+    if short := r.get("short_window"):
+        rows.append((f"short windows ({short['hours']} h, ~{short['requests_per_window']} requests): false alarms",
+                     f"{short['alarms']} of {short['assessed']} assessed ({short['false_alarm_rate']:.1%}; "
+                     f"{short['windows'] - short['assessed']} too small)", ""))
+        rows.append(("days with an alarm, day's and short windows",
+                     f"{short['days_with_alarm']} of {short['days']} ({short['false_alarm_rate_per_day']:.1%})",
+                     "< 1%"))
+        for name, d in short["detection"].items():
+            value = (f"{d['median_requests']:,} requests (~{d['median_hours']:.0f} h), {d['detected']}"
+                     if d["median_requests"] is not None else f"not within 14 days ({d['detected']})")
+            rows.append((f"delay with short windows, {name} (median)", value, ""))
     rows.append(("bench time", f"{r['seconds']:.0f} s", "< 120 s"))
     console.print(target_table(f"retraining trigger, simulated traffic, {r['window']} windows", rows))
 
