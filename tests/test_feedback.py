@@ -198,3 +198,26 @@ def test_the_words_rescoring_is_its_per_row_definition_on_random_lists():
     out = content_rescored(logits, candidates, reactions, index, content, cfg)
     assert not np.allclose(out, logits)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)  # float32 word vectors
+
+
+def test_newer_reactions_pull_harder_with_a_half_life_and_the_arm_without_it_weighs_them_alike():
+    """x engaged with 2 days ago, y an hour ago: with a 12-hour half-life the query and the
+    re-scoring centroid lean to y (x weighs 1/16); without (no-recency arm: an infinite half
+    life) the two count the same. The re-scoring's evidence stays the count of reactions."""
+    q = np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], np.float32)
+    r = rows([["y", "x"], ["y", "x"]], [[NOW - 3_600, NOW - 2 * DAY]] * 2, [[], []], [[], []])
+    cfg = FeedbackConfig(half_life_s=12 * 3_600)
+    reactions = reacted(r, cfg, [12 * 3_600, np.inf])
+    assert reactions.weights["engaged"][0] == pytest.approx([0.5 ** (1 / 12), 0.5 ** 4])
+    assert reactions.weights["engaged"][1] == [1.0, 1.0]
+    moved = feedback_queries(q, r, ITEMS, EMB, cfg, reactions)
+    assert moved[0, 1] > moved[0, 0] and moved[1, 1] == pytest.approx(moved[1, 0])
+    assert np.linalg.norm(moved[0]) == pytest.approx(np.linalg.norm(q[0]), rel=1e-6)
+    sums, mass = reactions.weighted_sums("engaged", ITEMS, EMB)
+    assert mass[1] == 2.0 and mass[0] == pytest.approx(0.5 ** (1 / 12) + 0.5 ** 4)
+    assert list(reactions.sums("engaged", ITEMS, EMB)[1]) == [2.0, 2.0]  # the count, for the evidence
+    # without a half-life at all, no weights are kept and nothing changes from before
+    plain = reacted(r, FeedbackConfig(half_life_s=None))
+    assert plain.weights is None
+    np.testing.assert_allclose(feedback_queries(q, r, ITEMS, EMB, FeedbackConfig(half_life_s=None), plain)[0],
+                               moved[1], rtol=1e-6)

@@ -29,6 +29,12 @@ logistic model of took (engaged, found) against left (passed over) on the items'
 words (`hyperrec.models.content`), its first gradient step on the window's reactions; the
 words carry an item's taste from its first day, the embeddings only after enough clicks.
 
+Inside the window, newer reactions pull harder (`half_life_s`, 12 h): the feedback query's
+three means and the re-scoring's centroid weigh each reaction by 0.5 ** (age / half-life),
+so after a taste moves, the items found and engaged with since set the direction within
+hours instead of a 4-day mean of mostly old tastes. The `no-recency` ablation arm weighs
+them alike, which measures it.
+
 What each stage and the 4-day window bought, offline and in `make demo`, is in
 docs/realtime.md and docs/experiments.md.
 
@@ -51,6 +57,12 @@ FEEDBACK_INPUTS = ("recent_items_ts", "recent_views", "recent_views_ts", "recent
 @dataclass(frozen=True)
 class FeedbackConfig:
     window_s: int = 4 * 86_400  # reactions older than this are left to the tower and the next retrain
+    # Inside the window, a reaction's pull on the direction of the feedback query and of the
+    # re-scoring centroid halves every `half_life_s` of its age (None: all count the same):
+    # after a taste moves, the newest reactions say where it went, while a 4-day mean of
+    # equals is mostly the old taste for days. The evidence that scales the re-scoring stays
+    # the count of reactions. Off for the `no-recency` ablation arm (RerankConfig.recency).
+    half_life_s: float | None = 12 * 3_600
     engaged_weight: float = 0.5
     skipped_weight: float = 1.0
     browsed_weight: float = 0.5
@@ -69,17 +81,26 @@ class Reactions:
     engaged: list[list[str]]
     skipped: list[list[str]]
     browsed: list[list[str]]
+    # per kind, per row, each item's recency weight (FeedbackConfig.half_life_s); None: all 1
+    weights: dict[str, list[list[float]]] | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def _looked_up(self, kind: str, item_index: dict[str, int]) -> tuple[list[list[int]], list[list[float]] | None]:
+        key = ("positions", kind)
+        if key not in self._cache:
+            rows = getattr(self, kind)
+            weights = self.weights[kind] if self.weights is not None else [[1.0] * len(items) for items in rows]
+            found = [[(at, w) for item, w in zip(items, ws) if (at := item_index.get(item)) is not None]
+                     for items, ws in zip(rows, weights)]
+            self._cache[key] = ([[at for at, _ in row] for row in found],
+                                [[w for _, w in row] for row in found] if self.weights is not None else None)
+        return self._cache[key]
 
     def positions(self, kind: str, item_index: dict[str, int]) -> list[list[int]]:
         """Per row, the catalog positions of the items of one kind ("engaged", "skipped",
         "browsed") that the catalog knows, looked up once for all three stages. One
         Reactions object serves one batch on one model's catalog."""
-        key = ("positions", kind)
-        if key not in self._cache:
-            self._cache[key] = [[at for item in items if (at := item_index.get(item)) is not None]
-                                for items in getattr(self, kind)]
-        return self._cache[key]
+        return self._looked_up(kind, item_index)[0]
 
     def sums(self, kind: str, item_index: dict[str, int], item_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`embedding_sums` of one kind, computed once: the feedback query and the re-scoring
@@ -89,22 +110,57 @@ class Reactions:
             self._cache[key] = embedding_sums(self.positions(kind, item_index), item_embeddings)
         return self._cache[key]
 
+    def weighted_sums(self, kind: str, item_index: dict[str, int],
+                      item_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the recency-weighted sum of one kind's embeddings and the sum of the
+        weights (`sums` when there are no weights)."""
+        positions, weights = self._looked_up(kind, item_index)
+        if weights is None:
+            return self.sums(kind, item_index, item_embeddings)
+        key = ("weighted_sums", kind)
+        if key not in self._cache:
+            self._cache[key] = embedding_sums(positions, item_embeddings, weights)
+        return self._cache[key]
 
-def _inside(items, times, since: int, taken: set) -> list[str]:
-    return list(dict.fromkeys(i for i, t in zip(items, times) if t >= since and i not in taken))
+
+def _inside(items, times, since: int, taken: set) -> tuple[list[str], list[float]]:
+    """The items at or after `since` and not in `taken`, deduplicated (the first time each
+    appears: the newest), with those times."""
+    newest: dict[str, float] = {}
+    for i, t in zip(items, times):
+        if t >= since and i not in taken and i not in newest:
+            newest[i] = float(t)
+    return list(newest), list(newest.values())
 
 
-def reacted(rows, cfg: FeedbackConfig) -> Reactions:
-    """The reactions of each row (user-tower columns with FEEDBACK_INPUTS and REQUEST_TS)."""
-    out = Reactions([], [], [])
-    for now, items, items_ts, views, views_ts, browsed, browsed_ts in zip(
+def _decay(now: float, times: list[float], half_life_s: float) -> list[float]:
+    return [0.5 ** (max(now - t, 0.0) / half_life_s) for t in times]
+
+
+def reacted(rows, cfg: FeedbackConfig, half_life_s=None) -> Reactions:
+    """The reactions of each row (user-tower columns with FEEDBACK_INPUTS and REQUEST_TS).
+    `half_life_s`: per row (np.inf: no decay for that row), default `cfg.half_life_s` for
+    every row; with none, the reactions carry no weights."""
+    n = len(rows[REQUEST_TS])
+    if half_life_s is None:
+        half_life_s = np.full(n, cfg.half_life_s if cfg.half_life_s else np.inf)
+    half_life_s = np.broadcast_to(np.asarray(half_life_s, float), (n,))
+    weighted = bool(np.isfinite(half_life_s).any())
+    out = Reactions([], [], [], {"engaged": [], "skipped": [], "browsed": []} if weighted else None)
+    for now, items, items_ts, views, views_ts, browsed, browsed_ts, half_life in zip(
             rows[REQUEST_TS], rows["recent_items"], rows["recent_items_ts"], rows["recent_views"],
-            rows["recent_views_ts"], rows["recent_browsed"], rows["recent_browsed_ts"]):
+            rows["recent_views_ts"], rows["recent_browsed"], rows["recent_browsed_ts"], half_life_s):
         since = now - cfg.window_s
-        engaged = _inside(items, items_ts, since, set())
+        engaged, engaged_ts = _inside(items, items_ts, since, set())
+        skipped, skipped_ts = _inside(views, views_ts, since, set(engaged))
+        found, found_ts = _inside(browsed, browsed_ts, since, set(engaged))
         out.engaged.append(engaged)
-        out.skipped.append(_inside(views, views_ts, since, set(engaged)))
-        out.browsed.append(_inside(browsed, browsed_ts, since, set(engaged)))
+        out.skipped.append(skipped)
+        out.browsed.append(found)
+        if weighted:
+            for kind, times in (("engaged", engaged_ts), ("skipped", skipped_ts), ("browsed", found_ts)):
+                out.weights[kind].append(_decay(float(now), times, half_life) if np.isfinite(half_life)
+                                         else [1.0] * len(times))
     return out
 
 
@@ -121,9 +177,9 @@ def feedback_queries(queries: np.ndarray, rows, item_index: dict[str, int], item
     moved = np.zeros(len(queries), bool)
     for kind, weight in pulls:
         if weight:
-            sums, counts = reactions.sums(kind, item_index, item_embeddings)
-            shift += weight * sums / np.maximum(counts, 1)[:, None]
-            moved |= counts > 0
+            sums, mass = reactions.weighted_sums(kind, item_index, item_embeddings)
+            shift += weight * sums / np.where(mass > 0, mass, 1.0)[:, None]
+            moved |= mass > 0
     if not moved.any():
         return queries
     adjusted = unit + shift
@@ -142,10 +198,13 @@ def rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reactions, i
     out = logits.copy()
     if not cfg.similarity_weight:
         return out
-    engaged, n_engaged = reactions.sums("engaged", item_index, item_embeddings)
-    browsed, n_browsed = reactions.sums("browsed", item_index, item_embeddings)
-    evidence = n_engaged + n_browsed
-    centroids = (engaged + browsed) / np.maximum(evidence, 1)[:, None]
+    _, n_engaged = reactions.sums("engaged", item_index, item_embeddings)
+    _, n_browsed = reactions.sums("browsed", item_index, item_embeddings)
+    evidence = n_engaged + n_browsed  # a count, whatever the recency weights
+    engaged, w_engaged = reactions.weighted_sums("engaged", item_index, item_embeddings)
+    browsed, w_browsed = reactions.weighted_sums("browsed", item_index, item_embeddings)
+    mass = w_engaged + w_browsed
+    centroids = (engaged + browsed) / np.where(mass > 0, mass, 1.0)[:, None]
     valid = candidates >= 0
     rows = np.flatnonzero((evidence > 0) & (valid.sum(axis=1) >= 2))
     if not len(rows):
@@ -206,17 +265,26 @@ def content_rescored(logits: np.ndarray, candidates: np.ndarray, reactions: Reac
     return out
 
 
-def embedding_sums(positions: list[list[int]], item_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def embedding_sums(positions: list[list[int]], item_embeddings: np.ndarray,
+                   weights: list[list[float]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per row of `positions` (catalog positions), the sum of its items' embeddings and their
-    count: one gather and one segment sum for the whole batch instead of a mean per row."""
+    count: one gather and one segment sum for the whole batch instead of a mean per row.
+    With `weights` (aligned with `positions`): the weighted sum and the sum of the weights."""
     counts = np.array([len(p) for p in positions], np.int64)
     flat = [at for p in positions for at in p]
     sums = np.zeros((len(positions), item_embeddings.shape[1]), np.float64)
+    mass = counts.astype(np.float64)
     if flat:  # rows come in order: one reduceat over each row's run of positions
         filled = np.flatnonzero(counts)
         starts = (np.cumsum(counts) - counts)[filled]
-        sums[filled] = np.add.reduceat(item_embeddings[flat].astype(np.float64), starts, axis=0)
-    return sums, counts.astype(np.float64)
+        gathered = item_embeddings[flat].astype(np.float64)
+        if weights is not None:
+            w = np.array([x for row in weights for x in row], np.float64)
+            gathered *= w[:, None]
+            mass = np.zeros(len(positions))
+            mass[filled] = np.add.reduceat(w, starts)
+        sums[filled] = np.add.reduceat(gathered, starts, axis=0)
+    return sums, mass
 
 
 def _moments(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

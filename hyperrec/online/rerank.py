@@ -32,6 +32,7 @@ class RerankConfig:
     exploration_slot: int | None = 4  # 0-based position the bandit fills; None: no exploration
     exploration_pool: int = 50  # the bandit picks among ranked candidates below the top k, up to this rank
     realtime: bool = True  # False: the stream processor leaves this arm's users alone (batch features only)
+    recency: bool = True  # False: the feedback stages weigh this arm's reactions alike (FeedbackConfig.half_life_s)
 
 
 @dataclass

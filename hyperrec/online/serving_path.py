@@ -131,7 +131,8 @@ EXPERIMENTS = {
     # the closed loop's ablations: each arm switches one mechanism off, "full" keeps them all
     "ablation": Experiment(arms={"full": RerankConfig(), "no-mmr": RerankConfig(mmr_lambda=1.0),
                                  "no-bandit": RerankConfig(exploration_slot=None),
-                                 "no-realtime": RerankConfig(realtime=False)},
+                                 "no-realtime": RerankConfig(realtime=False),
+                                 "no-recency": RerankConfig(recency=False)},
                            salt="hyperrec-ablation-1"),
 }
 
@@ -248,7 +249,11 @@ def recommend_batch(unit: ServingUnit, features: Columns, requests: list[Request
         bought = rows.get("purchased_items", [()] * len(batch))
         seen = [set(items) | set(r.exclude) | set(b) for items, r, b in zip(rows["recent_items"], batch, bought)]
         with timer("retrieval"):
-            reactions = reacted(rows, feedback) if feedback is not None else None
+            reactions = None
+            if feedback is not None:
+                half_life = feedback.half_life_s or np.inf
+                reactions = reacted(rows, feedback, [half_life if experiment.arms[experiment.assign(r.key)].recency
+                                                     else np.inf for r in batch])
             queries = rec.user_embeddings(rows)
             if feedback is not None:
                 queries = feedback_queries(queries, rows, rec.item_index, rec.item_embeddings, feedback, reactions)
