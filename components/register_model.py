@@ -11,7 +11,8 @@ def register_model(home: str, world_dir: str, run_tag: str, model: Input[Model],
                    decision: Input[Artifact], data_report: Input[Markdown]
                    ) -> NamedTuple("Registered", [("version", int), ("blessed", bool)]):
     """Log the run to MLflow (params, metrics, gate decision, data profile, dataset
-    fingerprint, git commit) and register the model: blessed -> `champion`, rejected ->
+    fingerprint, git commit; into the training's run, which holds the per-epoch metrics,
+    when the model's metadata names it) and register the model: blessed -> `champion`, rejected ->
     registered with its reasons, alias unchanged. Returns the registered version and
     whether it was blessed (what deploy acts on)."""
     import json
@@ -25,11 +26,12 @@ def register_model(home: str, world_dir: str, run_tag: str, model: Input[Model],
     gate = json.loads(Path(decision.path).read_text())
     result = json.loads(Path(evaluation.path).read_text())
     metrics = result.get("candidate_all_test", result["candidate"])  # the whole test split, not the comparison's
-    params = {k: v for k, v in model.metadata.items() if isinstance(v, (int, float, str))}
+    run_id = model.metadata.get("mlflow_run_id") or None
+    params = {k: v for k, v in model.metadata.items() if isinstance(v, (int, float, str)) and k != "mlflow_run_id"}
     world = Path(world_dir)
     tags = {"dataset_fingerprint": fingerprint([world / f"{t}.parquet" for t in ("events", "users", "items")]),
             "pipeline_run_tag": run_tag, "gate_compared_on": result.get("compared_on", "")}
     artifacts = {"data_profile.json": data_report.metadata["profile"],
                  "data_gate.md": Path(data_report.path).read_text()}
-    version = register(load_settings(home), Path(model.path), params, metrics, gate, artifacts, tags)
+    version = register(load_settings(home), Path(model.path), params, metrics, gate, artifacts, tags, run_id)
     return namedtuple("Registered", ["version", "blessed"])(version, bool(gate["blessed"]))

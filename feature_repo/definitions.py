@@ -6,15 +6,17 @@ streamed views also take pushes (`<view>_push`) from the stream processor.
 """
 
 import pandas as pd
-from feast import Entity, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Float32, Int64, String
 
 from hyperrec.config import load_settings
 from hyperrec.features.views import FEATURE_VIEWS, REQUEST_CONTEXT, REQUEST_TS
+from hyperrec.training.feature_service import feature_service_name, model_features
 
 DTYPES = {"string": String, "float": Float32, "int": Int64, "string_list": Array(String), "int_list": Array(Int64)}
-OFFLINE_DIR = load_settings().offline_dir
+SETTINGS = load_settings()
+OFFLINE_DIR = SETTINGS.offline_dir
 
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING,
               description="a pseudonymous user id")
@@ -54,3 +56,13 @@ def request_context(inputs: pd.DataFrame) -> pd.DataFrame:
     from hyperrec.features.views import request_context_features
 
     return request_context_features(inputs)
+
+
+# the registered model's features (its versions are tagged with this name)
+_VIEWS = {v.name: v for v in (user_profile, user_activity, user_recent_items, user_purchases, user_recent_views,
+                              request_context)}
+model_service = FeatureService(
+    name=feature_service_name(SETTINGS.model_name),
+    features=[_VIEWS[view][list(names)] for view, names in model_features().items()],
+    description=f"every online feature model {SETTINGS.model_name} and its serving path read",
+)

@@ -53,6 +53,12 @@ def test_pipeline_registers_a_champion_with_its_evaluation(trained):
     assert served["data_end"] > evaluated["data_end"] and float(params["refit_rows"]) == served["refit_rows"]
     assert run.data.tags["gate_compared_on"] == "all test interactions"  # the first model: no champion
     assert mv.tags["deploy_status"] == "alias-moved"
+    # train-retrieval logged each epoch, as it trained, into the run register-model logged the version in
+    holdout = [m.step for m in client.get_metric_history(mv.tags["run_id"], "retrieval_holdout_loss")]
+    assert holdout and holdout == list(range(1, len(holdout) + 1))
+    refit = [m.step for m in client.get_metric_history(mv.tags["run_id"], "serving_retrieval_loss")]
+    assert refit == list(range(1, int(float(params["epochs"])) + 1)) and "mlflow_run_id" not in params
+    assert mv.tags["feast_feature_service"] == settings.model_name.replace("-", "_")
 
 
 def test_training_rows_carry_point_in_time_features(trained):

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from hyperrec.registry.model_registry import RetrievalPyfunc
+from hyperrec.registry.pyfunc import RetrievalPyfunc
 
 set_model(RetrievalPyfunc())

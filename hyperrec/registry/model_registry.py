@@ -1,7 +1,9 @@
 """MLflow: log a training run, register the model, move aliases, load the champion.
 
 The registered artifact is an MLflow pyfunc wrapping the exported two-tower folder, so any
-MLflow tool can load it, and the model server loads it through the same API.
+MLflow tool can load it, and the model server loads it through the same API. It carries its
+own code, pinned requirements, signature and input example (hyperrec.registry.pyfunc), and
+the name of the Feast FeatureService it reads (tag FEATURE_SERVICE_TAG).
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ import json
 import logging
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 from mlflow import MlflowClient
 
 from hyperrec.config import Settings
+from hyperrec.registry import pyfunc
+from hyperrec.registry.pyfunc import RetrievalPyfunc  # noqa: F401  (versions logged before pyfunc.py import it here)
+from hyperrec.training.feature_service import FEATURE_SERVICE_TAG, feature_service_name
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # a version on trial: served to a share of users until the A/B test decides
@@ -31,20 +36,6 @@ log = logging.getLogger(__name__)
 
 class RefusedVersion(ValueError):
     """A version `champion` must not point at; the message names it and says why."""
-
-
-class RetrievalPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc face of a two-tower model: rows of user features in, top-k item ids out."""
-
-    def load_context(self, context):
-        from hyperrec.models.recommender import Recommender
-
-        self.recommender = Recommender(Path(context.artifacts["model_dir"]))
-
-    def predict(self, context, model_input: pd.DataFrame, params=None):
-        k = int((params or {}).get("k", 10))
-        ranked, _ = self.recommender.recommend(model_input, k=k)
-        return pd.DataFrame({"items": ranked})
 
 
 def configure(settings: Settings) -> MlflowClient:
@@ -75,10 +66,30 @@ def fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+@contextmanager
+def training_run(settings: Settings) -> Iterator[tuple[str, Callable[[dict[str, float], int], None]]]:
+    """An MLflow run for a training step, open while it trains: yields (run id, log), where
+    `log(metrics, step)` logs at once (e.g. fit_retrieval's `epoch_metrics`, step = epoch, read
+    back with MlflowClient().get_metric_history). Give the run id to `register_model`, and the
+    version's run holds the per-epoch curves next to its evaluation."""
+    client = configure(settings)
+    with mlflow.start_run(run_name="train-two-stage") as run:
+        run_id = run.info.run_id
+
+        def log_metrics(metrics: dict[str, float], step: int) -> None:
+            stamp = int(datetime.now(UTC).timestamp() * 1000)
+            client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), stamp, step)
+                                              for k, v in metrics.items()], synchronous=True)
+        yield run_id, log_metrics
+
+
 def register_model(settings: Settings, model_dir: Path, params: dict, metrics: dict, gate: dict,
-                   artifacts: dict[str, str] | None = None, tags: dict | None = None) -> int:
+                   artifacts: dict[str, str] | None = None, tags: dict | None = None,
+                   run_id: str | None = None) -> int:
     """Log one MLflow run (params, metrics, the gate's decision, text artifacts, git commit)
-    and register the model as a new version. A blessed version becomes `champion` (the
+    and register the model as a new version, tagged with its Feast feature service. `run_id`:
+    the training's run (`training_run`, which logged the per-epoch metrics) to log into
+    instead of a new one. A blessed version becomes `champion` (the
     previous one is remembered for rollback, and with the gate's `holdback` it becomes
     `challenger`: the online trial of the new against the old); one the gate sends to an
     online trial becomes `challenger`; a rejected one is registered with the reasons and no
@@ -86,16 +97,12 @@ def register_model(settings: Settings, model_dir: Path, params: dict, metrics: d
     client = configure(settings)
     blessed = bool(gate["blessed"])
     outcome = "blessed" if blessed else ("canary" if gate.get("canary") else "rejected")
-    with mlflow.start_run(run_name="train-two-stage") as run:
+    service = feature_service_name(settings.model_name)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "train-two-stage") as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
-        mlflow.set_tags({"git_commit": _git_commit(), "gate": outcome, **(tags or {})})
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
-            artifacts={"model_dir": str(model_dir)},
-            pip_requirements=["hyperrec"],  # the project's own locked environment
-            registered_model_name=settings.model_name,
-        )
+        mlflow.set_tags({"git_commit": _git_commit(), "gate": outcome, FEATURE_SERVICE_TAG: service, **(tags or {})})
+        info = pyfunc.log_model(model_dir, settings.model_name)
         mlflow.log_text(json.dumps(metrics, indent=2), "evaluation.json")
         mlflow.log_text(json.dumps(gate, indent=2), "gate.json")
         for name, text in (artifacts or {}).items():
@@ -103,6 +110,7 @@ def register_model(settings: Settings, model_dir: Path, params: dict, metrics: d
     version = str(info.registered_model_version)
     client.set_model_version_tag(settings.model_name, version, "run_id", run.info.run_id)
     client.set_model_version_tag(settings.model_name, version, "gate", outcome)
+    client.set_model_version_tag(settings.model_name, version, FEATURE_SERVICE_TAG, service)
     if blessed:
         replaced = champion_version(settings)
         move_alias(settings, int(version), "passed the model gate")

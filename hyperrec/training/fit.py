@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -74,6 +75,28 @@ class _EarlyStopping:
         return epoch - self.best_epoch < self.patience + 1
 
 
+# a training run's metric logger: (metrics, step) -> None, called after each epoch with step = the epoch
+EpochMetrics = Callable[[dict[str, float], int], None]
+
+
+def _reported(on_epoch, epoch_metrics: EpochMetrics | None, prefix: str):
+    """`on_epoch` for train_two_tower that also reports each epoch's training loss (and the
+    validation NDCG@10 when `on_epoch` is an _EarlyStopping) to `epoch_metrics` as
+    `<prefix>_loss` / `<prefix>_validation_ndcg_at_10` at step = epoch."""
+    if epoch_metrics is None:
+        return on_epoch
+
+    def report(epoch: int, model) -> bool:
+        go_on = on_epoch(epoch, model) if on_epoch is not None else True
+        history = getattr(getattr(model, "history", None), "history", None) or {}
+        values = {f"{prefix}_loss": float(history["loss"][-1])} if history.get("loss") else {}
+        if isinstance(on_epoch, _EarlyStopping):
+            values[f"{prefix}_validation_ndcg_at_10"] = float(on_epoch.history[-1])
+        epoch_metrics(values, epoch)
+        return go_on
+    return report
+
+
 RANKING_EXAMPLES = "ranking_examples.npz"
 UNIT_FROM_RETRIEVAL = ("user_tower", "item_tower", WARM_START_DIR, "config.json", "coengagement.npz")
 UNIT_FROM_RANKING = ("ranker", "ranker_config.json")
@@ -83,14 +106,17 @@ _EXAMPLE_SHAPE = ("candidates", "short_history_share")
 
 def fit_retrieval(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConfig(), log=print,
                   warm_start: Path | None = None, ranker_cfg: RankerConfig = RankerConfig(),
-                  examples_dir: Path | None = None) -> dict:
+                  examples_dir: Path | None = None, epoch_metrics: EpochMetrics | None = None) -> dict:
     """Retrieval and the ranker's training examples. (1) The towers are fit on each user's
     earlier 80% of training data, the epoch count picked by NDCG@10 on the later 20%; (2)
     that model's candidates for the held-out part (plus short-history copies of the users)
     become the ranker's examples, written to examples_dir (default out_dir) as
     ranking_examples.npz; (3) the towers are refit on all training data with that epoch
     count and exported to out_dir with the co-engagement table and retrieval.json.
-    `warm_start`: an earlier export (the champion's) whose tower weights both fits start from."""
+    `warm_start`: an earlier export (the champion's) whose tower weights both fits start from.
+    `epoch_metrics(metrics, epoch)`: called after every epoch of both fits, with
+    retrieval_holdout_loss and retrieval_holdout_validation_ndcg_at_10 (1), then
+    retrieval_loss (3); `training_run` gives one that logs them to MLflow."""
     from hyperrec.models.recommender import created_seconds
 
     t0 = time.perf_counter()
@@ -107,7 +133,8 @@ def fit_retrieval(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerC
 
     # 1) retrieval on the earlier part, epochs picked on the held-out later part
     stop = _EarlyStopping(queries, seen, relevant, items)
-    model = train_two_tower(fit, items, cfg, on_epoch=stop, warm_start=warm_start)
+    model = train_two_tower(fit, items, cfg, on_epoch=_reported(stop, epoch_metrics, "retrieval_holdout"),
+                            warm_start=warm_start)
     model.set_weights(stop.weights)
     log(f"retrieval validation NDCG@10 per epoch {stop.history}: best epoch {stop.best_epoch}")
 
@@ -133,7 +160,8 @@ def fit_retrieval(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerC
 
     # 3) retrieval and co-engagement refit on all training data, same epoch count
     final_cfg = replace(cfg, epochs=stop.best_epoch)
-    model = train_two_tower(train, items, final_cfg, warm_start=warm_start)
+    model = train_two_tower(train, items, final_cfg, on_epoch=_reported(None, epoch_metrics, "retrieval"),
+                            warm_start=warm_start)
     export_towers(model, items, final_cfg, out_dir)  # the item embeddings are computed again with the index
     CoEngagement.fit(train, items, half_life=cfg.recency_half_life).save(out_dir / "coengagement.npz")
     seconds = time.perf_counter() - t0
@@ -146,7 +174,7 @@ def fit_retrieval(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerC
 
 
 def refit_for_serving(data_dir: Path, retrieval_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConfig(),
-                      warm_start: Path | None = None, log=print) -> dict:
+                      warm_start: Path | None = None, log=print, epoch_metrics: EpochMetrics | None = None) -> dict:
     """The towers and co-engagement table to serve: fit_retrieval's refit again, with the
     epoch count it picked, on the training rows *and* the test rows (test_examples.parquet).
 
@@ -156,7 +184,8 @@ def refit_for_serving(data_dir: Path, retrieval_dir: Path, out_dir: Path, cfg: T
     retrain: 82% of the drifted users' post-drift positives were test rows). So the unit
     built from retrieval_dir is the one evaluated and gated, and this one, its twin with
     the newest 20% added, is registered and served; the online trial judges it live.
-    Writes retrieval.json (fit_retrieval's report, with this fit's rows and data end)."""
+    Writes retrieval.json (fit_retrieval's report, with this fit's rows and data end).
+    `epoch_metrics`: as fit_retrieval's, with serving_retrieval_loss per epoch."""
     t0 = time.perf_counter()
     train = pd.read_parquet(data_dir / "train.parquet")
     test = pd.read_parquet(data_dir / "test_examples.parquet")
@@ -164,7 +193,8 @@ def refit_for_serving(data_dir: Path, retrieval_dir: Path, out_dir: Path, cfg: T
     items = pd.read_parquet(data_dir / "items.parquet")
     report = json.loads((retrieval_dir / "retrieval.json").read_text())
     final_cfg = replace(cfg, epochs=report["epochs"])
-    model = train_two_tower(rows, items, final_cfg, warm_start=warm_start)
+    model = train_two_tower(rows, items, final_cfg, on_epoch=_reported(None, epoch_metrics, "serving_retrieval"),
+                            warm_start=warm_start)
     export_towers(model, items, final_cfg, out_dir)
     CoEngagement.fit(rows, items, half_life=cfg.recency_half_life).save(out_dir / "coengagement.npz")
     seconds = time.perf_counter() - t0
@@ -234,12 +264,13 @@ def build_serving_unit(retrieval_dir: Path, ranker_dir: Path, data_dir: Path, ou
 
 
 def fit_models(data_dir: Path, out_dir: Path, cfg: TwoTowerConfig = TwoTowerConfig(),
-               ranker_cfg: RankerConfig = RankerConfig(), log=print, warm_start: Path | None = None) -> dict:
+               ranker_cfg: RankerConfig = RankerConfig(), log=print, warm_start: Path | None = None,
+               epoch_metrics: EpochMetrics | None = None) -> dict:
     """fit_retrieval -> fit_ranking -> build_serving_unit in one call (what the pipeline runs
     as three steps): the serving unit in out_dir, its training report returned."""
     with tempfile.TemporaryDirectory(prefix="hyperrec-fit-") as tmp:
         retrieval_dir, ranker_dir = Path(tmp) / "retrieval", Path(tmp) / "ranker"
-        fit_retrieval(data_dir, retrieval_dir, cfg, log, warm_start, ranker_cfg=ranker_cfg)
+        fit_retrieval(data_dir, retrieval_dir, cfg, log, warm_start, ranker_cfg=ranker_cfg, epoch_metrics=epoch_metrics)
         fit_ranking(retrieval_dir, ranker_dir, ranker_cfg, log)
         return build_serving_unit(retrieval_dir, ranker_dir, data_dir, out_dir)
 
