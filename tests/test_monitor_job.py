@@ -427,6 +427,10 @@ def test_the_short_window_fires_within_hours_while_the_days_window_is_not_ready(
     assert report["short_window"]["window_s"] == 6 * 3600
     decisions = [json.loads(line) for line in paths(settings)["decisions"].read_text().splitlines()]
     assert [d["status"] for d in decisions] == ["no_drift", "fired"]
+    # a reference too thin at those hours (a day mostly spent in a trial) gives no verdict
+    thin = run_once(settings, submitter, champion=1, config=TriggerConfig(short_min_requests=500, short_min_clicks=15),
+                    probe_index=False, dashboard=False)
+    assert thin["short_window"]["status"] == "reference_too_small" and len(submitter.submitted) == 1
     # times of day: a window across midnight takes the reference's lists on both sides of it
     ref = pd.DataFrame({"ts": T0 + np.arange(0, 86_400, 3_600.0)})
     assert len(same_time_of_day(ref, T0 + 86_400 * 3 - 3 * 3600, T0 + 86_400 * 3 + 3 * 3600)) == 6

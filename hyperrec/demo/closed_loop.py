@@ -40,6 +40,7 @@ class LoopConfig:
     drift_categories: int | None = None  # categories they turn to (WorldConfig.drift_categories); None: any
     lists_per_day: int | None = None  # default: as many views a day as the world's history had
     step_hours: float = 6.0  # the monitoring job runs after every step
+    short_window_hours: float = 6.0  # the monitor's short window (monitoring.job.run_once; 0: the day's only)
     epochs: int = 6  # of each retraining run
     # each costs ~100 s of wall time; later firings are recorded, not run. In one run (README,
     # Monitoring) the first retrain won back 53% of the drift's CTR drop, the third 86%
@@ -138,7 +139,7 @@ def run_loop(settings: Settings, world: World, url: str, console: Console, strea
         served = sim.run(lists, t, t + step).frame
         t += step
         time.sleep(0.5)  # the last events reach the online store and the impression log
-        report = run_once(settings, submitter, probe_index=(i % 4 == 3))
+        report = run_once(settings, submitter, probe_index=(i % 4 == 3), short_window_s=cfg.short_window_hours * 3600)
         reports.append(report)
         ctr = served["clicks"].sum() / served["shown"].sum()
         steps.append({"step": i, "sim_end": t, "lists": len(served), "ctr": float(ctr),
