@@ -179,3 +179,19 @@ def test_the_version_names_a_feature_service_that_resolves_in_feast(registered):
                                        entity_rows=[{"user_id": u, "request_ts": now} for u in users]).to_dict()
     assert set(online) >= features and online["user_id"] == users
     assert any(online["recent_items"]), "users' recent items come back through the service"
+
+
+def test_the_shipped_code_is_what_the_pyfunc_imports(tmp_path):
+    """code_modules follows imports (function-level and relative ones too) from the pyfunc:
+    the recommender and its parts, not the server, the demo or the benches."""
+    from hyperrec.registry import pyfunc
+
+    modules, external = pyfunc.code_modules()
+    assert {"hyperrec", "hyperrec._env", "hyperrec.models.recommender", "hyperrec.models.numpy_forward",
+            "hyperrec.models.ranking", "hyperrec.registry.pyfunc"} <= set(modules)
+    assert not [m for m in modules if m.startswith(("hyperrec.online", "hyperrec.demo", "hyperrec.bench"))]
+    assert {"numpy", "pandas", "tensorflow", "tensorflow_recommenders"} <= set(external)
+    (tmp_path / "__init__.py").write_text("from . import a\nfrom .b import c\n")
+    (tmp_path / "m.py").write_text("from . import a\nfrom ..x import y\nimport numpy\n")
+    assert pyfunc._imports(tmp_path / "__init__.py", "hyperrec.p") >= {"hyperrec.p.a", "hyperrec.p.b"}
+    assert pyfunc._imports(tmp_path / "m.py", "hyperrec.p.m") >= {"hyperrec.p.a", "hyperrec.x.y", "numpy"}

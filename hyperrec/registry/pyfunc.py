@@ -113,13 +113,14 @@ def _save_model(path, mlflow_model, validate_serving_input: bool = True, **kwarg
 
 def _imports(path: Path, module: str) -> set[str]:
     """Absolute module names a file imports, at any depth (function-level imports too)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this module's package
-                base = module.rsplit(".", node.level)[0]
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 name = f"{base}.{node.module}" if node.module else base
             else:
                 name = node.module
@@ -150,7 +151,7 @@ def code_modules() -> tuple[tuple[str, ...], tuple[str, ...]]:
             if path is None or prefix in seen:
                 continue
             seen.add(prefix)
-            for imported in _imports(path, prefix if path.name == "__init__.py" else prefix):
+            for imported in _imports(path, prefix):
                 top = imported.split(".")[0]
                 if top == "hyperrec":
                     todo.append(imported)
