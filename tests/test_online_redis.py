@@ -113,7 +113,7 @@ def test_values_live_in_our_redis_and_reads_hit_it(stores):
 def test_direct_reader_returns_what_feast_returns(stores, store):
     """The serving path's OnlineUserReader reads Feast's tables itself: it must agree with
     Feast's own get_online_features, value for value, fresh and past the TTL, known and unknown."""
-    from hyperrec.features.online_reader import OnlineUserReader
+    from hyperrec.features.online_reader import UNAVAILABLE, OnlineUserReader
 
     sqlite, on_redis, world, _ = stores
     settings = sqlite if store == "sqlite" else on_redis
@@ -122,6 +122,7 @@ def test_direct_reader_returns_what_feast_returns(stores, store):
     for now in (last + timedelta(hours=1), last + timedelta(days=8), last + timedelta(days=40)):  # some TTLs lapse
         want = online_user_features(open_store(settings), ids, now=now)
         got = OnlineUserReader(settings).read(ids, now=now)
+        assert not got.pop(UNAVAILABLE).any()  # the reader's own flag: every row was read
         assert set(got) == set(want.columns)
         for col in want.columns:
             assert [list(v) if isinstance(v, list) else v for v in got[col]] == \
