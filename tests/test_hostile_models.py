@@ -12,6 +12,7 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
+from hyperrec.bench.faults import nan_embeddings
 from hyperrec.cli import app
 from hyperrec.registry.model_registry import champion_version, configure, move_alias, register_model
 
@@ -26,19 +27,6 @@ def server(champion_server):
     """A small world, one quickly trained champion and a server polling the alias every half second."""
     with champion_server("hostile", ("--poll_s", "0.5")) as built:
         yield built
-
-
-def nan_embeddings(model_dir: Path, out: Path) -> Path:
-    """A copy of `model_dir` whose item embeddings, and the index built from them, hold NaN
-    rows (what a diverged training run exports): every file still loads."""
-    shutil.copytree(model_dir, out)
-    with np.load(out / "candidates.npz") as z:
-        ids, embeddings = z["item_ids"], z["embeddings"].copy()
-    embeddings[::7] = np.nan
-    np.savez(out / "candidates.npz", item_ids=ids, embeddings=embeddings)
-    if (out / "index" / "embeddings.npy").exists():
-        np.save(out / "index" / "embeddings.npy", embeddings)
-    return out
 
 
 def nan_user_row(model_dir: Path, out: Path) -> Path:

@@ -258,6 +258,23 @@ def probe_cache_outage(live: Live, tally: Tally) -> None:
                 f"{during.status_code} {during.headers.get('x-hyperrec-degraded')}")
 
 
+def nan_embeddings(model_dir: Path, out: Path) -> Path:
+    """A copy of `model_dir` whose item embeddings, and the index built from them, hold NaN
+    rows (what a diverged training run exports): every file still loads."""
+    import shutil
+
+    import numpy as np
+
+    shutil.copytree(model_dir, out)
+    with np.load(out / "candidates.npz") as z:
+        ids, embeddings = z["item_ids"], z["embeddings"].copy()
+    embeddings[::7] = np.nan
+    np.savez(out / "candidates.npz", item_ids=ids, embeddings=embeddings)
+    if (out / "index" / "embeddings.npy").exists():
+        np.save(out / "index" / "embeddings.npy", embeddings)
+    return out
+
+
 def probe_nan_model(live: Live, tally: Tally) -> None:
     """A diverged version (NaN item embeddings) made champion behind the server's back: it
     must keep serving the old one, and rollback/promote must refuse the bad one."""
@@ -276,13 +293,7 @@ def probe_nan_model(live: Live, tally: Tally) -> None:
     good = champion_version(live.settings)
     bad_dir = live.settings.data_dir / "model-nan"
     shutil.rmtree(bad_dir, ignore_errors=True)
-    shutil.copytree(live.settings.data_dir / "model", bad_dir)
-    with np.load(bad_dir / "candidates.npz") as z:
-        ids, embeddings = z["item_ids"], z["embeddings"].copy()
-    embeddings[::7] = np.nan
-    np.savez(bad_dir / "candidates.npz", item_ids=ids, embeddings=embeddings)
-    if (bad_dir / "index" / "embeddings.npy").exists():
-        np.save(bad_dir / "index" / "embeddings.npy", embeddings)
+    nan_embeddings(live.settings.data_dir / "model", bad_dir)
     bad = register_model(live.settings, bad_dir, {"purpose": "faults-nan"}, {}, {"blessed": True, "reasons": []})
     move_alias(live.settings, bad, "faults bench: a diverged model made champion by hand")
     time.sleep(4)  # the server polls the alias every 0.5 s
