@@ -21,7 +21,8 @@ def test_the_report_prints_what_the_files_hold_and_names_what_did_not_run(tmp_pa
                     "metric": {"means": {"champion": 0.5, "challenger": 0.4}, "difference": -0.1,
                                "ci": [-0.15, -0.05], "p_always_valid": 0.01},
                     "retrain_lift": {"difference": 0.1, "ci": [0.05, 0.15]}}],
-        "lifts": {"no-mmr": {"lift": -0.012, "low": -0.05, "high": 0.026, "p_holm": 0.9}}}))
+        "lifts": {"no-mmr": {"lift": -0.012, "low": -0.05, "high": 0.026, "p_holm": 0.9}},
+        "ctr_trough_ratio": 0.655, "drifted_pclick_trough_ratio": 0.676, "hours_drift_to_first_retrain": 18.0}))
     text = render(tmp_path)
     assert "| max req/s at p99 <= 50 ms | 359 | >= 3x naive |" in text
     assert "| p99 at 500 req/s (open loop), ms | 540.2 | <= 25 |" in text
@@ -30,6 +31,8 @@ def test_the_report_prints_what_the_files_hold_and_names_what_did_not_run(tmp_pa
     assert "| `make demo`, world to summary, s | 701.3 | < 600 after setup |" in text
     assert "| CTR after v2 was promoted | 0.0810 |" in text
     assert "| hidden P(click) of the top 5 shown, users whose taste drifted, after v2 was promoted | 0.0512 |" in text
+    assert "| lowest 6-hour CTR after the drift / CTR before it | 0.6550 | >= 0.85 |" in text
+    assert "| simulated hours from the drift to the first retrain | 18.0 | <= 12 |" in text
     assert "| online trial 1: outcome | promote |" in text
     assert ("| online trial 1: the retrain's lift over keeping the model it replaces (clicks per list, same lists) | "
             "+0.1100 [+0.0300, +0.1900] | 95% CI |") in text

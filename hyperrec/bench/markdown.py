@@ -66,6 +66,11 @@ def _closed_loop_rows(data: dict) -> list[Row]:
     if "recovered" in data:
         rows.append((f"share of the drift's CTR drop won back, {data['recovered']['phase']}",
                      lambda d: f"{d['recovered']['share_of_drop']:.0%}", "(last - trough) / (before - trough)"))
+    rows += [(label, _get(key), target) for key, label, target in (
+        ("ctr_trough_ratio", "lowest 6-hour CTR after the drift / CTR before it", ">= 0.85"),
+        ("drifted_pclick_trough_ratio", "the same for the drifted users' hidden P(click) of the top 5 shown", ">= 0.6"),
+        ("hours_drift_to_first_retrain", "simulated hours from the drift to the first retrain", "<= 12"))
+        if data.get(key) is not None]
     rows += [(f"hidden P(click) of the top 5 shown, {group}, {phase}", _get("hidden_p_click", phase, group),
               "simulator's truth") for phase, groups in data.get("hidden_p_click", {}).items() for group in groups]
     for i in range(len(data.get("retrains", []))):
@@ -123,6 +128,8 @@ BENCHES: dict[str, tuple[str, list[Row] | Callable[[dict], list[Row]]]] = {
         ("same-distribution windows", _get("windows"), "200"),
         ("requests to detect a taste shift (median)", _get("detection_delay_events"), "stated"),
         ("any-p<0.05 rule on the same windows", _get("baseline_false_alarm_rates", "p_lt_0.05_any"), "anchor"),
+        ("short (6 h) windows: false-alarm rate", _get("short_window", "false_alarm_rate"), ""),
+        ("days with an alarm, day's and short windows", _get("false_alarm_rate_per_day_with_short"), "< 1%"),
     ]),
     "import": ("Importing your data (`hyperrec data import`, 1M generated events as CSV)", [
         ("events/s (the import itself)", _get("events_per_s"), ""),
