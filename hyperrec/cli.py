@@ -543,6 +543,20 @@ def stream(home: Path | None = HomeOpt,
 
 
 @app.command()
+def sink(home: Path | None = HomeOpt,
+         kafka: str = typer.Option(..., help="bootstrap servers of the Kafka cluster (host:port[,...])"),
+         topic: str = typer.Option("hyperrec.events", help="the typed event topic"),
+         group: str = typer.Option("hyperrec-offline-sink", help="consumer group (its own: apart from the stream's)"),
+         ready_file: Path | None = typer.Option(None, help="created once the sink has polled the topic")):
+    """Run the offline sink in the foreground: Kafka events -> parquet files per hour under
+    HYPERREC_HOME/data/events, offsets committed after each file is durable; a retrain's
+    snapshot of the world includes them (Ctrl-C stops it)."""
+    from hyperrec.data.offline_sink import run as run_sink
+
+    run_sink(load_settings(home), kafka, topic, group, log=console.print, ready_file=ready_file)
+
+
+@app.command()
 def monitor(home: Path | None = HomeOpt,
             once: bool = typer.Option(True, "--once/--loop", help="one pass (a CronJob), or a pass every --every"),
             every: float = typer.Option(3600.0, help="with --loop: seconds between passes"),

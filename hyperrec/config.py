@@ -30,6 +30,8 @@ class Settings(BaseModel):
     redis_url: str = Field("127.0.0.1:6379", description="Feast connection_string (host:port[,db=N])")
     recs_cache: str | None = Field(None, description="Redis (host:port[,db=N]) caching served lists "
                                    "(hyperrec.online.recs_cache); None: no cache")
+    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers (host:port[,...]): the server "
+                                        "produces POST /v1/events to the event topic instead of the SQLite log")
 
     @property
     def feature_store_yaml(self) -> Path:
@@ -56,6 +58,12 @@ class Settings(BaseModel):
         return self.home / "events.db"
 
     @property
+    def offline_events_dir(self) -> Path:
+        """Events the offline sink wrote from Kafka (hyperrec.data.offline_events): parquet
+        files per hour of event time, which a retrain's snapshot of the world includes."""
+        return self.data_dir / "events"
+
+    @property
     def impression_log(self) -> Path:
         """What the server showed (SQLite, WAL): monitoring joins it with the event log."""
         return self.home / "impressions.db"
@@ -79,7 +87,8 @@ def load_settings(home: str | Path | None = None) -> Settings:
 
     `HYPERREC_HOME` (default `./var`), `MLFLOW_TRACKING_URI` (default: SQLite inside home),
     `HYPERREC_MODEL_NAME`, `HYPERREC_PORT`, `HYPERREC_ONLINE_STORE` (sqlite|redis),
-    `HYPERREC_REDIS` (host:port), `HYPERREC_RECS_CACHE` (host:port of the recommendation cache).
+    `HYPERREC_REDIS` (host:port), `HYPERREC_RECS_CACHE` (host:port of the recommendation cache),
+    `HYPERREC_KAFKA_BOOTSTRAP` (host:port of Kafka: events go to the topic, not the SQLite log).
     """
     root = Path(home or os.environ.get("HYPERREC_HOME") or Path.cwd() / "var").resolve()
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
@@ -94,6 +103,8 @@ def load_settings(home: str | Path | None = None) -> Settings:
         values["redis_url"] = redis_url
     if recs_cache := os.environ.get("HYPERREC_RECS_CACHE"):
         values["recs_cache"] = recs_cache
+    if kafka := os.environ.get("HYPERREC_KAFKA_BOOTSTRAP"):
+        values["kafka_bootstrap"] = kafka
     return Settings(**values)
 
 
@@ -109,4 +120,8 @@ def export_env(settings: Settings) -> dict[str, str]:
         env["HYPERREC_RECS_CACHE"] = settings.recs_cache
     else:
         env.pop("HYPERREC_RECS_CACHE", None)
+    if settings.kafka_bootstrap:
+        env["HYPERREC_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    else:
+        env.pop("HYPERREC_KAFKA_BOOTSTRAP", None)
     return env

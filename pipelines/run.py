@@ -89,8 +89,13 @@ def submit(host: str, package: Path, home: str, world_dir: str, experiment: str 
     credentials = kfp.client.ServiceAccountTokenVolumeCredentials(str(token)) if token.exists() else None
     client = kfp.Client(host=host, namespace=namespace, credentials=credentials)
     exp = client.create_experiment(experiment, namespace=namespace)
-    args = {"home": home, "world_dir": world_dir}
-    run = client.create_run_from_pipeline_package(str(package), arguments=args, experiment_id=exp.experiment_id,
+    # a run tag of its own for the run made now (MLflow's pipeline_run_tag); the recurring run's
+    # parameters are the same every night, and its runs are told apart by KFP's run id (pipeline_run_id).
+    # merge_logged_events: a cluster's run learns from the events logged since the world was written
+    # (the offline sink's Kafka files), as `hyperrec retrain` does in embedded mode
+    args = {"home": home, "world_dir": world_dir, "merge_logged_events": True}
+    run = client.create_run_from_pipeline_package(str(package), arguments={**args, "run_tag": uuid.uuid4().hex[:12]},
+                                                  experiment_id=exp.experiment_id,
                                                   run_name=f"hyperrec-training-{uuid.uuid4().hex[:8]}")
     out = {"experiment_id": exp.experiment_id, "run_id": run.run_id}
     if cron:

@@ -1,6 +1,6 @@
 """The training pipeline: tasks and their connections only.
 
-validate_data -> build_training_set -> train_retrieval -> train_ranking -> build_index ->
+snapshot_data -> validate_data -> build_training_set -> train_retrieval -> train_ranking -> build_index ->
 evaluate_model -> gate_model -> register_model -> deploy.
 
 validate_data gates everything: on "failed" nothing below it runs (its report is the
@@ -11,6 +11,13 @@ test rows (each user's newest interactions, hyperrec.training.fit.refit_for_serv
 registered and served. The model gate decides what register_model does with the alias;
 deploy then verifies the roll-out (servers follow the alias themselves) or reports that
 there was nothing to roll out.
+
+snapshot_data merges the events logged since the world was written (the event log's and
+the offline sink's Kafka files) when the run asks for it (`merge_logged_events`: the
+cluster's runs; `hyperrec retrain` snapshots before it starts kfp.local). Every task that
+reads mutable state runs with KFP caching off (`_reads_mutable_state`), and register_model
+tags the MLflow run with KFP's id of the run (`pipeline_run_id`) beside the caller's
+`run_tag`: two runs with the same parameters are two runs.
 
 Secrets reach tasks as Kubernetes Secrets mounted into the environment (kfp-kubernetes),
 never as pipeline parameters; so do the cluster settings (a ConfigMap) and the workspace
@@ -25,6 +32,7 @@ from components.deploy import deploy
 from components.evaluate_model import evaluate_model
 from components.gate_model import gate_model
 from components.register_model import register_model
+from components.snapshot_data import snapshot_data
 from components.train_ranking import train_ranking
 from components.train_retrieval import train_retrieval
 from components.validate_data import validate_data
@@ -42,6 +50,16 @@ CONFIG_KEYS = ("HYPERREC_HOME", "HYPERREC_ONLINE_STORE", "HYPERREC_REDIS", "MLFL
 HOME_PVC, HOME_PATH = "hyperrec-home", "/var/lib/hyperrec"
 
 
+def _reads_mutable_state(task):
+    """No KFP caching: the task reads (or writes) state its inputs do not name: the world
+    folder and the Feast offline store behind a path, the consent ledger, the current champion,
+    the registry. KFP would otherwise hand a run with the same parameters (every nightly run,
+    every drift-triggered one) the first run's cached outputs, down to register_model. The
+    other tasks are functions of their input artifacts, which are new in every run once these are."""
+    task.set_caching_options(False)
+    return task
+
+
 def _on_cluster(task, *secrets: str):
     """Settings, workspace volume and `secrets` as environment (kfp-kubernetes; kfp.local
     ignores all three and reads the local environment)."""
@@ -56,25 +74,31 @@ def _on_cluster(task, *secrets: str):
               description="data gate -> Feast point-in-time training set -> TFRS two-tower retrieval -> DCN ranker "
                           "-> serving unit with index -> evaluate vs champion -> model gate -> MLflow -> deploy")
 def training_pipeline(home: str, world_dir: str, run_tag: str = "", epochs: int = 6, learning_rate: float = 0.003,
-                      warm_start: bool = False, k: int = 20, endpoint: str = ""):
-    validated = _on_cluster(validate_data(home=home, world_dir=world_dir), "hyperrec-mlflow")
+                      warm_start: bool = False, k: int = 20, endpoint: str = "", merge_logged_events: bool = False):
+    snapshot = _reads_mutable_state(_on_cluster(
+        snapshot_data(home=home, world_dir=world_dir, merge_logged_events=merge_logged_events,
+                      run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "hyperrec-hmac"))
+    world_dir = snapshot.output  # the world, or with merge_logged_events the world plus the logged events
+    validated = _reads_mutable_state(_on_cluster(validate_data(home=home, world_dir=world_dir), "hyperrec-mlflow"))
     with dsl.If(validated.outputs["Output"] == "passed", name="data-gate-passed"):
-        data = _on_cluster(build_training_set(home=home, world_dir=world_dir), "hyperrec-hmac")
-        retrieval = _on_cluster(train_retrieval(home=home, training_set=data.outputs["training_set"],
-                                                max_epochs=epochs, learning_rate=learning_rate,
-                                                warm_start=warm_start), "hyperrec-mlflow")
+        data = _reads_mutable_state(_on_cluster(build_training_set(home=home, world_dir=world_dir), "hyperrec-hmac"))
+        retrieval = _reads_mutable_state(_on_cluster(  # warm start reads the champion
+            train_retrieval(home=home, training_set=data.outputs["training_set"], max_epochs=epochs,
+                            learning_rate=learning_rate, warm_start=warm_start), "hyperrec-mlflow"))
         ranking = _on_cluster(train_ranking(ranking_examples=retrieval.outputs["ranking_examples"]))
         unit = _on_cluster(build_index(training_set=data.outputs["training_set"],
                                        retrieval=retrieval.outputs["retrieval"],
                                        serving_retrieval=retrieval.outputs["serving_retrieval"],
                                        ranker=ranking.outputs["ranker"]))
-        evaluated = _on_cluster(evaluate_model(home=home, training_set=data.outputs["training_set"],
-                                               model=unit.outputs["model"], k=k), "hyperrec-mlflow")
+        evaluated = _reads_mutable_state(_on_cluster(  # compares with the current champion
+            evaluate_model(home=home, training_set=data.outputs["training_set"], model=unit.outputs["model"], k=k),
+            "hyperrec-mlflow"))
         gated = _on_cluster(gate_model(evaluation=evaluated.outputs["evaluation"]))
-        registered = _on_cluster(register_model(home=home, world_dir=world_dir, run_tag=run_tag,
-                                                model=unit.outputs["serving_model"],
-                                                evaluation=evaluated.outputs["evaluation"],
-                                                decision=gated.outputs["decision"],
-                                                data_report=validated.outputs["report"]), "hyperrec-mlflow")
-        _on_cluster(deploy(home=home, version=registered.outputs["version"], blessed=registered.outputs["blessed"],
-                           endpoint=endpoint), "hyperrec-mlflow")
+        registered = _reads_mutable_state(_on_cluster(
+            register_model(home=home, world_dir=world_dir, run_tag=run_tag, model=unit.outputs["serving_model"],
+                           evaluation=evaluated.outputs["evaluation"], decision=gated.outputs["decision"],
+                           data_report=validated.outputs["report"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+            "hyperrec-mlflow"))
+        _reads_mutable_state(_on_cluster(deploy(home=home, version=registered.outputs["version"],
+                                                blessed=registered.outputs["blessed"], endpoint=endpoint),
+                                         "hyperrec-mlflow"))

@@ -70,7 +70,8 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth", default="auto", choices=AUTH_MODES,
                         help="require API keys or user tokens (serving/auth.py); auto: on unless --host is loopback")
     parser.add_argument("--ingest_wait_s", type=float, default=10.0,
-                        help="longest POST /v1/events waits for the event log's write lock before a 503")
+                        help="longest POST /v1/events waits for the event log's write lock (with "
+                             "HYPERREC_KAFKA_BOOTSTRAP set: for the broker's acknowledgement) before a 503")
     parser.add_argument("--header_timeout_s", type=float, default=HEADER_TIMEOUT_S,
                         help="longest a connection may take to send a request's headers (then 408, closed)")
     parser.add_argument("--body_timeout_s", type=float, default=BODY_TIMEOUT_S,
@@ -114,8 +115,14 @@ def serve(args: argparse.Namespace) -> None:
                              experiment=EXPERIMENTS[args.experiment])
     model.load()
     types = EventTypes.for_workspace(model.settings.home)
-    events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings), event_types=types.known,
-                      busy_wait_s=args.ingest_wait_s)
+    if model.settings.kafka_bootstrap:  # a cluster: events go to the Kafka topic (hyperrec.data.kafka_log)
+        from hyperrec.data.kafka_log import KafkaEventLog
+
+        events = KafkaEventLog(model.settings.kafka_bootstrap, suppress=ErasureWatch(model.settings),
+                               event_types=types.known, ack_timeout_s=args.ingest_wait_s)
+    else:
+        events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings), event_types=types.known,
+                          busy_wait_s=args.ingest_wait_s)
     model.health_checks.append(events.problem)
     install(model_server.app, {model.name: model}, events=events, authenticator=authenticator,
             body_timeout_s=args.body_timeout_s)

@@ -4,7 +4,7 @@ model without FastAPI's routing (serving/direct.py), a request-size limit (413),
 a 400 with {"error": ...}), the answering process in a response header, /metrics over
 every worker under --workers (serving/metrics.py), the bandit
 feedback endpoint, and event ingestion (`POST /v1/events` into the durable event log the
-stream processor tails; its JSON Schema at `GET /v1/schema/event`)."""
+stream processor tails, or the Kafka topic it consumes; its JSON Schema at `GET /v1/schema/event`)."""
 
 from __future__ import annotations
 
@@ -236,7 +236,8 @@ def _install_ingestion(app: FastAPI, log) -> None:
 
     @app.post("/v1/events")
     async def ingest(request: Request):
-        """Acknowledged = durable (the log commits with synchronous=FULL before we answer).
+        """Acknowledged = durable (the log commits with synchronous=FULL before we answer; on
+        a cluster, hyperrec.data.kafka_log: the broker acknowledged every record, acks=all).
         200 with counts even when some events were dead-lettered: those are the client's to
         fix, and the rest must not be refused with them. received = stored + duplicates +
         dead_lettered + suppressed (events of erased users, dropped). 503 when the log cannot
@@ -244,8 +245,8 @@ def _install_ingestion(app: FastAPI, log) -> None:
         raw = await request.body()
         try:
             return await run_in_threadpool(store, raw, current_caller())
-        except LogBusy as exc:
-            metrics.ERRORS.labels("busy").inc()
+        except LogBusy as exc:  # busy past the wait; on Kafka: the broker did not acknowledge in time
+            metrics.ERRORS.labels(exc.kind).inc()
             return JSONResponse(status_code=503, content={"error": f"{exc}; retry"}, headers={"Retry-After": "1"})
         except LogUnavailable as exc:
             metrics.ERRORS.labels("log_unavailable").inc()

@@ -68,8 +68,10 @@ def test_a_firing_submits_the_compiled_pipeline_and_the_trigger_can_follow_the_r
     assert spec["pipelineInfo"]["name"] == "hyperrec-training"
     steps = {"validate-data", "train-retrieval", "train-ranking", "gate-model", "register-model", "deploy"}
     assert {f"comp-{s}" for s in steps} <= set(spec["components"])
-    assert run["runtime_config"]["parameters"] == {"home": "/var/lib/hyperrec",
-                                                   "world_dir": "/var/lib/hyperrec/data/world"}
+    parameters = run["runtime_config"]["parameters"]
+    assert parameters.pop("run_tag")  # each run its own tag for MLflow
+    assert parameters.pop("merge_logged_events") is True  # learns from the events logged since the world
+    assert parameters == {"home": "/var/lib/hyperrec", "world_dir": "/var/lib/hyperrec/data/world"}
     assert submitter.is_running(run_id)  # the in-flight safeguard holds while KFP says RUNNING
     KfpApi.state = "SUCCEEDED"
     assert not submitter.is_running(run_id)

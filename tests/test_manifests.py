@@ -767,6 +767,32 @@ def test_kafka_topic_consumer_and_code_agree(overlay):
     assert flag(words, "--topic") == kafka_source.TOPIC and flag(words, "--group") == kafka_source.GROUP
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_server_events_dead_letters_and_offline_sink_agree_with_the_code(overlay):
+    """The model server produces to Kafka when HYPERREC_KAFKA_BOOTSTRAP is set (hyperrec-config,
+    which it loads); its dead letters have a topic; the offline sink reads the event topic in
+    its own group and writes onto the shared volume."""
+    from hyperrec.data import kafka_log, offline_sink
+    from hyperrec.features import kafka_source
+
+    config = one(overlay, "ConfigMap", "hyperrec-config")["data"]
+    server_env = container_env(overlay, isvc_container(overlay))
+    assert server_env.get("HYPERREC_KAFKA_BOOTSTRAP") == config["HYPERREC_KAFKA_BOOTSTRAP"]
+    letters = one(overlay, "KafkaTopic", "hyperrec-events-dead-letters")
+    assert letters["spec"]["topicName"] == kafka_log.DEAD_LETTER_TOPIC
+    events = one(overlay, "KafkaTopic", "hyperrec-events")
+    assert letters["spec"]["config"]["retention.ms"] <= events["spec"]["config"]["retention.ms"]
+    (where, c, spec), = by_command(overlay, "hyperrec", "sink")
+    words = command_line(c, overlay)
+    assert flag(words, "--kafka") == config["HYPERREC_KAFKA_BOOTSTRAP"]
+    assert flag(words, "--topic") == kafka_log.TOPIC == kafka_source.TOPIC
+    assert flag(words, "--group") == offline_sink.GROUP != kafka_source.GROUP
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+              for v in spec["volumes"] if "persistentVolumeClaim" in v}
+    assert any(claims.get(m["name"]) == "hyperrec-home" and m["mountPath"] == config["HYPERREC_HOME"]
+               for m in c["volumeMounts"]), f"{overlay}: {where} does not write onto the shared volume"
+
+
 def cli_command(app, path: list[str]):
     import typer
 

@@ -84,7 +84,7 @@ def test_pipeline_compiles_to_kfp_ir(tmp_path):
 
     spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text())
     assert spec["pipelineInfo"]["name"] == "hyperrec-training"
-    steps = ("validate-data", "build-training-set", "train-retrieval", "train-ranking", "build-index",
+    steps = ("snapshot-data", "validate-data", "build-training-set", "train-retrieval", "train-ranking", "build-index",
              "evaluate-model", "gate-model", "register-model", "deploy")
     assert set(spec["components"]) == {f"comp-{t}" for t in steps} | {"comp-condition-1"}
     assert json.dumps(spec).count("hyperrec/platform:0.1.0") == len(steps)
@@ -97,8 +97,8 @@ def test_pipeline_compiles_to_kfp_ir(tmp_path):
     deploy_inputs = inner["deploy"]["inputs"]["parameters"]
     assert {deploy_inputs[p]["taskOutputParameter"]["producerTask"] for p in ("version", "blessed")} == {
         "register-model"}
-    # everything after the data gate sits under its condition
-    assert set(spec["root"]["dag"]["tasks"]) == {"validate-data", "condition-1"}
+    # everything after the data gate sits under its condition; the snapshot comes before it
+    assert set(spec["root"]["dag"]["tasks"]) == {"snapshot-data", "validate-data", "condition-1"}
     # secrets come from Kubernetes Secrets, never from pipeline parameters
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = {s["secretName"] for e in executors.values() for s in e.get("secretAsEnv", [])}

@@ -61,6 +61,8 @@ class LogUnavailable(RuntimeError):
 class LogBusy(RuntimeError):
     """Another process held the log's write lock past the busy timeout (HTTP 503, Retry-After)."""
 
+    kind = "busy"  # the server's hyperrec_errors_total label
+
 
 @dataclass(frozen=True)
 class AppendResult:
@@ -108,6 +110,28 @@ def _dumps_without_recursion(value) -> str:
     return "".join(out)
 
 
+# what validation raises for a bad event (dead-lettered, never fatal to the batch)
+INVALID = (ValueError, ValidationError, TypeError, RecursionError)
+
+
+def validate_event(raw, now: datetime, event_types: Collection[str] = EVENT_TYPES,
+                   check: Callable[[Event], str | None] | None = None) -> Event:
+    """The door every event passes (the SQLite log's and the Kafka producer's): the schema,
+    a timezone, no time before 1970 or past `now` plus the allowed clock skew, and `check`.
+    Raises one of INVALID."""
+    data = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+    event = Event.model_validate(data, context={"event_types": tuple(event_types)})
+    if event.ts.tzinfo is None:
+        raise ValueError("ts: timestamp needs a timezone")
+    if event.ts < EARLIEST_TS:
+        raise ValueError(f"ts: {event.ts.isoformat()} is before {EARLIEST_TS:%Y-%m-%d}")
+    if event.ts > now + MAX_CLOCK_SKEW:
+        raise ValueError(f"ts: {event.ts.isoformat()} is in the future (now {now.isoformat()})")
+    if check and (problem := check(event)):
+        raise ValueError(problem)
+    return event
+
+
 class EventLog:
     def __init__(self, path: Path, suppress: Container[str] = frozenset(),
                  event_types: Collection[str] = EVENT_TYPES, busy_wait_s: float = 30.0):
@@ -133,17 +157,7 @@ class EventLog:
         return None
 
     def _check(self, raw, now: datetime, check: Callable[[Event], str | None] | None) -> Event:
-        data = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
-        event = Event.model_validate(data, context={"event_types": self.event_types})
-        if event.ts.tzinfo is None:
-            raise ValueError("ts: timestamp needs a timezone")
-        if event.ts < EARLIEST_TS:
-            raise ValueError(f"ts: {event.ts.isoformat()} is before {EARLIEST_TS:%Y-%m-%d}")
-        if event.ts > now + MAX_CLOCK_SKEW:
-            raise ValueError(f"ts: {event.ts.isoformat()} is in the future (now {now.isoformat()})")
-        if check and (problem := check(event)):
-            raise ValueError(problem)
-        return event
+        return validate_event(raw, now, self.event_types, check)
 
     def append(self, raws: Iterable, check: Callable[[Event], str | None] | None = None,
                now: datetime | None = None) -> AppendResult:
@@ -168,7 +182,7 @@ class EventLog:
                 received += 1
                 try:
                     event = self._check(raw, now, check)
-                except (ValueError, ValidationError, TypeError, RecursionError) as exc:
+                except INVALID as exc:
                     if _claimed_user(raw) in self.suppress:  # an erased user's: not kept, even as a dead letter
                         suppressed += 1
                         continue

@@ -22,11 +22,11 @@ import threading
 from collections.abc import Callable
 
 from hyperrec.data.eventlog import AppendResult
+from hyperrec.data.kafka_log import TOPIC  # noqa: F401  (one typed topic, keyed by user; the server produces to it)
 from hyperrec.data.schemas import Event
 from hyperrec.features.stream import StreamProcessor
 
 log = logging.getLogger(__name__)
-TOPIC = "hyperrec.events"  # one typed topic: every event type, keyed by user (per-user order)
 GROUP = "hyperrec-online-features"
 
 

@@ -28,18 +28,24 @@ STATUS_DONE = ("succeeded", "failed")
 
 
 def snapshot_world(settings: Settings, out: Path, world_dir: Path | None = None) -> Path:
-    """The world's tables with the event log's events appended (deduplicated on event_id,
-    erased users' events already gone from the log): the data a retrain learns from. The
+    """The world's tables with the logged events appended (deduplicated on event_id, erased
+    users' events already gone from the log): the event log's (SQLite) and the offline sink's
+    (Kafka events in parquet, hyperrec.data.offline_sink). The data a retrain learns from. The
     logged events keep their request_id: it tells a view of a served list from a view of an
     item the user found alone (hyperrec.features.windows.listed)."""
     from hyperrec.data.eventlog import EventLog
+    from hyperrec.data.offline_sink import read_offline_events
     from hyperrec.data.world import World, load_world, save_world
 
     world = load_world(world_dir or settings.data_dir / "world", validate=False)
     logged = EventLog(settings.event_log).read(0, limit=2**62)[1]
+    sunk = read_offline_events(settings.offline_events_dir)
+    if not sunk.empty:
+        logged = sunk if logged.empty else pd.concat([logged, sunk], ignore_index=True)
     events = world.events
     if not logged.empty:
         logged = logged[[c for c in dict.fromkeys([*events.columns, "request_id"]) if c in logged.columns]]
+        logged = logged.dropna(axis=1, how="all")  # all-empty optional fields (the concat leaves them empty)
         events = pd.concat([events, logged], ignore_index=True).drop_duplicates("event_id", keep="first")
         events = events.sort_values("ts", kind="stable").reset_index(drop=True)
     meta = {**world.meta, "snapshot_of": str(world_dir or settings.data_dir / "world"),

@@ -1,0 +1,228 @@
+"""The offline sink: Kafka events into the offline store a retrain's training set is built from.
+
+`hyperrec sink` consumes the event topic in its own consumer group (`GROUP`) and appends
+every valid event to parquet files under `Settings.offline_events_dir`, one folder per hour
+of event time (`date=YYYY-MM-DD/hour=HH/`). A file holds one poll's records of one partition
+in that hour and is named by the topic, the partition and the first and last offset it
+holds: `hyperrec.events+0+00000000000000000120-00000000000000000239.parquet`.
+
+Exactly once per event:
+- A file is written to a temporary name, fsynced, renamed into place and its folder fsynced;
+  only then are the partition's offsets committed to Kafka. A crash before the rename
+  leaves nothing; a crash between the rename and the commit leaves a file whose offsets
+  Kafka does not know yet.
+- So the files themselves are the sink's offsets: a record at an offset below the last one
+  a partition's files hold is skipped (Kafka's committed offset, when further, is where the
+  fetch starts anyway), so the sink never writes a record twice.
+- The same event_id produced twice (a client's retry after a 503, a replayed import) sits at
+  two offsets: `read_offline_events` keeps the first and drops the rest.
+
+What the sink does not keep: records that fail the event door (the stream processor
+dead-letters them, and the server already sent its own to the dead-letter topic) and
+events of erased users (dropped and counted). `hyperrec.training.retrain.snapshot_world`
+adds these events to the world a retrain learns from; `hyperrec privacy erase` removes a
+user's rows from them like from every parquet file under home.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Collection, Container
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from hyperrec.data.eventlog import INVALID, validate_event
+from hyperrec.data.kafka_log import TOPIC
+from hyperrec.data.schemas import EVENT_TYPES
+
+log = logging.getLogger(__name__)
+GROUP = "hyperrec-offline-sink"
+COLUMNS = ("event_id", "user_id", "item_id", "event_type", "ts", "dwell_s", "rating", "session_id", "device",
+           "request_id")
+
+
+def _schema():
+    import pyarrow as pa
+
+    text = {"event_id", "user_id", "item_id", "event_type", "session_id", "device", "request_id"}
+    return pa.schema([(c, pa.string() if c in text else pa.timestamp("us", tz="UTC") if c == "ts"
+                       else pa.float64()) for c in COLUMNS]
+                     + [("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
+
+
+def file_name(topic: str, partition: int, first: int, last: int) -> str:
+    return f"{topic}+{partition}+{first:020d}-{last:020d}.parquet"
+
+
+def written_upto(root: Path, topic: str, partition: int) -> int | None:
+    """The next offset of `partition` after the last one the sink's files hold (None: no file)."""
+    ends = [int(p.stem.rsplit("-", 1)[1]) for p in Path(root).glob(f"date=*/hour=*/{topic}+{partition}+*.parquet")]
+    return max(ends) + 1 if ends else None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(table, path: Path) -> None:
+    """Write a parquet file so that once this returns it survives a crash: a temporary name,
+    fsync, rename, fsync of the folder (and of a folder just made)."""
+    import pyarrow.parquet as pq
+
+    made = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+    if made:
+        _fsync_dir(path.parent.parent)
+        _fsync_dir(path.parent.parent.parent)
+
+
+def read_offline_events(root: Path) -> pd.DataFrame:
+    """Every event the sink wrote, each event_id once (its first offset), sorted by time;
+    the columns of a world's events plus request_id, session_id and device."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(root).glob("date=*/hour=*/*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=list(COLUMNS))
+    frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    frame = frame.sort_values(["kafka_partition", "kafka_offset"], kind="stable")
+    frame = frame.drop_duplicates("event_id", keep="first")
+    frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
+    return frame[list(COLUMNS)]
+
+
+@dataclass
+class SinkResult:
+    received: int = 0
+    written: int = 0  # events in files written by this poll
+    invalid: int = 0
+    suppressed: int = 0
+    files: list[Path] = field(default_factory=list)
+
+
+class OfflineSink:
+    def __init__(self, bootstrap: str, root: Path, topic: str = TOPIC, group_id: str = GROUP,
+                 suppress: Container[str] = frozenset(), event_types: Collection[str] = EVENT_TYPES,
+                 **consumer_config):
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        self.root, self.topic, self.suppress, self.event_types = Path(root), topic, suppress, tuple(event_types)
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
+                                      auto_offset_reset="earliest", **consumer_config)
+        self._upto: dict = {}  # partition -> next offset after what its files hold (None: no file)
+        upto = self._upto
+
+        class ForgetOnAssign(ConsumerRebalanceListener):  # runs on the consumer's IO thread: no blocking calls
+            def on_partitions_revoked(self, revoked):
+                pass
+
+            def on_partitions_assigned(self, assigned):
+                for tp in assigned:  # another member may have written since: read the files again
+                    upto.pop(tp, None)
+
+        self.consumer.subscribe([topic], listener=ForgetOnAssign())
+
+    def _written_upto(self, tp) -> int | None:
+        if tp not in self._upto:
+            self._upto[tp] = written_upto(self.root, tp.topic, tp.partition)
+        return self._upto[tp]
+
+    def run_once(self, timeout_ms: int = 1000, max_records: int = 10_000,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> SinkResult:
+        """Poll once, write each partition's valid events into files per hour, fsync, and
+        only then commit the offsets."""
+        from kafka.structs import OffsetAndMetadata
+
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        result, commits, at = SinkResult(), {}, now()
+        for tp, records in batches.items():
+            upto = self._written_upto(tp)
+            if upto is not None:  # the files hold these already (the commit after them was lost)
+                records = [r for r in records if r.offset >= upto]
+            if not records:
+                continue
+            rows = []
+            for r in records:
+                result.received += 1
+                try:
+                    event = validate_event(r.value, at, self.event_types)
+                except INVALID:
+                    result.invalid += 1
+                    continue
+                if event.user_id in self.suppress:
+                    result.suppressed += 1
+                    continue
+                rows.append({**event.model_dump(include=set(COLUMNS)), "kafka_partition": tp.partition,
+                             "kafka_offset": r.offset})
+            result.files += self._write(tp, rows, records[0].offset, records[-1].offset)
+            result.written += len(rows)
+            self._upto[tp] = records[-1].offset + 1
+            commits[tp] = OffsetAndMetadata(records[-1].offset + 1, None, -1)
+        if commits:
+            from kafka.errors import CommitFailedError
+
+            try:
+                self.consumer.commit(commits)
+            except CommitFailedError as exc:  # rebalanced away: the files already hold the batch
+                log.warning("offset commit refused after a rebalance (%s); the files hold the batch", exc)
+        return result
+
+    def _write(self, tp, rows: list[dict], first: int, last: int) -> list[Path]:
+        """One file per hour of event time, each named by the poll's offset range of the
+        partition (its rows are a subset of that range)."""
+        import pyarrow as pa
+
+        if not rows:
+            return []
+        frame = pd.DataFrame(rows)
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        out = []
+        for hour, part in frame.groupby(frame["ts"].dt.floor("h"), sort=True):
+            path = (self.root / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
+                    / file_name(tp.topic, tp.partition, first, last))
+            write_durably(pa.Table.from_pandas(part.reset_index(drop=True), schema=_schema(), preserve_index=False),
+                          path)
+            out.append(path)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str = GROUP, stop: threading.Event | None = None,
+        log=print, ready_file: Path | None = None) -> None:
+    """`hyperrec sink`: Kafka -> offline event files, until `stop`."""
+    from hyperrec.data.event_types import EventTypes
+    from hyperrec.privacy import ErasureWatch
+
+    stop = stop or threading.Event()
+    sink = OfflineSink(bootstrap, settings.offline_events_dir, topic, group_id,
+                       suppress=ErasureWatch(settings), event_types=EventTypes.for_workspace(settings.home).known)
+    log(f"offline sink on {bootstrap} topic {topic} group {group_id} -> {settings.offline_events_dir}")
+    try:
+        while not stop.is_set():
+            result = sink.run_once(timeout_ms=500)
+            if result.files:
+                log(f"{time.strftime('%H:%M:%S')} wrote {result.written} events in {len(result.files)} files"
+                    + (f" ({result.invalid} invalid, {result.suppressed} suppressed)"
+                       if result.invalid or result.suppressed else ""))
+            if ready_file is not None and not ready_file.exists():
+                ready_file.touch()
+    finally:
+        sink.close()
