@@ -547,7 +547,7 @@ def sink(home: Path | None = HomeOpt,
          kafka: str = typer.Option(..., help="bootstrap servers of the Kafka cluster (host:port[,...])"),
          topic: str = typer.Option("hyperrec.events", help="the typed event topic"),
          group: str = typer.Option("hyperrec-offline-sink", help="consumer group (its own: apart from the stream's)"),
-         ready_file: Path | None = typer.Option(None, help="created once the sink has polled the topic")):
+         ready_file: Path | None = typer.Option(None, help="created once the sink holds partitions of the topic")):
     """Run the offline sink in the foreground: Kafka events -> parquet files per hour under
     HYPERREC_HOME/data/events, offsets committed after each file is durable; a retrain's
     snapshot of the world includes them (Ctrl-C stops it)."""

@@ -160,6 +160,54 @@ def test_the_sink_writes_each_event_once_and_a_retrain_learns_from_it(kafka_serv
 
 
 @pytest.mark.slow
+def test_the_sink_process_drops_erased_users_and_unreadable_records(kafka_server, tmp_path):
+    """`hyperrec sink`'s loop on a workspace of its own, records produced straight to the topic
+    (as any producer may): an erased user's event and a record that is not an event are not
+    written; the valid event is, once."""
+    import sqlite3
+    import threading
+
+    from kafka import KafkaProducer
+
+    from hyperrec.config import load_settings
+    from hyperrec.data.offline_sink import read_offline_events, run
+    from hyperrec.privacy import ErasureWatch, privacy_db
+
+    settings, bootstrap = load_settings(tmp_path / "home"), kafka_server["bootstrap"]
+    settings.home.mkdir()
+    ErasureWatch(settings).close()  # makes privacy.db with its tables
+    with sqlite3.connect(privacy_db(settings)) as db:
+        db.execute("INSERT INTO erased_users (user_id, first_erased_at) VALUES ('u-erased', 0)")
+    now = datetime.now(UTC).isoformat()
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for user, event_id in (("u-erased", "direct-erased"), ("u-kept", "direct-kept")):
+        producer.send(TOPIC, key=user.encode(), value=json.dumps(
+            {"event_id": event_id, "user_id": user, "item_id": "i1", "event_type": "view", "ts": now}).encode())
+    producer.send(TOPIC, value=b"\x00not an event")
+    producer.flush()
+    producer.close()
+    stop, ready = threading.Event(), tmp_path / "sink.ready"
+    lines: list[str] = []
+    worker = threading.Thread(target=run, args=(settings, bootstrap), daemon=True,
+                              kwargs={"group_id": "direct-sink", "stop": stop, "log": lines.append,
+                                      "ready_file": ready, "session_timeout_ms": 6000,
+                                      "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 10000})
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "direct-kept" not in set(read_offline_events(settings.offline_events_dir)["event_id"]):
+            assert time.monotonic() < deadline and worker.is_alive(), lines
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert ready.exists()
+    ids = list(read_offline_events(settings.offline_events_dir)["event_id"])
+    assert "direct-kept" in ids and "direct-erased" not in ids and ids.count("direct-kept") == 1
+    assert any("suppressed" in line and "invalid" in line for line in lines), lines
+
+
+@pytest.mark.slow
 def test_a_broker_that_does_not_ack_is_a_503_and_nothing_is_claimed(kafka_server):
     srv = kafka_server
     _, events = unseen_item_and_events(srv["world"])

@@ -206,23 +206,25 @@ class OfflineSink:
 
 
 def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str = GROUP, stop: threading.Event | None = None,
-        log=print, ready_file: Path | None = None) -> None:
-    """`hyperrec sink`: Kafka -> offline event files, until `stop`."""
+        log=print, ready_file: Path | None = None, **consumer_config) -> None:
+    """`hyperrec sink`: Kafka -> offline event files, until `stop`. `ready_file` is created
+    once the sink holds partitions of the topic."""
     from hyperrec.data.event_types import EventTypes
     from hyperrec.privacy import ErasureWatch
 
     stop = stop or threading.Event()
     sink = OfflineSink(bootstrap, settings.offline_events_dir, topic, group_id,
-                       suppress=ErasureWatch(settings), event_types=EventTypes.for_workspace(settings.home).known)
+                       suppress=ErasureWatch(settings), event_types=EventTypes.for_workspace(settings.home).known,
+                       **consumer_config)
     log(f"offline sink on {bootstrap} topic {topic} group {group_id} -> {settings.offline_events_dir}")
     try:
         while not stop.is_set():
             result = sink.run_once(timeout_ms=500)
-            if result.files:
+            if result.received:
                 log(f"{time.strftime('%H:%M:%S')} wrote {result.written} events in {len(result.files)} files"
                     + (f" ({result.invalid} invalid, {result.suppressed} suppressed)"
                        if result.invalid or result.suppressed else ""))
-            if ready_file is not None and not ready_file.exists():
+            if ready_file is not None and not ready_file.exists() and sink.consumer.assignment():
                 ready_file.touch()
     finally:
         sink.close()
