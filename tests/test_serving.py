@@ -579,8 +579,6 @@ def test_views_of_items_found_alone_pull_a_list_and_passed_over_slots_push_it(se
     that category; naming a served list (slots passed over), away from it."""
     settings, world = server["settings"], server["world"]
     category = world.items.set_index("item_id")["category"]
-    found, passed = consenting(world)[21], consenting(world)[22]
-
     def rank_of(user, target):
         """Mean position of the target category's items in the user's list of 30 (missing: 30)."""
         items = predict(server, [{"user_id": user, "k": 30}]).json()["predictions"][0]["items"]
@@ -588,6 +586,9 @@ def test_views_of_items_found_alone_pull_a_list_and_passed_over_slots_push_it(se
         return sum(where + [30] * (8 - len(where))) / 8 if len(where) <= 8 else sum(where[:8]) / 8
 
     target = category.value_counts().index[0]  # the largest category: enough items to view
+    found = consenting(world)[21]
+    # a user with room to move the category down (earlier tests' events shape some lists)
+    passed = next(u for u in consenting(world)[22:60] if rank_of(u, target) <= 24)
     before = {user: rank_of(user, target) for user in (found, passed)}
     targets = category[category == target].index[:8]
     at = world.events["ts"].max().to_pydatetime() + timedelta(minutes=2)
