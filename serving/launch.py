@@ -37,12 +37,31 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout_s: float = 180.0, log_
             raise RuntimeError(f"model server exited with code {proc.returncode} before ready"
                                + _log_tail(log_path))
         try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return time.monotonic() - started
+            resp = requests.get(url, timeout=1)
         except requests.ConnectionError:
-            pass
+            resp = None
+        if resp is not None and resp.status_code == 200:
+            if _answered_by(proc, resp):
+                return time.monotonic() - started
+            raise RuntimeError(f"another server answers on port {port} (process "
+                               f"{resp.headers.get('x-hyperrec-worker')}, not {proc.pid} or its workers)"
+                               + _log_tail(log_path))
         time.sleep(0.5)
     raise TimeoutError(f"model server not ready after {timeout_s:.0f}s" + _log_tail(log_path))
+
+
+def _answered_by(proc: subprocess.Popen, resp: requests.Response) -> bool:
+    """Whether `proc` (a server, or a supervisor of workers) gave `resp`: our server names
+    the answering process in every response (serving/app.py WorkerHeader). Two runs on one
+    port must not mix: the second's server fails to bind while the first's answers its
+    health checks, then its traffic. (The naive KServe anchor of `bench serving` names none
+    and is taken as is.)"""
+    from hyperrec.services import child_pids
+
+    pid = resp.headers.get("x-hyperrec-worker")
+    if pid is None:
+        return True
+    return pid.isdigit() and (int(pid) == proc.pid or int(pid) in child_pids(proc.pid))
 
 
 def _log_tail(log_path: Path | None, lines: int = 60) -> str:
