@@ -468,9 +468,11 @@ def auth_user_token(user_id: str = typer.Argument(..., help="the user the token 
 def privacy_erase(user_id: str = typer.Argument(..., help="the user to erase"),
                   reason: str = typer.Option(..., help="why (a ticket id): kept in the audit record"),
                   home: Path | None = HomeOpt):
-    """Remove USER_ID from the event log, the offline and online feature stores and the
-    recommendation cache; future training sets skip them. Needs HYPERREC_PII_KEY (the audit
-    stores a keyed token, not the id)."""
+    """Remove USER_ID from the event log and its dead letters, the impression log, the
+    offline and online feature stores, the recommendation cache, every data file under home
+    and the registered models (their user towers rebuilt without the id); later events and
+    lists of the user are dropped. Needs HYPERREC_PII_KEY (the audit stores a keyed token,
+    not the id). docs/privacy.md has the whole list."""
     from hyperrec.privacy import erase_user
 
     report = erase_user(load_settings(home), user_id, reason)
