@@ -110,8 +110,9 @@ def serve(args: argparse.Namespace) -> None:
                           feedback=args.feedback == "on")
     from hyperrec.online.serving_path import EXPERIMENTS
 
-    authenticator = authenticator_for(args.host, args.auth, load_settings(args.home).home)
-    model = RecommenderModel(args.model_name, load_settings(args.home), as_of=args.as_of, config=config,
+    settings = load_settings(args.home)
+    authenticator = authenticator_for(args.host, args.auth, settings.home)
+    model = RecommenderModel(args.model_name, settings, as_of=args.as_of, config=config,
                              experiment=EXPERIMENTS[args.experiment])
     model.load()
     types = EventTypes.for_workspace(model.settings.home)

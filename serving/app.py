@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serving.errors import send_error
+
 MAX_BODY_BYTES = 1 << 20
 BODY_TIMEOUT_S = 30.0
 
@@ -36,7 +38,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await _error(send, 413, f"request body over {self.limit} bytes")
+            return await send_error(send, 413, f"request body over {self.limit} bytes")
         seen, complete, deadline = 0, False, asyncio.get_running_loop().time() + self.timeout_s
 
         async def counted():
@@ -57,16 +59,9 @@ class BodyLimit:
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await _error(send, 413, f"request body over {self.limit} bytes")
+            await send_error(send, 413, f"request body over {self.limit} bytes")
         except _TooSlow:
-            await _error(send, 408, f"request body not received within {self.timeout_s:.0f} s")
-
-
-async def _error(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+            await send_error(send, 408, f"request body not received within {self.timeout_s:.0f} s")
 
 
 class _TooLarge(Exception):

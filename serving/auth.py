@@ -8,11 +8,11 @@ request is the all-scopes `LOCAL` caller."""
 
 from __future__ import annotations
 
-import json
 import re
 from contextvars import ContextVar
 
 from hyperrec.online.access import LOCAL, Authenticator, AuthError, Caller, Forbidden, open_authenticator
+from serving.errors import send_error
 
 _CALLER: ContextVar[Caller] = ContextVar("hyperrec_caller", default=LOCAL)
 
@@ -71,22 +71,14 @@ class RequireAuth:
             caller = self.authenticator.caller(credential(scope.get("headers") or []))
             caller.require(needed)
         except AuthError as exc:
-            return await _refuse(send, 401, str(exc), [(b"www-authenticate", b'Bearer realm="hyperrec"')])
+            return await send_error(send, 401, str(exc), [(b"www-authenticate", b'Bearer realm="hyperrec"')])
         except Forbidden as exc:
-            return await _refuse(send, 403, str(exc))
+            return await send_error(send, 403, str(exc))
         token = _CALLER.set(caller)
         try:
             await self.app(scope, receive, send)
         finally:
             _CALLER.reset(token)
-
-
-async def _refuse(send, status: int, message: str, headers=()) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def forbidden_response(exc: Forbidden):

@@ -26,6 +26,7 @@ from pydantic import BaseModel, StrictInt, ValidationError
 from starlette.exceptions import HTTPException
 
 from serving.direct import _replay as replay
+from serving.errors import send_error
 
 POST_ONLY = re.compile(r"^/v1/models/[^/]+:(predict|explain|feedback)$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 WHOLE_NUMBER = re.compile(r"[0-9]+")
@@ -55,7 +56,7 @@ class OpenInferenceProtocol:
         if scope["type"] != "http" or not POST_ONLY.match(scope["path"]):
             return await self.app(scope, receive, send)
         if scope["method"] != "POST":
-            return await answer(send, 405, f"{scope['method']} {scope['path']}: only POST is allowed",
+            return await send_error(send, 405, f"{scope['method']} {scope['path']}: only POST is allowed",
                                 [(b"allow", b"POST")])
         if not scope["path"].startswith("/v2/"):
             return await self.app(scope, receive, send)
@@ -67,7 +68,7 @@ class OpenInferenceProtocol:
         body = await read_body(receive)
         problem = binary_problem(body, length.decode("latin-1"))
         if problem:
-            return await answer(send, 400, problem)
+            return await send_error(send, 400, problem)
         await self.app(retyped(scope, BINARY), replay(body), send)
 
 
@@ -185,10 +186,3 @@ async def read_body(receive) -> bytes:
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     return b"".join(chunks)
-
-
-async def answer(send, status: int, error: str, headers: list | None = None) -> None:
-    body = orjson.dumps({"error": error})
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})

@@ -206,10 +206,10 @@ def supervise(args, argv: list[str]) -> int:
     from serving.auth import authenticator_for
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
-    authenticator_for(args.host, args.auth, load_settings(args.home).home)  # refused here, before N workers load
-    # the shared bandit store exists before any worker opens it (no first-writer race)
-    init_store(store_path(load_settings(args.home).home), EXPLORATION_DIM)
     home = load_settings(args.home).home
+    authenticator_for(args.host, args.auth, home)  # refused here, before N workers load
+    # the shared bandit store exists before any worker opens it (no first-writer race)
+    init_store(store_path(home), EXPLORATION_DIM)
     return Supervisor(args.workers, args.http_port, argv, metrics_dir=home / "serving" / "prometheus",
                       host=args.host).run()
 
