@@ -32,6 +32,8 @@ class Settings(BaseModel):
                                    "(hyperrec.online.recs_cache); None: no cache")
     kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers (host:port[,...]): the server "
                                         "produces POST /v1/events to the event topic instead of the SQLite log")
+    database_url: str | None = Field(None, description="PostgreSQL (postgresql://user@host:port/db) for the state "
+                                     "every role shares on a cluster; None: SQLite files under home")
 
     @property
     def feature_store_yaml(self) -> Path:
@@ -88,7 +90,8 @@ def load_settings(home: str | Path | None = None) -> Settings:
     `HYPERREC_HOME` (default `./var`), `MLFLOW_TRACKING_URI` (default: SQLite inside home),
     `HYPERREC_MODEL_NAME`, `HYPERREC_PORT`, `HYPERREC_ONLINE_STORE` (sqlite|redis),
     `HYPERREC_REDIS` (host:port), `HYPERREC_RECS_CACHE` (host:port of the recommendation cache),
-    `HYPERREC_KAFKA_BOOTSTRAP` (host:port of Kafka: events go to the topic, not the SQLite log).
+    `HYPERREC_KAFKA_BOOTSTRAP` (host:port of Kafka: events go to the topic, not the SQLite log),
+    `HYPERREC_DATABASE_URL` (PostgreSQL for the state roles share on a cluster).
     """
     root = Path(home or os.environ.get("HYPERREC_HOME") or Path.cwd() / "var").resolve()
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
@@ -105,6 +108,8 @@ def load_settings(home: str | Path | None = None) -> Settings:
         values["recs_cache"] = recs_cache
     if kafka := os.environ.get("HYPERREC_KAFKA_BOOTSTRAP"):
         values["kafka_bootstrap"] = kafka
+    if database := os.environ.get("HYPERREC_DATABASE_URL"):
+        values["database_url"] = database
     return Settings(**values)
 
 
@@ -124,4 +129,8 @@ def export_env(settings: Settings) -> dict[str, str]:
         env["HYPERREC_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     else:
         env.pop("HYPERREC_KAFKA_BOOTSTRAP", None)
+    if settings.database_url:
+        env["HYPERREC_DATABASE_URL"] = settings.database_url
+    else:
+        env.pop("HYPERREC_DATABASE_URL", None)
     return env

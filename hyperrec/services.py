@@ -1,8 +1,10 @@
 """Real servers the project starts for itself (tests, benches), each its own child process on a free loopback port.
 
 `redis_server()` starts a throwaway `redis-server` (no persistence, bound to 127.0.0.1)
-and stops it afterwards. A Debian system service, if the package started one, is never
-used: the port is picked fresh and the process is ours. Nothing here runs at import time.
+and stops it afterwards; `postgres_server()` a throwaway PostgreSQL cluster (initdb in a
+temporary folder); `kafka_broker()` a Kafka-protocol broker. A Debian system service, if
+the package started one, is never used: the port is picked fresh and the process is ours.
+Nothing here runs at import time.
 """
 
 from __future__ import annotations
@@ -184,3 +186,106 @@ def kafka_broker(timeout: float = 10.0) -> Iterator[str]:
                 proc.kill()
                 proc.wait()
             log.close()
+
+
+def find_postgres_bin(binary: str) -> Path:
+    """`binary` (initdb, postgres, ...) of Debian's newest installed PostgreSQL, which keeps its
+    server programs off PATH in /usr/lib/postgresql/<major>/bin; installs the `postgresql`
+    package when none is there (as `find_debian_binary`)."""
+    def newest() -> Path | None:
+        found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{binary}"),
+                       key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+        return found[-1] if found else None
+
+    if (path := newest()) is None:
+        find_debian_binary("pg_ctlcluster", "postgresql")
+        if (path := newest()) is None:
+            raise RuntimeError(f"installed Debian's postgresql package but found no {binary} under /usr/lib/postgresql")
+    return path
+
+
+def _as_postgres_user(folder: Path):
+    """PostgreSQL refuses to run as root: as root, the server runs as the `postgres` account
+    (created by the Debian package) and owns its folder. Returns a preexec_fn, or None."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    import pwd
+
+    account = pwd.getpwnam("postgres")
+    for path in [folder, *folder.rglob("*")]:
+        os.chown(path, account.pw_uid, account.pw_gid)
+
+    def demote() -> None:
+        os.setgid(account.pw_gid)
+        os.setuid(account.pw_uid)
+
+    return demote
+
+
+def create_database(url: str, name: str) -> str:
+    """Create database `name` on the server of `url` (if absent); returns its URL."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@contextmanager
+def postgres_server(timeout: float = 30.0) -> Iterator[str]:
+    """Start our own PostgreSQL (a fresh cluster: initdb, trust auth, loopback only, fsync off:
+    a throwaway) on a free port; yield "postgresql://hyperrec@127.0.0.1:PORT/hyperrec"; stop
+    it (fast shutdown) and delete its folder on exit."""
+    import psycopg
+
+    initdb, postgres = find_postgres_bin("initdb"), find_postgres_bin("postgres")
+    with tempfile.TemporaryDirectory(prefix="hyperrec-postgres-") as tmp:
+        folder = Path(tmp)
+        data, log = folder / "data", folder / "postgres.log"
+        log.touch()
+        demote = _as_postgres_user(folder)
+        result = subprocess.run([str(initdb), "-D", str(data), "-U", "hyperrec", "--auth=trust", "-E", "UTF8",
+                                 "--no-sync", "--no-instructions"], capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, preexec_fn=demote, cwd=folder)
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed (exit {result.returncode}):\n"
+                               f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        for _attempt in range(3):  # a port can be taken between picking and binding
+            port = free_port()
+            with open(log, "a") as out:
+                proc = subprocess.Popen([str(postgres), "-D", str(data), "-p", str(port), "-k", str(folder),
+                                         "-c", f"listen_addresses={HOST}", "-c", "fsync=off",
+                                         "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                                         "-c", "max_connections=200"],
+                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        preexec_fn=demote, cwd=folder)
+            url = f"postgresql://hyperrec@{HOST}:{port}/postgres"
+            deadline, last = time.monotonic() + timeout, None
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    psycopg.connect(url, connect_timeout=2).close()
+                    break
+                except psycopg.OperationalError as exc:
+                    last = exc
+                    time.sleep(0.05)
+            else:
+                _stop(proc)
+                text = log.read_text(errors="replace")
+                if "Address already in use" in text:
+                    continue
+                raise RuntimeError(f"postgres did not accept connections on {HOST}:{port} within {timeout:.0f}s "
+                                   f"(last error: {last}):\n{text[-2000:]}")
+            break
+        else:
+            raise RuntimeError(f"could not start postgres on a free port:\n{log.read_text(errors='replace')[-2000:]}")
+        try:
+            yield create_database(url, "hyperrec")
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(2)  # SIGINT: fast shutdown (disconnects clients, no waiting for them)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
