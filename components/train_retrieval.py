@@ -37,4 +37,4 @@ def train_retrieval(home: str, training_set: Input[Dataset], retrieval: Output[M
                                "warm_start": report["warm_start"], "mlflow_run_id": run_id})
     serving_retrieval.metadata.update({**retrieval.metadata, "refit_rows": served["refit_rows"],
                                        "refit_seconds": served["refit_seconds"], "data_end": served["data_end"]})
-    ranking_examples.metadata.update({"rows": report["ranking_examples"]})
+    ranking_examples.metadata.update({"rows": report["ranking_examples"], "mlflow_run_id": run_id})

@@ -85,7 +85,8 @@ def training_pipeline(home: str, world_dir: str, run_tag: str = "", epochs: int 
         retrieval = _reads_mutable_state(_on_cluster(  # warm start reads the champion
             train_retrieval(home=home, training_set=data.outputs["training_set"], max_epochs=epochs,
                             learning_rate=learning_rate, warm_start=warm_start), "hyperrec-mlflow"))
-        ranking = _on_cluster(train_ranking(ranking_examples=retrieval.outputs["ranking_examples"]))
+        ranking = _on_cluster(train_ranking(home=home, ranking_examples=retrieval.outputs["ranking_examples"]),
+                              "hyperrec-mlflow")  # logs its epochs into the towers' MLflow run
         unit = _on_cluster(build_index(training_set=data.outputs["training_set"],
                                        retrieval=retrieval.outputs["retrieval"],
                                        serving_retrieval=retrieval.outputs["serving_retrieval"],

@@ -3,12 +3,14 @@ server over real HTTP is tested in test_serving.py)."""
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from hyperrec.data.interactions import positives, temporal_split
 from hyperrec.features.views import USER_ACTIVITY
 from hyperrec.features.windows import replay
+from hyperrec.models.ranking import RankerConfig
 from hyperrec.registry.model_registry import configure
 from hyperrec.training.dataset import usable_events
 from pipelines.run import compile_pipeline, run_local
@@ -58,6 +60,9 @@ def test_pipeline_registers_a_champion_with_its_evaluation(trained):
     assert holdout and holdout == list(range(1, len(holdout) + 1))
     refit = [m.step for m in client.get_metric_history(mv.tags["run_id"], "serving_retrieval_loss")]
     assert refit == list(range(1, int(float(params["epochs"])) + 1)) and "mlflow_run_id" not in params
+    ranker = client.get_metric_history(mv.tags["run_id"], "ranker_loss")  # train-ranking's, into the same run
+    assert [m.step for m in ranker] == list(range(1, RankerConfig().epochs + 1))
+    assert all(np.isfinite(m.value) and m.value > 0 for m in ranker)
     assert mv.tags["feast_feature_service"] == settings.model_name.replace("-", "_")
 
 

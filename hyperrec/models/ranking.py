@@ -116,13 +116,18 @@ def shuffled_batches(columns: dict[str, np.ndarray], size: int, seed: int) -> tf
         lambda i: {name: column[i * size:(i + 1) * size] for name, column in data.items()})
 
 
-def train_ranker(examples: dict[str, np.ndarray], labels: np.ndarray, cfg: RankerConfig) -> tf.keras.Model:
+def train_ranker(examples: dict[str, np.ndarray], labels: np.ndarray, cfg: RankerConfig,
+                 on_epoch=None) -> tf.keras.Model:
+    """`on_epoch(metrics, epoch)`: called after each epoch (1-based) with ranker_loss, the
+    epoch's mean training loss."""
     tf.keras.utils.set_random_seed(cfg.seed)
     model = RankingModel(build_ranker(examples, cfg))
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
     data = {**{c: examples[c] for c in RANKER_INPUTS}, "label": labels.astype(np.float32)}
     ds = shuffled_batches(data, cfg.batch_size, cfg.seed)
-    model.fit(ds.prefetch(2), epochs=cfg.epochs, verbose=0)
+    callbacks = [] if on_epoch is None else [tf.keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: on_epoch({"ranker_loss": float(logs["loss"])}, epoch + 1))]
+    model.fit(ds.prefetch(2), epochs=cfg.epochs, verbose=0, callbacks=callbacks)
     return model.ranker
 
 

@@ -72,15 +72,21 @@ def training_run(settings: Settings) -> Iterator[tuple[str, Callable[[dict[str, 
     `log(metrics, step)` logs at once (e.g. fit_retrieval's `epoch_metrics`, step = epoch, read
     back with MlflowClient().get_metric_history). Give the run id to `register_model`, and the
     version's run holds the per-epoch curves next to its evaluation."""
-    client = configure(settings)
+    configure(settings)
     with mlflow.start_run(run_name="train-two-stage") as run:
-        run_id = run.info.run_id
+        yield run.info.run_id, metrics_logger(settings, run.info.run_id)
 
-        def log_metrics(metrics: dict[str, float], step: int) -> None:
-            stamp = int(datetime.now(UTC).timestamp() * 1000)
-            client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), stamp, step)
-                                              for k, v in metrics.items()], synchronous=True)
-        yield run_id, log_metrics
+
+def metrics_logger(settings: Settings, run_id: str) -> Callable[[dict[str, float], int], None]:
+    """`log(metrics, step)` into run `run_id` at once, also after the run ended: the ranker's
+    step logs its epochs into the run `training_run` opened for the towers."""
+    client = configure(settings)
+
+    def log_metrics(metrics: dict[str, float], step: int) -> None:
+        stamp = int(datetime.now(UTC).timestamp() * 1000)
+        client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), stamp, step)
+                                          for k, v in metrics.items()], synchronous=True)
+    return log_metrics
 
 
 def register_model(settings: Settings, model_dir: Path, params: dict, metrics: dict, gate: dict,

@@ -205,9 +205,11 @@ def refit_for_serving(data_dir: Path, retrieval_dir: Path, out_dir: Path, cfg: T
     return report
 
 
-def fit_ranking(examples: Path, out_dir: Path, ranker_cfg: RankerConfig = RankerConfig(), log=print) -> dict:
+def fit_ranking(examples: Path, out_dir: Path, ranker_cfg: RankerConfig = RankerConfig(), log=print,
+                epoch_metrics: EpochMetrics | None = None) -> dict:
     """Train the DCN ranker on fit_retrieval's examples (`examples`: the .npz or its folder);
-    writes ranker/, ranker_config.json and ranking.json to out_dir."""
+    writes ranker/, ranker_config.json and ranking.json to out_dir. `epoch_metrics(metrics,
+    epoch)`: called after every epoch with ranker_loss."""
     t0 = time.perf_counter()
     examples = Path(examples)
     if examples.is_dir():
@@ -219,7 +221,7 @@ def fit_ranking(examples: Path, out_dir: Path, ranker_cfg: RankerConfig = Ranker
                 raise ValueError(f"{examples} was built with {name}={built}, the ranker config says "
                                  f"{getattr(ranker_cfg, name)}: give fit_retrieval the same RankerConfig")
         rows, labels = {c: z[c] for c in RANKER_INPUTS}, z["label"]
-    ranker = train_ranker(rows, labels, ranker_cfg)
+    ranker = train_ranker(rows, labels, ranker_cfg, on_epoch=epoch_metrics)
     log(f"ranker: {len(labels):,} candidates, {int(labels.sum()):,} positives")
     out_dir.mkdir(parents=True, exist_ok=True)
     ranker.save(out_dir / "ranker", save_format="tf")
