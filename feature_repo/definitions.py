@@ -1,7 +1,8 @@
 """Feast objects for hyperrec, generated from the one feature schema in `hyperrec.features.views`.
 
 `feast -c feature_repo apply` (or `hyperrec features build`) registers them. Batch sources
-are parquet under $HYPERREC_HOME/feast/offline (written by `hyperrec features build`);
+are parquet under $HYPERREC_HOME/feast/offline, or with HYPERREC_DATABASE_URL PostgreSQL tables
+(`batch_source`; both written by `hyperrec features build`);
 streamed views also take pushes (`<view>_push`) from the stream processor.
 """
 
@@ -25,9 +26,21 @@ item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING,
 ENTITIES = {"user_id": user, "item_id": item}
 
 
+def batch_source(spec):
+    """The view's offline table: a PostgreSQL table when the settings name a database (the
+    cluster's Feast, hyperrec.features.postgres), else a parquet file under the workspace."""
+    if SETTINGS.database_url:
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
+        from hyperrec.features.postgres import table
+
+        return PostgreSQLSource(name=f"{spec.name}_source", table=table(spec.name), timestamp_field="event_timestamp")
+    return FileSource(name=f"{spec.name}_source", path=str(OFFLINE_DIR / f"{spec.name}.parquet"),
+                      timestamp_field="event_timestamp")
+
+
 def _view(spec) -> FeatureView:
-    source = FileSource(name=f"{spec.name}_source", path=str(OFFLINE_DIR / f"{spec.name}.parquet"),
-                        timestamp_field="event_timestamp")
+    source = batch_source(spec)
     if spec.push:
         source = PushSource(name=f"{spec.name}_push", batch_source=source)
     return FeatureView(

@@ -37,9 +37,12 @@ class Settings(BaseModel):
 
     @property
     def feature_store_yaml(self) -> Path:
-        """The Feast config for this mode: feature_store.yaml (SQLite) or feature_store.redis.yaml."""
-        name = "feature_store.yaml" if self.online_store == "sqlite" else f"feature_store.{self.online_store}.yaml"
-        return FEATURE_REPO / name
+        """The Feast config for this mode: feature_store[.postgres][.redis].yaml. With a database_url the
+        registry and offline store are in PostgreSQL (.postgres), else files under home; the online
+        store is SQLite or Redis (.redis)."""
+        parts = ["feature_store", *(["postgres"] if self.database_url else []),
+                 *([self.online_store] if self.online_store != "sqlite" else [])]
+        return FEATURE_REPO / (".".join(parts) + ".yaml")
 
     @property
     def data_dir(self) -> Path:

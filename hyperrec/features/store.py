@@ -45,11 +45,16 @@ def _typed_lists(table: pd.DataFrame, features: dict[str, str]):
 
 
 def write_offline_tables(world: World, settings: Settings) -> dict[str, int]:
-    """Write the parquet tables behind each feature view; return their row counts."""
+    """Write the tables behind each feature view (parquet files under home, or with a
+    database_url PostgreSQL tables, hyperrec.features.postgres); return their row counts."""
     import pyarrow.parquet as pq
 
-    settings.offline_dir.mkdir(parents=True, exist_ok=True)
     schemas = {view.name: view.features for view in FEATURE_VIEWS}
+    if settings.database_url:
+        from hyperrec.features.postgres import write_tables
+
+        return write_tables(settings.database_url, offline_tables(world), schemas)
+    settings.offline_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for name, table in offline_tables(world).items():
         pq.write_table(_typed_lists(table, schemas[name]), settings.offline_dir / f"{name}.parquet")
@@ -61,21 +66,32 @@ def apply_repo(settings: Settings) -> None:
     """`feast apply` on feature_repo/, in a child process (it chdirs and imports the repo)."""
     feast = Path(sys.executable).with_name("feast")
     cmd = [str(feast), "-c", str(FEATURE_REPO), "-f", str(settings.feature_store_yaml), "apply"]
-    result = subprocess.run(cmd, env=export_env(settings), capture_output=True, text=True)
+    result = subprocess.run(cmd, env=feast_env(settings), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"feast apply failed:\n{result.stdout}\n{result.stderr}")
 
 
+def feast_env(settings: Settings) -> dict[str, str]:
+    """Environment for Feast's CLI: the settings' (export_env) plus the PostgreSQL fields the
+    yaml of a database_url's mode expands (hyperrec.features.postgres.feast_env)."""
+    from hyperrec.features.postgres import feast_env as postgres_env
+
+    return export_env(settings) | postgres_env(settings.database_url)
+
+
 def open_store(settings: Settings):
-    """A FeatureStore for this workspace and online-store mode. Feast expands ${HYPERREC_HOME}
-    and ${HYPERREC_REDIS} in the yaml from the process environment, so they are set here first."""
+    """A FeatureStore for this workspace and its modes (Settings.feature_store_yaml). Feast
+    expands ${HYPERREC_HOME}, ${HYPERREC_REDIS} and the PostgreSQL fields in the yaml from the
+    process environment, so they are set here first."""
     from feast import FeatureStore
 
     from hyperrec._env import quiet_known_warnings
+    from hyperrec.features.postgres import feast_env as postgres_env
 
     quiet_known_warnings()  # importing feast put its own filters in front
     os.environ["HYPERREC_HOME"] = str(settings.home)
     os.environ["HYPERREC_REDIS"] = settings.redis_url
+    os.environ.update(postgres_env(settings.database_url))
     return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=settings.feature_store_yaml)
 
 
