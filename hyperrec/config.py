@@ -32,6 +32,8 @@ class Settings(BaseModel):
                                    "(hyperrec.online.recs_cache); None: no cache")
     kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers (host:port[,...]): the server "
                                         "produces POST /v1/events to the event topic instead of the SQLite log")
+    bandit_redis: str | None = Field(None, description="Redis (host:port[,db=N]) holding the exploration bandit's "
+                                     "shared state (hyperrec.online.bandit_redis); None: a SQLite file in home")
     database_url: str | None = Field(None, description="PostgreSQL (postgresql://user@host:port/db) for the state "
                                      "every role shares on a cluster; None: SQLite files under home")
 
@@ -94,7 +96,8 @@ def load_settings(home: str | Path | None = None) -> Settings:
     `HYPERREC_MODEL_NAME`, `HYPERREC_PORT`, `HYPERREC_ONLINE_STORE` (sqlite|redis),
     `HYPERREC_REDIS` (host:port), `HYPERREC_RECS_CACHE` (host:port of the recommendation cache),
     `HYPERREC_KAFKA_BOOTSTRAP` (host:port of Kafka: events go to the topic, not the SQLite log),
-    `HYPERREC_DATABASE_URL` (PostgreSQL for the state roles share on a cluster).
+    `HYPERREC_DATABASE_URL` (PostgreSQL for the state roles share on a cluster),
+    `HYPERREC_BANDIT_REDIS` (host:port[,db=N] of the bandit's shared state, not the SQLite file).
     """
     root = Path(home or os.environ.get("HYPERREC_HOME") or Path.cwd() / "var").resolve()
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
@@ -111,6 +114,8 @@ def load_settings(home: str | Path | None = None) -> Settings:
         values["recs_cache"] = recs_cache
     if kafka := os.environ.get("HYPERREC_KAFKA_BOOTSTRAP"):
         values["kafka_bootstrap"] = kafka
+    if bandit_redis := os.environ.get("HYPERREC_BANDIT_REDIS"):
+        values["bandit_redis"] = bandit_redis
     if database := os.environ.get("HYPERREC_DATABASE_URL"):
         values["database_url"] = database
     return Settings(**values)
@@ -132,6 +137,10 @@ def export_env(settings: Settings) -> dict[str, str]:
         env["HYPERREC_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     else:
         env.pop("HYPERREC_KAFKA_BOOTSTRAP", None)
+    if settings.bandit_redis:
+        env["HYPERREC_BANDIT_REDIS"] = settings.bandit_redis
+    else:
+        env.pop("HYPERREC_BANDIT_REDIS", None)
     if settings.database_url:
         env["HYPERREC_DATABASE_URL"] = settings.database_url
     else:

@@ -37,7 +37,7 @@ from hyperrec.monitor.trigger import FEATURES as MONITORED_FEATURES
 from hyperrec.online import sanity
 from hyperrec.online.access import LOCAL, Caller, Forbidden, without_details
 from hyperrec.online.bandit import LinUCB
-from hyperrec.online.bandit_store import BanditStore, Credit, owner_of, store_path
+from hyperrec.online.bandit_store import Credit, open_bandit_store, owner_of
 from hyperrec.online.batching import MicroBatcher
 from hyperrec.online.feedback import FEEDBACK_INPUTS, FeedbackConfig
 from hyperrec.online.hotswap import ModelSlot, load_shared, versions_dir_cleanup
@@ -110,9 +110,10 @@ class RecommenderModel(kserve.Model):
         super().__init__(name, return_response_headers=True)  # a degraded answer says so in a header
         self.settings, self.as_of, self.config, self.experiment = settings, as_of, config, experiment
         # the bandit's state and the pending exploration contexts live in a file every worker
-        # process shares: feedback may reach another worker than the one that served the list
+        # process shares (in Redis with Settings.bandit_redis, for replicas on several nodes):
+        # feedback may reach another process than the one that served the list
         self.bandit = LinUCB(EXPLORATION_DIM)
-        self.bandit_store = BanditStore(store_path(settings.home), self.bandit, limit=config.pending_feedback)
+        self.bandit_store = open_bandit_store(settings, self.bandit, limit=config.pending_feedback)
         metrics.track(metrics.BANDIT_UPDATES, lambda: self.bandit.updates)
         # only what the model reads, plus the purchases re-ranking filters out
         self.features = OnlineUserReader(settings, SERVING_USER_VIEWS, features=[
@@ -350,10 +351,12 @@ class RecommenderModel(kserve.Model):
         """Credit the exploration slot of an earlier response: True if it was one (and, for
         a user token, a list served to that user). The list
         may have been served by another worker that has not written its pending contexts
-        yet (it does every 50 ms): in a multi-process server an unknown request is looked
-        up again for up to `feedback_wait_s` before it is refused."""
+        yet (it does every 50 ms): in a multi-process server, or with replicas sharing the
+        state in Redis, an unknown request is looked up again for up to `feedback_wait_s`
+        before it is refused."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.config.feedback_wait_s if self.config.worker is not None else 0.0)
+        shared = self.config.worker is not None or self.settings.bandit_redis is not None
+        deadline = loop.time() + (self.config.feedback_wait_s if shared else 0.0)
         owner = None if caller.user_id is None else owner_of(request_id, caller.user_id)
         while True:
             outcome = await loop.run_in_executor(None, self.bandit_store.credit, request_id, item_id, reward, owner)

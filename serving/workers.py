@@ -23,7 +23,8 @@ it fails at once instead of after every worker has loaded.
   artifact): a broken model must not look like a slow one.
 - SIGTERM/SIGINT to the supervisor stops the workers (SIGTERM, then SIGKILL after
   `GRACE_S`). A worker whose supervisor is gone (its stdin closes) stops itself.
-- Shared state lives in files: the bandit and pending feedback in `hyperrec.online.bandit_store`,
+- Shared state lives in files: the bandit and pending feedback in `hyperrec.online.bandit_store`
+  (or in Redis, `Settings.bandit_redis`),
   events and impressions in their SQLite logs (WAL, busy timeouts), Prometheus samples in
   `<home>/serving/prometheus` (emptied at start; /metrics from any worker covers all).
 
@@ -201,15 +202,16 @@ class Supervisor:
 
 def supervise(args, argv: list[str]) -> int:
     from hyperrec.config import load_settings
-    from hyperrec.online.bandit_store import init_store, store_path
+    from hyperrec.online.bandit_store import init_bandit_state
     from hyperrec.online.rerank import EXPLORATION_DIM
     from serving.auth import authenticator_for
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
-    home = load_settings(args.home).home
+    settings = load_settings(args.home)
+    home = settings.home
     authenticator_for(args.host, args.auth, home)  # refused here, before N workers load
     # the shared bandit store exists before any worker opens it (no first-writer race)
-    init_store(store_path(home), EXPLORATION_DIM)
+    init_bandit_state(settings, EXPLORATION_DIM)
     return Supervisor(args.workers, args.http_port, argv, metrics_dir=home / "serving" / "prometheus",
                       host=args.host).run()
 

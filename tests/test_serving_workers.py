@@ -180,44 +180,6 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(server):
     assert server["proc"].poll() is None
 
 
-CREDITOR = """
-import sys
-from pathlib import Path
-from hyperrec.online.bandit import LinUCB
-from hyperrec.online.bandit_store import BanditStore, Credit
-store = BanditStore(Path(sys.argv[1]), LinUCB(int(sys.argv[2])))
-outcomes = [store.credit(f"r{i}", "item", 1.0) for i in range(int(sys.argv[3]), 200, 2)]
-assert all(o is Credit.CREDITED for o in outcomes), outcomes
-store.close()
-"""
-
-
-def test_credits_from_two_processes_at_once_all_count(tmp_path):
-    """The store's transactions serialise concurrent credits: none is lost or applied twice."""
-    import subprocess
-    import sys
-
-    import numpy as np
-
-    from hyperrec.online.bandit import LinUCB
-    from hyperrec.online.bandit_store import BanditStore
-
-    rng = np.random.default_rng(3)
-    xs = rng.random((200, 5))
-    path = tmp_path / "bandit.db"
-    store = BanditStore(path, LinUCB(5))
-    for i, x in enumerate(xs):
-        store.remember(f"r{i}", "item", x)
-    store.flush()
-    procs = [subprocess.Popen([sys.executable, "-c", CREDITOR, str(path), "5", str(half)]) for half in (0, 1)]
-    assert [p.wait(60) for p in procs] == [0, 0]
-    assert until(store.refresh, timeout_s=2) or store.bandit.updates == 200
-    assert store.bandit.updates == 200
-    np.testing.assert_allclose(store.bandit.A_inv, np.linalg.inv(np.eye(5) + xs.T @ xs), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(store.bandit.b, xs.sum(axis=0))
-    store.close()
-
-
 def test_sigterm_stops_the_supervisor_and_every_worker(server):
     proc = server["proc"]
     workers = set(child_pids(proc.pid))

@@ -17,6 +17,9 @@ once, the others within `refresh_s`.
 
 The state outlives the processes: a restarted server keeps what the bandit learned
 (delete the file to start over; a state of another dimension is replaced).
+
+Processes on several nodes share no file: with `Settings.bandit_redis` set, `open_bandit_store`
+returns the same contract kept in Redis (`hyperrec.online.bandit_redis`).
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ import threading
 import time
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hyperrec.online.bandit import LinUCB, sherman_morrison
 from hyperrec.sqlite_wal import connect_wal
+
+if TYPE_CHECKING:
+    from hyperrec.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -218,3 +225,33 @@ class BanditStore:
         with contextlib.suppress(sqlite3.Error):
             self.flush()
         self._db.close()
+
+
+def open_bandit_store(settings: Settings, bandit: LinUCB, limit: int = 100_000):
+    """The workspace's shared store for `bandit`: Redis when `settings.bandit_redis` is set
+    (server processes on several nodes), else the SQLite file under HOME/serving."""
+    if settings.bandit_redis:
+        from hyperrec.online.bandit_redis import RedisBanditStore
+
+        return RedisBanditStore(settings.bandit_redis, bandit, limit=limit)
+    return BanditStore(store_path(settings.home), bandit, limit=limit)
+
+
+def init_bandit_state(settings: Settings, dim: int) -> None:
+    """Create the shared state before any server process opens it (a supervisor's first step).
+    An unreachable Redis is only logged: each process creates the state itself once it answers."""
+    if settings.bandit_redis:
+        import redis
+
+        from hyperrec.online.bandit_redis import init_redis_state
+        from hyperrec.services import redis_client
+
+        client = redis_client(settings.bandit_redis, timeout_s=5.0)
+        try:
+            init_redis_state(client, dim)
+        except redis.RedisError as exc:
+            log.warning("bandit state in Redis %s not created yet: %s", settings.bandit_redis, exc)
+        finally:
+            client.close()
+        return
+    init_store(store_path(settings.home), dim)
