@@ -617,6 +617,22 @@ def test_config_loads_as_the_settings_of_a_redis_cluster(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_model_server_replicas_share_the_bandit_in_redis(overlay):
+    """Replicas on several nodes share no disk: the model server keeps the bandit in the
+    cluster's Redis (hyperrec.online.bandit_redis), in a db of its own."""
+    env = {k: v for k, v in container_env(overlay, isvc_container(overlay)).items() if v is not None}
+    with mock.patch.dict(os.environ, env, clear=True):
+        from hyperrec.config import load_settings
+
+        settings = load_settings()
+    assert settings.bandit_redis, f"{overlay}: the model server would keep its bandit in a file"
+    host_port, _, db = settings.bandit_redis.partition(",db=")
+    assert host_port == settings.redis_url
+    taken = {0, int(settings.recs_cache.partition(",db=")[2] or 0)}  # Feast's, the list cache's
+    assert db and int(db) not in taken, f"{overlay}: bandit db {db!r} shared with {sorted(taken)}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_references_resolve(overlay):
     names = {kind: {d["metadata"]["name"] for d in objects(overlay, kind)}
              for kind in ("ConfigMap", "PersistentVolumeClaim", "ServiceAccount")}
