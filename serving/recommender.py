@@ -55,7 +55,7 @@ from hyperrec.online.serving_path import (
     stable_fraction,
     take,
 )
-from hyperrec.privacy import ConsentLedger, ErasureWatch
+from hyperrec.privacy import ConsentLedger, ErasureWatch, PrivacyUnavailable
 from hyperrec.registry.model_registry import CHALLENGER, alias_watcher, model_version_dir, record_load_error
 from serving import metrics
 from serving.auth import current_caller
@@ -132,7 +132,7 @@ class RecommenderModel(kserve.Model):
         self._predecessor: int | None = None
         self.impressions: ImpressionRecorder | None = None
         if log_impressions:  # an erased user's lists are never logged
-            served = ImpressionLog(settings.impression_log, suppress=ErasureWatch(settings))
+            served = ImpressionLog(settings.impression_log, suppress=ErasureWatch(settings, unavailable="suppress"))
             self.impressions = ImpressionRecorder(served)
         self.cache = RecsCache(settings.recs_cache, ttl_s=config.recs_cache_ttl_s,
                                on_outcome=lambda outcome, n: metrics.CACHE.labels(outcome).inc(n)) \
@@ -245,9 +245,15 @@ class RecommenderModel(kserve.Model):
 
     def _with_consent(self, requests: list[Request]) -> list[Request]:
         """A user who has not consented to personalization (now, per the ledger) gets the
-        popular-in-context policy: their history is not used for what they see."""
+        popular-in-context policy: their history is not used for what they see. While the
+        ledger cannot answer (its PostgreSQL down), nobody is personalized: fail closed."""
         users = [r.user_id for r in requests if r.user_id is not None]
-        allowed = dict(zip(users, self.consent.consented(users, "personalization", self.as_of))) if users else {}
+        try:
+            allowed = dict(zip(users, self.consent.consented(users, "personalization", self.as_of))) if users else {}
+        except PrivacyUnavailable as exc:
+            metrics.ERRORS.labels(exc.kind).inc()
+            log.warning("consent unknown, serving %d users unpersonalized: %s", len(users), exc)
+            allowed = dict.fromkeys(users, False)
         return [replace(r, personalization=False) if r.user_id is not None and not allowed[r.user_id] else r
                 for r in requests]
 

@@ -1,11 +1,13 @@
-"""Privacy: keyed pseudonyms, the consent ledger, and erasure of one user from every real
-store (event log, Feast offline parquet, Feast online SQLite and Redis, the recs cache)."""
+"""Privacy: keyed pseudonyms, the consent ledger (on SQLite and on PostgreSQL: one contract),
+and erasure of one user from every real store (event log, Feast offline parquet, Feast online
+SQLite and Redis, the recs cache)."""
 
 import json
 import logging
 import pickle
 import secrets
 import sqlite3
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -31,7 +33,7 @@ from hyperrec.privacy import (
     scrub_user_frame,
     scrub_user_record,
 )
-from hyperrec.services import redis_server
+from hyperrec.services import create_database, postgres_server, redis_server
 
 KEY_A, KEY_B = secrets.token_hex(32), secrets.token_hex(32)
 RAW = {"user_id": "u42", "email": "Ana.Tanaka1@Example.com", "name": "Ana  Tanaka", "phone": "+1 (555) 010-4477",
@@ -55,6 +57,25 @@ def _use_keys(mp, current=KEY_A, current_id=None, previous=None, previous_id=Non
 @pytest.fixture
 def pii_key(monkeypatch):
     _use_keys(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A real PostgreSQL for the module; tests take a fresh database each (`privacy_where`)."""
+    with postgres_server() as url:
+        yield url
+
+
+def fresh_database(url: str) -> str:
+    return create_database(url, f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def privacy_where(request, tmp_path):
+    """Where a test's privacy tables live: a new privacy.db, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "privacy.db"
+    return fresh_database(request.getfixturevalue("postgres_url"))
 
 
 # ---------------------------------------------------------------- pseudonyms
@@ -139,8 +160,8 @@ def test_scrubbed_record_repr_and_logs_hold_no_raw_pii(pii_key, caplog):
 # ---------------------------------------------------------------- consent
 
 
-def test_consent_latest_by_time_wins(tmp_path):
-    ledger = ConsentLedger(tmp_path / "privacy.db")
+def test_consent_latest_by_time_wins(privacy_where):
+    ledger = ConsentLedger(privacy_where)
     # recorded out of order: the later *consent time* wins, not the later insert
     ledger.record_consent("u1", "personalization", False, T0 + timedelta(days=2), source="app")
     ledger.record_consent("u1", "personalization", True, T0, source="crm")
@@ -152,15 +173,15 @@ def test_consent_latest_by_time_wins(tmp_path):
     assert ledger.has_consent("u1", "personalization")
     assert not ledger.has_consent("u1", "analytics")  # purposes are separate
     assert not ledger.has_consent("stranger", "personalization")  # no record, no consent
-    assert ConsentLedger(tmp_path / "privacy.db", {"analytics": True}).has_consent("stranger", "analytics")
+    assert ConsentLedger(privacy_where, {"analytics": True}).has_consent("stranger", "analytics")
     with pytest.raises(ValueError, match="unknown purpose"):
         ledger.has_consent("u1", "marketing")
     with pytest.raises(ValueError, match="timezone"):
         ledger.record_consent("u1", "analytics", True, datetime(2026, 1, 1))
 
 
-def test_users_without_and_profiles(tmp_path):
-    ledger = ConsentLedger(tmp_path / "privacy.db")
+def test_users_without_and_profiles(privacy_where):
+    ledger = ConsentLedger(privacy_where)
     ledger.record_profile({**RAW, "consent_ts": T0})
     ledger.record_consent("u7", "personalization", True, T0)
     ledger.record_consent("u7", "personalization", False, T0 + timedelta(hours=1))
@@ -169,10 +190,18 @@ def test_users_without_and_profiles(tmp_path):
     assert ledger.users_without("personalization", at=T0 + timedelta(minutes=1)) == set()
     assert ledger.users_without("analytics") == {"u42"}
     assert ledger.users_without("personalization", among=["u7", "u8", "u42", "new"]) == {"u7", "new"}
+    crm = pd.DataFrame({"user_id": ["c1", "c2", "u7"], "consent_personalization": [True, False, True],
+                        "consent_analytics": [False, True, True], "consent_ts": [T0 + timedelta(hours=2)] * 3})
+    assert ledger.record_profiles(crm) == 6
+    assert ledger.consented(["c2", "c1", "u7", "u8", "c1", "new"], "personalization") == [
+        False, True, True, True, True, False]  # in the order asked, repeats included
+    assert ledger.consented([f"x{i}" for i in range(1200)] + ["c2"], "analytics")[-1]  # past one chunk
+    assert ledger.forget("u7") == 4 and ledger.users_without("personalization") == {"c2"}
+    ledger.close()
 
 
-def test_events_filtered_by_consent_at_event_time(tmp_path):
-    ledger = ConsentLedger(tmp_path / "privacy.db")
+def test_events_filtered_by_consent_at_event_time(privacy_where):
+    ledger = ConsentLedger(privacy_where)
     ledger.record_consent("a", "personalization", True, T0)
     ledger.record_consent("a", "personalization", False, T0 + timedelta(hours=2))
     ledger.record_consent("b", "personalization", False, T0)

@@ -10,9 +10,11 @@ one user from every store the platform writes, with an append-only audit.
   the consent rows, the trained models (`hyperrec.privacy.models`); the user joins the erasure
   list that training, the event log and the impression log honour.
 
-Everything lives in `<home>/privacy.db` (WAL, secure_delete). See docs/privacy.md.
+Consent, the erasure list and the audit live in `<home>/privacy.db` (WAL, secure_delete), or
+in PostgreSQL when `Settings.database_url` is set (a cluster: hyperrec.privacy.db). See docs/privacy.md.
 """
 
+from hyperrec.privacy.db import PrivacyUnavailable, privacy_location
 from hyperrec.privacy.erasure import (
     ErasureReport,
     ErasureWatch,
@@ -38,7 +40,7 @@ from hyperrec.privacy.pseudonyms import (
 
 __all__ = [
     "DEFAULT_CONSENT", "KEY_ENV", "PII_FIELDS", "PREVIOUS_KEY_ENV", "PRIVACY_DB", "PURPOSES",
-    "TOKEN", "ConsentLedger", "ErasureReport", "ErasureWatch", "PIIKeyError", "Pseudonymizer", "Purpose", "_entity_key",
-    "drop_erased", "erase_user", "erased_users", "erasure_audit", "event_log_paths", "privacy_db",
-    "scrub_user_frame", "scrub_user_record", "workspace_key_file",
+    "TOKEN", "ConsentLedger", "ErasureReport", "ErasureWatch", "PIIKeyError", "PrivacyUnavailable", "Pseudonymizer",
+    "Purpose", "_entity_key", "drop_erased", "erase_user", "erased_users", "erasure_audit", "event_log_paths",
+    "privacy_db", "privacy_location", "scrub_user_frame", "scrub_user_record", "workspace_key_file",
 ]

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
 from hyperrec.config import Settings
-from hyperrec.privacy.ledger import PRIVACY_DB, _connect, privacy_db
+from hyperrec.privacy.db import PRIVACY_DB, PrivacyUnavailable, is_postgres, open_privacy_db, privacy_location
 from hyperrec.privacy.pseudonyms import Pseudonymizer
 
 log = logging.getLogger(__name__)
@@ -31,38 +32,48 @@ class ErasureReport:
 
 def erased_users(settings: Settings) -> set[str]:
     """Every user ever erased: the training-set builder and ingestion must drop them."""
-    if not privacy_db(settings).exists():
+    where = privacy_location(settings)
+    if not is_postgres(where) and not Path(where).exists():
         return set()
-    db = _connect(privacy_db(settings))
+    db = open_privacy_db(where)
     try:
-        return {row[0] for row in db.execute("SELECT user_id FROM erased_users")}
+        return {row[0] for row in db.query("SELECT user_id FROM erased_users")}
     finally:
         db.close()
 
 
 class ErasureWatch:
-    """The erasure list as a live set, for long-running processes (ingestion, the stream
-    processor): re-read only when privacy.db changed (`PRAGMA data_version`, microseconds),
-    so checking it per batch costs nothing while nobody is erased."""
+    """The erasure list as a live set, for long-running processes (the server's event door,
+    ingestion, the stream processor): each check reads only the rows past the last one seen
+    (`erased_users` in list order, an indexed range that is empty while nobody is erased),
+    so an erasure counts from the next check, in this process or on another node.
 
-    def __init__(self, settings: Settings):
+    When the list cannot be read (PostgreSQL down), `poll()` and `in` raise
+    PrivacyUnavailable (the event door answers 503), or with `unavailable="suppress"`, `in`
+    counts every user as erased (a writer of monitoring data then stores nothing)."""
+
+    def __init__(self, settings: Settings, unavailable: Literal["raise", "suppress"] = "raise"):
         self.settings = settings
+        self.unavailable = unavailable
         self.users: frozenset[str] = frozenset()
         self._unreported: frozenset[str] = frozenset()  # listed since the last poll()
-        self._db = _connect(privacy_db(settings))
-        self._version: int | None = None
+        self._db = open_privacy_db(privacy_location(settings))
+        seq = self._db.erased_seq
+        self._sql = f"SELECT {seq}, user_id FROM erased_users WHERE {seq} > ? ORDER BY {seq}"
+        self._seen = 0  # the last list position read
         self._lock = threading.Lock()
+        self._warned = 0.0
 
     def _refresh(self) -> None:
-        """Re-read the list if privacy.db changed; users new to it wait for the next poll()."""
+        """Read the users listed since the last read; they wait for the next poll()."""
         with self._lock:
-            version = self._db.execute("PRAGMA data_version").fetchone()[0]
-            if version == self._version:
+            rows = self._db.query(self._sql, (self._seen,))
+            if not rows:
                 return
-            self._version = version
-            users = frozenset(row[0] for row in self._db.execute("SELECT user_id FROM erased_users"))
-            self._unreported |= users - self.users
-            self.users = users
+            self._seen = rows[-1][0]
+            new = frozenset(user for _, user in rows) - self.users
+            self._unreported |= new
+            self.users |= new
 
     def poll(self) -> frozenset[str]:
         """Users erased since the last poll (all of them at the first). Asking `user in watch`
@@ -74,7 +85,15 @@ class ErasureWatch:
         return new
 
     def __contains__(self, user_id: str) -> bool:
-        self._refresh()
+        try:
+            self._refresh()
+        except PrivacyUnavailable as exc:
+            if self.unavailable == "raise":
+                raise
+            if time.monotonic() - self._warned > 60:
+                self._warned = time.monotonic()
+                log.warning("erasure list unreadable, every user counts as erased: %s", exc)
+            return True
         return user_id in self.users
 
     def erase_online(self, user_id: str) -> dict[str, int]:
@@ -93,13 +112,13 @@ def drop_erased(frame: pd.DataFrame, settings: Settings, user_col: str = "user_i
 
 def erasure_audit(settings: Settings, user_id: str | None = None) -> list[dict]:
     """The audit rows (all, or one user's under the current or previous key), oldest first."""
-    db = _connect(privacy_db(settings))
+    db = open_privacy_db(privacy_location(settings))
     try:
         sql, params = "SELECT id, user_token, at, reason, removed, status FROM erasure_audit", []
         if user_id is not None:
             params = Pseudonymizer.for_workspace(settings).candidates(user_id, "user_id")
             sql += f" WHERE user_token IN ({','.join('?' * len(params))})"
-        rows = db.execute(sql + " ORDER BY id", params).fetchall()
+        rows = db.query(sql + " ORDER BY id", params)
     finally:
         db.close()
     return [{"id": i, "user_token": t, "at": at, "reason": r, "removed": json.loads(rm), "status": s}
@@ -334,15 +353,14 @@ def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Seq
 
     token = Pseudonymizer.for_workspace(settings).token(user_id, "user_id")
     _check_reason(user_id, reason)
-    db = _connect(privacy_db(settings))
+    db = open_privacy_db(privacy_location(settings))
     removed: dict[str, int] = {"event_log.events": 0, "event_log.dead_letters": 0}
     status = "failed"
     try:
         try:
             removed |= _erase_online(settings, user_id)
         finally:
-            db.execute("INSERT OR IGNORE INTO erased_users (user_id, first_erased_at) VALUES (?, ?)",
-                       (user_id, time.time()))
+            db.list_erased(user_id, time.time())
         for path in event_logs if event_logs is not None else event_log_paths(settings):
             events, dead = _erase_event_log(Path(path), user_id)
             removed["event_log.events"] += events
@@ -354,16 +372,18 @@ def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Seq
                                                           else None)
         if cache:
             removed |= _erase_recs_cache(cache, user_id)
-        removed["consent"] = db.execute("DELETE FROM consent WHERE user_id = ?", (user_id,)).rowcount
+        removed["consent"] = db.execute("DELETE FROM consent WHERE user_id = ?", (user_id,), retry=True)
         removed |= erase_from_models(settings, user_id)
         status = "done"
     except Exception as exc:
         status = f"failed: {type(exc).__name__}"  # not the message: it may quote the user
         raise
     finally:
-        db.execute("INSERT INTO erasure_audit (user_token, at, reason, removed, status) VALUES (?, ?, ?, ?, ?)",
-                   (token, datetime.now(UTC).isoformat(), reason, json.dumps(removed, sort_keys=True), status))
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # old pages of the consent rows leave the WAL, if unread
-        db.close()
+        try:
+            db.execute("INSERT INTO erasure_audit (user_token, at, reason, removed, status) VALUES (?, ?, ?, ?, ?)",
+                       (token, datetime.now(UTC).isoformat(), reason, json.dumps(removed, sort_keys=True), status))
+            db.scrub()  # the deleted consent rows leave the database's files (SQLite: the WAL, if unread)
+        finally:
+            db.close()
         log.info("erasure of %s %s: %s", token, status, removed)
     return ErasureReport(token, removed, status)

@@ -1,10 +1,8 @@
-"""The per-purpose consent ledger and the privacy database (`<home>/privacy.db`, WAL,
-secure_delete) it shares with the erasure list and audit."""
+"""The per-purpose consent ledger, in the privacy database it shares with the erasure list
+and audit (`<home>/privacy.db`, or PostgreSQL with `Settings.database_url`: hyperrec.privacy.db)."""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -14,7 +12,7 @@ from typing import Literal
 import pandas as pd
 
 from hyperrec.config import Settings
-from hyperrec.sqlite_wal import connect_wal
+from hyperrec.privacy.db import PRIVACY_DB, open_privacy_db, privacy_location
 
 Purpose = Literal["personalization", "analytics"]
 PURPOSES: tuple[str, ...] = ("personalization", "analytics")
@@ -23,47 +21,14 @@ PURPOSES: tuple[str, ...] = ("personalization", "analytics")
 DEFAULT_CONSENT: dict[str, bool] = {"personalization": False, "analytics": False}
 
 
-PRIVACY_DB = "privacy.db"
 _US = pd.Timedelta(1, "us")
 _EPOCH = pd.Timestamp(0, tz="UTC")
-
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS consent (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_id TEXT NOT NULL,
-    purpose TEXT NOT NULL,
-    granted INTEGER NOT NULL CHECK (granted IN (0, 1)),
-    at_us INTEGER NOT NULL,      -- when the user granted / withdrew (UTC microseconds)
-    source TEXT NOT NULL,        -- where it was captured: crm, app, api, ...
-    recorded_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS consent_latest ON consent (user_id, purpose, at_us, id);
-CREATE TABLE IF NOT EXISTS erased_users (user_id TEXT PRIMARY KEY, first_erased_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS erasure_audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_token TEXT NOT NULL,    -- HMAC of the user id, never the id itself
-    at TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    removed TEXT NOT NULL,       -- JSON: store -> rows / keys removed
-    status TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS erasure_audit_no_update BEFORE UPDATE ON erasure_audit
-BEGIN SELECT RAISE(ABORT, 'erasure_audit is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS erasure_audit_no_delete BEFORE DELETE ON erasure_audit
-BEGIN SELECT RAISE(ABORT, 'erasure_audit is append-only'); END;
-"""
+_CHUNK = 500  # SQLite's bound-parameter limit; PostgreSQL takes each chunk as one array
 
 
 def privacy_db(settings: Settings) -> Path:
+    """The embedded mode's file (`settings.database_url` unset)."""
     return settings.home / PRIVACY_DB
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    db = connect_wal(path)
-    db.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not left in free pages
-    db.executescript(SCHEMA)
-    return db
 
 
 def _to_us(at: datetime | pd.Timestamp | None) -> int:
@@ -79,16 +44,17 @@ class ConsentLedger:
     is the latest record at or before it (ties: the later recorded wins); no record means
     `defaults[purpose]`."""
 
-    def __init__(self, path: Path, defaults: Mapping[str, bool] | None = None):
+    def __init__(self, where: Path | str, defaults: Mapping[str, bool] | None = None):
+        """`where`: a privacy.db path, or a PostgreSQL URL. Safe to share across threads (the
+        model server asks from several)."""
         self.defaults = {**DEFAULT_CONSENT, **(defaults or {})}
         for purpose in self.defaults:
             self._purpose(purpose)
-        self.db = _connect(path)
-        self._lock = threading.Lock()  # the model server asks from several worker threads
+        self.db = open_privacy_db(where)
 
     @classmethod
     def open(cls, settings: Settings, defaults: Mapping[str, bool] | None = None) -> ConsentLedger:
-        return cls(privacy_db(settings), defaults)
+        return cls(privacy_location(settings), defaults)
 
     @staticmethod
     def _purpose(purpose: str) -> str:
@@ -114,14 +80,8 @@ class ConsentLedger:
         rows = [(str(u), purpose, int(bool(g)), _to_us(ts), source, now)
                 for purpose in PURPOSES
                 for u, g, ts in zip(users["user_id"], users[f"consent_{purpose}"], users["consent_ts"])]
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany("INSERT INTO consent (user_id, purpose, granted, at_us, source, recorded_at) "
-                                "VALUES (?, ?, ?, ?, ?, ?)", rows)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        self.db.executemany("INSERT INTO consent (user_id, purpose, granted, at_us, source, recorded_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 
     def consented(self, user_ids: Sequence[str], purpose: Purpose, at: datetime | None = None) -> list[bool]:
@@ -129,28 +89,24 @@ class ConsentLedger:
         this for every micro-batch: a withdrawal takes effect on the next request)."""
         ids = list(dict.fromkeys(user_ids))
         latest: dict[str, bool] = {}
-        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-            chunk = ids[start:start + 500]
-            with self._lock:
-                rows = self.db.execute(
-                    f"SELECT user_id, granted FROM consent WHERE purpose = ? AND at_us <= ? AND user_id IN "
-                    f"({','.join('?' * len(chunk))}) ORDER BY user_id, at_us DESC, id DESC",
-                    (self._purpose(purpose), _to_us(at), *chunk)).fetchall()
+        for start in range(0, len(ids), _CHUNK):
+            users, params = self.db.users_in(ids[start:start + _CHUNK])
+            rows = self.db.query(f"SELECT user_id, granted FROM consent WHERE purpose = ? AND at_us <= ? AND {users} "
+                                 "ORDER BY user_id, at_us DESC, id DESC", (self._purpose(purpose), _to_us(at), *params))
             for user, granted in rows:
                 latest.setdefault(user, bool(granted))
         return [latest.get(u, self.defaults[purpose]) for u in user_ids]
 
     def has_consent(self, user_id: str, purpose: Purpose, at: datetime | None = None) -> bool:
-        row = self.db.execute("SELECT granted FROM consent WHERE user_id = ? AND purpose = ? AND at_us <= ? "
-                              "ORDER BY at_us DESC, id DESC LIMIT 1",
-                              (user_id, self._purpose(purpose), _to_us(at))).fetchone()
-        return self.defaults[purpose] if row is None else bool(row[0])
+        rows = self.db.query("SELECT granted FROM consent WHERE user_id = ? AND purpose = ? AND at_us <= ? "
+                             "ORDER BY at_us DESC, id DESC LIMIT 1", (user_id, self._purpose(purpose), _to_us(at)))
+        return self.defaults[purpose] if not rows else bool(rows[0][0])
 
     def _latest(self, purpose: str, at: datetime | None) -> dict[str, bool]:
-        rows = self.db.execute(
+        rows = self.db.query(
             "SELECT user_id, granted FROM (SELECT user_id, granted, ROW_NUMBER() OVER "
             "(PARTITION BY user_id ORDER BY at_us DESC, id DESC) AS n FROM consent WHERE purpose = ? AND at_us <= ?) "
-            "WHERE n = 1", (self._purpose(purpose), _to_us(at)))
+            "AS latest WHERE n = 1", (self._purpose(purpose), _to_us(at)))
         return {user: bool(granted) for user, granted in rows}
 
     def users_without(self, purpose: Purpose, at: datetime | None = None,
@@ -170,8 +126,8 @@ class ConsentLedger:
         self._purpose(purpose)
         if events.empty:
             return events.copy()
-        ledger = pd.read_sql_query("SELECT user_id, granted, at_us FROM consent WHERE purpose = ? ORDER BY at_us, id",
-                                   self.db, params=(purpose,))
+        ledger = pd.DataFrame(self.db.query("SELECT user_id, granted, at_us FROM consent WHERE purpose = ? "
+                                            "ORDER BY at_us, id", (purpose,)), columns=["user_id", "granted", "at_us"])
         ledger = ledger.drop_duplicates(["user_id", "at_us"], keep="last")  # same instant: later recorded wins
         left = pd.DataFrame({"user_id": events[user_col].astype(str).to_numpy(),
                              "at_us": ((pd.to_datetime(events[ts_col], utc=True) - _EPOCH) // _US).to_numpy("int64"),
@@ -186,7 +142,7 @@ class ConsentLedger:
 
     def forget(self, user_id: str) -> int:
         """Delete the user's consent records (erasure); returns how many."""
-        return self.db.execute("DELETE FROM consent WHERE user_id = ?", (user_id,)).rowcount
+        return self.db.execute("DELETE FROM consent WHERE user_id = ?", (user_id,), retry=True)
 
     def close(self) -> None:
         self.db.close()
