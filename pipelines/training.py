@@ -42,7 +42,12 @@ from components.validate_data import validate_data
 SECRETS = {
     "hyperrec-mlflow": {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
     "hyperrec-hmac": {"key": "HYPERREC_PII_KEY"},  # hyperrec.privacy.KEY_ENV
+    "hyperrec-database": {"url": "HYPERREC_DATABASE_URL"},  # Settings.database_url: every task (_on_cluster)
 }
+# The PostgreSQL every role shares on a cluster (the consent ledger and erasure list). Not
+# optional: a task without it would read an empty erasure list under HYPERREC_HOME and train
+# on erased users.
+DATABASE_SECRET = "hyperrec-database"
 # What every task needs on a cluster: the settings ConfigMap (manifests/base/kustomization.yaml)
 # and the shared workspace volume at HYPERREC_HOME (manifests/base/storage.yaml)
 CONFIG_MAP = "hyperrec-config"
@@ -61,10 +66,11 @@ def _reads_mutable_state(task):
 
 
 def _on_cluster(task, *secrets: str):
-    """Settings, workspace volume and `secrets` as environment (kfp-kubernetes; kfp.local
-    ignores all three and reads the local environment)."""
+    """Settings, workspace volume, the database URL and `secrets` as environment
+    (kfp-kubernetes; kfp.local ignores them all and reads the local environment)."""
     kubernetes.use_config_map_as_env(task, CONFIG_MAP, {k: k for k in CONFIG_KEYS})
     kubernetes.mount_pvc(task, HOME_PVC, HOME_PATH)
+    kubernetes.use_secret_as_env(task, secret_name=DATABASE_SECRET, secret_key_to_env=SECRETS[DATABASE_SECRET])
     for name in secrets:
         kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=SECRETS[name], optional=True)
     return task

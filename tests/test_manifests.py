@@ -55,6 +55,7 @@ LIBRARY_ENV = {
 CLUSTER_SECRETS = {
     "hyperrec-auth": {"keys.json": "HYPERREC_API_KEYS", "idp.pem": "HYPERREC_JWT_PUBLIC_KEY"},  # the model server
     "hyperrec-metrics-key": {"key": "the ServiceMonitor's scrape credential (an admin API key)"},
+    "hyperrec-postgres": {"password": "the PostgreSQL server's own user (POSTGRES_PASSWORD)"},
 }
 GATEWAY = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"  # the public ingress gateway
 KFP_POD_LABEL = ("pipelines.kubeflow.org/v2_component", "true")  # on every pod of a KFP 2.x run (its Argo compiler)
@@ -420,7 +421,9 @@ def test_image_names_and_tags_agree():
             assert c["image"] == expected, f"{overlay}: {where} runs {c['image']}, expected {expected}"
         others = [(w, c["image"]) for w, c, _ in containers(overlay) if not c["image"].startswith("hyperrec/")]
         for where, image in others:
-            assert re.search(r":\d+\.\d+\.\d+|@sha256:", image), f"{overlay}: {where} image {image} is not pinned"
+            # PostgreSQL's releases are major.minor (15.10 is a patch release of 15)
+            assert re.search(r":\d+\.\d+\.\d+|@sha256:|^postgres:\d+\.\d+-", image), \
+                f"{overlay}: {where} image {image} is not pinned"
 
 
 def test_pods_run_as_the_images_user():
@@ -1000,6 +1003,47 @@ def test_registry_and_online_store_admit_only_their_clients(overlay, compiled):
         assert sel["matchLabels"] == dict([KFP_POD_LABEL]) or any(selects(sel, lb) for _, _, lb in templates), sel
     redis_clients = {"InferenceService/recommender", "Deployment/hyperrec-stream", "Deployment/feast-feature-server"}
     assert admitted("redis") == redis_clients, f"{overlay}: Redis admits {sorted(admitted('redis'))}"
+
+
+PRIVACY_ROLES = {"InferenceService/recommender", "Deployment/hyperrec-stream", "Deployment/hyperrec-offline-sink",
+                 "CronJob/hyperrec-monitor"}  # each opens the consent ledger or an ErasureWatch
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_privacy_state_is_in_postgres_for_every_role_and_only_they_reach_it(overlay, compiled):
+    """The roles that read the consent ledger or the erasure list, and every pipeline task, get
+    HYPERREC_DATABASE_URL from the hyperrec-database Secret, not optionally (without it they
+    would read an empty erasure list from a file: fail open); the PostgreSQL StatefulSet
+    behind the Service `postgres` admits exactly the pods that take a database URL."""
+    from hyperrec.privacy.db import PostgresPrivacyDB  # noqa: F401  (what reads it)
+    from pipelines.training import DATABASE_SECRET, SECRETS
+
+    assert SECRETS[DATABASE_SECRET] == {"url": "HYPERREC_DATABASE_URL"}
+    holders = set()
+    for where, c, _ in project_containers(overlay):
+        for var in c.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef", {})
+            if var["name"] == "HYPERREC_DATABASE_URL":
+                assert ref == {"name": DATABASE_SECRET, "key": "url"}, f"{overlay}: {where} {var}"
+                holders.add(where.rsplit("/", 1)[0])
+    assert holders >= PRIVACY_ROLES, f"{overlay}: no database for {sorted(PRIVACY_ROLES - holders)}"
+    _, executors = compiled
+    for name, e in executors.items():
+        refs = [s for s in e.get("secretAsEnv", []) if s["secretName"] == DATABASE_SECRET]
+        assert refs and not refs[0].get("optional"), f"pipeline task {name} lacks {DATABASE_SECRET}"
+    server = one(overlay, "StatefulSet", "postgres")
+    svc = one(overlay, "Service", "postgres")
+    labels = server["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items() and svc["spec"]["ports"][0]["port"] == 5432
+    (rule,) = one(overlay, "NetworkPolicy", "postgres")["spec"]["ingress"]
+    assert all(set(peer) == {"podSelector"} for peer in rule["from"]), f"{overlay}: postgres admits other namespaces"
+    peers = [peer["podSelector"] for peer in rule["from"]]
+    admitted = {where.split("/")[0] + "/" + where.split("/")[1] for where, _, lb in pod_templates(overlay)
+                if any(selects(sel, lb) for sel in peers)}
+    clients = {where.rsplit("/", 1)[0] for where, c, _ in containers(overlay)  # whoever takes a database URL
+               if any(v.get("valueFrom", {}).get("secretKeyRef", {}).get("key") == "url" for v in c.get("env", []))}
+    assert admitted == clients, f"{overlay}: postgres admits {sorted(admitted)}, its clients are {sorted(clients)}"
+    assert any(selects(sel, dict([KFP_POD_LABEL])) for sel in peers), f"{overlay}: the pipeline's tasks are refused"
 
 
 def istio_path_matches(pattern: str, path: str) -> bool:
