@@ -7,7 +7,8 @@ from components.image import BASE_IMAGE
 def snapshot_data(home: str, world_dir: str, merge_logged_events: bool, run_id: str) -> str:
     """The data this run learns from. With `merge_logged_events` (the cluster's runs): the
     world plus every event logged since, from the event log and from the offline sink's
-    Kafka files (hyperrec.training.retrain.snapshot_world, each event_id once), written to
+    Kafka events (its files, or its PostgreSQL table with HYPERREC_DATABASE_URL;
+    hyperrec.training.retrain.snapshot_world, each event_id once), written to
     HYPERREC_HOME/data/snapshots/<run_id>; the Feast offline tables are rewritten from it,
     so the point-in-time training set has features for the new events too. Returns the
     snapshot's folder. Without (`hyperrec retrain` snapshots before it starts the run, and

@@ -17,11 +17,19 @@ Exactly once per event:
 - The same event_id produced twice (a client's retry after a 503, a replayed import) sits at
   two offsets: `read_offline_events` keeps the first and drops the rest.
 
+With a database (`Settings.database_url`, the cluster) the sink appends to the PostgreSQL
+table `offline.events` instead (`PostgresEvents`), next to the Feast offline tables: each
+poll's valid events in one transaction, `INSERT ... ON CONFLICT (event_id) DO NOTHING`, and
+the offsets committed to Kafka only after it commits. A redelivered record (a lost commit,
+a restart, a rebalance) or a repeated event_id is ignored by the key, so the table holds each
+event once, and every replica writes to the same table.
+
 What the sink does not keep: records that fail the event door (the stream processor
 dead-letters them, and the server already sent its own to the dead-letter topic) and
 events of erased users (dropped and counted). `hyperrec.training.retrain.snapshot_world`
-adds these events to the world a retrain learns from; `hyperrec privacy erase` removes a
-user's rows from them like from every parquet file under home.
+adds these events to the world a retrain learns from (`read_sunk_events`); `hyperrec privacy
+erase` removes a user's rows from them like from every parquet file under home (and from the
+table, hyperrec.features.postgres.erase_user).
 """
 
 from __future__ import annotations
@@ -107,10 +115,86 @@ def read_offline_events(root: Path) -> pd.DataFrame:
     return frame[list(COLUMNS)]
 
 
+EVENTS_TABLE = "events"  # in hyperrec.features.postgres.SCHEMA, next to the Feast offline tables
+_PG_COLUMNS = {"event_id": "text PRIMARY KEY", "user_id": "text NOT NULL", "item_id": "text",
+               "event_type": "text NOT NULL", "ts": "timestamptz NOT NULL", "dwell_s": "double precision",
+               "rating": "double precision", "session_id": "text", "device": "text", "request_id": "text",
+               "kafka_partition": "integer", "kafka_offset": "bigint"}
+
+
+class PostgresEvents:
+    """The offline record of live events in PostgreSQL: `offline.events`, keyed by event_id."""
+
+    def __init__(self, database_url: str):
+        import psycopg
+        from psycopg import sql
+
+        from hyperrec.features.postgres import SCHEMA
+
+        self.conn = psycopg.connect(database_url)
+        self.table = sql.Identifier(SCHEMA, EVENTS_TABLE)
+        with self.conn.transaction():
+            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+            self.conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.table, sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in _PG_COLUMNS.items())))
+            self.conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS events_ts ON {} (ts)").format(self.table))
+
+    def append(self, rows: list[dict]) -> int:
+        """Insert the rows (first offset wins within the batch) in one transaction; returns how
+        many were new (an event_id already in the table is skipped)."""
+        from psycopg import sql
+
+        if not rows:
+            return 0
+        columns = list(_PG_COLUMNS)
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS sink_batch (LIKE {}) ON COMMIT DELETE ROWS")
+                        .format(self.table))
+            with cur.copy(sql.SQL("COPY sink_batch ({}) FROM STDIN").format(names)) as copy:
+                for row in rows:
+                    copy.write_row([row.get(c) for c in columns])
+            cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT DISTINCT ON (event_id) {} FROM sink_batch "
+                                "ORDER BY event_id, kafka_partition, kafka_offset ON CONFLICT (event_id) DO NOTHING")
+                        .format(self.table, names, names))
+            return cur.rowcount
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def read_postgres_events(database_url: str) -> pd.DataFrame:
+    """Every event in `offline.events` (empty if the sink never ran), sorted by time; the
+    columns of `read_offline_events`."""
+    import psycopg
+    from psycopg import sql
+
+    from hyperrec.features.postgres import SCHEMA
+
+    with psycopg.connect(database_url) as conn:
+        if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{EVENTS_TABLE}",)).fetchone()[0] is None:
+            return pd.DataFrame(columns=list(COLUMNS))
+        cur = conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY ts, kafka_partition, kafka_offset").format(
+            sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), sql.Identifier(SCHEMA, EVENTS_TABLE)))
+        frame = pd.DataFrame(cur.fetchall(), columns=list(COLUMNS))
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
+    for c in ("dwell_s", "rating"):
+        frame[c] = frame[c].astype("float64")
+    return frame
+
+
+def read_sunk_events(settings) -> pd.DataFrame:
+    """What the offline sink of this workspace's mode holds: the table with a database_url,
+    else the parquet files."""
+    if settings.database_url:
+        return read_postgres_events(settings.database_url)
+    return read_offline_events(settings.offline_events_dir)
+
+
 @dataclass
 class SinkResult:
     received: int = 0
-    written: int = 0  # events in files written by this poll
+    written: int = 0  # events in files written by this poll (with a table: rows new to it)
     invalid: int = 0
     suppressed: int = 0
     files: list[Path] = field(default_factory=list)
@@ -119,10 +203,12 @@ class SinkResult:
 class OfflineSink:
     def __init__(self, bootstrap: str, root: Path, topic: str = TOPIC, group_id: str = GROUP,
                  suppress: Container[str] = frozenset(), event_types: Collection[str] = EVENT_TYPES,
-                 **consumer_config):
+                 database_url: str | None = None, **consumer_config):
+        """Files under `root`, or with `database_url` rows of the PostgreSQL table."""
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
         self.root, self.topic, self.suppress, self.event_types = Path(root), topic, suppress, tuple(event_types)
+        self.events = PostgresEvents(database_url) if database_url else None
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
                                       auto_offset_reset="earliest", **consumer_config)
         self._upto: dict = {}  # partition -> next offset after what its files hold (None: no file)
@@ -139,18 +225,20 @@ class OfflineSink:
         self.consumer.subscribe([topic], listener=ForgetOnAssign())
 
     def _written_upto(self, tp) -> int | None:
+        if self.events is not None:  # the table's key skips what it holds
+            return None
         if tp not in self._upto:
             self._upto[tp] = written_upto(self.root, tp.topic, tp.partition)
         return self._upto[tp]
 
     def run_once(self, timeout_ms: int = 1000, max_records: int = 10_000,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> SinkResult:
-        """Poll once, write each partition's valid events into files per hour, fsync, and
-        only then commit the offsets."""
+        """Poll once, write each partition's valid events into files per hour, fsync (or insert
+        them all into the table in one transaction), and only then commit the offsets."""
         from kafka.structs import OffsetAndMetadata
 
         batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        result, commits, at = SinkResult(), {}, now()
+        result, commits, at, pending = SinkResult(), {}, now(), []
         for tp, records in batches.items():
             upto = self._written_upto(tp)
             if upto is not None:  # the files hold these already (the commit after them was lost)
@@ -170,17 +258,22 @@ class OfflineSink:
                     continue
                 rows.append({**event.model_dump(include=set(COLUMNS)), "kafka_partition": tp.partition,
                              "kafka_offset": r.offset})
-            result.files += self._write(tp, rows, records[0].offset, records[-1].offset)
-            result.written += len(rows)
-            self._upto[tp] = records[-1].offset + 1
+            if self.events is not None:
+                pending += rows
+            else:
+                result.files += self._write(tp, rows, records[0].offset, records[-1].offset)
+                result.written += len(rows)
+                self._upto[tp] = records[-1].offset + 1
             commits[tp] = OffsetAndMetadata(records[-1].offset + 1, None, -1)
+        if pending:
+            result.written += self.events.append(pending)
         if commits:
             from kafka.errors import CommitFailedError
 
             try:
                 self.consumer.commit(commits)
-            except CommitFailedError as exc:  # rebalanced away: the files already hold the batch
-                log.warning("offset commit refused after a rebalance (%s); the files hold the batch", exc)
+            except CommitFailedError as exc:  # rebalanced away: the files (or the table) already hold the batch
+                log.warning("offset commit refused after a rebalance (%s); the batch is stored", exc)
         return result
 
     def _write(self, tp, rows: list[dict], first: int, last: int) -> list[Path]:
@@ -203,25 +296,30 @@ class OfflineSink:
 
     def close(self) -> None:
         self.consumer.close()
+        if self.events is not None:
+            self.events.close()
 
 
 def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str = GROUP, stop: threading.Event | None = None,
         log=print, ready_file: Path | None = None, **consumer_config) -> None:
-    """`hyperrec sink`: Kafka -> offline event files, until `stop`. `ready_file` is created
-    once the sink holds partitions of the topic."""
+    """`hyperrec sink`: Kafka -> offline event files (with a database_url: the table), until
+    `stop`. `ready_file` is created once the sink holds partitions of the topic."""
     from hyperrec.data.event_types import EventTypes
     from hyperrec.privacy import ErasureWatch
 
     stop = stop or threading.Event()
     sink = OfflineSink(bootstrap, settings.offline_events_dir, topic, group_id,
                        suppress=ErasureWatch(settings), event_types=EventTypes.for_workspace(settings.home).known,
-                       **consumer_config)
-    log(f"offline sink on {bootstrap} topic {topic} group {group_id} -> {settings.offline_events_dir}")
+                       database_url=settings.database_url, **consumer_config)
+    where = f"PostgreSQL table {sink.events.table.as_string(sink.events.conn)}" if sink.events else \
+        settings.offline_events_dir
+    log(f"offline sink on {bootstrap} topic {topic} group {group_id} -> {where}")
     try:
         while not stop.is_set():
             result = sink.run_once(timeout_ms=500)
             if result.received:
-                log(f"{time.strftime('%H:%M:%S')} wrote {result.written} events in {len(result.files)} files"
+                log(f"{time.strftime('%H:%M:%S')} wrote {result.written} events"
+                    + ("" if sink.events else f" in {len(result.files)} files")
                     + (f" ({result.invalid} invalid, {result.suppressed} suppressed)"
                        if result.invalid or result.suppressed else ""))
             if ready_file is not None and not ready_file.exists() and sink.consumer.assignment():

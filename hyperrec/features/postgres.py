@@ -91,3 +91,17 @@ def write_tables(database_url: str, tables: dict[str, pd.DataFrame], schemas: di
                 conn.execute(sql.SQL("ANALYZE {}").format(target))
             counts[name] = len(frame)
     return counts
+
+
+def erase_user(database_url: str, user_id: str) -> dict[str, int]:
+    """Delete the user's rows from every table of the offline schema with a user_id column
+    (the views' tables and the sink's events); returns rows removed per `offline.<table>`."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(database_url) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = %s AND column_name = 'user_id' "
+            "ORDER BY table_name", (SCHEMA,))]
+        return {f"{SCHEMA}.{name}": conn.execute(sql.SQL("DELETE FROM {} WHERE user_id = %s").format(
+            sql.Identifier(SCHEMA, name)), (user_id,)).rowcount for name in names}

@@ -221,11 +221,16 @@ def _erase_parquet(path: Path, user_id: str) -> int | None:
 
 
 def _erase_offline(settings: Settings, user_id: str) -> dict[str, int]:
-    """Rewrite every parquet table under offline_dir that has the user's rows."""
+    """Rewrite every parquet table under offline_dir that has the user's rows; with a
+    database_url, delete them from the offline tables and sunk events in PostgreSQL too."""
     removed = {}
     for path in sorted(settings.offline_dir.rglob("*.parquet")) if settings.offline_dir.exists() else []:
         if (n := _erase_parquet(path, user_id)) is not None:
             removed[f"offline.{path.stem}"] = n
+    if settings.database_url:
+        from hyperrec.features.postgres import erase_user
+
+        removed |= erase_user(settings.database_url, user_id)
     return removed
 
 
