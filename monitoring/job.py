@@ -6,7 +6,8 @@ serving-time feature computation as the window it is compared with, whereas trai
 are stamped at event times, not request times, and would differ by construction).
 Current: the champion's lists of the last full `window_s` after the reference, ending
 `attribution_s` before the newest impression so that every list in it has had time to
-collect its clicks. Then:
+collect its clicks. On a cluster (`Settings.kafka_bootstrap`), the pass first copies the
+impression topic into its own impression log (`hyperrec.data.kafka_impressions`). Then:
 
 0. when a challenger is on trial, its interleaved (or A/B) test against the champion
    (`hyperrec.experiments.canary`): promote, retire or keep collecting -> a line in `<home>/monitoring/trials.jsonl`;
@@ -37,6 +38,7 @@ import pandas as pd
 from hyperrec.config import Settings
 from hyperrec.data.eventlog import EventLog
 from hyperrec.data.impressions import ImpressionLog
+from hyperrec.data.kafka_impressions import drain_impressions
 from hyperrec.experiments.canary import (
     CONTINUE,
     PROMOTE,
@@ -258,11 +260,16 @@ def run_once(settings: Settings, submitter=None, *, window_s: float = DAY, refer
     the same times of day (`TriggerConfig.short`), so a drift can fire within hours of its
     start; its decision is the report's `short_window`, and when it fires, the pass's."""
     out = paths(settings)
+    drained = None
+    if settings.kafka_bootstrap:  # a cluster: the server's lists are on the impression topic, not in a shared file
+        drained = drain_impressions(settings).as_dict()
     everything = _served(settings)
     events = functools.cache(lambda: _events(settings))
     trial = judge_trial(settings, everything, champion or champion_version(settings), events, attribution_s)
     version, served = _champion_traffic(settings, everything, champion)
     report: dict = {"ran_at": time.time(), "champion": version}
+    if drained is not None:
+        report["impressions_drained"] = drained
     if trial is not None:
         report["trial"] = trial
     span = float(served["ts"].max() - served["ts"].min()) if len(served) else 0.0

@@ -37,6 +37,8 @@ LOAD_FAILURES = Counter("hyperrec_model_load_failures_total", "model versions th
 FEEDBACK = Counter("hyperrec_bandit_feedback_total", "exploration feedback received", ["outcome"])
 EVENTS = Counter("hyperrec_events_total", "events received on POST /v1/events, by outcome",
                  ["outcome"])  # stored | duplicates | dead_lettered | suppressed
+IMPRESSIONS_DROPPED = Counter("hyperrec_impressions_dropped_total", "served lists not sent to the impression topic "
+                              "(HYPERREC_KAFKA_BOOTSTRAP), by reason", ["reason"])  # buffer_full | broker
 BANDIT_UPDATES = Gauge("hyperrec_bandit_updates", "credits in the exploration bandit this process chooses with "
                        "(the shared store's count once this process has caught up with it)",
                        multiprocess_mode="liveall")

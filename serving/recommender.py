@@ -29,6 +29,7 @@ from kserve.protocol.infer_type import InferRequest
 
 from hyperrec.config import Settings
 from hyperrec.data.impressions import ImpressionLog, ImpressionRecorder
+from hyperrec.data.kafka_impressions import KafkaImpressionWriter
 from hyperrec.experiments.interleave import interleave
 from hyperrec.features.online_reader import UNAVAILABLE, Columns, OnlineUserReader
 from hyperrec.features.views import REQUEST_TS, SERVING_USER_VIEWS
@@ -130,8 +131,12 @@ class RecommenderModel(kserve.Model):
         self.batcher: MicroBatcher | None = None
         self._champion_version: int | None = None  # the last champion swapped in, and the one before it
         self._predecessor: int | None = None
-        self.impressions: ImpressionRecorder | None = None
-        if log_impressions:  # an erased user's lists are never logged
+        self.impressions: ImpressionRecorder | KafkaImpressionWriter | None = None
+        if log_impressions and settings.kafka_bootstrap:  # a cluster: to the topic the monitoring job drains
+            self.impressions = KafkaImpressionWriter(
+                settings.kafka_bootstrap, suppress=ErasureWatch(settings, unavailable="suppress"),
+                on_drop=lambda reason, n: metrics.IMPRESSIONS_DROPPED.labels(reason).inc(n))
+        elif log_impressions:  # an erased user's lists are never logged
             served = ImpressionLog(settings.impression_log, suppress=ErasureWatch(settings, unavailable="suppress"))
             self.impressions = ImpressionRecorder(served)
         self.cache = RecsCache(settings.recs_cache, ttl_s=config.recs_cache_ttl_s,

@@ -8,6 +8,10 @@ monitoring data, never an acknowledged event). Query embeddings are kept for a s
 the personalized requests (every `query_every`-th): enough for embedding drift and the
 index-recall probe, a few bytes per request on average. Lists served to an erased user are
 never stored (`suppress`), as the event log drops their events.
+
+On a cluster the server produces the rows to a Kafka topic instead, and the monitoring job
+copies them into a log of its own, with the topic offsets in `consumer_offsets`
+(`hyperrec.data.kafka_impressions`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Container, Sequence
+from collections.abc import Collection, Container, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,10 @@ CREATE TABLE IF NOT EXISTS impressions (
     query BLOB                   -- float32 query embedding, for a sample of personalized requests
 );
 CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts);
+CREATE TABLE IF NOT EXISTS consumer_offsets (  -- a reader of the impression topic: its next offset per partition
+    consumer TEXT PRIMARY KEY,   -- kafka:<topic>:<partition>
+    offset INTEGER NOT NULL
+);
 """
 
 
@@ -51,15 +59,40 @@ class ImpressionLog:
         self.suppressed = 0
         self._lock = threading.Lock()
 
-    def write(self, rows: Sequence[tuple]) -> None:
-        """Store rows, except those of suppressed users. The write lock is taken before the
-        erasure list is asked: an erasure lists the user, then deletes their rows under this
-        lock, so a row either sees the listing or is written before that delete."""
+    def write(self, rows: Sequence[tuple], offsets: dict[str, int] | None = None) -> int:
+        """Store rows, except those of suppressed users; returns how many were new (a
+        request_id already stored is ignored). `offsets` (consumer -> next offset) are stored
+        in the same transaction: a reader of the impression topic that resumes from them
+        stores each record once. The write lock is taken before the erasure list is asked:
+        an erasure lists the user, then deletes their rows under this lock, so a row either
+        sees the listing or is written before that delete."""
         with self._lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
             kept = [row for row in rows if row[2] is None or row[2] not in self.suppress]
+            before = self.db.total_changes
             self.db.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", kept)
+            new = self.db.total_changes - before
+            self.db.executemany("INSERT INTO consumer_offsets (consumer, offset) VALUES (?, ?) "
+                                "ON CONFLICT (consumer) DO UPDATE SET offset = excluded.offset",
+                                list((offsets or {}).items()))
         self.suppressed += len(rows) - len(kept)
+        return new
+
+    def committed(self, consumer: str) -> int | None:
+        """The next offset `consumer` stored with its rows (None: it stored none)."""
+        with self._lock:
+            row = self.db.execute("SELECT offset FROM consumer_offsets WHERE consumer = ?", (consumer,)).fetchone()
+        return None if row is None else row[0]
+
+    def forget(self, users: Collection[str]) -> int:
+        """Delete the rows of `users` (erased since they were stored); returns how many."""
+        if not users:
+            return 0
+        with self._lock, self.db:
+            self.db.execute("PRAGMA secure_delete=ON")
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db.execute("DELETE FROM impressions WHERE user_id IN (SELECT value FROM json_each(?))",
+                                   (json.dumps(sorted(users)),)).rowcount
 
     COLUMNS = ("request_id", "ts", "user_id", "arm", "policy", "model_version", "features", "items", "query")
 
@@ -117,6 +150,24 @@ def impression_row(request_id: str, ts: float, user_id: str | None, rec, feature
             json.dumps(features), json.dumps(items), query)
 
 
+class QuerySample:
+    """Which personalized requests keep their query embedding: every `every`-th. Not thread-safe:
+    callers hold their own lock."""
+
+    def __init__(self, every: int = 10):
+        self.every, self._personalized = every, 0
+
+    def rows(self, request_ids, user_ids, results, features: list[dict], times: list[float]) -> list[tuple]:
+        rows = []
+        for rid, user, rec, feats, ts in zip(request_ids, user_ids, results, features, times):
+            keep = False
+            if rec.query is not None:
+                self._personalized += 1
+                keep = self._personalized % self.every == 1 or self.every == 1
+            rows.append(impression_row(rid, ts, user, rec, feats, keep))
+        return rows
+
+
 class ImpressionRecorder:
     """Buffers impression rows from the request path; a daemon thread writes them."""
 
@@ -124,21 +175,14 @@ class ImpressionRecorder:
         self.log, self.flush_s, self.query_every = log, flush_s, query_every
         self._buffer: list[tuple] = []
         self._lock = threading.Lock()
-        self._personalized = 0
+        self._sample = QuerySample(query_every)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
         self._thread.start()
 
     def add(self, request_ids, user_ids, results, features: list[dict], times: list[float]) -> None:
-        rows = []
         with self._lock:
-            for rid, user, rec, feats, ts in zip(request_ids, user_ids, results, features, times):
-                keep = False
-                if rec.query is not None:
-                    self._personalized += 1
-                    keep = self._personalized % self.query_every == 1 or self.query_every == 1
-                rows.append(impression_row(rid, ts, user, rec, feats, keep))
-            self._buffer.extend(rows)
+            self._buffer.extend(self._sample.rows(request_ids, user_ids, results, features, times))
 
     def flush(self) -> int:
         with self._lock:
