@@ -161,6 +161,21 @@ def features_materialize(end: str | None = typer.Option(None, help="ISO time to 
     console.print(f"online store loaded up to {until.isoformat()}")
 
 
+@features_app.command("feast", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                                 "help_option_names": []})
+def features_feast(ctx: typer.Context):
+    """Feast's own CLI (`hyperrec features feast -c feature_repo -f ... serve`) with the
+    environment its yaml expands: the settings' and, with HYPERREC_DATABASE_URL, the
+    PostgreSQL fields of the SQL registry and offline store (hyperrec.features.postgres)."""
+    import os
+    import sys
+
+    from hyperrec.features.store import feast_env
+
+    feast = str(Path(sys.executable).with_name("feast"))
+    os.execve(feast, [feast, *ctx.args], feast_env(load_settings()))
+
+
 @pipeline_app.command("run")
 def pipeline_run(world: Path | None = WorldOpt,
                  epochs: int = typer.Option(6, help="most retrieval epochs (a validation split picks fewer)"),

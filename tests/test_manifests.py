@@ -597,6 +597,10 @@ def test_every_variable_set_is_one_something_reads(overlay):
         assert not undefined, f"{overlay}: {where} expands undefined {undefined}"
 
 
+FEATURE_STORE_ROLES = {"Deployment/hyperrec-stream", "Deployment/hyperrec-offline-sink",
+                       "Deployment/feast-feature-server"}  # each opens the Feast store (the pipeline's tasks too)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_loads_as_the_settings_of_a_redis_cluster(overlay):
     from hyperrec.config import load_settings
@@ -608,11 +612,23 @@ def test_config_loads_as_the_settings_of_a_redis_cluster(overlay):
     redis = one(overlay, "Service", "redis")
     assert settings.redis_url == f"redis:{redis['spec']['ports'][0]['port']}" == f"{redis['metadata']['name']}:6379"
     assert settings.recs_cache == f"{settings.redis_url},db=1"  # the list cache: same Redis, not Feast's db
-    # the Feast yaml this mode loads gets every ${VAR} it names, in the feature server too
+    # every role that opens the feature store, the Feast feature server too, has the database URL
+    # (the Secret), so all load the same yaml: SQL registry and offline store in PostgreSQL
+    from hyperrec.features.postgres import feast_env
+
+    holders = {w.rsplit("/", 1)[0] for w, c, _ in project_containers(overlay)
+               if "HYPERREC_DATABASE_URL" in container_env(overlay, c)}
+    assert holders >= FEATURE_STORE_ROLES, f"{overlay}: {sorted(FEATURE_STORE_ROLES - holders)} lack a database"
+    (where, feast, _), = by_command(overlay, "hyperrec", "features", "feast")
+    env = {k: "postgresql://hyperrec@postgres:5432/hyperrec" if v is None else v
+           for k, v in container_env(overlay, feast).items()}  # None: from a Secret
+    with mock.patch.dict(os.environ, env, clear=True):
+        settings = load_settings()
+    assert settings.feature_store_yaml.name == "feature_store.postgres.redis.yaml", f"{overlay}: {where}"
+    # the yaml gets every ${VAR} it names: from the pod's environment, or derived from the URL
     placeholders = set(re.findall(r"\$\{(\w+)\}", settings.feature_store_yaml.read_text()))
     assert placeholders, settings.feature_store_yaml
-    (where, feast, _), = by_command(overlay, "feast")
-    missing = placeholders - set(container_env(overlay, feast))
+    missing = placeholders - set(env) - set(feast_env(settings.database_url))
     assert not missing, f"{overlay}: {where} lacks {sorted(missing)} for {settings.feature_store_yaml.name}"
     repo = settings.feature_store_yaml.parent
     assert flag(feast["command"], "-f") == f"{APP_DIR}/{repo.name}/{settings.feature_store_yaml.name}"
