@@ -828,6 +828,28 @@ def test_server_events_dead_letters_and_offline_sink_agree_with_the_code(overlay
                for m in c["volumeMounts"]), f"{overlay}: {where} does not write onto the shared volume"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_impression_topic_server_and_monitor_agree_with_the_code(overlay):
+    """The model server produces its served lists to the impression topic and the monitoring
+    CronJob drains it (hyperrec/data/kafka_impressions.py): both see HYPERREC_KAFKA_BOOTSTRAP,
+    the topic exists with the code's name, and acks=all can be met."""
+    from hyperrec.data import kafka_impressions
+
+    config = one(overlay, "ConfigMap", "hyperrec-config")["data"]
+    topic = one(overlay, "KafkaTopic", "hyperrec-impressions")
+    assert topic["spec"]["topicName"] == kafka_impressions.TOPIC
+    kafka = one(overlay, "Kafka", "hyperrec")
+    assert topic["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
+    brokers = sum(p["spec"]["replicas"] for p in objects(overlay, "KafkaNodePool") if "broker" in p["spec"]["roles"])
+    assert topic["spec"]["config"]["min.insync.replicas"] <= topic["spec"]["replicas"] <= brokers
+    assert topic["spec"]["config"]["retention.ms"] >= 2 * 86_400_000, "a missed monitoring day loses impressions"
+    assert container_env(overlay, isvc_container(overlay)).get("HYPERREC_KAFKA_BOOTSTRAP") \
+        == config["HYPERREC_KAFKA_BOOTSTRAP"]
+    (where, monitor, _), = by_command(overlay, "hyperrec", "monitor")
+    assert container_env(overlay, monitor).get("HYPERREC_KAFKA_BOOTSTRAP") == config["HYPERREC_KAFKA_BOOTSTRAP"], \
+        f"{overlay}: {where} would not drain the impression topic"
+
+
 def cli_command(app, path: list[str]):
     import typer
 
