@@ -25,16 +25,18 @@ PUSHED_VIEWS = [v for v in FEATURE_VIEWS if v.push]  # each fed by a `<view>_pus
 class StreamProcessor:
     def __init__(self, store, log: EventLog, consumer: str = "online-features", erasures=None,
                  batch_only: Callable[[str], bool] | None = None,
-                 users_changed: Callable[[list[str]], None] | None = None, engaged: tuple[str, ...] = ENGAGED):
+                 users_changed: Callable[[list[str]], None] | None = None, engaged: tuple[str, ...] = ENGAGED,
+                 scope: str = "all"):
         """`erasures`: a `hyperrec.privacy.ErasureWatch`; an erased user's windows are dropped
         and their online rows deleted again at the next poll, and their events never folded.
         `batch_only(user)`: True for users whose features must stay what batch
         materialization wrote (an experiment's real-time-off arm); their events are skipped.
         `users_changed(users)`: called after each online write with the users it changed
         (`hyperrec.online.recs_cache.invalidator`: their cached lists go). `engaged`: the event
-        types kept as recent engaged items (the workspace's, hyperrec.data.event_types)."""
+        types kept as recent engaged items (the workspace's, hyperrec.data.event_types). `scope`:
+        which folds (StreamFolds: all, users, items)."""
         self.store, self.log, self.consumer = store, log, consumer
-        self.folds = StreamFolds.for_types(engaged)
+        self.folds = StreamFolds.for_types(engaged, scope)
         self.erasures = erasures
         self.batch_only = batch_only
         self.users_changed = users_changed
@@ -65,8 +67,7 @@ class StreamProcessor:
         """Fold a batch and push the newest snapshot per entity to each streamed view."""
         from feast.data_source import PushMode
 
-        if self.batch_only is not None and not events.empty:
-            events = events[~events["user_id"].map(self._is_batch_only).astype(bool)]
+        events = self.streamed(events)
         failed: list = []
         snapshots = self.folds.fold_frame(events, failed)
         self._dead_letter(events, failed)
@@ -90,6 +91,12 @@ class StreamProcessor:
             body = events.loc[label].to_json(date_format="iso")
             self.log.dead_letter(body, f"stream: cannot fold: {type(exc).__name__}: {exc}")
             self.dead_lettered += 1
+
+    def streamed(self, events: pd.DataFrame) -> pd.DataFrame:
+        """The events the stream folds: without those of batch-only users."""
+        if self.batch_only is not None and not events.empty:
+            events = events[~events["user_id"].map(self._is_batch_only).astype(bool)]
+        return events
 
     def _is_batch_only(self, user: str) -> bool:
         if not isinstance(user, str):  # an anonymous event: no user features to keep

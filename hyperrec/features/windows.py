@@ -159,11 +159,16 @@ class StreamFolds:
     recent: RecentItems = field(default_factory=RecentItems)
     purchases: Purchases = field(default_factory=Purchases)
     viewed: RecentViews = field(default_factory=RecentViews)
+    # "all"; "users": only the per-user folds; "items": only item popularity. A user's events
+    # stay in one Kafka partition, an item's do not: hyperrec.features.kafka_source folds them apart
+    scope: str = "all"
 
     @classmethod
-    def for_types(cls, engaged: tuple[str, ...] = ENGAGED) -> StreamFolds:
+    def for_types(cls, engaged: tuple[str, ...] = ENGAGED, scope: str = "all") -> StreamFolds:
         """Folds whose recent engaged items are events of the types `engaged`."""
-        return cls(recent=RecentItems(kinds=tuple(engaged)))
+        if scope not in ("all", "users", "items"):
+            raise ValueError(f"scope: {scope!r} is not all, users or items")
+        return cls(recent=RecentItems(kinds=tuple(engaged)), scope=scope)
 
     def forget(self, user_ids) -> None:
         """Drop erased users' windows, recent, viewed and bought items (item counters are aggregates and stay)."""
@@ -203,8 +208,11 @@ class StreamFolds:
     def fold_event(self, rows: dict[str, list], user, item, kind, t: int, d: float, from_list) -> None:
         """Fold one event into every window and append its snapshots to `rows`."""
         d = float(d) if kind == "click" else 0.0
+        if self.scope != "users":
+            rows["item_popularity"].append({"item_id": item, "ts_ms": t, **self.items.fold(item, t, kind, d)})
+        if self.scope == "items":
+            return
         rows["user_activity"].append({"user_id": user, "ts_ms": t, **self.users.fold(user, t, kind, d)})
-        rows["item_popularity"].append({"item_id": item, "ts_ms": t, **self.items.fold(item, t, kind, d)})
         if kind in self.recent.kinds:
             rows["user_recent_items"].append({"user_id": user, "ts_ms": t, **self.recent.fold(user, item, t)})
         if kind == "purchase":
