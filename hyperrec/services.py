@@ -2,13 +2,16 @@
 
 `redis_server()` starts a throwaway `redis-server` (no persistence, bound to 127.0.0.1)
 and stops it afterwards; `postgres_server()` a throwaway PostgreSQL cluster (initdb in a
-temporary folder); `kafka_broker()` a Kafka-protocol broker. A Debian system service, if
-the package started one, is never used: the port is picked fresh and the process is ours.
+temporary folder); `kafka_broker()` a Kafka-protocol broker; `mlflow_server()` an MLflow
+tracking server on a database, proxying its artifacts, as the cluster runs it. A Debian
+system service, if the package started one, is never used: the port is picked fresh and the
+process is ours.
 Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -289,3 +292,71 @@ def postgres_server(timeout: float = 30.0) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, artifacts_dir: Path | str, timeout: float = 60.0) -> Iterator[str]:
+    """Start this venv's `mlflow server` the way the cluster runs it: its tracking and registry
+    in `backend_uri` (a "postgresql://..." URL is given SQLAlchemy's psycopg 3 dialect,
+    "postgresql+psycopg://") and artifacts proxied by the server (`--serve-artifacts`): clients
+    upload and download them over HTTP (`mlflow-artifacts:/` locations) and only the server
+    touches `artifacts_dir`. One uvicorn worker on a free loopback port (MLflow's default
+    allowed hosts are loopback and private addresses), no job runner (GenAI jobs, unused here).
+    Yields the tracking URI "http://127.0.0.1:PORT" once `/health` answers; stops the server
+    (and its uvicorn child, in the process group it leads) on exit."""
+    import signal
+    import sys
+    import urllib.request
+
+    if backend_uri.startswith("postgresql://"):
+        backend_uri = "postgresql+psycopg://" + backend_uri.removeprefix("postgresql://")
+    artifacts = Path(artifacts_dir)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # e.g. a client's tracking URI
+    env |= {"DO_NOT_TRACK": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with tempfile.TemporaryDirectory(prefix="hyperrec-mlflow-") as tmp:
+        log = Path(tmp) / "mlflow.log"
+        for _attempt in range(3):  # a port can be taken between picking and binding
+            port = free_port()
+            with open(log, "w") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port),
+                                         "--workers", "1", "--backend-store-uri", backend_uri,
+                                         "--serve-artifacts", "--artifacts-destination", str(artifacts)],
+                                        cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+
+            def stop(proc: subprocess.Popen = proc) -> None:
+                if proc.poll() is None:
+                    proc.terminate()  # mlflow forwards SIGTERM to its uvicorn child and waits for it
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)  # the group this server leads
+                        proc.wait()
+                with contextlib.suppress(ProcessLookupError):  # a child left behind by a parent that died first
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+            url = f"http://{HOST}:{port}"
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.1)
+            else:
+                stop()
+                text = log.read_text(errors="replace")
+                if "address already in use" in text.lower():
+                    continue
+                raise RuntimeError(f"mlflow server did not answer {url}/health within {timeout:.0f}s "
+                                   f"(exit {proc.returncode}):\n{text[-3000:]}")
+            break
+        else:
+            raise RuntimeError("could not start mlflow server on a free port:\n"
+                               f"{log.read_text(errors='replace')[-2000:]}")
+        try:
+            yield url
+        finally:
+            stop()

@@ -2,7 +2,9 @@
 its user tower: the id vocabulary (a StringLookup inside the SavedModel, and the warm-start
 copy beside it) and the id's embedding row. Such folders live in the MLflow artifact store
 (one per registered version), in the server's downloads (HOME/serving/versions) and as
-copies (data/model, kfp.local outputs).
+copies (data/model, kfp.local outputs). With a tracking server (`mlflow server
+--serve-artifacts`), the versions' files are reached only through it: a version holding the
+user is downloaded, redacted, and its changed files are uploaded back over the old ones.
 
 Registered versions and their copies are redacted in place: the user tower is rebuilt with
 the same layers and every weight copied, embedding rows matched by vocabulary entry, minus
@@ -21,9 +23,11 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import fields, replace
+import tempfile
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -52,37 +56,107 @@ def erase_from_models(settings: Settings, user_id: str) -> dict[str, int]:
     and delete the server's downloads that hold them. Counts: versions redacted, other
     folders redacted, downloads deleted."""
     redact = _Redactor(user_id)
-    versions = registered_model_dirs(settings)
-    touched = [v for v, model_dir in versions.items() if holds_user(model_dir, user_id)]
-    for version in touched:
-        redact(versions[version])
-        _tag(settings, version)
-    downloads = _drop_downloads(settings.home / "serving" / "versions", user_id)
-    skip = {d.resolve() for d in versions.values()}
-    copies = [d for d in _model_dirs(settings.home) if d.resolve() not in skip
-              and not d.is_relative_to(settings.home / "serving" / "versions") and holds_user(d, user_id)]
-    for model_dir in copies:
-        redact(model_dir)
+    with tempfile.TemporaryDirectory(prefix="hyperrec-erase-") as scratch:
+        versions = registered_versions(settings, user_id, Path(scratch))
+        touched = [v for v in versions if holds_user(v.model_dir, user_id)]
+        for version in touched:
+            redact(version.model_dir)
+            if version.store is not None:
+                _write_back(version)
+            _tag(settings, version.number)
+        downloads = _drop_downloads(settings.home / "serving" / "versions", user_id)
+        skip = {v.model_dir.resolve() for v in versions}
+        copies = [d for d in _model_dirs(settings.home) if d.resolve() not in skip
+                  and not d.is_relative_to(settings.home / "serving" / "versions") and holds_user(d, user_id)]
+        for model_dir in copies:  # within the scratch folder's life: a copy may be redacted from a download
+            redact(model_dir)
     return {"models.versions": len(touched), "models.copies": len(copies), "models.serving_cache": downloads}
 
 
-def registered_model_dirs(settings: Settings) -> dict[int, Path]:
-    """Every registered version of the model, with its exported folder in the artifact store
-    (local paths only: that is where this platform's registry puts them)."""
+@dataclass
+class RegisteredVersion:
+    """A registered version's exported model folder: `model_dir` is the folder in the artifact
+    store itself (a local store), or a download of it (`store`: the version's artifact
+    repository on a tracking server, `path`: the folder's path in it)."""
+
+    number: int
+    model_dir: Path
+    store: Any = None
+    path: str = ""
+
+
+def registered_versions(settings: Settings, user_id: str, scratch: Path) -> list[RegisteredVersion]:
+    """Every registered version of the model whose files still exist. A local artifact store's
+    folders are used where they are. Through a tracking server (`mlflow server
+    --serve-artifacts`), each version's user vocabulary is downloaded into `scratch`, and the
+    whole exported folder only for the versions that hold `user_id`."""
     if settings.tracking_uri.startswith("sqlite:///") and not Path(settings.tracking_uri[len("sqlite:///"):]).exists():
-        return {}  # no registry yet (and none created by asking)
-    import mlflow
+        return []  # no registry yet (and none created by asking)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    found = {}
+    found = []
     for mv in client.search_model_versions(f"name = '{settings.model_name}'"):
-        root = _local_path(client.get_model_version_download_uri(settings.model_name, mv.version))
-        if not (root / "MLmodel").exists():  # its files are gone: nothing left to redact
-            continue
-        flavor = mlflow.models.Model.load(str(root / "MLmodel")).flavors["python_function"]
-        found[int(mv.version)] = root / flavor["artifacts"]["model_dir"]["path"]
+        uri = client.get_model_version_download_uri(settings.model_name, mv.version)
+        if urlparse(uri).scheme in ("", "file"):
+            root = _local_path(uri)
+            if (root / "MLmodel").exists():  # else its files are gone: nothing left to redact
+                found.append(RegisteredVersion(int(mv.version), root / _model_dir_path(root / "MLmodel")))
+        elif (version := _download_version(settings, uri, int(mv.version), user_id, scratch)) is not None:
+            found.append(version)
     return found
+
+
+def _model_dir_path(mlmodel: Path) -> str:
+    """Where a version's exported folder is inside the version (its pyfunc artifact `model_dir`)."""
+    import mlflow
+
+    return mlflow.models.Model.load(str(mlmodel)).flavors["python_function"]["artifacts"]["model_dir"]["path"]
+
+
+def _download_version(settings: Settings, uri: str, number: int, user_id: str,
+                      scratch: Path) -> RegisteredVersion | None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    store = get_artifact_repository(uri, tracking_uri=settings.tracking_uri)
+    local = scratch / str(number)
+    local.mkdir(parents=True, exist_ok=True)
+    try:
+        path = _model_dir_path(Path(store.download_artifacts("MLmodel", str(local))))
+        store.download_artifacts(f"{path}/{USER_VOCAB.as_posix()}", str(local))
+    except (MlflowException, OSError):  # its files are gone: nothing left to redact
+        return None
+    if holds_user(local / path, user_id):
+        store.download_artifacts(path, str(local))
+    return RegisteredVersion(number, local / path, store, path)
+
+
+def _write_back(version: RegisteredVersion) -> None:
+    """Upload a redacted download's user tower and warm-start files over the version's own,
+    through the tracking server, in the order `_install` swaps them locally (the tower's files,
+    then stale ones deleted, then the warm-start files). Not atomic: a server that downloads
+    this version during the upload (seconds) can get a mix of old and new files."""
+    store, path, model_dir = version.store, version.path, version.model_dir
+    tower = model_dir / "user_tower"
+    new = {f.relative_to(tower).as_posix() for f in tower.rglob("*") if f.is_file()}
+    store.log_artifacts(str(tower), f"{path}/user_tower")
+    for stale in sorted(_remote_files(store, f"{path}/user_tower") - new):
+        store.delete_artifacts(f"{path}/user_tower/{stale}")
+    for name in _WARM_FILES:
+        store.log_artifact(str(model_dir / "warm_start" / name), f"{path}/warm_start")
+
+
+def _remote_files(store, folder: str) -> set[str]:
+    """Paths (relative to `folder`) of every file under `folder` in an artifact repository."""
+    out, todo = set(), [folder]
+    while todo:
+        for info in store.list_artifacts(todo.pop()):
+            if info.is_dir:
+                todo.append(info.path)
+            else:
+                out.add(info.path[len(folder) + 1:])
+    return out
 
 
 def _local_path(uri: str) -> Path:

@@ -38,11 +38,27 @@ class RefusedVersion(ValueError):
     """A version `champion` must not point at; the message names it and says why."""
 
 
+def tracking_server(settings: Settings) -> bool:
+    """Whether the tracking URI is an MLflow server (http/https), which owns where artifacts
+    go (`--serve-artifacts`: clients upload and download through it), rather than a database
+    this process opens itself, whose artifacts go under HYPERREC_HOME."""
+    return settings.tracking_uri.split(":", 1)[0].lower() in ("http", "https")
+
+
 def configure(settings: Settings) -> MlflowClient:
-    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    """Point MLflow at the settings' tracking URI and the experiment, creating it if absent:
+    its artifact location under HYPERREC_HOME for an embedded store, the server's own
+    (`mlflow-artifacts:/...`) for a tracking server."""
+    location = None if tracking_server(settings) else (settings.mlflow_dir / "artifacts").as_uri()
+    if location is not None:
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT, artifact_location=(settings.mlflow_dir / "artifacts").as_uri())
+        try:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            if mlflow.get_experiment_by_name(EXPERIMENT) is None:  # not a concurrent create: a real error
+                raise
     mlflow.set_experiment(EXPERIMENT)
     return MlflowClient()
 
