@@ -48,11 +48,14 @@ LIBRARY_ENV = {
     "KF_PIPELINES_ENDPOINT": "kfp.Client", "KF_PIPELINES_SA_TOKEN_PATH": "kfp.Client",
     "TF_CONFIG": "TensorFlow (set by the training operator)", "TF_USE_LEGACY_KERAS": "TensorFlow",
     "TF_CPP_MIN_LOG_LEVEL": "TensorFlow", "DO_NOT_TRACK": "mlflow, evidently",
+    "MLFLOW_BACKEND_STORE_URI": "mlflow server (its --backend-store-uri)",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "mlflow server",
 }
 
 # Secrets only the cluster's own objects read (the pipeline's tasks never see them; the
 # pipeline's are pipelines/training.py SECRETS): name -> {key: what reads it}
 CLUSTER_SECRETS = {
+    "hyperrec-mlflow-db": {"url": "MLFLOW_BACKEND_STORE_URI of the MLflow server (its PostgreSQL database)"},
     "hyperrec-auth": {"keys.json": "HYPERREC_API_KEYS", "idp.pem": "HYPERREC_JWT_PUBLIC_KEY"},  # the model server
     "hyperrec-metrics-key": {"key": "the ServiceMonitor's scrape credential (an admin API key)"},
     "hyperrec-postgres": {"password": "the PostgreSQL server's own user (POSTGRES_PASSWORD)"},
@@ -777,6 +780,27 @@ def test_mlflow_is_where_the_tracking_uri_points(overlay):
     allowed = flag(words, "--allowed-hosts").split(",")
     for host in (uri.netloc, f"{uri.hostname}.{OVERLAYS[overlay]}.svc.cluster.local:{uri.port}"):
         assert any(fnmatch.fnmatch(host, a) for a in allowed), f"{overlay}: MLflow would refuse Host {host}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_keeps_runs_in_postgres_and_alone_holds_its_artifacts(overlay):
+    """The tracking server's store is PostgreSQL, its URL from a Secret (hyperrec.services
+    .mlflow_server runs it the same way in tests); artifacts are proxied by the server onto
+    its own volume, which no other pod mounts: clients reach artifacts only through it."""
+    (where, c, spec), = by_command(overlay, "mlflow", "server")
+    words = command_line(c)
+    assert "--backend-store-uri" not in words and "--default-artifact-root" not in words, where
+    store = next(v for v in c["env"] if v["name"] == "MLFLOW_BACKEND_STORE_URI")
+    assert store["valueFrom"]["secretKeyRef"] == {"name": "hyperrec-mlflow-db", "key": "url"}
+    assert "--serve-artifacts" in words and "--no-serve-artifacts" not in words
+    destination = flag(words, "--artifacts-destination")
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]
+              if "persistentVolumeClaim" in v}
+    (mount,) = [m for m in c["volumeMounts"] if destination.startswith(m["mountPath"].rstrip("/") + "/")]
+    claim = claims[mount["name"]]
+    holders = {w.rsplit("/", 1)[0] for w, _, s in containers(overlay)
+               if any(v.get("persistentVolumeClaim", {}).get("claimName") == claim for v in s.get("volumes", []))}
+    assert holders == {where.rsplit("/", 1)[0]}, f"{overlay}: {sorted(holders)} mount MLflow's volume {claim}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
