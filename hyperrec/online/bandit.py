@@ -18,9 +18,18 @@ import json
 import os
 import tempfile
 import threading
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
+
+
+class Credit(Enum):
+    """What a shared bandit store (SQLite file or Redis) did with a feedback credit."""
+
+    CREDITED = "credited"
+    UNKNOWN = "unknown"  # no such request (yet: another process may not have flushed it), or trimmed
+    REFUSED = "refused"  # not the explored item of that request, or already credited
 
 
 class LinUCB:

@@ -32,8 +32,7 @@ from collections import deque
 import numpy as np
 import redis
 
-from hyperrec.online.bandit import LinUCB, sherman_morrison
-from hyperrec.online.bandit_store import Credit
+from hyperrec.online.bandit import Credit, LinUCB, sherman_morrison
 from hyperrec.services import redis_client
 
 log = logging.getLogger(__name__)

@@ -30,13 +30,12 @@ import logging
 import sqlite3
 import threading
 import time
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hyperrec.online.bandit import LinUCB, sherman_morrison
+from hyperrec.online.bandit import Credit, LinUCB, sherman_morrison
 from hyperrec.sqlite_wal import connect_wal
 
 if TYPE_CHECKING:
@@ -63,12 +62,6 @@ CREATE TABLE IF NOT EXISTS pending (
     owner TEXT NOT NULL DEFAULT ''  -- owner_of(request, user): who may credit it with a user token
 );
 """
-
-
-class Credit(Enum):
-    CREDITED = "credited"
-    UNKNOWN = "unknown"  # no such request (yet: another process may not have flushed it), or trimmed
-    REFUSED = "refused"  # not the explored item of that request, or already credited
 
 
 def owner_of(request_id: str, user_id: str | None) -> str:
