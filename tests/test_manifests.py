@@ -1063,12 +1063,13 @@ def test_registry_and_online_store_admit_only_their_clients(overlay, compiled):
         not in admitted("mlflow"), f"{overlay}: MLflow admits pods that have no business with the registry"
     for sel in mlflow_peers:
         assert sel["matchLabels"] == dict([KFP_POD_LABEL]) or any(selects(sel, lb) for _, _, lb in templates), sel
-    redis_clients = {"InferenceService/recommender", "Deployment/hyperrec-stream", "Deployment/feast-feature-server"}
+    redis_clients = {"InferenceService/recommender", "Deployment/hyperrec-stream", "Deployment/feast-feature-server",
+                     "CronJob/hyperrec-privacy-erase"}
     assert admitted("redis") == redis_clients, f"{overlay}: Redis admits {sorted(admitted('redis'))}"
 
 
 PRIVACY_ROLES = {"InferenceService/recommender", "Deployment/hyperrec-stream", "Deployment/hyperrec-offline-sink",
-                 "CronJob/hyperrec-monitor"}  # each opens the consent ledger or an ErasureWatch
+                 "CronJob/hyperrec-monitor", "CronJob/hyperrec-privacy-erase"}  # each opens the privacy state
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -1106,6 +1107,110 @@ def test_the_privacy_state_is_in_postgres_for_every_role_and_only_they_reach_it(
                if any(v.get("valueFrom", {}).get("secretKeyRef", {}).get("key") == "url" for v in c.get("env", []))}
     assert admitted == clients, f"{overlay}: postgres admits {sorted(admitted)}, its clients are {sorted(clients)}"
     assert any(selects(sel, dict([KFP_POD_LABEL])) for sel in peers), f"{overlay}: the pipeline's tasks are refused"
+
+
+ERASURE_CODE = (ROOT / "hyperrec" / "privacy" / "erasure.py", ROOT / "hyperrec" / "privacy" / "models.py")
+
+
+def settings_read(*paths: Path) -> set[str]:
+    """The Settings fields the code reads (`settings.<field>`), from the source."""
+    from hyperrec.config import Settings
+
+    return {node.attr for path in paths for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "settings"
+            and node.attr in Settings.model_fields}
+
+
+def address(value) -> tuple[str, int] | None:
+    """(host, port) of a server address in a setting (`host:port[,db=N]`, a URL), else None."""
+    m = re.search(r"(?:^|//|@)([a-z0-9][a-z0-9.-]*):(\d+)(?:[/,]|$)", value) if isinstance(value, str) else None
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def documented_database_url() -> str:
+    """HYPERREC_DATABASE_URL as manifests/README.md creates the Secret (its host is the Service)."""
+    m = re.search(r"create secret generic hyperrec-database\s*\\?\s*--from-literal=url=\"([^\"]+)\"",
+                  (MANIFESTS / "README.md").read_text())
+    assert m, "manifests/README.md does not say how to create hyperrec-database"
+    return m.group(1)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_erasure_runs_in_a_role_that_reaches_every_store(overlay):
+    """`hyperrec privacy erase` has a pod template of its own (a Job is made from it per
+    erasure, the user and reason set in its environment) with what erase_user needs: the
+    settings ConfigMap, the database URL (required), the pseudonymization key file (whose
+    mount test_the_pii_key_is_a_mounted_file_where_privacy_reads_it checks), the optional
+    MLflow credentials and the shared volume. Every server that a Settings field read by the
+    erasure code points at (PostgreSQL, Redis, MLflow) admits the role's pods on the
+    Service's port, and the role's component label is its own."""
+    from hyperrec.cli import app
+    from hyperrec.config import load_settings
+    from hyperrec.privacy import KEY_ENV
+    from pipelines.training import CONFIG_MAP, DATABASE_SECRET, HOME_PATH, HOME_PVC, SECRETS
+
+    (where, c, spec), = by_command(overlay, "hyperrec", "privacy", "erase")
+    role = where.rsplit("/", 1)[0]
+    (labels,) = [lb for w, _, lb in pod_templates(overlay) if w == role]
+    doc = one(overlay, *role.split("/"))
+    assert doc["kind"] == "CronJob" and doc["spec"]["suspend"] is True, f"{overlay}: {role} would run by itself"
+    job = doc["spec"]["jobTemplate"]["spec"]
+    assert job.get("ttlSecondsAfterFinished") and spec["restartPolicy"] == "Never", \
+        f"{overlay}: {role}: a finished Job, whose spec names the user, must delete itself"
+
+    # the user and the reason come from variables, set per erasure, empty in the template
+    params = parse_cli(app, command_line(c)[1:])
+    env = container_env(overlay, c)
+    for name in ("user_id", "reason"):
+        m = re.fullmatch(r"\$\((\w+)\)", params[name])
+        assert m and env.get(m.group(1)) == "", f"{overlay}: {role}: {name} is {params[name]!r}, not a variable"
+
+    # what the erasure needs
+    assert {"configMapRef": {"name": CONFIG_MAP}} in c.get("envFrom", []), f"{overlay}: {role} lacks {CONFIG_MAP}"
+    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in c["env"] if "secretKeyRef" in v.get("valueFrom", {})}
+    assert refs.get("HYPERREC_DATABASE_URL") == {"name": DATABASE_SECRET, "key": "url"}, \
+        f"{overlay}: {role}: the database URL must come, not optionally, from {DATABASE_SECRET}"
+    for key, var in SECRETS["hyperrec-mlflow"].items():
+        assert refs.get(var) == {"name": "hyperrec-mlflow", "key": key, "optional": True}, f"{overlay}: {role} {var}"
+    assert env.get(KEY_ENV + "_FILE"), f"{overlay}: {role} has no pseudonymization key"
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert any(claims.get(m["name"]) == HOME_PVC and m["mountPath"] == HOME_PATH == env["HYPERREC_HOME"]
+               for m in c["volumeMounts"]), f"{overlay}: {role} does not mount the shared volume at {HOME_PATH}"
+    sa = spec.get("serviceAccountName")
+    assert sa and all(s.get("serviceAccountName") != sa for w, _, s in containers(overlay)
+                      if not w.startswith(role + "/")), f"{overlay}: {role} needs a ServiceAccount of its own"
+    component = labels.get("app.kubernetes.io/component")
+    others = [w for w, _, lb in pod_templates(overlay)
+              if w != role and lb.get("app.kubernetes.io/component") == component]
+    assert component and not others, f"{overlay}: {role} shares its component label with {others}"
+
+    # the servers the erasure code reads a setting of, as this role's environment resolves them
+    with mock.patch.dict(os.environ, {**{k: v for k, v in env.items() if v is not None},
+                                      "HYPERREC_DATABASE_URL": documented_database_url()}, clear=True):
+        settings = load_settings()
+    backends = {field: address(getattr(settings, field)) for field in settings_read(*ERASURE_CODE)}
+    backends = {field: a for field, a in backends.items() if a}
+    for field in ("database_url", "redis_url", "tracking_uri"):  # the derivation found the stores
+        assert field in backends, f"{overlay}: {role}: no server for {field} (read: {sorted(backends)})"
+    policies = [np for np in objects(overlay, "NetworkPolicy") if "Ingress" in np["spec"]["policyTypes"]]
+    for field, (host, port) in sorted(backends.items()):
+        svc = one(overlay, "Service", host)
+        (target,) = [p["targetPort"] for p in svc["spec"]["ports"] if p["port"] == port]
+        pods = [(s, lb) for _, s, lb in pod_templates(overlay) if svc["spec"]["selector"].items() <= lb.items()]
+        assert pods, f"{overlay}: Service {host} selects no pods"
+        for pod_spec, pod_labels in pods:
+            by_name = {p["name"]: p["containerPort"] for k in pod_spec["containers"] for p in k.get("ports", [])
+                       if "name" in p}
+            rules = [r for np in policies if selects(np["spec"]["podSelector"], pod_labels)
+                     for r in np["spec"]["ingress"]]
+            assert rules, f"{overlay}: no NetworkPolicy fences {host}"
+            admits = [r for r in rules
+                      if any(set(peer) == {"podSelector"} and selects(peer["podSelector"], labels)
+                             for peer in r["from"])
+                      and ("ports" not in r or by_name.get(target, target) in
+                           {by_name.get(p["port"], p["port"]) for p in r["ports"]})]
+            assert admits, f"{overlay}: the NetworkPolicy in front of {host} (Settings.{field}) refuses {role}"
 
 
 def istio_path_matches(pattern: str, path: str) -> bool:
