@@ -56,8 +56,9 @@ def feature_step(settings: Settings, world_dir: Path, console: Console, online: 
     the offline store; the online store is the stream processor's to keep current (a
     backfill from a snapshot writes no newer value than it already holds)."""
     from hyperrec.features.store import apply_repo, materialize, write_offline_tables
+    from hyperrec.privacy import world_without_erased
 
-    world = load_world(world_dir)
+    world = world_without_erased(load_world(world_dir), settings)  # a world from before an erasure
     # the world's event types become the workspace's: ingestion, the stream and training read them
     EventTypes.of_world(world.meta).save(settings.home / EVENT_TYPES_FILE)
     with console.status("feast: writing offline tables"):

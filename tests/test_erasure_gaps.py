@@ -221,6 +221,38 @@ def test_dead_letters_naming_the_user_go_and_others_stay(workspace):
     assert gone.encode() not in dead and kept.encode() in dead
 
 
+def test_a_world_copied_before_the_erasure_brings_nothing_of_the_user_back(workspace, tmp_path):
+    """A world folder out of the erasure's reach (a bucket, another pod's copy) still holds the
+    user: features built from it must not record their consent or feature rows again, and a
+    retrain's snapshot of it must leave them out."""
+    import shutil
+
+    from rich.console import Console
+
+    from hyperrec.privacy import ConsentLedger
+    from hyperrec.steps import feature_step
+    from hyperrec.training.retrain import snapshot_world
+
+    settings, _, users = workspace
+    gone = users[8]
+    copy = shutil.copytree(settings.data_dir / "world", tmp_path / "bucket" / "world")
+    erase_user(settings, gone, "ticket GAP-8")
+    assert gone in set(pd.read_parquet(copy / "users.parquet")["user_id"])  # the copy was out of reach
+
+    feature_step(settings, copy, Console(quiet=True))
+    ledger = ConsentLedger.open(settings)
+    try:
+        assert ledger.db.query("SELECT count(*) FROM consent WHERE user_id = ?", (gone,))[0][0] == 0
+    finally:
+        ledger.close()
+    for table in settings.offline_dir.glob("*.parquet"):
+        frame = pd.read_parquet(table)
+        assert "user_id" not in frame or gone not in set(frame["user_id"].astype(str)), table.name
+    snapshot = snapshot_world(settings, tmp_path / "snapshot", world_dir=copy)
+    for name in ("users.parquet", "events.parquet"):
+        assert gone not in set(pd.read_parquet(snapshot / name)["user_id"].astype(str)), name
+
+
 def test_an_invalid_event_of_an_erased_user_is_not_dead_lettered(workspace):
     settings, world, users = workspace
     gone = users[3]

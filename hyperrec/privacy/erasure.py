@@ -110,6 +110,22 @@ def drop_erased(frame: pd.DataFrame, settings: Settings, user_col: str = "user_i
     return frame[~frame[user_col].astype(str).isin(erased_users(settings))]
 
 
+def world_without_erased(world, settings: Settings):
+    """The world (`hyperrec.data.world.World`) without erased users' rows and events. A world
+    folder written before an erasure still holds them: whatever is built from it (feature
+    tables, consent records, a retrain's snapshot) must not bring them back. The simulator's
+    truth is indexed by user position, so a world that loses users loses it too."""
+    import dataclasses
+
+    erased = erased_users(settings)
+    users = world.users["user_id"].astype(str).isin(erased)
+    if not users.any() and not world.events["user_id"].astype(str).isin(erased).any():
+        return world
+    return dataclasses.replace(world, users=world.users[~users].reset_index(drop=True),
+                               events=world.events[~world.events["user_id"].astype(str).isin(erased)]
+                               .reset_index(drop=True), truth=None)
+
+
 def erasure_audit(settings: Settings, user_id: str | None = None) -> list[dict]:
     """The audit rows (all, or one user's under the current or previous key), oldest first."""
     db = open_privacy_db(privacy_location(settings))

@@ -28,17 +28,18 @@ STATUS_DONE = ("succeeded", "failed")
 
 
 def snapshot_world(settings: Settings, out: Path, world_dir: Path | None = None) -> Path:
-    """The world's tables with the logged events appended (deduplicated on event_id, erased
-    users' events already gone from the log): the event log's (SQLite) and the offline sink's
-    (Kafka events in parquet, or with a database_url in PostgreSQL: hyperrec.data.offline_sink
-    read_sunk_events). The data a retrain learns from. The
+    """The world's tables, erased users left out, with the logged events appended
+    (deduplicated on event_id, erased users' events already gone from the log): the event
+    log's (SQLite) and the offline sink's (Kafka events in parquet, or with a database_url in
+    PostgreSQL: hyperrec.data.offline_sink read_sunk_events). The data a retrain learns from. The
     logged events keep their request_id: it tells a view of a served list from a view of an
     item the user found alone (hyperrec.features.windows.listed)."""
     from hyperrec.data.eventlog import EventLog
     from hyperrec.data.offline_sink import read_sunk_events
     from hyperrec.data.world import World, load_world, save_world
+    from hyperrec.privacy import world_without_erased
 
-    world = load_world(world_dir or settings.data_dir / "world", validate=False)
+    world = world_without_erased(load_world(world_dir or settings.data_dir / "world", validate=False), settings)
     logged = EventLog(settings.event_log).read(0, limit=2**62)[1]
     sunk = read_sunk_events(settings)
     if not sunk.empty:
