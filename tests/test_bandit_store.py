@@ -200,8 +200,10 @@ def test_a_redis_outage_never_reaches_the_request_path(tmp_path):
     assert store.dropped == 15  # the oldest beyond `limit`: they would be trimmed anyway
     assert store.credit("r0", "i", 1.0) is Credit.UNKNOWN
     assert store.credit("r24", "i", 1.0) is Credit.CREDITED
-    assert store.credit("before", "i", 1.0) is Credit.REFUSED  # the data survived the restart
-    assert store.bandit.updates == 2
+    assert store.bandit.updates == 2  # the credit from before the outage survived the restart
+    other = RedisBanditStore(server.url, LinUCB(3), limit=10, timeout_s=0.2)  # another replica starting now
+    assert other.bandit.updates == 2
+    other.close()
     store.close()
     server.stop()
 
