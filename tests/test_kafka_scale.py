@@ -7,7 +7,7 @@ event once would have made them. No event is lost and none is folded twice into 
 import json
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import timedelta
 
 import numpy as np
@@ -205,7 +205,8 @@ def test_two_consumers_share_the_partitions_and_fold_each_event_once(env):
         admin.close()
         # a repeat of an event (a client's retry) and a record that is not an event
         ends = produce(bootstrap, first + [first[7]], raw=[b"\x00not an event"])
-        replicas = [StreamReplica(settings, bootstrap, TOPIC, GROUP, **CONFIG) for _ in range(2)]
+        journals = [settings.home / f"journal-{i}.jsonl" for i in range(2)]
+        replicas = [StreamReplica(settings, bootstrap, TOPIC, GROUP, journal=j, **CONFIG) for j in journals]
         applied = [instrument(r) for r in replicas]
         threads = [serve(r, s, e) for r, s, e in zip(replicas, stop, errors)]
         try:
@@ -245,6 +246,14 @@ def test_two_consumers_share_the_partitions_and_fold_each_event_once(env):
     # records below a rebuilt partition's committed offset were all folded at most once
     duplicates_applied = sum(len(a) - len(set(a)) for member in applied for a in member.values())
     assert duplicates_applied == 0
+    # the members' fold journals (what `hyperrec bench cluster` counts) say the same: no event
+    # twice in one state, and every live event folded and pushed by some member
+    entries = [json.loads(line) for j in journals for line in j.read_text().splitlines()]
+    per_state = Counter((e["replica"], e["scope"], e["partition"], e["generation"], i)
+                        for e in entries for i in e["event_ids"])
+    assert per_state and max(per_state.values()) == 1
+    pushed = {i for e in entries if e["kind"] == "live" and e["scope"] == "users" for i in e["event_ids"]}
+    assert {e["event_id"] for e in events} <= pushed
     # the repeated event_id was seen (live or in a rebuild) and skipped
     seen = [r.users.counts for r in replicas] + [b for r in replicas for b in r.users.rebuilds]
     assert sum(c.get("duplicates", 0) for c in seen) >= 1 and sum(c.get("dead_lettered", 0) for c in seen) >= 1

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Container
 from dataclasses import dataclass, field
@@ -129,6 +130,7 @@ def one_owner_assignor():
 @dataclass
 class _Partition:
     applied: int = 0  # the next offset to fold: every record below it is in the state
+    generation: int = 0  # which state this is: a rebuild starts a new one
     users: set = field(default_factory=set)  # whose state came from this partition
     event_ids: set = field(default_factory=set)  # the dedupe: a user's events are all in this partition
 
@@ -142,12 +144,14 @@ class PartitionFollower:
     def __init__(self, processor: StreamProcessor, bootstrap: str, topic: str, group_id: str,
                  history: pd.DataFrame | None = None, event_types: Collection[str] | None = None,
                  suppress: Container[str] = frozenset(), check: Callable[[Event], str | None] | None = None,
-                 **consumer_config):
+                 journal: Callable[[dict], None] | None = None, **consumer_config):
         """One member's share of the stream: the partitions the group gives it, and the state
         that follows them (the module's docstring says how). `processor.folds.scope` says
         which: "users" shares the partitions among the members, "items" gives them all to
         one. `history`: the world's recorded events, folded before the topic's. Dead letters
-        go to `processor.log`."""
+        go to `processor.log`. `journal(entry)`: told the event ids of every fold, with the
+        partition, the state's generation and whether it was a rebuild or a live (pushed)
+        fold: an audit of exactly-once (`hyperrec stream --journal`)."""
         from kafka import ConsumerRebalanceListener, KafkaConsumer
         from kafka.coordinator.assignors.range import RangePartitionAssignor
 
@@ -157,7 +161,8 @@ class PartitionFollower:
         self.scope = processor.folds.scope
         self.history = history if history is not None else pd.DataFrame()
         self.event_types = tuple(event_types or EVENT_TYPES)
-        self.suppress, self.check = suppress, check
+        self.suppress, self.check, self.journal = suppress, check, journal
+        self._generations = 0
         self.partitions: dict = {}  # TopicPartition -> _Partition
         self.counts: Counter = Counter()
         self.rebuilds: list[dict] = []  # per rebuild: partitions, records, history rows, seconds
@@ -189,7 +194,7 @@ class PartitionFollower:
             assigned, self._assigned = self._assigned, None
             self._reconcile(assigned)
         counts: Counter = Counter()
-        events, next_offsets = [], {}
+        events, next_offsets, folded = [], {}, {}
         for tp, batch in batches.items():
             part = self.partitions[tp]
             for record in batch:
@@ -200,18 +205,26 @@ class PartitionFollower:
                 event = self._door(part, record.value, counts, dead_letter=True)
                 if event is not None:
                     events.append(event)
+                    folded.setdefault(tp, []).append(event.event_id)
                     if self.scope == "users":
                         part.users.add(event.user_id)
             next_offsets[tp] = batch[-1].offset + 1
         if events:
             self.processor.process_batch(_frame(events))  # folds and pushes before any offset moves
             counts["folded"] += len(events)
+            for tp, ids in folded.items():
+                self._journal("live", tp, self.partitions[tp], ids)
         for tp, offset in next_offsets.items():
             self.partitions[tp].applied = max(self.partitions[tp].applied, offset)
         if next_offsets:
             self._commit(next_offsets)
         self.counts.update(counts)
         return counts
+
+    def _journal(self, kind: str, tp, part: _Partition, event_ids: list[str]) -> None:
+        if self.journal is not None and event_ids:
+            self.journal({"scope": self.scope, "kind": kind, "partition": tp.partition,
+                          "generation": part.generation, "event_ids": event_ids})
 
     def _commit(self, offsets: dict) -> None:
         from kafka.errors import CommitFailedError
@@ -272,8 +285,10 @@ class PartitionFollower:
         counts: Counter = Counter()
         frames, parts = [], {}
         for tp, raws in self._read(committed).items():
-            part = parts[tp] = _Partition(applied=committed[tp] or 0)
+            self._generations += 1
+            part = parts[tp] = _Partition(applied=committed[tp] or 0, generation=self._generations)
             events = [e for e in (self._door(part, raw, counts, dead_letter=False) for raw in raws) if e is not None]
+            self._journal("rebuild", tp, part, [e.event_id for e in events])
             part.users = {e.user_id for e in events} if self.scope == "users" else set()
             frames.append(self.processor.streamed(_frame(events)))
         past = self._history_of([tp.partition for tp in tps])
@@ -344,11 +359,34 @@ def _frame(events: list[Event]) -> pd.DataFrame:
     return frame
 
 
+class FoldJournal:
+    """`PartitionFollower`'s journal as JSON lines in a file of the replica's own, each line
+    flushed as it is written (a replica killed mid-stream keeps what it folded)."""
+
+    def __init__(self, path):
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115 (open for the replica's life)
+        self._lock = threading.Lock()
+        self.replica = uuid.uuid4().hex[:12]  # generations count per process: a restart is another replica
+
+    def __call__(self, entry: dict) -> None:
+        import json
+
+        with self._lock:
+            self._file.write(json.dumps({"replica": self.replica, **entry}) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class StreamReplica:
     def __init__(self, settings, bootstrap: str, topic: str = TOPIC, group_id: str = GROUP,
-                 batch_only: Callable[[str], bool] | None = None, **consumer_config):
+                 batch_only: Callable[[str], bool] | None = None, journal=None, **consumer_config):
         """One replica of `hyperrec stream --kafka`: a user follower in `group_id` and an item
-        follower in `group_id + ".items"`, over one online store and one erasure watch."""
+        follower in `group_id + ".items"`, over one online store and one erasure watch.
+        `journal`: a path where both followers record every fold (`FoldJournal`)."""
         from hyperrec.data.event_types import EventTypes
         from hyperrec.data.kafka_log import KafkaEventLog
         from hyperrec.features.store import open_store
@@ -367,7 +405,9 @@ class StreamReplica:
         users = StreamProcessor(store, self.letters, erasures=self.erasures, batch_only=batch_only,
                                 users_changed=invalidator(settings), engaged=types.engaged, scope="users")
         items = StreamProcessor(store, _NoLetters(), batch_only=batch_only, engaged=types.engaged, scope="items")
-        common = {"history": past, "event_types": types.known, "suppress": self.erasures, **consumer_config}
+        self.journal = FoldJournal(journal) if journal else None
+        common = {"history": past, "event_types": types.known, "suppress": self.erasures, "journal": self.journal,
+                  **consumer_config}
         self.users = PartitionFollower(users, bootstrap, topic, group_id, **common)
         self.items = PartitionFollower(items, bootstrap, topic, f"{group_id}.items", **common)
 
@@ -383,17 +423,19 @@ class StreamReplica:
         self.items.close()
         self.letters.close()
         self.erasures.close()
+        if self.journal is not None:
+            self.journal.close()
 
 
 def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str | None = GROUP,
-        stop: threading.Event | None = None, log=print, batch_only=None) -> None:
+        stop: threading.Event | None = None, log=print, batch_only=None, journal=None) -> None:
     """`hyperrec stream --kafka`: the cluster's event consumer, one per replica of the
     Deployment, sharing the topic's partitions through the consumer group (`group_id`; None:
     partition 0 alone, with the workspace's event log)."""
     stop = stop or threading.Event()
     if group_id is None:
         return _run_alone(settings, bootstrap, topic, stop, log, batch_only)
-    replica = StreamReplica(settings, bootstrap, topic, group_id, batch_only=batch_only)
+    replica = StreamReplica(settings, bootstrap, topic, group_id, batch_only=batch_only, journal=journal)
     log(f"kafka consumer on {bootstrap} topic {topic} group {group_id} (item popularity: {group_id}.items)")
     try:
         while not stop.is_set():
