@@ -46,6 +46,7 @@ bench: $(STAMP) ## run the benchmarks (tables printed, JSON under var/bench/, su
 	$(HYPERREC) bench detection --out var/bench/detection.json
 	$(HYPERREC) bench import --out var/bench/import.json
 	$(HYPERREC) bench faults --out var/bench/faults.json
+	$(HYPERREC) bench cluster --out var/bench/cluster.json
 	@if [ -d $(MOVIELENS) ]; then $(HYPERREC) bench quality --path $(MOVIELENS) --home var/bench-home --out var/bench/quality.json; \
 	else echo "skipping bench quality: no MovieLens folder at $(MOVIELENS) (set MOVIELENS=...)"; fi
 	$(HYPERREC) bench report --bench-dir var/bench --out BENCHMARKS.md

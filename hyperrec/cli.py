@@ -185,12 +185,15 @@ def pipeline_run(world: Path | None = WorldOpt,
                                                        "to serve the new version"),
                  summary: Path | None = typer.Option(None, help="write {version, blessed, ndcg@10, "
                                                               "popularity_ndcg@10, recall@K} as JSON here"),
+                 merge_logged_events: bool = typer.Option(False, help="learn from the world plus every event "
+                                                                      "logged since (the event log, the offline "
+                                                                      "sink's events), as a cluster's runs do"),
                  home: Path | None = HomeOpt):
     """Run the training pipeline through kfp.local (SubprocessRunner, this venv)."""
     from pipelines.run import run_local
 
     result = run_local(load_settings(home), _world_dir(home, world), epochs=epochs, k=k, warm_start=warm_start,
-                       endpoint=endpoint)
+                       endpoint=endpoint, merge_logged_events=merge_logged_events)
     if summary is not None:
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(json.dumps(result.summary(k), indent=2) + "\n")
@@ -381,6 +384,22 @@ def bench_detection_cmd(out: Path = typer.Option(Path("var/bench/detection.json"
     console.print(f"wrote {out}")
 
 
+@bench_app.command("cluster")
+def bench_cluster_cmd(out: Path = typer.Option(Path("var/bench/cluster.json"), help=OUT_HELP),
+                      root: Path = typer.Option(Path("var/bench-cluster"), help="the roles' folders (emptied first)"),
+                      traffic_s: float = typer.Option(60.0, help="seconds of event traffic (kills on the way)"),
+                      rate: float = typer.Option(200.0, help="predict requests/s over both servers together")):
+    """A cluster in a box: 2 model servers, 2 stream consumers, the offline sink, the monitor
+    and a retrain through the pipeline, each its own process and folder, against real
+    PostgreSQL, Redis, Kafka and an MLflow server; kills a consumer and a server mid-stream,
+    erases a user; writes servers, consumers, shared_paths, events_lost, duplicates_applied,
+    retrain_saw_new_items, erasure_remnants, p99_ms_at_200rps."""
+    from hyperrec.bench.cluster import run
+
+    run(root.resolve(), out, console, traffic_s=traffic_s, rate=rate)
+    console.print(f"wrote {out}")
+
+
 @bench_app.command("faults")
 def bench_faults_cmd(out: Path = typer.Option(Path("var/bench/faults.json"), help=OUT_HELP),
                      home: Path = typer.Option(Path("var/bench-faults"), help="its own workspace (emptied first)")):
@@ -534,7 +553,9 @@ def stream(home: Path | None = HomeOpt,
            ready_file: Path | None = typer.Option(None, help="local log: created once the history is folded and "
                                                              "new events are tailed"),
            new_log: bool = typer.Option(False, "--new-log", help="local log: accept an event log other than the one "
-                                                                 "followed before (it was deleted or replaced)")):
+                                                                 "followed before (it was deleted or replaced)"),
+           journal: Path | None = typer.Option(None, help="with --kafka and a group: record the event ids of every "
+                                                          "fold here (JSON lines; an exactly-once audit)")):
     """Run the stream processor in the foreground: events (POSTed to the server's /v1/events,
     or from Kafka) -> windowed features and recent items -> the online store (Ctrl-C stops it)."""
     from hyperrec.online.serving_path import EXPERIMENTS
@@ -547,7 +568,7 @@ def stream(home: Path | None = HomeOpt,
     if kafka:
         from hyperrec.features.kafka_source import run as run_kafka
 
-        run_kafka(settings, kafka, topic, group or None, log=console.print, batch_only=batch_only)
+        run_kafka(settings, kafka, topic, group or None, log=console.print, batch_only=batch_only, journal=journal)
     else:
         from hyperrec.data.eventlog import LogUnavailable
         from hyperrec.features.stream import run

@@ -33,9 +33,12 @@ class RunResult:
 
 
 def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20,
-              learning_rate: float = 0.003, warm_start: bool = False, endpoint: str = "") -> RunResult:
+              learning_rate: float = 0.003, warm_start: bool = False, endpoint: str = "",
+              merge_logged_events: bool = False) -> RunResult:
     """Execute every task as a subprocess of this venv. `endpoint`: a model server whose
-    answers the deploy step waits on to carry the new version (empty: nothing to verify)."""
+    answers the deploy step waits on to carry the new version (empty: nothing to verify).
+    `merge_logged_events`: learn from the world plus the events logged since (the cluster's
+    runs: snapshot_data)."""
     from kfp import local
 
     from pipelines.training import training_pipeline
@@ -45,7 +48,8 @@ def run_local(settings: Settings, world_dir: Path, epochs: int = 6, k: int = 20,
                pipeline_root=str(settings.pipeline_root), raise_on_error=True)
     run_tag = uuid.uuid4().hex[:12]
     training_pipeline(home=str(settings.home), world_dir=str(world_dir), run_tag=run_tag, epochs=epochs,
-                      learning_rate=learning_rate, warm_start=warm_start, k=k, endpoint=endpoint)
+                      learning_rate=learning_rate, warm_start=warm_start, k=k, endpoint=endpoint,
+                      merge_logged_events=merge_logged_events)
     return _result(settings, run_tag)
 
 

@@ -61,12 +61,13 @@ async def _exchange(reader, writer, request: bytes) -> int:
     return status
 
 
-def http_request(host: str, port: int, path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+def http_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-async def _open_loop(host, port, path, bodies, rate, seconds, max_connections, on_tick):
+async def _open_loop(host, port, path, bodies, rate, seconds, max_connections, on_tick, headers):
     result = LoadResult(sent=0, seconds=seconds)
     idle: asyncio.Queue = asyncio.Queue()
     opened = 0
@@ -100,7 +101,7 @@ async def _open_loop(host, port, path, bodies, rate, seconds, max_connections, o
             await asyncio.sleep(delay)
         if on_tick is not None:
             on_tick(i / rate)
-        task = loop.create_task(one(scheduled, http_request(host, port, path, next(bodies))))
+        task = loop.create_task(one(scheduled, http_request(host, port, path, next(bodies), headers)))
         pending.add(task)
         task.add_done_callback(pending.discard)
         result.sent += 1
@@ -113,10 +114,12 @@ async def _open_loop(host, port, path, bodies, rate, seconds, max_connections, o
 
 
 def open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float, seconds: float,
-              max_connections: int = 64, on_tick: Callable[[float], None] | None = None) -> LoadResult:
+              max_connections: int = 64, on_tick: Callable[[float], None] | None = None,
+              headers: dict[str, str] | None = None) -> LoadResult:
     """Send `rate` requests/s for `seconds`, cycling through `bodies`. `on_tick(t)` is called
-    before each send with the seconds since start (e.g. to trigger a model swap mid-run)."""
-    return asyncio.run(_open_loop(host, port, path, bodies, rate, seconds, max_connections, on_tick))
+    before each send with the seconds since start (e.g. to trigger a model swap mid-run);
+    `headers` go on every request (e.g. a credential)."""
+    return asyncio.run(_open_loop(host, port, path, bodies, rate, seconds, max_connections, on_tick, headers))
 
 
 WRK_SCRIPT = """

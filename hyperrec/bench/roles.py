@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from hyperrec.config import PROJECT_ROOT
@@ -113,7 +114,9 @@ class OpenFiles:
     """Samples the roles' open files every `interval_s` in a thread; `shared()` lists the state
     files (not code, not system) that two or more roles held, with the roles."""
 
-    def __init__(self, roles: list[Role], interval_s: float = 0.2):
+    def __init__(self, roles: Iterable[Role], interval_s: float = 0.2):
+        """`roles`: iterated at every sample, so a live view (a dict's values) follows roles
+        that start or restart later."""
         self.roles, self.interval_s = roles, interval_s
         self.held: dict[str, set[str]] = defaultdict(set)
         self.samples = 0
