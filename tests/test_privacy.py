@@ -23,6 +23,7 @@ from hyperrec.features.views import MISSING, USER_VIEWS
 from hyperrec.online.recs_cache import recs_cache_key
 from hyperrec.privacy import (
     ConsentLedger,
+    ErasureWatch,
     PIIKeyError,
     Pseudonymizer,
     _entity_key,
@@ -417,3 +418,27 @@ def test_generated_crm_profiles_are_stored_pseudonymized_with_the_workspace_key(
     assert key.stat().st_mode & 0o777 == 0o600
     generate_step(settings, world_dir, Console(quiet=True), **sizes)  # the same key: the same tokens
     assert pd.read_parquet(world_dir / "users.parquet")["email"].tolist() == stored["email"].tolist()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_batch_at_the_event_door_reads_the_erasure_list_once(backend, settings, request):
+    """Each event of a batch is checked against the list as the batch began (one read), not
+    one database round trip per event; an erasure still counts from the next batch."""
+    if backend == "postgresql":
+        settings = settings.model_copy(update={"database_url": fresh_database(request.getfixturevalue("postgres_url"))})
+    watch = ErasureWatch(settings)
+    reads = []
+    query = watch._db.query
+    watch._db.query = lambda *a, **k: reads.append(1) or query(*a, **k)
+    log = EventLog(settings.home / "events.db", suppress=watch)
+    events = [{"event_id": f"e{i}", "user_id": f"u{i % 5}", "item_id": "i1", "event_type": "view",
+               "ts": T0.isoformat()} for i in range(50)]
+    assert log.append(events, now=T0).stored == 50 and len(reads) == 1
+    from hyperrec.privacy.db import open_privacy_db, privacy_location
+
+    db = open_privacy_db(privacy_location(settings))
+    db.list_erased("u3", 0.0)
+    db.close()
+    later = [{**e, "event_id": f"later-{e['event_id']}"} for e in events]
+    result = log.append(later, now=T0)
+    assert (result.stored, result.suppressed, len(reads)) == (40, 10, 2)

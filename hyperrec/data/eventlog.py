@@ -132,6 +132,14 @@ def validate_event(raw, now: datetime, event_types: Collection[str] = EVENT_TYPE
     return event
 
 
+def erased_now(suppress: Container[str]) -> Container[str]:
+    """`suppress` for one batch: a live erasure list (hyperrec.privacy.ErasureWatch) read once
+    (its `snapshot()`), so each event costs a set lookup and not a database round trip;
+    anything else as it is."""
+    snapshot = getattr(suppress, "snapshot", None)
+    return snapshot() if callable(snapshot) else suppress
+
+
 class EventLog:
     def __init__(self, path: Path, suppress: Container[str] = frozenset(),
                  event_types: Collection[str] = EVENT_TYPES, busy_wait_s: float = 30.0):
@@ -178,12 +186,13 @@ class EventLog:
         t = time.time()
         with self._lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
+            erased = erased_now(self.suppress)
             for raw in raws:
                 received += 1
                 try:
                     event = self._check(raw, now, check)
                 except INVALID as exc:
-                    if _claimed_user(raw) in self.suppress:  # an erased user's: not kept, even as a dead letter
+                    if _claimed_user(raw) in erased:  # an erased user's: not kept, even as a dead letter
                         suppressed += 1
                         continue
                     message = _describe(exc)
@@ -192,7 +201,7 @@ class EventLog:
                     dead += 1
                     errors.append(message)
                     continue
-                if event.user_id in self.suppress:
+                if event.user_id in erased:
                     suppressed += 1
                     continue
                 cur = self.db.execute(

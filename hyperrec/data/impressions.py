@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hyperrec.data.eventlog import erased_now
 from hyperrec.sqlite_wal import connect_wal
 
 SCHEMA = """
@@ -68,7 +69,8 @@ class ImpressionLog:
         sees the listing or is written before that delete."""
         with self._lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            kept = [row for row in rows if row[2] is None or row[2] not in self.suppress]
+            erased = erased_now(self.suppress)
+            kept = [row for row in rows if row[2] is None or row[2] not in erased]
             before = self.db.total_changes
             self.db.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", kept)
             new = self.db.total_changes - before

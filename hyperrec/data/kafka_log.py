@@ -27,7 +27,16 @@ import threading
 from collections.abc import Callable, Collection, Container, Iterable
 from datetime import UTC, datetime
 
-from hyperrec.data.eventlog import INVALID, AppendResult, LogBusy, _claimed_user, _describe, _raw_bytes, validate_event
+from hyperrec.data.eventlog import (
+    INVALID,
+    AppendResult,
+    LogBusy,
+    _claimed_user,
+    _describe,
+    _raw_bytes,
+    erased_now,
+    validate_event,
+)
 from hyperrec.data.schemas import EVENT_TYPES, Event
 
 TOPIC = "hyperrec.events"  # one typed topic: every event type, keyed by user (per-user order)
@@ -90,12 +99,13 @@ class KafkaEventLog:
         events: list[Event] = []
         letters: list[tuple[object, str]] = []
         seen: set[str] = set()
+        erased = erased_now(self.suppress)
         for raw in raws:
             received += 1
             try:
                 event = validate_event(raw, now, self.event_types, check)
             except INVALID as exc:
-                if _claimed_user(raw) in self.suppress:  # an erased user's: not kept, even as a dead letter
+                if _claimed_user(raw) in erased:  # an erased user's: not kept, even as a dead letter
                     suppressed += 1
                     continue
                 message = _describe(exc)
@@ -103,7 +113,7 @@ class KafkaEventLog:
                 errors.append(message)
                 dead += 1
                 continue
-            if event.user_id in self.suppress:
+            if event.user_id in erased:
                 suppressed += 1
             elif event.event_id in seen:
                 dup += 1

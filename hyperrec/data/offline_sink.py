@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hyperrec.data.eventlog import INVALID, validate_event
+from hyperrec.data.eventlog import INVALID, erased_now, validate_event
 from hyperrec.data.kafka_log import TOPIC
 from hyperrec.data.schemas import EVENT_TYPES
 
@@ -245,7 +245,7 @@ class OfflineSink:
                 records = [r for r in records if r.offset >= upto]
             if not records:
                 continue
-            rows = []
+            rows, erased = [], erased_now(self.suppress)  # the list read once per partition's batch
             for r in records:
                 result.received += 1
                 try:
@@ -253,7 +253,7 @@ class OfflineSink:
                 except INVALID:
                     result.invalid += 1
                     continue
-                if event.user_id in self.suppress:
+                if event.user_id in erased:
                     result.suppressed += 1
                     continue
                 rows.append({**event.model_dump(include=set(COLUMNS)), "kafka_partition": tp.partition,

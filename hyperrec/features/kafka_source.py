@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from hyperrec.data.eventlog import INVALID, AppendResult, _claimed_user, _describe, validate_event
+from hyperrec.data.eventlog import INVALID, AppendResult, _claimed_user, _describe, erased_now, validate_event
 from hyperrec.data.kafka_log import TOPIC  # noqa: F401  (one typed topic, keyed by user; the server produces to it)
 from hyperrec.data.schemas import Event
 from hyperrec.features.stream import StreamProcessor
@@ -195,6 +195,7 @@ class PartitionFollower:
             self._reconcile(assigned)
         counts: Counter = Counter()
         events, next_offsets, folded = [], {}, {}
+        erased = erased_now(self.suppress) if batches else self.suppress  # the list read once per poll
         for tp, batch in batches.items():
             part = self.partitions[tp]
             for record in batch:
@@ -202,7 +203,7 @@ class PartitionFollower:
                 if record.offset < part.applied:
                     counts["already_applied"] += 1
                     continue
-                event = self._door(part, record.value, counts, dead_letter=True)
+                event = self._door(part, record.value, counts, dead_letter=True, erased=erased)
                 if event is not None:
                     events.append(event)
                     folded.setdefault(tp, []).append(event.event_id)
@@ -236,19 +237,19 @@ class PartitionFollower:
             log.warning("offset commit refused after a rebalance (%s); the batch will be replayed", exc)
             self.counts["commits_refused"] += 1
 
-    def _door(self, part: _Partition, raw, counts: Counter, dead_letter: bool) -> Event | None:
-        """The event in `raw`, or None (dead-lettered, an erased user's, or a repeat)."""
+    def _door(self, part: _Partition, raw, counts: Counter, dead_letter: bool, erased) -> Event | None:
+        """The event in `raw`, or None (dead-lettered, one of an `erased` user's, or a repeat)."""
         try:
             event = validate_event(raw, datetime.now(UTC), self.event_types, self.check)
         except INVALID as exc:
-            if _claimed_user(raw) in self.suppress:
+            if _claimed_user(raw) in erased:
                 counts["suppressed"] += 1
             else:
                 counts["dead_lettered"] += 1
                 if dead_letter:
                     self.processor.log.dead_letter(raw, f"stream: {_describe(exc)}")
             return None
-        if event.user_id in self.suppress:
+        if event.user_id in erased:
             counts["suppressed"] += 1
             return None
         if event.event_id in part.event_ids:
@@ -284,10 +285,12 @@ class PartitionFollower:
         started = time.monotonic()
         counts: Counter = Counter()
         frames, parts = [], {}
+        erased = erased_now(self.suppress)
         for tp, raws in self._read(committed).items():
             self._generations += 1
             part = parts[tp] = _Partition(applied=committed[tp] or 0, generation=self._generations)
-            events = [e for e in (self._door(part, raw, counts, dead_letter=False) for raw in raws) if e is not None]
+            events = [e for e in (self._door(part, raw, counts, dead_letter=False, erased=erased) for raw in raws)
+                      if e is not None]
             self._journal("rebuild", tp, part, [e.event_id for e in events])
             part.users = {e.user_id for e in events} if self.scope == "users" else set()
             frames.append(self.processor.streamed(_frame(events)))

@@ -9,7 +9,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,14 @@ def erased_users(settings: Settings) -> set[str]:
         return {row[0] for row in db.query("SELECT user_id FROM erased_users")}
     finally:
         db.close()
+
+
+class _Everyone:
+    def __contains__(self, user_id: object) -> bool:
+        return True
+
+
+_EVERYONE = _Everyone()  # what an unreadable list suppresses, for writers that drop rather than fail
 
 
 class ErasureWatch:
@@ -84,7 +92,10 @@ class ErasureWatch:
             new, self._unreported = self._unreported, frozenset()
         return new
 
-    def __contains__(self, user_id: str) -> bool:
+    def snapshot(self) -> Container[str]:
+        """The list as of now, read once: a batch checks each of its events against it (a set
+        lookup each) instead of asking the database per event (a round trip each, 40 ms for
+        500 events on PostgreSQL)."""
         try:
             self._refresh()
         except PrivacyUnavailable as exc:
@@ -93,8 +104,11 @@ class ErasureWatch:
             if time.monotonic() - self._warned > 60:
                 self._warned = time.monotonic()
                 log.warning("erasure list unreadable, every user counts as erased: %s", exc)
-            return True
-        return user_id in self.users
+            return _EVERYONE
+        return self.users
+
+    def __contains__(self, user_id: str) -> bool:
+        return user_id in self.snapshot()
 
     def erase_online(self, user_id: str) -> dict[str, int]:
         """Delete the user's online rows again: a stream push racing the erasure may have
