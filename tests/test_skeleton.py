@@ -107,7 +107,10 @@ def test_pipeline_compiles_to_kfp_ir(tmp_path):
     # secrets come from Kubernetes Secrets, never from pipeline parameters
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = {s["secretName"] for e in executors.values() for s in e.get("secretAsEnv", [])}
-    assert secrets == {"hyperrec-mlflow", "hyperrec-hmac"}
+    assert secrets == {"hyperrec-mlflow", "hyperrec-hmac", "hyperrec-database"}
+    # every task reaches the database that holds the privacy state (and Feast's, on a cluster)
+    assert all("hyperrec-database" in {s["secretName"] for s in e.get("secretAsEnv", [])}
+               for e in executors.values())
     assert not any("password" in p.lower() or "hmac" in p.lower()
                    for p in spec["root"]["inputDefinitions"]["parameters"])
 
