@@ -66,9 +66,7 @@ class Cluster:
 
     def run(self, name: str, argv: list[str], timeout_s: float = 900.0) -> str:
         """A one-off step of role `name` (a Job's pod): waits, raises with its log on failure."""
-        role = Role(name, self.root, argv, self.env)
-        self.roles.setdefault(name, role)
-        self.roles[name] = role
+        role = self.roles[name] = Role(name, self.root, argv, self.env)
         code = role.start().wait(timeout_s)
         if code != 0:
             raise RuntimeError(f"{name}: `{' '.join(argv[1:4])} ...` exited {code}:\n{role.log_tail()}")
@@ -111,7 +109,7 @@ def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:
         admin.close()
 
 
-def _configure(cluster: Cluster, role: Role, source: Role) -> None:
+def _configure(role: Role, source: Role) -> None:
     """What a pod gets from its ConfigMap and Secrets: the workspace's event types and the
     API keys (copies, not a shared volume)."""
     from hyperrec.data.event_types import FILE_NAME as EVENT_TYPES_FILE
@@ -178,7 +176,7 @@ def _start_server(cluster: Cluster, i: int) -> Role:
     port = cluster.ports.setdefault(name, free_port())
     role = cluster.role(name, [sys.executable, "-m", "serving", "--http_port", str(port), "--host", "127.0.0.1",
                                "--auth", "on", "--as_of", cluster.world_end, "--poll_s", "1"])
-    _configure(cluster, role, cluster.roles["bootstrap"])
+    _configure(role, cluster.roles["bootstrap"])
     return role.start()
 
 
@@ -200,14 +198,14 @@ def _start_consumer(cluster: Cluster, i: int) -> Role:
     journal = cluster.root / "roles" / name / "stream" / "journal.jsonl"
     role = cluster.role(name, [HYPERREC, "stream", "--kafka", cluster.env["HYPERREC_KAFKA_BOOTSTRAP"],
                                "--group", GROUP, "--journal", str(journal)])
-    _configure(cluster, role, cluster.roles["bootstrap"])
+    _configure(role, cluster.roles["bootstrap"])
     _world_copy(cluster, role)  # the recorded history a rebuild folds first
     return role.start()
 
 
 def _start_sink(cluster: Cluster) -> Role:
     role = cluster.role("sink", [HYPERREC, "sink", "--kafka", cluster.env["HYPERREC_KAFKA_BOOTSTRAP"]])
-    _configure(cluster, role, cluster.roles["bootstrap"])
+    _configure(role, cluster.roles["bootstrap"])
     return role.start()
 
 
@@ -432,8 +430,7 @@ def run(root: Path, out: Path | None, console: Console, users: int = 400, items:
         cluster = Cluster(root, _servers(stack, root))
         stack.callback(lambda: [role.stop() for role in cluster.roles.values()])
         _bootstrap(cluster, console, users, items, events)
-        world = load_world_users_items(cluster.roles["bootstrap"].home / "data" / "world")
-        consenting, catalog = world
+        consenting, catalog = load_world_users_items(cluster.roles["bootstrap"].home / "data" / "world")
 
         console.print("starting 2 consumers, the offline sink, 2 model servers")
         for i in range(2):
