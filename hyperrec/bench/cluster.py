@@ -122,7 +122,8 @@ def _configure(role: Role, source: Role) -> None:
 
 
 def _world_copy(cluster: Cluster, role: Role) -> Path:
-    """The world folder a pipeline reads (a bucket on a cluster): downloaded into the role's own folder."""
+    """The world folder (on the cluster manifests, still the shared volume): here each role that
+    reads it gets its own copy, so the copies are what an erasure cannot reach."""
     src = cluster.roles["bootstrap"].home / "data" / "world"
     dst = role.home / "data" / "world"
     if not dst.exists():
