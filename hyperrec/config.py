@@ -129,20 +129,11 @@ def export_env(settings: Settings) -> dict[str, str]:
     env["HYPERREC_MODEL_NAME"] = settings.model_name
     env["HYPERREC_ONLINE_STORE"] = settings.online_store
     env["HYPERREC_REDIS"] = settings.redis_url
-    if settings.recs_cache:
-        env["HYPERREC_RECS_CACHE"] = settings.recs_cache
-    else:
-        env.pop("HYPERREC_RECS_CACHE", None)
-    if settings.kafka_bootstrap:
-        env["HYPERREC_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
-    else:
-        env.pop("HYPERREC_KAFKA_BOOTSTRAP", None)
-    if settings.bandit_redis:
-        env["HYPERREC_BANDIT_REDIS"] = settings.bandit_redis
-    else:
-        env.pop("HYPERREC_BANDIT_REDIS", None)
-    if settings.database_url:
-        env["HYPERREC_DATABASE_URL"] = settings.database_url
-    else:
-        env.pop("HYPERREC_DATABASE_URL", None)
+    optional = {"HYPERREC_RECS_CACHE": settings.recs_cache, "HYPERREC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+                "HYPERREC_BANDIT_REDIS": settings.bandit_redis, "HYPERREC_DATABASE_URL": settings.database_url}
+    for name, value in optional.items():  # unset here: not inherited from this process either
+        if value:
+            env[name] = value
+        else:
+            env.pop(name, None)
     return env
