@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,16 @@ from test_privacy import _use_keys
 from hyperrec.data.eventlog import EventLog
 from hyperrec.data.impressions import ImpressionLog, ImpressionRecorder
 from hyperrec.online.serving_path import Recommended
-from hyperrec.privacy import TOKEN, ErasureWatch, Pseudonymizer, _entity_key, erase_user, erased_users, erasure_audit
+from hyperrec.privacy import (
+    TOKEN,
+    ErasureWatch,
+    Pseudonymizer,
+    _entity_key,
+    erase_user,
+    erased_users,
+    erasure_audit,
+    needles_in_file,
+)
 
 IMPORT_MAPPING = {"events": {"path": "e.csv", "columns": {"user_id": "u", "item_id": "i", "ts": "t",
                                                           "event_type": "k"}}}
@@ -347,18 +355,6 @@ def test_registered_versions_their_copies_and_the_servers_downloads_forget_the_u
     assert not any(v for k, v in again.removed.items() if k.startswith("models."))
 
 
-def _holding(path: Path, needles: dict[str, bytes]) -> set[str]:
-    """Which needles occur in the file, looking inside parquet (compressed columns) and zip
-    (npz) files too."""
-    data = path.read_bytes()
-    if path.suffix == ".parquet":
-        data += "\n".join(map(str, pq.read_table(path).to_pylist())).encode()
-    elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            data += b"\n".join(archive.read(name) for name in archive.namelist())
-    return {name for name, needle in needles.items() if needle in data}
-
-
 @pytest.mark.slow
 def test_after_an_erasure_no_file_of_a_served_workspace_names_the_user(trained, free_port, tmp_path):
     """A real server serves the user and keeps their events and a dead letter, and an import
@@ -417,7 +413,7 @@ def test_after_an_erasure_no_file_of_a_served_workspace_names_the_user(trained, 
         stop_server(proc)
 
     found = {str(p.relative_to(settings.home)): hits for p in sorted(settings.home.rglob("*"))
-             if p.is_file() and (hits := _holding(p, needles))}
+             if p.is_file() and (hits := needles_in_file(p, needles))}
     privacy = {name: hits for name, hits in found.items() if name.startswith("privacy.db")}
     assert found == privacy, f"outside the erasure list: { {k: v for k, v in found.items() if k not in privacy} }"
     # the erasure list keeps the raw id (to filter backups and re-imports) and the audit its token

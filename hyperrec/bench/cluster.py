@@ -349,6 +349,8 @@ def _remnants(cluster: Cluster, user_id: str) -> list[str]:
     import psycopg
     import redis as redis_py
 
+    from hyperrec.privacy import needles_in_file
+
     found: list[str] = []
     with psycopg.connect(cluster.env["HYPERREC_DATABASE_URL"]) as conn:
         tables = conn.execute("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema "
@@ -381,29 +383,9 @@ def _remnants(cluster: Cluster, user_id: str) -> list[str]:
                 found.append(f"redis db{db} {key[:60]!r}")
         client.close()
     for path in (cluster.root / "roles").rglob("*"):  # every role's folder, the MLflow server's artifacts too
-        if path.is_file() and _file_names(path, needle):  # role.log: what the pod printed (its log system's)
+        if path.is_file() and needles_in_file(path, {"id": needle}):  # role.log: what the pod printed
             found.append(f"{'log' if path.name == 'role.log' else 'file'} {path.relative_to(cluster.root)}")
     return found
-
-
-def _file_names(path: Path, needle: bytes) -> bool:
-    """Whether the file's bytes name the user, with parquet and npz decoded (their pages are
-    compressed, so a raw search would miss what they hold)."""
-    try:
-        if path.suffix == ".parquet":
-            import pandas as pd
-
-            frame = pd.read_parquet(path)
-            return any(needle.decode() in str(v) for col in frame.columns for v in frame[col].astype(str).unique())
-        if path.suffix == ".npz":
-            import numpy as np
-
-            with np.load(path, allow_pickle=False) as z:
-                return any(needle.decode() in str(v) for name in z.files if z[name].dtype.kind in "US"
-                           for v in z[name].ravel())
-        return needle in path.read_bytes()
-    except Exception:  # noqa: BLE001 (an unreadable file is searched as bytes)
-        return needle in path.read_bytes()
 
 
 def _trained_items(role: Role) -> set[str]:

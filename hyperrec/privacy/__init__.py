@@ -24,6 +24,7 @@ from hyperrec.privacy.erasure import (
     erased_users,
     erasure_audit,
     event_log_paths,
+    needles_in_file,
     world_without_erased,
 )
 from hyperrec.privacy.ledger import DEFAULT_CONSENT, PRIVACY_DB, PURPOSES, ConsentLedger, Purpose, privacy_db
@@ -44,5 +45,5 @@ __all__ = [
     "TOKEN", "ConsentLedger", "ErasureReport", "ErasureWatch", "PIIKeyError", "PrivacyUnavailable", "Pseudonymizer",
     "Purpose", "_entity_key", "drop_erased", "erase_user", "erased_users", "erasure_audit", "event_log_paths",
     "privacy_db", "privacy_location", "scrub_user_frame", "scrub_user_record", "workspace_key_file",
-    "world_without_erased",
+    "needles_in_file", "world_without_erased",
 ]

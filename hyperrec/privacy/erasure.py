@@ -124,6 +124,29 @@ def drop_erased(frame: pd.DataFrame, settings: Settings, user_col: str = "user_i
     return frame[~frame[user_col].astype(str).isin(erased_users(settings))]
 
 
+def needles_in_file(path: Path, needles: dict[str, bytes]) -> set[str]:
+    """Which needles (an id, its tokens) occur in the file, looking inside what a raw search
+    would miss: parquet's compressed columns, zip members (npz), and npz string arrays
+    (stored as UTF-32). The check after an erasure that nothing still names the user."""
+    import zipfile
+
+    data = path.read_bytes()
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        data += "\n".join(map(str, pq.read_table(path).to_pylist())).encode()
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            data += b"\n".join(archive.read(name) for name in archive.namelist())
+        if path.suffix == ".npz":
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as arrays:
+                data += "\n".join(str(v) for name in arrays.files if arrays[name].dtype.kind in "US"
+                                   for v in arrays[name].ravel()).encode()
+    return {name for name, needle in needles.items() if needle in data}
+
+
 def world_without_erased(world, settings: Settings):
     """The world (`hyperrec.data.world.World`) without erased users' rows and events. A world
     folder written before an erasure still holds them: whatever is built from it (feature
