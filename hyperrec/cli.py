@@ -35,7 +35,8 @@ if not console.is_terminal:  # piped or logged (CI, `make demo > log`): rich wou
     console = Console(width=140)
 
 HomeOpt = typer.Option(None, "--home", help="workspace directory (default $HYPERREC_HOME or ./var)")
-WorldOpt = typer.Option(None, "--world", help="world folder (default HOME/data/world)")
+WorldOpt = typer.Option(None, "--world", help="world folder (default HOME/data/world), or db:world: the one "
+                                               "published in HYPERREC_DATABASE_URL (`hyperrec data publish`)")
 OUT_HELP = "the JSON file to write"
 
 
@@ -126,14 +127,30 @@ def data_import(mapping: Path = typer.Option(..., "--mapping", help="the mapping
     console.print(f"report: {dest / 'import_report.json'}; dead letters: {report['dead_letters_file']}")
 
 
+@data_app.command("publish")
+def data_publish(world: Path | None = WorldOpt, home: Path | None = HomeOpt):
+    """Copy a world folder into PostgreSQL (HYPERREC_DATABASE_URL, schema `world`), replacing the
+    one there: a cluster's roles then read `--world db:world` and an erasure reaches its one copy."""
+    from hyperrec.data.world import load_world
+    from hyperrec.data.world_db import publish_world
+
+    settings = load_settings(home)
+    if not settings.database_url:
+        console.print("[red]data publish needs HYPERREC_DATABASE_URL[/red]")
+        raise typer.Exit(2)
+    source = _world_dir(home, world)
+    rows = publish_world(settings.database_url, load_world(source))
+    console.print(f"published {source} -> world schema: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+
+
 @data_app.command("validate")
 def data_validate(world: Path | None = WorldOpt, home: Path | None = HomeOpt):
     """Check every table of a world against the schemas; exit 1 naming each bad row."""
     from hyperrec.data.schemas import SchemaError
-    from hyperrec.data.world import load_world
+    from hyperrec.data.world_db import read_world
 
     try:
-        w = load_world(_world_dir(home, world))
+        w = read_world(load_settings(home), _world_dir(home, world))
     except SchemaError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

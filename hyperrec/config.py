@@ -2,7 +2,8 @@
 
 Everything a run writes lives under one home directory (`HYPERREC_HOME`, default `./var`):
 data, the Feast registry and online store, MLflow's SQLite database and artifacts, and
-kfp.local outputs. Tests point it at a temporary directory.
+kfp.local outputs (a cluster's roles may keep those in one artifact store elsewhere:
+`HYPERREC_ARTIFACT_ROOT`). Tests point it at a temporary directory.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class Settings(BaseModel):
                                      "shared state (hyperrec.online.bandit_redis); None: a SQLite file in home")
     database_url: str | None = Field(None, description="PostgreSQL (postgresql://user@host:port/db) for the state "
                                      "every role shares on a cluster; None: SQLite files under home")
+    artifact_root: Path | None = Field(None, description="where pipeline runs keep their outputs and data "
+                                       "snapshots (the artifact store every run writes and an erasure walks); "
+                                       "None: home/pipeline_runs")
 
     @property
     def feature_store_yaml(self) -> Path:
@@ -82,7 +86,21 @@ class Settings(BaseModel):
 
     @property
     def pipeline_root(self) -> Path:
-        return self.home / "pipeline_runs"
+        """kfp.local's pipeline root: every run's task outputs (training sets, model folders)."""
+        return self.artifact_root or self.home / "pipeline_runs"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """The data snapshots runs learn from (hyperrec.training.retrain.snapshot_world), beside
+        the runs' outputs: one store for everything a run derived from personal data."""
+        return self.pipeline_root / "snapshots"
+
+    @property
+    def data_roots(self) -> list[Path]:
+        """Every folder this workspace writes data files to (what an erasure walks): home, and
+        the artifact store when it lives elsewhere."""
+        outside = self.artifact_root is not None and not self.artifact_root.is_relative_to(self.home)
+        return [self.home, *([self.artifact_root] if outside else [])]
 
     @property
     def mlflow_dir(self) -> Path:
@@ -97,7 +115,8 @@ def load_settings(home: str | Path | None = None) -> Settings:
     `HYPERREC_REDIS` (host:port), `HYPERREC_RECS_CACHE` (host:port of the recommendation cache),
     `HYPERREC_KAFKA_BOOTSTRAP` (host:port of Kafka: events go to the topic, not the SQLite log),
     `HYPERREC_DATABASE_URL` (PostgreSQL for the state roles share on a cluster),
-    `HYPERREC_BANDIT_REDIS` (host:port[,db=N] of the bandit's shared state, not the SQLite file).
+    `HYPERREC_BANDIT_REDIS` (host:port[,db=N] of the bandit's shared state, not the SQLite file),
+    `HYPERREC_ARTIFACT_ROOT` (the folder pipeline runs keep outputs and snapshots in; default inside home).
     """
     root = Path(home or os.environ.get("HYPERREC_HOME") or Path.cwd() / "var").resolve()
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
@@ -118,6 +137,8 @@ def load_settings(home: str | Path | None = None) -> Settings:
         values["bandit_redis"] = bandit_redis
     if database := os.environ.get("HYPERREC_DATABASE_URL"):
         values["database_url"] = database
+    if artifacts := os.environ.get("HYPERREC_ARTIFACT_ROOT"):
+        values["artifact_root"] = Path(artifacts).resolve()
     return Settings(**values)
 
 
@@ -130,7 +151,8 @@ def export_env(settings: Settings) -> dict[str, str]:
     env["HYPERREC_ONLINE_STORE"] = settings.online_store
     env["HYPERREC_REDIS"] = settings.redis_url
     optional = {"HYPERREC_RECS_CACHE": settings.recs_cache, "HYPERREC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-                "HYPERREC_BANDIT_REDIS": settings.bandit_redis, "HYPERREC_DATABASE_URL": settings.database_url}
+                "HYPERREC_BANDIT_REDIS": settings.bandit_redis, "HYPERREC_DATABASE_URL": settings.database_url,
+                "HYPERREC_ARTIFACT_ROOT": settings.artifact_root and str(settings.artifact_root)}
     for name, value in optional.items():  # unset here: not inherited from this process either
         if value:
             env[name] = value

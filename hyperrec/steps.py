@@ -17,7 +17,7 @@ from hyperrec.config import Settings, export_env
 from hyperrec.data.event_types import FILE_NAME as EVENT_TYPES_FILE
 from hyperrec.data.event_types import EventTypes
 from hyperrec.data.generate import WorldConfig, generate_world
-from hyperrec.data.world import World, load_world, save_world
+from hyperrec.data.world import World, save_world
 
 TRAINING_TASKS = ["validate-data", "build-training-set", "train-retrieval", "train-ranking", "build-index",
                   "evaluate-model", "gate-model", "register-model", "deploy"]
@@ -46,7 +46,7 @@ def pseudonymized(settings: Settings, world: World) -> World:
     return dataclasses.replace(world, users=scrub_user_frame(world.users, Pseudonymizer.for_workspace(settings)))
 
 
-def feature_step(settings: Settings, world_dir: Path, console: Console, online: bool = True) -> dict[str, int]:
+def feature_step(settings: Settings, world_dir: Path | str, console: Console, online: bool = True) -> dict[str, int]:
     """Offline tables -> `feast apply` -> backfill the online store over the whole history.
 
     Always a backfill: the offline tables were just rewritten, so "since the last
@@ -55,10 +55,11 @@ def feature_step(settings: Settings, world_dir: Path, console: Console, online: 
     `online=False` (a retrain): the offline tables and the registry only. Training reads
     the offline store; the online store is the stream processor's to keep current (a
     backfill from a snapshot writes no newer value than it already holds)."""
+    from hyperrec.data.world_db import read_world
     from hyperrec.features.store import apply_repo, materialize, write_offline_tables
     from hyperrec.privacy import world_without_erased
 
-    world = world_without_erased(load_world(world_dir), settings)  # a world from before an erasure
+    world = world_without_erased(read_world(settings, world_dir), settings)  # a world from before an erasure
     # the world's event types become the workspace's: ingestion, the stream and training read them
     EventTypes.of_world(world.meta).save(settings.home / EVENT_TYPES_FILE)
     with console.status("feast: writing offline tables"):

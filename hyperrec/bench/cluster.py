@@ -47,6 +47,8 @@ HYPERREC = str(Path(sys.executable).with_name("hyperrec"))
 PREDICT = "/v1/models/recommender:predict"
 PARTITIONS = 4
 GROUP = "hyperrec-online-features"
+WORLD = "db:world"  # hyperrec.data.world_db.WORLD_IN_DATABASE: every role reads the one published world
+ARTIFACTS = "artifact-store"  # the pipelines' outputs and snapshots (KFP's object store on a cluster)
 
 
 @dataclass
@@ -96,6 +98,7 @@ def _servers(stack: contextlib.ExitStack, root: Path) -> dict[str, str]:
                   "HYPERREC_DATABASE_URL": database, "HYPERREC_ONLINE_STORE": "redis", "HYPERREC_REDIS": redis,
                   "HYPERREC_RECS_CACHE": f"{redis},db=1", "HYPERREC_BANDIT_REDIS": f"{redis},db=2",
                   "HYPERREC_KAFKA_BOOTSTRAP": kafka, "MLFLOW_TRACKING_URI": tracking,
+                  "HYPERREC_ARTIFACT_ROOT": str(root / ARTIFACTS),
                   "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "DO_NOT_TRACK": "true"}
 
 
@@ -121,29 +124,26 @@ def _configure(role: Role, source: Role) -> None:
             shutil.copy2(src, role.home / relative)
 
 
-def _world_copy(cluster: Cluster, role: Role) -> Path:
-    """The world folder (on the cluster manifests, still the shared volume): here each role that
-    reads it gets its own copy, so the copies are what an erasure cannot reach."""
-    src = cluster.roles["bootstrap"].home / "data" / "world"
-    dst = role.home / "data" / "world"
-    if not dst.exists():
-        shutil.copytree(src, dst)
-    return dst
-
-
-def _bootstrap(cluster: Cluster, console: Console, users: int, items: int, events: int) -> None:
-    """The first day: a world, its features (PostgreSQL offline store, Redis online), the
-    first champion through the pipeline (MLflow server), the API keys."""
+def _bootstrap(cluster: Cluster, console: Console, users: int, items: int, events: int) -> tuple[list, list]:
+    """The first day: a world published to PostgreSQL (its folder was the Job's scratch
+    space, gone with its pod), its features (PostgreSQL offline store, Redis online), the
+    first champion through the pipeline (MLflow server), the API keys. Returns the users who
+    consented to personalization and the catalog's items."""
     import pandas as pd
 
     console.print("bootstrap: world, features, first champion through the pipeline")
+    scratch = cluster.root / "roles" / "bootstrap" / "scratch"
     cluster.run("bootstrap", [HYPERREC, "data", "generate", "--users", str(users), "--items", str(items),
-                              "--days", "10", "--events", str(events), "--seed", "7"])
-    cluster.new_items = _without_history(cluster.roles["bootstrap"].home / "data" / "world", 3)
-    cluster.run("bootstrap", [HYPERREC, "features", "build"])
+                              "--days", "10", "--events", str(events), "--seed", "7", "--out", str(scratch)])
+    cluster.new_items = _without_history(scratch, 3)
+    cluster.run("bootstrap", [HYPERREC, "data", "publish", "--world", str(scratch)])
+    cluster.world_end = pd.read_parquet(scratch / "events.parquet", columns=["ts"])["ts"].max().isoformat()
+    consenting, catalog = load_world_users_items(scratch)
+    shutil.rmtree(scratch)
+    cluster.run("bootstrap", [HYPERREC, "features", "build", "--world", WORLD])
     summary = cluster.roles["bootstrap"].home / "first-run.json"
-    cluster.run("bootstrap", [HYPERREC, "pipeline", "run", "--epochs", "3", "--summary", str(summary)],
-                timeout_s=1800)
+    cluster.run("bootstrap", [HYPERREC, "pipeline", "run", "--epochs", "3", "--world", WORLD,
+                              "--summary", str(summary)], timeout_s=1800)
     first = json.loads(summary.read_text())
     if not first["blessed"]:  # a small world's model can miss the gate's margin over popularity: deployed by hand
         cluster.run("bootstrap", [HYPERREC, "model", "promote", str(first["version"]), "--reason",
@@ -151,8 +151,7 @@ def _bootstrap(cluster: Cluster, console: Console, users: int, items: int, event
     for name, scope in (("collector", "ingest"), ("backend", "recommend"), ("ops", "admin")):
         out = cluster.run("bootstrap", [HYPERREC, "auth", "create-key", name, "--scope", scope])
         cluster.keys[name] = next(word for word in out.split() if word.startswith(f"hr_{name}_"))
-    world = cluster.roles["bootstrap"].home / "data" / "world"
-    cluster.world_end = pd.read_parquet(world / "events.parquet", columns=["ts"])["ts"].max().isoformat()
+    return consenting, catalog
 
 
 def _without_history(world_dir: Path, n: int) -> list[str]:
@@ -199,8 +198,7 @@ def _start_consumer(cluster: Cluster, i: int) -> Role:
     journal = cluster.root / "roles" / name / "stream" / "journal.jsonl"
     role = cluster.role(name, [HYPERREC, "stream", "--kafka", cluster.env["HYPERREC_KAFKA_BOOTSTRAP"],
                                "--group", GROUP, "--journal", str(journal)])
-    _configure(role, cluster.roles["bootstrap"])
-    _world_copy(cluster, role)  # the recorded history a rebuild folds first
+    _configure(role, cluster.roles["bootstrap"])  # the world's history a rebuild folds first: the database's
     return role.start()
 
 
@@ -382,22 +380,25 @@ def _remnants(cluster: Cluster, user_id: str) -> list[str]:
             if any(needle in v for v in values):
                 found.append(f"redis db{db} {key[:60]!r}")
         client.close()
-    for path in (cluster.root / "roles").rglob("*"):  # every role's folder, the MLflow server's artifacts too
+    for path in [*(cluster.root / "roles").rglob("*"), *(cluster.root / ARTIFACTS).rglob("*")]:
+        # every role's folder (the MLflow server's artifacts too) and the pipelines' artifact store
         if path.is_file() and needles_in_file(path, {"id": needle}):  # role.log: what the pod printed
             found.append(f"{'log' if path.name == 'role.log' else 'file'} {path.relative_to(cluster.root)}")
     return found
 
 
-def _trained_items(role: Role) -> set[str]:
-    """Items in the training set of the role's (latest) pipeline run: train and test rows,
-    both of which the served model is fit on (refit_for_serving)."""
+def _trained_items(root: Path, first: bool) -> set[str]:
+    """Items in the training set of the artifact store's first (the bootstrap's) or latest
+    (the retrain's) pipeline run: train and test rows, both of which the served model is fit
+    on (refit_for_serving)."""
     import pandas as pd
 
-    runs = sorted(role.home.glob("pipeline_runs/hyperrec-training-*/build-training-set/training_set"))
+    runs = sorted((root / ARTIFACTS).glob("hyperrec-training-*/build-training-set/training_set"))
     if not runs:
         return set()
-    return {item for name in ("train.parquet", "test_examples.parquet") if (runs[-1] / name).exists()
-            for item in pd.read_parquet(runs[-1] / name, columns=["item_id"])["item_id"].astype(str)}
+    run = runs[0] if first else runs[-1]
+    return {item for name in ("train.parquet", "test_examples.parquet") if (run / name).exists()
+            for item in pd.read_parquet(run / name, columns=["item_id"])["item_id"].astype(str)}
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -412,8 +413,7 @@ def run(root: Path, out: Path | None, console: Console, users: int = 400, items:
     with contextlib.ExitStack() as stack:
         cluster = Cluster(root, _servers(stack, root))
         stack.callback(lambda: [role.stop() for role in cluster.roles.values()])
-        _bootstrap(cluster, console, users, items, events)
-        consenting, catalog = load_world_users_items(cluster.roles["bootstrap"].home / "data" / "world")
+        consenting, catalog = _bootstrap(cluster, console, users, items, events)
 
         console.print("starting 2 consumers, the offline sink, 2 model servers")
         for i in range(2):
@@ -448,13 +448,11 @@ def run(root: Path, out: Path | None, console: Console, users: int = 400, items:
         cluster.run("monitor", [HYPERREC, "monitor", "--once", "--no-submit"], timeout_s=600)
 
         console.print("retraining through the pipeline on what the sink stored")
-        retrain = Role("retrain", root, [], cluster.env)
-        world_dir = _world_copy(cluster, retrain)
+        summary = root / "roles" / "retrain" / "summary.json"
         cluster.run("retrain", [HYPERREC, "pipeline", "run", "--epochs", "2", "--merge-logged-events",
-                                "--world", str(world_dir), "--summary", str(retrain.home / "summary.json")],
-                    timeout_s=1800)
-        version = json.loads((retrain.home / "summary.json").read_text())["version"]
-        before, after = _trained_items(cluster.roles["bootstrap"]), _trained_items(cluster.roles["retrain"])
+                                "--world", WORLD, "--summary", str(summary)], timeout_s=1800)
+        version = json.loads(summary.read_text())["version"]
+        before, after = _trained_items(root, first=True), _trained_items(root, first=False)
 
         time.sleep(3)  # consumers poll the erasure list between batches
         for role in cluster.roles.values():

@@ -19,7 +19,8 @@ second follower in the group `GROUP + ".items"`, whose assignor gives every part
 member; the others stand by, and one of them rebuilds and takes over when the owner leaves.
 
 The members write no file: the state is in memory, dead letters go to the dead-letter topic.
-They read the workspace (event types, the world's history, the erasure list, Feast's registry).
+They read the workspace (event types, the erasure list, Feast's registry) and the world's history
+(the database's world when one is published: hyperrec.data.world_db.recorded_events).
 
 `KafkaEventConsumer` is the single-consumer mode, for brokers without consumer groups: a SQLite
 event log of its own holds the dedupe and, with explicit partitions, the offsets.
@@ -392,6 +393,7 @@ class StreamReplica:
         `journal`: a path where both followers record every fold (`FoldJournal`)."""
         from hyperrec.data.event_types import EventTypes
         from hyperrec.data.kafka_log import KafkaEventLog
+        from hyperrec.data.world_db import recorded_events
         from hyperrec.features.store import open_store
         from hyperrec.online.recs_cache import invalidator
         from hyperrec.privacy import ErasureWatch
@@ -400,8 +402,7 @@ class StreamReplica:
         types = EventTypes.for_workspace(settings.home)
         store = open_store(settings)
         self.letters = KafkaEventLog(bootstrap)  # its dead-letter topic: no file of ours
-        world = settings.data_dir / "world" / "events.parquet"
-        past = pd.read_parquet(world) if world.exists() else pd.DataFrame()
+        past = recorded_events(settings)
         if not past.empty:
             past["ts"] = pd.to_datetime(past["ts"], utc=True)
         self.erasures.poll()  # everyone erased so far: their history is left out, nothing to forget yet

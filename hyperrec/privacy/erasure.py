@@ -275,15 +275,18 @@ def _erase_parquet(path: Path, user_id: str) -> int | None:
 
 def _erase_offline(settings: Settings, user_id: str) -> dict[str, int]:
     """Rewrite every parquet table under offline_dir that has the user's rows; with a
-    database_url, delete them from the offline tables and sunk events in PostgreSQL too."""
+    database_url, delete them from the offline tables, the sunk events and the published
+    world in PostgreSQL too."""
     removed = {}
     for path in sorted(settings.offline_dir.rglob("*.parquet")) if settings.offline_dir.exists() else []:
         if (n := _erase_parquet(path, user_id)) is not None:
             removed[f"offline.{path.stem}"] = n
     if settings.database_url:
+        from hyperrec.data import world_db
         from hyperrec.features.postgres import erase_user
 
         removed |= erase_user(settings.database_url, user_id)
+        removed |= world_db.erase_user(settings.database_url, user_id)
     return removed
 
 
@@ -299,16 +302,19 @@ def _erase_jsonl(path: Path, user_id: str) -> int:
 
 
 def _erase_data_files(settings: Settings, user_id: str) -> dict[str, int]:
-    """The user's rows in every other data file under home, keyed `files.<path>`: parquet
-    with a user_id column (worlds, snapshots, training sets, kfp.local outputs, any logged
-    with a model) and the importer's dead_letters.jsonl. Only files that held them are listed."""
+    """The user's rows in every other data file under home and the artifact store
+    (Settings.data_roots), keyed `files.<path>` (`artifacts.<path>` in the artifact store
+    outside home): parquet with a user_id column (worlds, snapshots, training sets, kfp.local
+    outputs, any logged with a model) and the importer's dead_letters.jsonl. Only files that
+    held them are listed."""
     removed = {}
-    for path in sorted(settings.home.rglob("*.parquet")):
-        if not path.is_relative_to(settings.offline_dir) and (n := _erase_parquet(path, user_id)):
-            removed[f"files.{path.relative_to(settings.home).as_posix()}"] = n
-    for path in sorted(settings.home.rglob("dead_letters.jsonl")):
-        if n := _erase_jsonl(path, user_id):
-            removed[f"files.{path.relative_to(settings.home).as_posix()}"] = n
+    for root, key in zip(settings.data_roots, ("files", "artifacts"), strict=False):
+        for path in sorted(root.rglob("*.parquet")):
+            if not path.is_relative_to(settings.offline_dir) and (n := _erase_parquet(path, user_id)):
+                removed[f"{key}.{path.relative_to(root).as_posix()}"] = n
+        for path in sorted(root.rglob("dead_letters.jsonl")):
+            if n := _erase_jsonl(path, user_id):
+                removed[f"{key}.{path.relative_to(root).as_posix()}"] = n
     return removed
 
 

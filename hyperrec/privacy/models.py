@@ -52,9 +52,9 @@ def holds_user(model_dir: Path, user_id: str) -> bool:
 
 
 def erase_from_models(settings: Settings, user_id: str) -> dict[str, int]:
-    """Redact the user from every registered version and every other model folder under home,
-    and delete the server's downloads that hold them. Counts: versions redacted, other
-    folders redacted, downloads deleted."""
+    """Redact the user from every registered version and every other model folder under home
+    and the artifact store (Settings.data_roots), and delete the server's downloads that hold
+    them. Counts: versions redacted, other folders redacted, downloads deleted."""
     redact = _Redactor(user_id)
     with tempfile.TemporaryDirectory(prefix="hyperrec-erase-") as scratch:
         versions = registered_versions(settings, user_id, Path(scratch))
@@ -66,7 +66,7 @@ def erase_from_models(settings: Settings, user_id: str) -> dict[str, int]:
             _tag(settings, version.number)
         downloads = _drop_downloads(settings.home / "serving" / "versions", user_id)
         skip = {v.model_dir.resolve() for v in versions}
-        copies = [d for d in _model_dirs(settings.home) if d.resolve() not in skip
+        copies = [d for root in settings.data_roots for d in _model_dirs(root) if d.resolve() not in skip
                   and not d.is_relative_to(settings.home / "serving" / "versions") and holds_user(d, user_id)]
         for model_dir in copies:  # within the scratch folder's life: a copy may be redacted from a download
             redact(model_dir)

@@ -27,21 +27,25 @@ from hyperrec.config import Settings
 STATUS_DONE = ("succeeded", "failed")
 
 
-def snapshot_world(settings: Settings, out: Path, world_dir: Path | None = None) -> Path:
+def snapshot_world(settings: Settings, out: Path, world_dir: Path | str | None = None,
+                   merge_logged: bool = True) -> Path:
     """The world's tables, erased users left out, with the logged events appended
     (deduplicated on event_id, erased users' events already gone from the log): the event
     log's (SQLite) and the offline sink's (Kafka events in parquet, or with a database_url in
     PostgreSQL: hyperrec.data.offline_sink read_sunk_events). The data a retrain learns from. The
     logged events keep their request_id: it tells a view of a served list from a view of an
-    item the user found alone (hyperrec.features.windows.listed)."""
+    item the user found alone (hyperrec.features.windows.listed). `world_dir`: a folder or
+    the database's world (hyperrec.data.world_db); `merge_logged=False`: the world alone."""
     from hyperrec.data.eventlog import EventLog
     from hyperrec.data.offline_sink import read_sunk_events
-    from hyperrec.data.world import World, load_world, save_world
+    from hyperrec.data.world import World, save_world
+    from hyperrec.data.world_db import read_world
     from hyperrec.privacy import world_without_erased
 
-    world = world_without_erased(load_world(world_dir or settings.data_dir / "world", validate=False), settings)
-    logged = EventLog(settings.event_log).read(0, limit=2**62)[1]
-    sunk = read_sunk_events(settings)
+    source = world_dir or settings.data_dir / "world"  # a folder, or the database's world (db:world)
+    world = world_without_erased(read_world(settings, source, validate=False), settings)
+    logged = EventLog(settings.event_log).read(0, limit=2**62)[1] if merge_logged else pd.DataFrame()
+    sunk = read_sunk_events(settings) if merge_logged else pd.DataFrame()
     if not sunk.empty:
         logged = sunk if logged.empty else pd.concat([logged, sunk], ignore_index=True)
     events = world.events
@@ -50,8 +54,7 @@ def snapshot_world(settings: Settings, out: Path, world_dir: Path | None = None)
         logged = logged.dropna(axis=1, how="all")  # all-empty optional fields (the concat leaves them empty)
         events = pd.concat([events, logged], ignore_index=True).drop_duplicates("event_id", keep="first")
         events = events.sort_values("ts", kind="stable").reset_index(drop=True)
-    meta = {**world.meta, "snapshot_of": str(world_dir or settings.data_dir / "world"),
-            "logged_events": len(logged)}
+    meta = {**world.meta, "snapshot_of": str(source), "logged_events": len(logged)}
     return save_world(World(world.users, world.items, events, None, meta), out)
 
 
@@ -66,7 +69,7 @@ def run(settings: Settings, run_id: str, epochs: int = 6, console=None) -> dict:
     status = _status_path(settings, run_id)
     _write(status, {"run_id": run_id, "state": "running", "pid": os.getpid(), "started": time.time()})
     try:
-        world = snapshot_world(settings, settings.data_dir / "snapshots" / run_id)
+        world = snapshot_world(settings, settings.snapshots_dir / run_id)
         feature_step(settings, world, console, online=False)
         result = run_local(settings, world, epochs=epochs)
         outcome = {"state": "succeeded", "version": result.version, "blessed": result.blessed,
