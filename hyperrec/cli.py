@@ -622,7 +622,8 @@ def monitor(home: Path | None = HomeOpt,
                                          help="cluster: submit to this KFP API instead of a local retrain"),
             package: Path | None = typer.Option(None, help="cluster: a compiled pipeline (default: compile this "
                                                            "code's pipeline)"),
-            world_dir: str = typer.Option("/var/lib/hyperrec/data/world", help="cluster: the pipeline's world_dir")):
+            world_dir: str = typer.Option("db:world", help="cluster: the pipeline's world_dir (default: the world "
+                                                            "published in PostgreSQL)")):
     """Served traffic vs the champion's reference: drift and outcome checks, the retrain
     decision (with its safeguards) and the run it starts, hit rate, embedding drift, index
     recall; a dashboard snapshot per pass (`make ui`)."""

@@ -20,8 +20,10 @@ tags the MLflow run with KFP's id of the run (`pipeline_run_id`) beside the call
 `run_tag`: two runs with the same parameters are two runs.
 
 Secrets reach tasks as Kubernetes Secrets mounted into the environment (kfp-kubernetes),
-never as pipeline parameters; so do the cluster settings (a ConfigMap) and the workspace
-volume. kfp.local ignores all three and reads the local environment.
+never as pipeline parameters; so do the cluster settings (a ConfigMap), the artifact store
+volume (the snapshot the later tasks read, what an erasure must reach) and an emptyDir as
+each task's HYPERREC_HOME (scratch: the tasks share no home). kfp.local ignores them all and
+reads the local environment.
 """
 
 from kfp import dsl, kubernetes
@@ -48,11 +50,17 @@ SECRETS = {
 # optional: a task without it would read an empty erasure list under HYPERREC_HOME and train
 # on erased users.
 DATABASE_SECRET = "hyperrec-database"
-# What every task needs on a cluster: the settings ConfigMap (manifests/base/kustomization.yaml)
-# and the shared workspace volume at HYPERREC_HOME (manifests/base/storage.yaml)
+# What every task needs on a cluster: the settings ConfigMap (manifests/base/kustomization.yaml),
+# the artifact store (manifests/base/storage.yaml), a ReadWriteMany volume at
+# HYPERREC_ARTIFACT_ROOT: snapshot_data writes the run's snapshot there (Settings.snapshots_dir)
+# and the later tasks, each its own pod, read it there; the erasure Job mounts it too. Each
+# task's HYPERREC_HOME is an emptyDir of its own: the state the tasks share is in PostgreSQL
+# (privacy, Feast registry and offline store, the world), Redis and MLflow.
 CONFIG_MAP = "hyperrec-config"
-CONFIG_KEYS = ("HYPERREC_HOME", "HYPERREC_ONLINE_STORE", "HYPERREC_REDIS", "MLFLOW_TRACKING_URI")
-HOME_PVC, HOME_PATH = "hyperrec-home", "/var/lib/hyperrec"
+CONFIG_KEYS = ("HYPERREC_HOME", "HYPERREC_ARTIFACT_ROOT", "HYPERREC_ONLINE_STORE", "HYPERREC_REDIS",
+               "MLFLOW_TRACKING_URI")
+ARTIFACTS_PVC, ARTIFACTS_PATH = "hyperrec-artifacts", "/var/lib/hyperrec-artifacts"
+HOME_VOLUME, HOME_PATH = "home", "/var/lib/hyperrec"
 
 
 def _reads_mutable_state(task):
@@ -66,10 +74,11 @@ def _reads_mutable_state(task):
 
 
 def _on_cluster(task, *secrets: str):
-    """Settings, workspace volume, the database URL and `secrets` as environment
-    (kfp-kubernetes; kfp.local ignores them all and reads the local environment)."""
+    """Settings, the artifact store, a scratch home, the database URL and `secrets` as
+    environment (kfp-kubernetes; kfp.local ignores them all and reads the local environment)."""
     kubernetes.use_config_map_as_env(task, CONFIG_MAP, {k: k for k in CONFIG_KEYS})
-    kubernetes.mount_pvc(task, HOME_PVC, HOME_PATH)
+    kubernetes.mount_pvc(task, ARTIFACTS_PVC, ARTIFACTS_PATH)
+    kubernetes.empty_dir_mount(task, HOME_VOLUME, HOME_PATH)
     kubernetes.use_secret_as_env(task, secret_name=DATABASE_SECRET, secret_key_to_env=SECRETS[DATABASE_SECRET])
     for name in secrets:
         kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=SECRETS[name], optional=True)

@@ -484,17 +484,30 @@ def test_pipeline_tasks_get_the_cluster_config(compiled):
     pending("pipeline-config", not tasks, f"tasks without it: {sorted(tasks)}")
 
 
-def test_pipeline_tasks_mount_the_home_volume(compiled):
+def test_pipeline_tasks_mount_the_artifact_store_and_no_shared_home(compiled):
+    """Every task mounts the artifact store (the claim hyperrec-artifacts, ReadWriteMany) at
+    HYPERREC_ARTIFACT_ROOT, where snapshot_data leaves the snapshot the later tasks read, and
+    nothing else of a claim; its HYPERREC_HOME is an emptyDir of its own."""
+    from pipelines.training import ARTIFACTS_PATH, ARTIFACTS_PVC, CONFIG_KEYS, HOME_PATH
+
     ir, executors = compiled
-    pvcs = {o: {d["metadata"]["name"] for d in objects(o, "PersistentVolumeClaim")} for o in OVERLAYS}
-    mounted = {}
-    for name, e in executors.items():
-        for m in e.get("pvcMount", []):
-            claim = (m.get("constant") or m.get("pvcNameParameter", {}).get("runtimeValue", {}).get("constant"))
-            mounted[name] = (claim, m["mountPath"])
-            assert all(claim in names for names in pvcs.values()), f"{name} mounts unknown claim {claim}"
-    missing = sorted(set(ir["deploymentSpec"]["executors"]) - {n for n, cm in mounted.items() if cm[1] == HOME})
-    pending("pipeline-home", not missing, f"tasks without it: {missing}")
+    assert {"HYPERREC_HOME", "HYPERREC_ARTIFACT_ROOT"} <= set(CONFIG_KEYS)
+    for overlay in OVERLAYS:
+        config = one(overlay, "ConfigMap", "hyperrec-config")["data"]
+        assert set(CONFIG_KEYS) <= set(config), f"{overlay}: hyperrec-config lacks {set(CONFIG_KEYS) - set(config)}"
+        assert config["HYPERREC_ARTIFACT_ROOT"] == ARTIFACTS_PATH and config["HYPERREC_HOME"] == HOME_PATH == HOME
+        claim = one(overlay, "PersistentVolumeClaim", ARTIFACTS_PVC)
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"], f"{overlay}: tasks run on any node"
+    for name in ir["deploymentSpec"]["executors"]:
+        e = executors.get(name, {})
+        claims = {(m.get("constant") or m.get("pvcNameParameter", {}).get("runtimeValue", {}).get("constant"),
+                   m["mountPath"]) for m in e.get("pvcMount", [])}
+        assert claims == {(ARTIFACTS_PVC, ARTIFACTS_PATH)}, f"{name} mounts {sorted(claims)}"
+        homes = [m for m in e.get("emptyDirMounts", []) if m["mountPath"] == HOME]
+        assert len(homes) == 1, f"{name}: HYPERREC_HOME is not an emptyDir of its own"
+        keys = {k["configMapKey"] for cm in e.get("configMapAsEnv", []) for k in cm["keyToEnv"]}
+        assert "HYPERREC_ARTIFACT_ROOT" in keys, f"{name} does not know where the artifact store is"
+    assert "hyperrec-home" not in json.dumps(executors)
 
 
 # ---------------------------------------------------------------- 3c. secrets, env, config keys
@@ -681,20 +694,154 @@ def test_references_resolve(overlay):
             assert sa in names["ServiceAccount"], f"{overlay}: {where} uses ServiceAccount {sa}"
 
 
+def home_volume(c: dict, spec: dict) -> dict | None:
+    """The volume a container mounts at its HYPERREC_HOME, if any."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"].rstrip("/") == HOME]
+    assert len(mounts) <= 1, mounts
+    return volumes[mounts[0]["name"]] if mounts else None
+
+
+# Every project pod that runs project code on a workspace has a HYPERREC_HOME of its own: an
+# emptyDir, except the monitoring job's, its own volume (storage.yaml: the trigger's state
+# between hourly runs). Pods not listed (the feature server, the nightly submitter, MLflow, the
+# TFJob) keep the image's folder.
+SCRATCH_HOMES = {"InferenceService/recommender", "Deployment/hyperrec-stream", "Deployment/hyperrec-offline-sink",
+                 "CronJob/hyperrec-privacy-erase"}
+OWN_HOME_CLAIMS = {"CronJob/hyperrec-monitor": "hyperrec-monitoring"}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_home_is_the_shared_volume_everywhere(overlay):
+def test_home_is_each_pods_own(overlay):
     from hyperrec.cli import app
 
     submit = cli_command(app, ["pipeline", "submit"])
     assert next(p.default for p in submit.params if p.name == "home") == HOME
     config = one(overlay, "ConfigMap", "hyperrec-config")["data"]
     assert config["HYPERREC_HOME"] == HOME
+    assert "hyperrec-home" not in {d["metadata"]["name"] for d in objects(overlay, "PersistentVolumeClaim")}
+    seen = {}
     for where, c, spec in project_containers(overlay):
-        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", [])
-                  if "persistentVolumeClaim" in v}
-        for m in c.get("volumeMounts", []):
-            if claims.get(m["name"]) == "hyperrec-home":
-                assert m["mountPath"] == container_env(overlay, c).get("HYPERREC_HOME", HOME) == HOME, where
+        role = where.rsplit("/", 1)[0]
+        assert container_env(overlay, c).get("HYPERREC_HOME", HOME) == HOME, f"{overlay}: {where}"
+        vol = home_volume(c, spec)
+        if vol is None:
+            continue
+        seen[role] = vol
+        if role in OWN_HOME_CLAIMS:
+            assert vol.get("persistentVolumeClaim", {}).get("claimName") == OWN_HOME_CLAIMS[role], f"{overlay}: {where}"
+        else:
+            assert set(vol) == {"name", "emptyDir"}, f"{overlay}: {where}: HYPERREC_HOME is {vol}, not an emptyDir"
+    assert SCRATCH_HOMES | set(OWN_HOME_CLAIMS) <= set(seen), \
+        f"{overlay}: no HYPERREC_HOME volume for {sorted(SCRATCH_HOMES | set(OWN_HOME_CLAIMS) - set(seen))}"
+    for role, claim_name in OWN_HOME_CLAIMS.items():  # one pod at a time, and no other role's
+        claim = one(overlay, "PersistentVolumeClaim", claim_name)
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], f"{overlay}: {claim_name}"
+        doc = one(overlay, *role.split("/"))
+        assert doc["spec"]["concurrencyPolicy"] == "Forbid", f"{overlay}: two {role} runs would share {claim_name}"
+
+
+# Which pods may mount which claims: the artifact store the pipeline's tasks (pipelines/training.py)
+# and the erasure Jobs; MLflow its artifacts; the monitoring job its own home; the TFJob's workers
+# their training data. StatefulSets keep a claim per replica (volumeClaimTemplates).
+CLAIMS = {"hyperrec-artifacts": {"CronJob/hyperrec-privacy-erase"}, "mlflow": {"Deployment/mlflow"},
+          "hyperrec-monitoring": {"CronJob/hyperrec-monitor"},
+          "hyperrec-training": {"TFJob/two-tower-distributed/Worker"}}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_disk_is_shared_between_roles(overlay):
+    """The claims are CLAIMS's and each is mounted by its roles only; the only ReadWriteMany
+    ones are the artifact store and the TFJob's data (workers on several nodes); a
+    StatefulSet's replicas each have a ReadWriteOnce claim of their own."""
+    claims = {d["metadata"]["name"]: d for d in objects(overlay, "PersistentVolumeClaim")}
+    assert set(claims) == set(CLAIMS), f"{overlay}: claims {sorted(claims)}"
+    holders: dict[str, set[str]] = {}
+    for where, spec, _ in pod_templates(overlay):
+        for v in spec.get("volumes", []):
+            if "persistentVolumeClaim" in v:
+                holders.setdefault(v["persistentVolumeClaim"]["claimName"], set()).add(where)
+            assert "hostPath" not in v and "nfs" not in v, f"{overlay}: {where} mounts a disk outside its claims: {v}"
+    assert holders == CLAIMS, f"{overlay}: {holders}"
+    shared = {name for name, d in claims.items() if d["spec"]["accessModes"] != ["ReadWriteOnce"]}
+    assert shared == {"hyperrec-artifacts", "hyperrec-training"}, f"{overlay}: {sorted(shared)}"
+    for sts in objects(overlay, "StatefulSet"):
+        for t in sts["spec"].get("volumeClaimTemplates", []):
+            assert t["spec"]["accessModes"] == ["ReadWriteOnce"], f"{overlay}: StatefulSet/{sts['metadata']['name']}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_artifact_store_is_where_the_settings_put_it(overlay):
+    """HYPERREC_ARTIFACT_ROOT (hyperrec-config) is where the erasure Job mounts the artifact
+    store, outside HYPERREC_HOME, so the erasure walks it (Settings.data_roots), and the runs'
+    snapshots land on it (Settings.snapshots_dir)."""
+    from hyperrec.config import load_settings
+    from pipelines.training import ARTIFACTS_PATH, ARTIFACTS_PVC
+
+    config = one(overlay, "ConfigMap", "hyperrec-config")["data"]
+    with mock.patch.dict(os.environ, config, clear=True):
+        settings = load_settings()
+    assert str(settings.artifact_root) == config["HYPERREC_ARTIFACT_ROOT"] == ARTIFACTS_PATH
+    assert settings.data_roots == [settings.home, settings.artifact_root]
+    assert settings.snapshots_dir.is_relative_to(settings.artifact_root)
+    for role in CLAIMS[ARTIFACTS_PVC]:
+        (where, c, spec), = [(w, c, s) for w, c, s in project_containers(overlay) if w.rsplit("/", 1)[0] == role]
+        names = {v["name"] for v in spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName")
+                 == ARTIFACTS_PVC}
+        paths = {m["mountPath"] for m in c["volumeMounts"] if m["name"] in names}
+        assert paths == {container_env(overlay, c)["HYPERREC_ARTIFACT_ROOT"]}, f"{overlay}: {where} at {paths}"
+
+
+EVENT_TYPES_CONFIG_MAP = "hyperrec-event-types"
+# the code that reads the workspace's event types (EventTypes.for_workspace) -> the pod running it
+EVENT_TYPES_READERS = {"hyperrec/features/kafka_source.py": ("hyperrec", "stream"),
+                       "hyperrec/data/offline_sink.py": ("hyperrec", "sink"),
+                       "serving/__main__.py": ("python", "-m", "serving")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_event_types_come_from_their_config_map(overlay):
+    """The pods whose code reads HYPERREC_HOME/event_types.json get it from the ConfigMap
+    hyperrec-event-types (made out of band, manifests/README.md), key and file name
+    hyperrec.data.event_types.FILE_NAME, with subPath into their emptyDir home; not optional:
+    a missing optional ConfigMap would leave a directory there, which the code cannot read."""
+    from hyperrec.data.event_types import FILE_NAME
+
+    readers = {str(path.relative_to(ROOT)) for folder in ("hyperrec", "serving", "monitoring", "components")
+               for path in (ROOT / folder).rglob("*.py") if "EventTypes.for_workspace(" in path.read_text()}
+    embedded_only = {"hyperrec/features/stream.py"}  # `hyperrec stream` without --kafka: the embedded log
+    assert readers - embedded_only == set(EVENT_TYPES_READERS), f"readers of the event types: {sorted(readers)}"
+    for prefix in EVENT_TYPES_READERS.values():
+        found = by_command(overlay, *prefix)
+        assert found, f"{overlay}: nothing runs {' '.join(prefix)}"
+        for where, c, spec in found:
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            (m,) = [m for m in c["volumeMounts"] if m["mountPath"] == f"{HOME}/{FILE_NAME}"]
+            cm = volumes[m["name"]].get("configMap", {})
+            items = {i["path"]: i["key"] for i in cm.get("items", [])}
+            assert cm.get("name") == EVENT_TYPES_CONFIG_MAP and items.get(m.get("subPath")) == FILE_NAME, \
+                f"{overlay}: {where}: {m} from {volumes[m['name']]}"
+            assert not cm.get("optional") and m.get("readOnly"), f"{overlay}: {where}"
+    assert EVENT_TYPES_CONFIG_MAP not in {d["metadata"]["name"] for d in objects(overlay, "ConfigMap")}, \
+        "made out of band: `kubectl apply -k` would overwrite the operator's declaration"
+    assert f"create configmap {EVENT_TYPES_CONFIG_MAP}" in (MANIFESTS / "README.md").read_text(), \
+        f"manifests/README.md does not say how to create {EVENT_TYPES_CONFIG_MAP}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_cluster_runs_learn_from_the_database_world(overlay):
+    """The nightly run and the drift trigger's runs name the world published in PostgreSQL,
+    which snapshot_data snapshots into the artifact store; no pod holds a world folder."""
+    from hyperrec.cli import app
+    from hyperrec.data.world_db import WORLD_IN_DATABASE
+
+    monitor = cli_command(app, ["monitor"])
+    assert next(p.default for p in monitor.params if p.name == "world_dir") == WORLD_IN_DATABASE
+    (where, c, _), = by_command(overlay, "hyperrec", "pipeline", "submit")
+    params = parse_cli(app, command_line(c)[1:])
+    assert params["world"] == WORLD_IN_DATABASE and params["home"] == HOME, f"{overlay}: {where}: {params}"
+    (where, c, _), = by_command(overlay, "hyperrec", "monitor")
+    assert parse_cli(app, command_line(c)[1:])["world_dir"] == WORLD_IN_DATABASE, f"{overlay}: {where}"
 
 
 # ---------------------------------------------------------------- 3d. ports, services, commands
@@ -830,7 +977,7 @@ def test_kafka_topic_consumer_and_code_agree(overlay):
 def test_server_events_dead_letters_and_offline_sink_agree_with_the_code(overlay):
     """The model server produces to Kafka when HYPERREC_KAFKA_BOOTSTRAP is set (hyperrec-config,
     which it loads); its dead letters have a topic; the offline sink reads the event topic in
-    its own group and writes onto the shared volume."""
+    its own group and writes into PostgreSQL (offline.events), not into a file of its own."""
     from hyperrec.data import kafka_log, offline_sink
     from hyperrec.features import kafka_source
 
@@ -846,10 +993,10 @@ def test_server_events_dead_letters_and_offline_sink_agree_with_the_code(overlay
     assert flag(words, "--kafka") == config["HYPERREC_KAFKA_BOOTSTRAP"]
     assert flag(words, "--topic") == kafka_log.TOPIC == kafka_source.TOPIC
     assert flag(words, "--group") == offline_sink.GROUP != kafka_source.GROUP
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
-              for v in spec["volumes"] if "persistentVolumeClaim" in v}
-    assert any(claims.get(m["name"]) == "hyperrec-home" and m["mountPath"] == config["HYPERREC_HOME"]
-               for m in c["volumeMounts"]), f"{overlay}: {where} does not write onto the shared volume"
+    database = next((v for v in c["env"] if v["name"] == "HYPERREC_DATABASE_URL"), {})
+    assert database.get("valueFrom", {}).get("secretKeyRef") == {"name": "hyperrec-database", "key": "url"}, \
+        f"{overlay}: {where} would write parquet files into its emptyDir, lost with the pod"
+    assert not any("persistentVolumeClaim" in v for v in spec["volumes"]), f"{overlay}: {where}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -1141,13 +1288,13 @@ def test_erasure_runs_in_a_role_that_reaches_every_store(overlay):
     erasure, the user and reason set in its environment) with what erase_user needs: the
     settings ConfigMap, the database URL (required), the pseudonymization key file (whose
     mount test_the_pii_key_is_a_mounted_file_where_privacy_reads_it checks), the optional
-    MLflow credentials and the shared volume. Every server that a Settings field read by the
+    MLflow credentials and the artifact store. Every server that a Settings field read by the
     erasure code points at (PostgreSQL, Redis, MLflow) admits the role's pods on the
     Service's port, and the role's component label is its own."""
     from hyperrec.cli import app
     from hyperrec.config import load_settings
     from hyperrec.privacy import KEY_ENV
-    from pipelines.training import CONFIG_MAP, DATABASE_SECRET, HOME_PATH, HOME_PVC, SECRETS
+    from pipelines.training import ARTIFACTS_PATH, ARTIFACTS_PVC, CONFIG_MAP, DATABASE_SECRET, SECRETS
 
     (where, c, spec), = by_command(overlay, "hyperrec", "privacy", "erase")
     role = where.rsplit("/", 1)[0]
@@ -1175,8 +1322,9 @@ def test_erasure_runs_in_a_role_that_reaches_every_store(overlay):
     assert env.get(KEY_ENV + "_FILE"), f"{overlay}: {role} has no pseudonymization key"
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]
               if "persistentVolumeClaim" in v}
-    assert any(claims.get(m["name"]) == HOME_PVC and m["mountPath"] == HOME_PATH == env["HYPERREC_HOME"]
-               for m in c["volumeMounts"]), f"{overlay}: {role} does not mount the shared volume at {HOME_PATH}"
+    assert any(claims.get(m["name"]) == ARTIFACTS_PVC and m["mountPath"] == ARTIFACTS_PATH ==
+               env["HYPERREC_ARTIFACT_ROOT"] for m in c["volumeMounts"]), \
+        f"{overlay}: {role} does not mount the artifact store at {ARTIFACTS_PATH}"
     sa = spec.get("serviceAccountName")
     assert sa and all(s.get("serviceAccountName") != sa for w, _, s in containers(overlay)
                       if not w.startswith(role + "/")), f"{overlay}: {role} needs a ServiceAccount of its own"
