@@ -3,6 +3,7 @@ store in the database of HYPERREC_DATABASE_URL. The same world built both ways g
 point-in-time training set and the same online features as the embedded DuckDB path."""
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pandas as pd
@@ -13,7 +14,7 @@ from rich.console import Console
 from hyperrec.config import load_settings
 from hyperrec.data.event_types import EventTypes
 from hyperrec.data.interactions import positives, temporal_split
-from hyperrec.features.postgres import feast_env
+from hyperrec.features.postgres import feast_env, label_table
 from hyperrec.features.store import online_user_features, open_store, training_set
 from hyperrec.features.views import FEATURE_VIEWS, ITEM_METADATA, USER_VIEWS
 from hyperrec.services import postgres_server
@@ -63,7 +64,7 @@ def test_the_postgres_mode_keeps_registry_and_offline_tables_in_the_database(bot
 
 
 def test_the_point_in_time_training_set_is_the_same_as_duckdbs(both):
-    duck, pg, world, _ = both
+    duck, pg, world, url = both
     pos = positives(world.events, 0.5, EventTypes.of_world(world.meta).weights)
     train, test = temporal_split(pos)
     for labels in (train, test):
@@ -79,6 +80,39 @@ def test_the_point_in_time_training_set_is_the_same_as_duckdbs(both):
     catalog = world.items[["item_id"]].astype({"item_id": str}).assign(event_timestamp=world.events["ts"].max())
     _same(training_set(duck, catalog, views=(ITEM_METADATA,)), training_set(pg, catalog, views=(ITEM_METADATA,)),
           ["item_id"])
+    assert _label_tables(url) == []
+
+
+def _label_tables(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
+                                           "WHERE table_schema = 'offline' AND table_name LIKE 'labels%'")]
+
+
+def test_label_tables_are_unique_and_dropped_even_on_failure(both):
+    url = both[3]
+    labels = pd.DataFrame({"user_id": ["u1", "u2"], "_row": [0, 1],
+                           "event_timestamp": pd.to_datetime(["2026-01-02 10:00", "2026-01-03 00:00"], utc=True)})
+    with label_table(url, labels) as a, label_table(url, labels) as b, psycopg.connect(url) as conn:
+        assert a != b and len(_label_tables(url)) == 2
+        rows = [tuple(r) for r in labels.itertuples(index=False)]
+        assert conn.execute(a).fetchall() == conn.execute(b).fetchall() == rows
+    assert _label_tables(url) == []
+    with pytest.raises(RuntimeError, match="mid-join"), label_table(url, labels):
+        raise RuntimeError("mid-join")
+    assert _label_tables(url) == []
+
+
+def test_concurrent_training_sets_do_not_collide(both):
+    duck, pg, world, url = both
+    labels = pd.DataFrame({"user_id": world.users["user_id"].astype(str),
+                           "event_timestamp": world.events["ts"].max() - timedelta(days=1)})
+    want = training_set(duck, labels, views=USER_VIEWS, context=True)
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: training_set(pg, labels, views=USER_VIEWS, context=True), range(2)))
+    for got in runs:
+        _same(want, got, ["user_id"])
+    assert _label_tables(url) == []
 
 
 def test_materialization_reads_the_postgres_tables(both):

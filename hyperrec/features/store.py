@@ -122,7 +122,13 @@ def training_set(settings: Settings, labels: pd.DataFrame, views=FEATURE_VIEWS, 
     labels["_row"] = np.arange(len(labels))
     if context:
         labels[REQUEST_TS] = labels["event_timestamp"].astype("int64") // 10**9
-    joined = store.get_historical_features(entity_df=labels, features=refs(views, context)).to_df()
+    if settings.database_url:  # Feast's own upload and plan are slow there (postgres.historical_features)
+        from hyperrec.features.postgres import historical_features
+
+        sent = labels[[*keys, "event_timestamp", "_row", *([REQUEST_TS] if context else [])]]
+        joined = historical_features(store, settings.database_url, sent, refs(views, context))
+    else:
+        joined = store.get_historical_features(entity_df=labels, features=refs(views, context)).to_df()
     if joined["_row"].duplicated().any():
         raise RuntimeError("Feast returned a label row more than once")
     names = [f for v in views for f in v.features] + (list(REQUEST_CONTEXT) if context else [])
