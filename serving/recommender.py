@@ -41,7 +41,7 @@ from hyperrec.online.bandit import LinUCB
 from hyperrec.online.bandit_store import Credit, open_bandit_store, owner_of
 from hyperrec.online.batching import MicroBatcher
 from hyperrec.online.feedback import FEEDBACK_INPUTS, FeedbackConfig
-from hyperrec.online.hotswap import ModelSlot, load_shared, versions_dir_cleanup
+from hyperrec.online.hotswap import ModelSlot, Target, load_shared, versions_dir_cleanup
 from hyperrec.online.recs_cache import RecsCache
 from hyperrec.online.rerank import EXPLORATION_DIM
 from hyperrec.online.serving_path import (
@@ -172,19 +172,21 @@ class RecommenderModel(kserve.Model):
             log.error("not ready: %s", problem)
         return self.ready and not problems
 
-    def _load_champion(self, version: int) -> ServingUnit:
+    def _load_champion(self, target: Target) -> ServingUnit:
         """A promoted challenger is already loaded and warm: the champion takes that unit."""
-        trial = self.canary.unit
-        return trial if trial is not None and trial.version == version else self._load_unit(version)
+        loaded, trial = self.canary.serving
+        return trial if trial is not None and loaded == target else self._load_unit(target)
 
-    def _load_unit(self, version: int) -> ServingUnit:
+    def _load_unit(self, target: Target) -> ServingUnit:
+        """The target's files (downloaded again when the version was redacted since its
+        download: hyperrec.online.hotswap.load_shared), loaded."""
         def download(folder):
-            return model_version_dir(self.settings, version, folder)
+            return model_version_dir(self.settings, target.version, folder)
 
         def load(model_dir):
-            return ServingUnit(model_dir, version, self.config.backend)
+            return ServingUnit(model_dir, target.version, self.config.backend)
 
-        return load_shared(self._versions_dir, version, download, load)
+        return load_shared(self._versions_dir, target.version, download, load, redactions=target.redactions)
 
     def _probe(self, unit: ServingUnit) -> None:
         """One personalized and one popular request through the new unit before it serves,

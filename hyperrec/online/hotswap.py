@@ -8,6 +8,11 @@ TF Serving / Triton reload semantics the fault list asks for.
 
 An optional slot (the challenger on trial) may also become empty: when its alias goes,
 the unit is dropped and its traffic returns to the champion.
+
+What a slot serves is a Target: a version and how many erasures redacted it in place
+(hyperrec.privacy.models). A higher count under the same version is a new model like any
+other: downloaded again, loaded, warmed and swapped in, so the erased user leaves a running
+server's memory and disk on every node, not only where the erasure ran.
 """
 
 from __future__ import annotations
@@ -20,8 +25,17 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
+
+
+class Target(NamedTuple):
+    """A registry version to serve, and its erasure redaction count (the version's
+    `erasure_redactions` tag): the same number redacted again holds different files."""
+
+    version: int
+    redactions: int = 0
 
 
 @dataclass
@@ -29,56 +43,69 @@ class SwapEvents:
     """What happened, for metrics and tests."""
 
     swaps: int = 0
-    failures: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
+    failures: dict[object, str] = field(default_factory=dict)  # target -> why it did not load
 
 
 class ModelSlot:
-    """Holds the live unit. `resolve()` -> the version to serve (or None); `load(version)`
-    -> a ready unit (raises if the artifact is bad); `probe(unit)` runs one request
-    through it (warms the TF graphs; raises if the unit cannot serve)."""
+    """Holds the live unit. `resolve()` -> the target to serve (a Target, or any value that
+    names one model, e.g. a version number; None: nothing); `load(target)` -> a ready unit
+    with a `.version` (raises if the artifact is bad); `probe(unit)` runs one request
+    through it (warms the TF graphs; raises if the unit cannot serve). A target differing
+    from the one loaded is loaded, one that failed is not tried again."""
 
-    def __init__(self, resolve: Callable[[], int | None], load: Callable[[int], object],
+    def __init__(self, resolve: Callable[[], object], load: Callable[[object], object],
                  probe: Callable[[object], None], on_swap: Callable[[object], None] | None = None,
-                 on_failure: Callable[[int, str], None] | None = None, optional: bool = False):
+                 on_failure: Callable[[object, str], None] | None = None, optional: bool = False):
         self._resolve, self._load, self._probe = resolve, load, probe
         self.optional = optional  # True: no version to serve empties the slot (else: keep serving)
         self._on_swap, self._on_failure = on_swap, on_failure
-        self.unit = None  # read without a lock: a single reference, replaced in one step
+        # (target, unit): read without a lock, a single reference replaced in one step
+        self.serving: tuple[object, object] = (None, None)
         self.events = SwapEvents()
         self._lock = threading.Lock()  # one refresh at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
+    def unit(self):
+        return self.serving[1]
+
+    @property
+    def target(self):
+        """What `unit` was loaded as (read `serving` for both at once)."""
+        return self.serving[0]
+
+    @property
     def version(self) -> int | None:
-        return None if self.unit is None else self.unit.version
+        unit = self.unit
+        return None if unit is None else unit.version
 
     def refresh(self) -> bool:
-        """Load and swap in the resolved version if it is new and not known to be bad.
+        """Load and swap in the resolved target if it is new and not known to be bad.
         Returns True when a swap happened. A failed load raises only when nothing is
         serving yet (a server with no model must not report ready)."""
         with self._lock:
-            version = self._resolve()
-            if version is None and self.optional and self.unit is not None:
+            target = self._resolve()
+            if target is None and self.optional and self.unit is not None:
                 log.info("no longer serving version %s: its alias is gone", self.version)
-                self.unit = None
+                self.serving = (None, None)
                 return True
-            if version is None or version == self.version or version in self.events.failures:
+            if target is None or target == self.target or target in self.events.failures:
                 return False
             try:
-                unit = self._load(version)
+                unit = self._load(target)
                 self._probe(unit)
             except Exception as exc:  # noqa: BLE001 (any load failure keeps the old unit)
-                self.events.failures[version] = f"{type(exc).__name__}: {exc}"[:500]
-                log.error("model version %s failed to load, still serving %s: %s", version, self.version, exc)
+                self.events.failures[target] = f"{type(exc).__name__}: {exc}"[:500]
+                log.error("model %s failed to load, still serving %s: %s", target, self.target, exc)
                 if self._on_failure is not None:
-                    self._on_failure(version, self.events.failures[version])
+                    self._on_failure(target, self.events.failures[target])
                 if self.unit is None and not self.optional:
                     raise
                 return False
-            old, self.unit = self.unit, unit
+            previous, self.serving = self.target, (target, unit)
             self.events.swaps += 1
-            log.info("now serving model version %s (was %s)", version, None if old is None else old.version)
+            log.info("now serving model %s (was %s)", target, previous)
             if self._on_swap is not None:
                 self._on_swap(unit)
             return True
@@ -116,25 +143,43 @@ def _locked(path: Path, blocking: bool = True, shared: bool = False):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def load_shared(root: Path, version: int, download: Callable[[Path], Path], load: Callable[[Path], object]):
+def load_shared(root: Path, version: int, download: Callable[[Path], Path], load: Callable[[Path], object],
+                redactions: int = 0):
     """Download `version` into `root/<version>` once for every process sharing `root` (the
     workers of one server), then load it. The download holds the version's download lock (a
     second worker waits for the download only, then reuses the files); loading holds the
     version's lock shared, so the workers load side by side and no cleanup removes the files
     mid-load. Two locks, because a worker waiting to download under the load lock would wait
     out the other's whole load. `download(folder) -> model dir` fetches the files;
-    `load(model dir)` builds the unit."""
+    `load(model dir)` builds the unit.
+
+    The `.complete` marker records the model dir and the `redactions` its files were fetched
+    for; a download older than asked for (the version was redacted since) is deleted under
+    both locks, as erasure deletes one (hyperrec.privacy.models), and fetched again."""
     folder, done = root / str(version), root / str(version) / ".complete"
     for _ in range(2):  # a cleanup may remove the files between the download and the load: fetch again
-        if not done.exists():
+        if _downloaded(done, redactions) is None:
             with _locked(root / f"{version}.download.lock"):
-                if not done.exists():
-                    shutil.rmtree(folder, ignore_errors=True)  # a download that died halfway
-                    done.write_text(str(download(folder)))
+                if _downloaded(done, redactions) is None:
+                    with _locked(root / f"{version}.lock"):  # stale or half-downloaded: nobody loads it now
+                        shutil.rmtree(folder, ignore_errors=True)
+                    model_dir = download(folder)
+                    done.write_text(f"{model_dir}\n{redactions}\n")
         with _locked(root / f"{version}.lock", shared=True):
-            if done.exists():
-                return load(Path(done.read_text()))
+            if (model_dir := _downloaded(done, redactions)) is not None:
+                return load(model_dir)
     raise RuntimeError(f"version {version}'s files in {folder} kept disappearing before they could be loaded")
+
+
+def _downloaded(done: Path, redactions: int) -> Path | None:
+    """The model dir a complete download's marker names, if its files are redacted at least
+    `redactions` times (counts only grow: a newer download serves an older ask too)."""
+    try:
+        lines = done.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    fetched = int(lines[1]) if len(lines) > 1 else 0  # a marker from before redaction counts: 0
+    return Path(lines[0]) if fetched >= redactions else None
 
 
 def versions_dir_cleanup(root: Path, keep: set[int]) -> None:

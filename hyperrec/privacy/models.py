@@ -12,9 +12,11 @@ the erased id and its row. Every other user embeds exactly as before (checked ag
 old tower before anything is replaced) and the erased one as a stranger, so the serving
 version goes on serving and no retraining is needed; retiring the versions instead would
 leave a server with nothing to serve until one finished. A version's tag
-`erasure_redactions` counts the redactions it went through. The server's downloads are
-deleted instead (under its locks): its next load fetches the redacted version. What a
-running server already holds in memory stays there until it loads a version again.
+`erasure_redactions` counts the redactions it went through. The server's downloads under
+this home are deleted (under its locks). Every running server, on this node or another,
+reads the count with the alias it polls and treats a grown count as a new version
+(hyperrec.online.hotswap): its stale download is replaced by the redacted files, loaded and
+swapped in, and the old unit released, one poll interval (`--poll_s`) and one load later.
 """
 
 from __future__ import annotations

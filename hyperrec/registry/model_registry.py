@@ -22,6 +22,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from hyperrec.config import Settings
+from hyperrec.online.hotswap import Target
 from hyperrec.registry import pyfunc
 from hyperrec.registry.pyfunc import RetrievalPyfunc  # noqa: F401  (versions logged before pyfunc.py import it here)
 from hyperrec.training.feature_service import FEATURE_SERVICE_TAG, feature_service_name
@@ -191,24 +192,38 @@ def end_challenger(settings: Settings, outcome: str, reason: str) -> int | None:
     return version
 
 
-def alias_watcher(settings: Settings, alias: str = CHAMPION) -> Callable[[], int | None]:
-    """`alias_version` for a poller. Asking MLflow holds the GIL for ~18 ms (SQLAlchemy
+def alias_target(settings: Settings, alias: str) -> Target | None:
+    """The alias's version and its erasure redaction count (tag REDACTIONS_TAG), from the
+    one registry call that finds the version: a server reloads a version redacted since."""
+    from hyperrec.privacy.models import REDACTIONS_TAG
+
+    client = configure(settings)
+    try:
+        found = client.get_model_version_by_alias(settings.model_name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return Target(int(found.version), int(found.tags.get(REDACTIONS_TAG, 0)))
+
+
+def alias_watcher(settings: Settings, alias: str = CHAMPION) -> Callable[[], Target | None]:
+    """`alias_target` for a poller. Asking MLflow holds the GIL for ~18 ms (SQLAlchemy
     session, entity building), a stall every serving request in flight waits out. With a
-    SQLite tracking store the answer can only change when the database files do, so their
-    modification times are checked first (microseconds) and MLflow is asked only then.
-    Other stores (an MLflow server) are asked every time: that wait is I/O, not the GIL."""
+    SQLite tracking store the answer can only change when the database files do (an alias
+    moved, or a version tagged redacted), so their modification times are checked first
+    (microseconds) and MLflow is asked only then. Other stores (an MLflow server) are asked
+    every time: that wait is I/O, not the GIL."""
     if not settings.tracking_uri.startswith("sqlite:///"):
-        return lambda: alias_version(settings, alias)
+        return lambda: alias_target(settings, alias)
     db = Path(settings.tracking_uri.removeprefix("sqlite:///"))
     files = [db, db.with_name(db.name + "-wal")]
-    last: dict = {"stamp": None, "version": None}
+    last: dict = {"stamp": None, "target": None}
 
-    def current() -> int | None:
+    def current() -> Target | None:
         stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
         if stamp != last["stamp"]:
-            last["version"] = alias_version(settings, alias)
+            last["target"] = alias_target(settings, alias)
             last["stamp"] = stamp
-        return last["version"]
+        return last["target"]
     return current
 
 
