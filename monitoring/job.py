@@ -166,13 +166,15 @@ def _champion_traffic(settings: Settings, served: pd.DataFrame, version: int | N
 
 
 def _model_dir(settings: Settings, version: int) -> Path:
-    """The version's exported files, downloaded once per version for every later pass (the
-    servers' download-once mechanism, in the monitor's own folder)."""
+    """The version's exported files, downloaded once per version and redaction for every later
+    pass (the servers' download-once mechanism, in the monitor's own folder): a version an
+    erasure redacted since is fetched again, so the monitor's copy forgets the user too."""
     from hyperrec.online.hotswap import load_shared
-    from hyperrec.registry.model_registry import model_version_dir
+    from hyperrec.registry.model_registry import model_version_dir, redactions
 
     return load_shared(settings.monitoring_dir / "models", version,
-                       lambda folder: model_version_dir(settings, version, folder), lambda model_dir: model_dir)
+                       lambda folder: model_version_dir(settings, version, folder), lambda model_dir: model_dir,
+                       redactions=redactions(settings, version))
 
 
 def _item_drift(settings: Settings, version: int, reference: pd.DataFrame, current: pd.DataFrame) -> dict | None:

@@ -434,3 +434,26 @@ def test_the_short_window_fires_within_hours_while_the_days_window_is_not_ready(
     # times of day: a window across midnight takes the reference's lists on both sides of it
     ref = pd.DataFrame({"ts": T0 + np.arange(0, 86_400, 3_600.0)})
     assert len(same_time_of_day(ref, T0 + 86_400 * 3 - 3 * 3600, T0 + 86_400 * 3 + 3 * 3600)) == 6
+
+
+def test_the_monitors_download_of_a_version_is_fetched_again_once_an_erasure_redacted_it(settings, monkeypatch):
+    """The monitor keeps a download of each version it checks (its own folder on a cluster):
+    a version redacted since (a grown erasure_redactions tag) is downloaded again."""
+    from hyperrec.registry import model_registry
+    from monitoring import job
+
+    fetched, count = [], {"redactions": 0}
+
+    def download(settings, version, folder):
+        (folder / "model").mkdir(parents=True, exist_ok=True)
+        (folder / "model" / "vocab.json").write_text(f"fetch {len(fetched)}")
+        fetched.append(version)
+        return folder / "model"
+
+    monkeypatch.setattr(model_registry, "model_version_dir", download)
+    monkeypatch.setattr(model_registry, "redactions", lambda settings, version: count["redactions"])
+    first = job._model_dir(settings, 3)
+    assert job._model_dir(settings, 3) == first and fetched == [3]  # once per version
+    count["redactions"] = 1
+    again = job._model_dir(settings, 3)
+    assert fetched == [3, 3] and (again / "vocab.json").read_text() == "fetch 1"

@@ -205,6 +205,15 @@ def alias_target(settings: Settings, alias: str) -> Target | None:
     return Target(int(found.version), int(found.tags.get(REDACTIONS_TAG, 0)))
 
 
+def redactions(settings: Settings, version: int) -> int:
+    """How many erasures redacted the version in place (its REDACTIONS_TAG): a download made
+    before the last one still holds the erased user."""
+    from hyperrec.privacy.models import REDACTIONS_TAG
+
+    tags = configure(settings).get_model_version(settings.model_name, str(version)).tags
+    return int(tags.get(REDACTIONS_TAG, 0))
+
+
 def alias_watcher(settings: Settings, alias: str = CHAMPION) -> Callable[[], Target | None]:
     """`alias_target` for a poller. Asking MLflow holds the GIL for ~18 ms (SQLAlchemy
     session, entity building), a stall every serving request in flight waits out. With a
