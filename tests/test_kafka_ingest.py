@@ -149,7 +149,7 @@ def test_the_sink_writes_each_event_once_and_a_retrain_learns_from_it(kafka_serv
     # the pipeline's first task, as a cluster's run calls it
     snapshot = Path(snapshot_data.python_func(home=str(settings.home), world_dir=str(base), merge_logged_events=True,
                                               run_id="kafka-run"))
-    assert snapshot == settings.data_dir / "snapshots" / "kafka-run"
+    assert snapshot == settings.snapshots_dir / "kafka-run"
     assert snapshot_data.python_func(home=str(settings.home), world_dir=str(base), merge_logged_events=False,
                                      run_id="local") == str(base)
     build_training_set(settings, snapshot, tmp_path / "training_set")

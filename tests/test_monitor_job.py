@@ -273,6 +273,23 @@ def test_a_snapshot_appends_logged_events_once(settings):
     assert snap.events["event_id"].is_unique and snap.events["ts"].is_monotonic_increasing
 
 
+def test_only_the_newest_snapshots_are_kept(settings):
+    """Each run's snapshot is a full copy of the world: the oldest go once SNAPSHOTS_KEPT newer exist."""
+    import os
+
+    from hyperrec.data.generate import WorldConfig, generate_world
+    from hyperrec.data.world import save_world
+    from hyperrec.training.retrain import SNAPSHOTS_KEPT, snapshot_world
+
+    save_world(generate_world(WorldConfig(users=30, items=20, days=3, events=600, seed=4)), settings.data_dir / "world")
+    made = []
+    for i in range(SNAPSHOTS_KEPT + 2):
+        made.append(snapshot_world(settings, settings.snapshots_dir / f"run-{i}"))
+        os.utime(made[-1] / "events.parquet", (1_000 + i, 1_000 + i))  # distinct ages, whatever the clock's grain
+    kept = sorted(p.name for p in settings.snapshots_dir.iterdir())
+    assert kept == [f"run-{i}" for i in range(2, SNAPSHOTS_KEPT + 2)]
+
+
 def _registry(settings, versions: int, champion: int, challenger: int) -> None:
     """A registry with `versions` versions, `champion` and `challenger` (on trial) set; no
     artifacts needed."""

@@ -55,7 +55,25 @@ def snapshot_world(settings: Settings, out: Path, world_dir: Path | str | None =
         events = pd.concat([events, logged], ignore_index=True).drop_duplicates("event_id", keep="first")
         events = events.sort_values("ts", kind="stable").reset_index(drop=True)
     meta = {**world.meta, "snapshot_of": str(source), "logged_events": len(logged)}
-    return save_world(World(world.users, world.items, events, None, meta), out)
+    saved = save_world(World(world.users, world.items, events, None, meta), out)
+    prune_snapshots(out.parent, keep=SNAPSHOTS_KEPT)
+    return saved
+
+
+SNAPSHOTS_KEPT = 3  # runs learn from one at a time (one in flight); the last few stay to look into
+
+
+def prune_snapshots(folder: Path, keep: int) -> list[Path]:
+    """Delete all but the `keep` newest snapshots in `folder` (each a full copy of the world
+    and its logged events: left alone they pile up, one per run). Returns what went."""
+    import shutil
+
+    snapshots = sorted((p for p in folder.iterdir() if (p / "events.parquet").exists()),
+                       key=lambda p: (p / "events.parquet").stat().st_mtime)
+    gone = snapshots[:-keep] if keep > 0 else snapshots
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
 
 
 def run(settings: Settings, run_id: str, epochs: int = 6, console=None) -> dict:
