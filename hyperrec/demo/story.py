@@ -168,7 +168,7 @@ def _fresh_loop_state(settings: Settings) -> None:
     start_log_over(settings)
     for path in settings.home.glob(settings.impression_log.name + "*"):
         path.unlink()
-    for folder in (settings.monitoring_dir, settings.data_dir / "snapshots"):
+    for folder in (settings.monitoring_dir, settings.snapshots_dir):
         shutil.rmtree(folder, ignore_errors=True)
 
 
