@@ -1,12 +1,15 @@
 """`hyperrec bench cluster`: a cluster in a box. Every role runs as its own process in its
 own private folder (`hyperrec.bench.roles`), and the state they share goes only through
-real servers on loopback: PostgreSQL (privacy, Feast registry and offline store, the
-offline sink's events, MLflow's backend), Redis (online features, list cache, bandit),
+real servers on loopback: PostgreSQL (privacy, the world, Feast registry and offline store,
+the offline sink's events, MLflow's backend), Redis (online features, list cache, bandit),
 Kafka (tansu: events, impressions) and an MLflow server with `--serve-artifacts`.
 
 The run: a bootstrap role builds the world (three catalog items lose their recorded
-events: new items), the features and the first champion through the pipeline; 2 model
-servers, 2 stream consumers (one group) and the offline sink start; events are posted
+events: new items) and publishes it to PostgreSQL, where every role reads it (`db:world`),
+then the features and the first champion through the pipeline, whose runs keep their
+outputs in one artifact store (HYPERREC_ARTIFACT_ROOT, the pipeline runs' and the erasure
+Job's only shared folder, as on the cluster's manifests); 2 model servers, 2 stream
+consumers (one group) and the offline sink start; events are posted
 through both servers, one in ten naming a new item; one consumer and one server are killed
 (-9) mid-stream and restarted; both servers take 200 requests/s together; a user is
 erased; the monitor drains its impressions; a retrain runs through the pipeline on the
@@ -22,7 +25,8 @@ world plus what the sink stored. Written to --out:
 - `retrain_saw_new_items`: the new items are in the retrain's training set, and were not
   in the first run's;
 - `erasure_remnants`: places outside the erasure list that still name the erased user
-  (PostgreSQL rows, Redis keys and values, files of every role), read after the retrain;
+  (PostgreSQL rows, Redis keys and values, files of every role and of the pipelines' artifact
+  store), read after the retrain;
 - `p99_ms_at_200rps`: open-loop predict latency over both servers together.
 """
 
