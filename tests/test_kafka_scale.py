@@ -277,3 +277,16 @@ def test_two_consumers_share_the_partitions_and_fold_each_event_once(env):
     print(f"first half shared in {first_half_s:.1f} s; takeover and catch-up {takeover_s:.1f} s; user rebuilds "
           f"(partitions, records, history rows, s) {rebuilds}; item rebuilds "
           f"{[(b['records'], b['history'], round(b['seconds'], 2)) for b in survivor.items.rebuilds]}")
+
+
+def test_a_partitions_dedupe_keeps_only_its_newest_ids():
+    """The dedupe's memory is bounded: the oldest id leaves once `capacity` newer ones came."""
+    from hyperrec.features.kafka_source import RecentIds
+
+    ids = RecentIds(capacity=3)
+    for event_id in ("a", "b", "c", "d"):
+        ids.add(event_id)
+    assert len(ids) == 3 and "a" not in ids and all(i in ids for i in "bcd")
+    ids.add("b")  # a repeat seen again stays where it was: the next to leave is still b
+    ids.add("e")
+    assert "b" not in ids and all(i in ids for i in "cde")

@@ -10,7 +10,7 @@ state can follow the partition (`PartitionFollower`):
   state; one that went elsewhere is dropped.
 - Each poll: a record below the partition's applied offset is already in the state and is
   skipped; the others pass the event door (schema, erased users, dedupe on `event_id`
-  within the partition), are folded and pushed, and only then are the offsets committed. A
+  against the partition's newest ids: `RecentIds`), are folded and pushed, and only then are the offsets committed. A
   member that dies between its push and its commit leaves the batch to the next owner, which
   folds it once into its rebuilt state; pushes are snapshot upserts, so the online store ends
   right. Each event is folded once into one member's state.
@@ -128,12 +128,36 @@ def one_owner_assignor():
     return OneOwner()
 
 
+class RecentIds:
+    """The event ids a partition folded, the newest `capacity` of them: the dedupe of repeats
+    the broker cannot refuse (a producer's retry, a client sending an event again). Offsets
+    already keep a record from being folded twice; these catch the same event in two records,
+    which come close together. A set of every id grew for as long as the consumer ran (about
+    140 bytes an id); a repeat older than the last `capacity` of its partition's events is
+    folded again."""
+
+    def __init__(self, capacity: int = 500_000):
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}  # insertion-ordered: the oldest first
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        if len(self._ids) > self.capacity:
+            del self._ids[next(iter(self._ids))]
+
+
 @dataclass
 class _Partition:
     applied: int = 0  # the next offset to fold: every record below it is in the state
     generation: int = 0  # which state this is: a rebuild starts a new one
     users: set = field(default_factory=set)  # whose state came from this partition
-    event_ids: set = field(default_factory=set)  # the dedupe: a user's events are all in this partition
+    event_ids: RecentIds = field(default_factory=RecentIds)  # the dedupe: a user's events are all here
 
 
 class _NoLetters:
