@@ -83,22 +83,14 @@ def publish_world(database_url: str, world: World) -> dict[str, int]:
     return rows
 
 
-def published(database_url: str) -> bool:
-    """Whether the database holds a world (`hyperrec data publish` ran)."""
-    import psycopg
-
-    with psycopg.connect(database_url) as conn:
-        return _exists(conn)
-
-
 def _exists(conn) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.meta",)).fetchone()[0]
 
 
-def _read_table(conn, name: str, dtypes: dict[str, str], columns: list[str] | None = None) -> pd.DataFrame:
+def _read_table(conn, name: str, dtypes: dict[str, str]) -> pd.DataFrame:
     from psycopg import sql
 
-    wanted = columns or list(dtypes)
+    wanted = list(dtypes)
     cur = conn.execute(sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(map(sql.Identifier, wanted)), sql.Identifier(SCHEMA, name)))
     frame = pd.DataFrame(cur.fetchall(), columns=wanted)
@@ -116,7 +108,9 @@ def load_world_db(database_url: str, validate: bool = True) -> World:
     import psycopg
 
     with psycopg.connect(database_url) as conn:
-        meta, dtypes = _meta(conn)
+        if (found := _meta(conn)) is None:
+            raise FileNotFoundError(f"no world in the database (schema {SCHEMA}): run `hyperrec data publish`")
+        meta, dtypes = found
         users, items, events = (_read_table(conn, name, dtypes[name]) for name in TABLES)
     if validate:
         from hyperrec.data.event_types import EventTypes
@@ -134,17 +128,15 @@ def recorded_events(settings: Settings) -> pd.DataFrame:
 
     if settings.database_url:
         with psycopg.connect(settings.database_url) as conn:
-            if _exists(conn):
-                return _read_table(conn, "events", _meta(conn)[1]["events"])
+            if (found := _meta(conn)) is not None:
+                return _read_table(conn, "events", found[1]["events"])
     path = settings.data_dir / "world" / "events.parquet"
     return pd.read_parquet(path) if path.exists() else pd.DataFrame()
 
 
-def _meta(conn) -> tuple[dict, dict]:
-    found = conn.execute(f"SELECT meta, dtypes FROM {SCHEMA}.meta").fetchone() if _exists(conn) else None
-    if found is None:
-        raise FileNotFoundError(f"no world in the database (schema {SCHEMA}): run `hyperrec data publish`")
-    return found[0], found[1]
+def _meta(conn) -> tuple[dict, dict] | None:
+    """The published world's meta and its columns' dtypes; None when no world is published."""
+    return conn.execute(f"SELECT meta, dtypes FROM {SCHEMA}.meta").fetchone() if _exists(conn) else None
 
 
 def erase_user(database_url: str, user_id: str) -> dict[str, int]:
