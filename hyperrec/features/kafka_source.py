@@ -10,10 +10,10 @@ state can follow the partition (`PartitionFollower`):
   state; one that went elsewhere is dropped.
 - Each poll: a record below the partition's applied offset is already in the state and is
   skipped; the others pass the event door (schema, erased users, dedupe on `event_id`
-  against the partition's newest ids: `RecentIds`), are folded and pushed, and only then are the offsets committed. A
-  member that dies between its push and its commit leaves the batch to the next owner, which
-  folds it once into its rebuilt state; pushes are snapshot upserts, so the online store ends
-  right. Each event is folded once into one member's state.
+  against the partition's newest ids: `RecentIds`), are folded and pushed, and only then
+  are the offsets committed. A member that dies between its push and its commit leaves the
+  batch to the next owner, which folds it once into its rebuilt state; pushes are snapshot
+  upserts, so the online store ends right. Each event is folded once into one member's state.
 Item popularity counts every user's events, so it cannot be split by user: each replica runs a
 second follower in the group `GROUP + ".items"`, whose assignor gives every partition to one
 member; the others stand by, and one of them rebuilds and takes over when the owner leaves.
