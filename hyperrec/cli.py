@@ -690,5 +690,21 @@ def demo(users: int = typer.Option(2_000, help="users in the generated world"),
              epochs=epochs, port=port, loop=loop)
 
 
+@app.command("first-hours")
+def first_hours(spans: int = typer.Option(8, help="6-hour spans after the first drift begins"),
+                home: Path | None = HomeOpt):
+    """After `hyperrec demo`: what the drifted users' own evidence told the platform, span by
+    span, against what it served, and the ceilings of any list built from that evidence
+    (reads the simulator's truth; hyperrec.demo.first_hours)."""
+    from hyperrec.data.world import load_world
+    from hyperrec.demo.first_hours import from_home
+
+    settings = load_settings(home)
+    result = from_home(settings, load_world(settings.data_dir / "world", validate=False), spans)
+    console.print("hidden P(click) of the top 5 the day before the drift: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in result["before"].items()))
+    console.print(result["spans"].round(3).to_string(index=False))
+
+
 if __name__ == "__main__":
     app()

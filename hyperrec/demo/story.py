@@ -175,6 +175,8 @@ def _fresh_loop_state(settings: Settings) -> None:
 def run_demo(settings: Settings, console: Console, users: int, items: int, days: int, events: int,
              epochs: int, port: int, loop: LoopConfig = LoopConfig()) -> dict:
     from hyperrec.demo.closed_loop import arm_table, ctr_by_team, hidden_quality, plot, run_loop, start_stream
+    from hyperrec.demo.first_hours import from_home
+    from hyperrec.demo.first_hours import summary as first_hours_summary
     from serving.launch import recommend, start_server, stop_server, wait_ready
 
     timings, t0 = {}, time.monotonic()
@@ -291,6 +293,12 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
     console.print("dashboards: make ui (Evidently, http://127.0.0.1:8000); "
                   f"MLflow: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}")
     console.print(f"decisions: {settings.monitoring_dir / 'decisions.jsonl'}; logs: {settings.home / 'logs'}")
+    hours = first_hours_summary(from_home(settings, world))
+    story["first_hours"] = hours
+    console.print("what each user's own evidence could buy at most (hyperrec.demo.first_hours): hidden P(click) "
+                  f"ratio ceilings, drifted {hours['drifted_ratio_ceiling_min']:.3f}, "
+                  f"everyone {hours['all_ratio_ceiling_min']:.3f}; blind share of drifted users' lists by 6-hour span "
+                  + ", ".join(f"{r['blind_share']:.2f}" for r in hours["spans"]))
     summary = write_summary(settings.home / "bench" / "closed_loop.json", story, arms, timings,
                             time.monotonic() - t0, retrains, result["trials"], result.get("open_trial"))
     console.print(f"summary for BENCHMARKS.md: {summary}")
