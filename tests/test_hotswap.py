@@ -38,15 +38,28 @@ def test_new_champion_swaps_in_and_same_version_is_not_reloaded():
     assert slot.refresh() and slot.version == 2 and slot.events.swaps == 2
 
 
-def test_corrupt_version_keeps_the_old_one_serving_and_is_not_retried():
-    reg = Registry()
-    slot, failures = slot_for(reg)
+def test_corrupt_version_keeps_the_old_one_serving_and_is_retried_only_after_a_growing_backoff():
+    reg, now, failures = Registry(), [0.0], []
+    slot = ModelSlot(lambda: reg.champion, reg.load, lambda unit: None, on_failure=lambda v, why: failures.append(v),
+                     retry_after_s=60, retry_max_s=150, clock=lambda: now[0])
     slot.refresh()
     reg.champion, reg.broken = 3, {3}
     assert not slot.refresh()
     assert slot.version == 1 and failures == [3] and "truncated" in slot.events.failures[3]
+    now[0] = 59.0
     assert not slot.refresh() and reg.loads == [1, 3]  # known bad: not loaded again every poll
-    reg.champion = 4
+    now[0] = 60.0
+    assert not slot.refresh() and reg.loads == [1, 3, 3]  # tried again, still bad: the wait doubles
+    now[0] = 179.0
+    assert not slot.refresh() and len(reg.loads) == 3
+    now[0] = 180.0
+    assert not slot.refresh() and len(reg.loads) == 4  # next wait: 150 s, the cap
+    reg.broken = set()  # what failed was passing (the store was down): it serves once tried
+    now[0] = 329.0
+    assert not slot.refresh() and slot.version == 1
+    now[0] = 330.0
+    assert slot.refresh() and slot.version == 3
+    reg.champion = 4  # a new target is tried at once
     assert slot.refresh() and slot.version == 4
 
 

@@ -31,8 +31,9 @@ class Registry:
 
 
 def test_a_grown_redaction_count_reloads_the_same_version_and_a_failed_reload_keeps_the_old_unit():
-    reg, failures = Registry(), []
-    slot = ModelSlot(lambda: reg.target, reg.load, lambda unit: None, on_failure=lambda t, why: failures.append(t))
+    reg, failures, now = Registry(), [], [0.0]
+    slot = ModelSlot(lambda: reg.target, reg.load, lambda unit: None, on_failure=lambda t, why: failures.append(t),
+                     clock=lambda: now[0])
     assert slot.refresh() and slot.target == Target(1, 0)
     assert not slot.refresh() and reg.loads == [Target(1, 0)]  # same count: nothing to do
     reg.target = Target(1, 1)  # an erasure redacted version 1
@@ -42,7 +43,10 @@ def test_a_grown_redaction_count_reloads_the_same_version_and_a_failed_reload_ke
     assert not slot.refresh() and slot.unit == Unit(1, 1)  # the old unit keeps serving
     assert failures == [Target(1, 2)] and "truncated" in slot.events.failures[Target(1, 2)]
     assert not slot.refresh() and len(reg.loads) == 3  # known bad: not retried every poll
-    reg.target, reg.broken = Target(1, 3), set()  # the next change is tried
+    reg.broken = set()  # the store is back: the redacted files load on the retry after the backoff
+    now[0] = 60.0
+    assert slot.refresh() and slot.unit == Unit(1, 2)
+    reg.target = Target(1, 3)  # the next change is tried at once
     assert slot.refresh() and slot.unit == Unit(1, 3)
 
 

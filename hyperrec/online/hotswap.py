@@ -4,7 +4,11 @@ A new version is downloaded, loaded and warmed next to the one serving; only whe
 answers a probe is the reference swapped (one assignment, so every batch sees either the
 old unit or the new one, never a mix). A version that fails to load (corrupt or
 incompatible artifact) is recorded and skipped; the old one keeps serving. This is the
-TF Serving / Triton reload semantics the fault list asks for.
+TF Serving / Triton reload semantics the fault list asks for. The failed target is tried
+again after a backoff (1 minute, doubling up to 30): a bad artifact costs a load every half
+hour, while a download that failed because the registry or the store was briefly down
+(a redacted version's, which must replace the one still holding an erased user) is
+picked up within minutes instead of waiting for the next change.
 
 An optional slot (the challenger on trial) may also become empty: when its alias goes,
 the unit is dropped and its traffic returns to the champion.
@@ -21,6 +25,7 @@ import fcntl
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +48,7 @@ class SwapEvents:
     """What happened, for metrics and tests."""
 
     swaps: int = 0
-    failures: dict[object, str] = field(default_factory=dict)  # target -> why it did not load
+    failures: dict[object, str] = field(default_factory=dict)  # target -> why it last failed to load
 
 
 class ModelSlot:
@@ -51,12 +56,17 @@ class ModelSlot:
     names one model, e.g. a version number; None: nothing); `load(target)` -> a ready unit
     with a `.version` (raises if the artifact is bad); `probe(unit)` runs one request
     through it (warms the TF graphs; raises if the unit cannot serve). A target differing
-    from the one loaded is loaded, one that failed is not tried again."""
+    from the one loaded is loaded; one that failed is tried again only after `retry_after_s`,
+    doubling with each failure up to `retry_max_s` (`clock`: seconds, monotonic)."""
 
     def __init__(self, resolve: Callable[[], object], load: Callable[[object], object],
                  probe: Callable[[object], None], on_swap: Callable[[object], None] | None = None,
-                 on_failure: Callable[[object, str], None] | None = None, optional: bool = False):
+                 on_failure: Callable[[object, str], None] | None = None, optional: bool = False,
+                 retry_after_s: float = 60.0, retry_max_s: float = 1800.0,
+                 clock: Callable[[], float] = time.monotonic):
         self._resolve, self._load, self._probe = resolve, load, probe
+        self._retry_after_s, self._retry_max_s, self._clock = retry_after_s, retry_max_s, clock
+        self._retry_at: dict[object, tuple[float, float]] = {}  # failed target -> (next try, backoff)
         self.optional = optional  # True: no version to serve empties the slot (else: keep serving)
         self._on_swap, self._on_failure = on_swap, on_failure
         # (target, unit): read without a lock, a single reference replaced in one step
@@ -90,19 +100,26 @@ class ModelSlot:
                 log.info("no longer serving version %s: its alias is gone", self.version)
                 self.serving = (None, None)
                 return True
-            if target is None or target == self.target or target in self.events.failures:
+            if target is None or target == self.target:
+                return False
+            if target in self._retry_at and self._clock() < self._retry_at[target][0]:
                 return False
             try:
                 unit = self._load(target)
                 self._probe(unit)
             except Exception as exc:  # noqa: BLE001 (any load failure keeps the old unit)
+                backoff = (min(2 * self._retry_at[target][1], self._retry_max_s) if target in self._retry_at
+                           else self._retry_after_s)
+                self._retry_at[target] = (self._clock() + backoff, backoff)
                 self.events.failures[target] = f"{type(exc).__name__}: {exc}"[:500]
-                log.error("model %s failed to load, still serving %s: %s", target, self.target, exc)
+                log.error("model %s failed to load, still serving %s (next try in %.0f s): %s", target,
+                          self.target, backoff, exc)
                 if self._on_failure is not None:
                     self._on_failure(target, self.events.failures[target])
                 if self.unit is None and not self.optional:
                     raise
                 return False
+            self._retry_at.pop(target, None)
             previous, self.serving = self.target, (target, unit)
             self.events.swaps += 1
             log.info("now serving model %s (was %s)", target, previous)
