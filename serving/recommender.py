@@ -77,6 +77,18 @@ DEGRADED_HEADER = "x-hyperrec-degraded"  # what a list was made without (an outa
 PROBE_HEADER = "x-hyperrec-probe"  # a deploy or health check: answered like any request, not logged as traffic
 
 
+def cache_scope(prefix: str, champion: Target | int, trial: Target | int | None) -> str:
+    """The list cache's scope for lists made by these targets: a version redacted by an
+    erasure since (a grown count, `hyperrec.online.hotswap.Target`) is a new scope, so no
+    list the unredacted unit made is served after the reload."""
+    def label(target) -> str:
+        if target is None:
+            return "0"
+        version, redactions = target if isinstance(target, tuple) else (target, 0)
+        return f"{version}r{redactions}"
+    return f"{prefix}|v{label(champion)}|t{label(trial)}"
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     max_batch: int = 64
@@ -265,13 +277,14 @@ class RecommenderModel(kserve.Model):
                 for r in requests]
 
     def _run_batch(self, requests: list[Request]) -> list[Recommended]:
-        champion, trial = self.slot.unit, self.canary.unit  # one unit per request for the whole batch
+        # one unit per request for the whole batch; each read with the target it was loaded as
+        (champion_target, champion), (trial_target, trial) = self.slot.serving, self.canary.serving
         if trial is not None and trial.version == champion.version:
             trial = None
         requests = self._with_consent(requests)  # before the cache: a withdrawal counts from the next request
         if self.cache is None:
             return self._lists(champion, trial, requests)
-        scope = f"{self._cache_scope}|v{champion.version}|t{trial.version if trial is not None else 0}"
+        scope = cache_scope(self._cache_scope, champion_target, trial_target if trial is not None else None)
         results = self.cache.serve(requests, scope, self._now_ts(), lambda todo: self._lists(champion, trial, todo))
         if self.cache.available:
             return results

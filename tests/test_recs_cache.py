@@ -93,6 +93,21 @@ def test_the_key_holds_scope_hour_and_request_shape(cache):
     assert len(compute.asked) == 1 + len(variants)
 
 
+def test_a_version_redacted_since_is_a_new_scope(cache):
+    """The server's scope names each serving target with its erasure redaction count: the
+    lists the unredacted unit made are not served once the redacted one is loaded."""
+    from hyperrec.online.hotswap import Target
+    from serving.recommender import cache_scope
+
+    compute, request = Counting(), Request(user_id="u6", k=5)
+    before, after = cache_scope("s", Target(3, 0), None), cache_scope("s", Target(3, 1), None)
+    assert before == cache_scope("s", 3, None) and before != after != cache_scope("s", Target(3, 1), Target(2, 0))
+    cache.serve([request], before, TS, compute)
+    cache.serve([request], before, TS, compute)
+    cache.serve([request], after, TS, compute)
+    assert len(compute.asked) == 2  # a hit under the same target, a miss once redacted
+
+
 def test_a_mixed_batch_computes_only_its_misses_in_order(cache):
     compute = Counting()
     cache.serve([Request(user_id="u6", k=2)], "s", TS, compute)
