@@ -525,8 +525,13 @@ def privacy_erase(user_id: str = typer.Argument(..., help="the user to erase"),
     lists of the user are dropped. Needs HYPERREC_PII_KEY (the audit stores a keyed token,
     not the id). docs/privacy.md has the whole list."""
     from hyperrec.privacy import erase_user
+    from hyperrec.privacy.db import ErasureBusy
 
-    report = erase_user(load_settings(home), user_id, reason)
+    try:
+        report = erase_user(load_settings(home), user_id, reason)
+    except ErasureBusy as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
     console.print_json(data={"user_token": report.user_token, "status": report.status, "removed": report.removed})
 
 

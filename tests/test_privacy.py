@@ -374,6 +374,49 @@ def test_erased_user_is_gone_from_every_store_and_others_are_intact(workspace, c
     cache.close()
 
 
+def test_one_erasure_at_a_time_among_the_processes_sharing_the_database(privacy_where):
+    """Two erasures redacting one model version at once would each upload it with only
+    their own user taken out: the last upload puts the other user back."""
+    import threading
+    import time
+
+    from hyperrec.privacy.db import ErasureBusy, open_privacy_db
+
+    running, waiting = open_privacy_db(privacy_where), open_privacy_db(privacy_where)
+    entered = threading.Event()
+
+    def second():
+        with waiting.erasing(wait_s=10):
+            entered.set()
+
+    try:
+        with running.erasing(wait_s=5):
+            with pytest.raises(ErasureBusy, match="another erasure"), waiting.erasing(wait_s=0.3):
+                pass
+            thread = threading.Thread(target=second)
+            thread.start()
+            time.sleep(0.6)
+            assert not entered.is_set()  # still waiting for the first
+        thread.join(5)
+        assert entered.is_set()  # and in once the first is done
+    finally:
+        running.close()
+        waiting.close()
+
+
+def test_an_erasure_that_cannot_get_the_lock_touches_nothing(settings, monkeypatch):
+    from hyperrec.privacy.db import ErasureBusy, open_privacy_db, privacy_location
+
+    _use_keys(monkeypatch)
+    running = open_privacy_db(privacy_location(settings))
+    try:
+        with running.erasing(wait_s=5), pytest.raises(ErasureBusy):
+            erase_user(settings, "t-z", "ticket T-9", wait_s=0.3)
+    finally:
+        running.close()
+    assert erasure_audit(settings) == [] and "t-z" not in erased_users(settings)
+
+
 @pytest.mark.slow
 def test_training_learns_only_from_consented_events_of_users_not_erased(workspace):
     """What build_training_set feeds on: a withdrawal drops the events after it, a refusal

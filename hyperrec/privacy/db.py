@@ -11,15 +11,24 @@ PostgreSQL connections come from one pool per process and URL (`psycopg_pool`, s
 the server's request threads). A connection broken by a server restart is dropped and the
 statement retried once on a fresh one; a statement that still cannot be answered raises
 `PrivacyUnavailable`, so callers fail closed (no personalization, the event refused).
+
+`erasing()` lets one erasure run at a time among every process that shares the database:
+two erasures redacting the same model version at once would each upload the version
+with only their own user taken out, and the last upload would put the other user back
+(and count one redaction where there were two). SQLite: an flock beside privacy.db (one
+host); PostgreSQL: a session advisory lock on a connection of its own, released by the
+server if the erasing process dies.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Protocol
 
@@ -87,6 +96,20 @@ CREATE OR REPLACE TRIGGER erasure_audit_append_only BEFORE UPDATE OR DELETE OR T
 FOR EACH STATEMENT EXECUTE FUNCTION erasure_audit_append_only();
 """
 _SCHEMA_LOCK = 0x68797065727265  # pg_advisory_xact_lock key: one process creates the schema at a time
+_ERASURE_LOCK = 0x68797065726173  # pg_advisory_lock key: one erasure at a time (`erasing`)
+
+
+class ErasureBusy(RuntimeError):
+    """Another erasure held the erasure lock for longer than this one would wait."""
+
+
+def _wait_for(try_lock: Callable[[], bool], wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while not try_lock():
+        if time.monotonic() >= deadline:
+            raise ErasureBusy(f"another erasure has been running for over {wait_s:.0f}s; nothing was erased, "
+                              "run it again when that one is done")
+        time.sleep(0.2)
 
 
 class PrivacyUnavailable(LogBusy):
@@ -118,6 +141,9 @@ class PrivacyDB(Protocol):
 
     def scrub(self) -> None:
         """After deletes: leave the deleted rows in no file the database controls."""
+
+    def erasing(self, wait_s: float) -> AbstractContextManager[None]:
+        """Hold the erasure lock (see the module doc) for the block; ErasureBusy after `wait_s`."""
 
     def close(self) -> None: ...
 
@@ -176,6 +202,22 @@ class SqlitePrivacyDB:
     def scrub(self) -> None:
         with self._lock:  # old pages of the deleted rows leave the WAL, if nobody is reading them
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    @contextmanager
+    def erasing(self, wait_s: float) -> Iterator[None]:
+        def try_lock() -> bool:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
+        with open(self.path.with_name(self.path.name + ".erasing"), "a+") as lock:
+            _wait_for(try_lock, wait_s)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def close(self) -> None:
         self.db.close()
@@ -258,6 +300,23 @@ class PostgresPrivacyDB:
         (a DELETE only marks them dead). PostgreSQL's WAL and any base backup keep them until
         those are recycled or expire (docs/privacy.md)."""
         self.execute("VACUUM consent", retry=True)
+
+    @contextmanager
+    def erasing(self, wait_s: float) -> Iterator[None]:
+        import psycopg
+
+        try:  # not from the pool: held for the whole erasure, and a session lock must not outlive it there
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(int(self.timeout_s), 1))
+        except psycopg.OperationalError as exc:
+            raise PrivacyUnavailable(f"the privacy database is unavailable: {exc}") from exc
+        with conn:
+            _wait_for(lambda: conn.execute("SELECT pg_try_advisory_lock(%s)", (_ERASURE_LOCK,)).fetchone()[0],
+                      wait_s)
+            try:
+                yield
+            finally:
+                with suppress(psycopg.Error):  # a lost connection: the server released its locks with it
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (_ERASURE_LOCK,))
 
     def close(self) -> None:
         if not self._closed:

@@ -18,10 +18,18 @@ from typing import Literal
 import pandas as pd
 
 from hyperrec.config import Settings
-from hyperrec.privacy.db import PRIVACY_DB, PrivacyUnavailable, is_postgres, open_privacy_db, privacy_location
+from hyperrec.privacy.db import (
+    PRIVACY_DB,
+    ErasureBusy,  # noqa: F401  (raised by erase_user; importable from here)
+    PrivacyUnavailable,
+    is_postgres,
+    open_privacy_db,
+    privacy_location,
+)
 from hyperrec.privacy.pseudonyms import Pseudonymizer
 
 log = logging.getLogger(__name__)
+ERASURE_WAIT_S = 3600.0  # longest an erasure waits for another to finish (PrivacyDB.erasing)
 
 @dataclass(frozen=True)
 class ErasureReport:
@@ -398,7 +406,7 @@ def _erase_recs_cache(connection_string: str, user_id: str) -> dict[str, int]:
 
 
 def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Sequence[Path] | None = None,
-               recs_cache_url: str | None = None) -> ErasureReport:
+               recs_cache_url: str | None = None, wait_s: float = ERASURE_WAIT_S) -> ErasureReport:
     """Remove `user_id` from the Feast online store, the event log(s), the impression log,
     Feast offline tables and every other data file under home, the recommendation cache,
     the consent ledger and the trained models (hyperrec.privacy.models); add it to the
@@ -412,12 +420,24 @@ def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Seq
     again). `event_logs`: default every EventLog under home (`event_log_paths`). The cache
     is cleaned in `recs_cache_url`, default settings.recs_cache, else settings.redis_url
     when the online store is Redis.
-    """
-    from hyperrec.privacy.models import erase_from_models
 
+    One erasure runs at a time among the processes sharing the privacy database
+    (`PrivacyDB.erasing`); this one waits up to `wait_s` for the lock, then raises
+    ErasureBusy having touched nothing.
+    """
     token = Pseudonymizer.for_workspace(settings).token(user_id, "user_id")
     _check_reason(user_id, reason)
     db = open_privacy_db(privacy_location(settings))
+    try:
+        with db.erasing(wait_s):
+            return _erase(settings, db, user_id, reason, token, event_logs, recs_cache_url)
+    finally:
+        db.close()
+
+
+def _erase(settings: Settings, db, user_id: str, reason: str, token: str, event_logs, recs_cache_url) -> ErasureReport:
+    from hyperrec.privacy.models import erase_from_models
+
     removed: dict[str, int] = {"event_log.events": 0, "event_log.dead_letters": 0}
     status = "failed"
     try:
@@ -443,11 +463,8 @@ def erase_user(settings: Settings, user_id: str, reason: str, *, event_logs: Seq
         status = f"failed: {type(exc).__name__}"  # not the message: it may quote the user
         raise
     finally:
-        try:
-            db.execute("INSERT INTO erasure_audit (user_token, at, reason, removed, status) VALUES (?, ?, ?, ?, ?)",
-                       (token, datetime.now(UTC).isoformat(), reason, json.dumps(removed, sort_keys=True), status))
-            db.scrub()  # the deleted consent rows leave the database's files (SQLite: the WAL, if unread)
-        finally:
-            db.close()
+        db.execute("INSERT INTO erasure_audit (user_token, at, reason, removed, status) VALUES (?, ?, ?, ?, ?)",
+                   (token, datetime.now(UTC).isoformat(), reason, json.dumps(removed, sort_keys=True), status))
+        db.scrub()  # the deleted consent rows leave the database's files (SQLite: the WAL, if unread)
         log.info("erasure of %s %s: %s", token, status, removed)
     return ErasureReport(token, removed, status)
