@@ -115,7 +115,7 @@ def serve(args: argparse.Namespace) -> None:
     model = RecommenderModel(args.model_name, settings, as_of=args.as_of, config=config,
                              experiment=EXPERIMENTS[args.experiment])
     model.load()
-    types = EventTypes.for_workspace(model.settings.home)
+    types = EventTypes.for_settings(model.settings)
     if model.settings.kafka_bootstrap:  # a cluster: events go to the Kafka topic (hyperrec.data.kafka_log)
         from hyperrec.data.kafka_log import KafkaEventLog
 

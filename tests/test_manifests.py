@@ -792,40 +792,40 @@ def test_the_artifact_store_is_where_the_settings_put_it(overlay):
         assert paths == {container_env(overlay, c)["HYPERREC_ARTIFACT_ROOT"]}, f"{overlay}: {where} at {paths}"
 
 
-EVENT_TYPES_CONFIG_MAP = "hyperrec-event-types"
-# the code that reads the workspace's event types (EventTypes.for_workspace) -> the pod running it
+EVENT_TYPES_CONFIG_MAP = "hyperrec-event-types"  # what the operator once made and replaced by hand
+# the code that reads the event types a role accepts (EventTypes.for_settings) -> the pod running it
 EVENT_TYPES_READERS = {"hyperrec/features/kafka_source.py": ("hyperrec", "stream"),
                        "hyperrec/data/offline_sink.py": ("hyperrec", "sink"),
                        "serving/__main__.py": ("python", "-m", "serving")}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_event_types_come_from_their_config_map(overlay):
-    """The pods whose code reads HYPERREC_HOME/event_types.json get it from the ConfigMap
-    hyperrec-event-types (made out of band, manifests/README.md), key and file name
-    hyperrec.data.event_types.FILE_NAME, with subPath into their emptyDir home; not optional:
-    a missing optional ConfigMap would leave a directory there, which the code cannot read."""
-    from hyperrec.data.event_types import FILE_NAME
+def calling(call: str) -> set[str]:
+    """The code files (relative to the repository) that contain `call`."""
+    return {str(path.relative_to(ROOT)) for folder in ("hyperrec", "serving", "monitoring", "components")
+            for path in (ROOT / folder).rglob("*.py") if call in path.read_text()}
 
-    readers = {str(path.relative_to(ROOT)) for folder in ("hyperrec", "serving", "monitoring", "components")
-               for path in (ROOT / folder).rglob("*.py") if "EventTypes.for_workspace(" in path.read_text()}
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_event_types_come_from_the_published_world(overlay):
+    """The roles read the event types of the world published in PostgreSQL
+    (EventTypes.for_settings, with HYPERREC_DATABASE_URL from the Secret hyperrec-database),
+    not a file in their emptyDir home: no role code calls EventTypes.for_workspace, and
+    nothing under manifests/ refers to the ConfigMap hyperrec-event-types any more."""
+    assert not calling("EventTypes.for_workspace("), "the roles read EventTypes.for_settings(settings)"
     embedded_only = {"hyperrec/features/stream.py"}  # `hyperrec stream` without --kafka: the embedded log
+    readers = calling("EventTypes.for_settings(") - {"hyperrec/data/event_types.py"}
     assert readers - embedded_only == set(EVENT_TYPES_READERS), f"readers of the event types: {sorted(readers)}"
     for prefix in EVENT_TYPES_READERS.values():
         found = by_command(overlay, *prefix)
         assert found, f"{overlay}: nothing runs {' '.join(prefix)}"
-        for where, c, spec in found:
-            volumes = {v["name"]: v for v in spec["volumes"]}
-            (m,) = [m for m in c["volumeMounts"] if m["mountPath"] == f"{HOME}/{FILE_NAME}"]
-            cm = volumes[m["name"]].get("configMap", {})
-            items = {i["path"]: i["key"] for i in cm.get("items", [])}
-            assert cm.get("name") == EVENT_TYPES_CONFIG_MAP and items.get(m.get("subPath")) == FILE_NAME, \
-                f"{overlay}: {where}: {m} from {volumes[m['name']]}"
-            assert not cm.get("optional") and m.get("readOnly"), f"{overlay}: {where}"
-    assert EVENT_TYPES_CONFIG_MAP not in {d["metadata"]["name"] for d in objects(overlay, "ConfigMap")}, \
-        "made out of band: `kubectl apply -k` would overwrite the operator's declaration"
-    assert f"create configmap {EVENT_TYPES_CONFIG_MAP}" in (MANIFESTS / "README.md").read_text(), \
-        f"manifests/README.md does not say how to create {EVENT_TYPES_CONFIG_MAP}"
+        for where, c, _ in found:
+            (var,) = [v for v in c.get("env", []) if v["name"] == "HYPERREC_DATABASE_URL"]
+            assert var.get("valueFrom", {}).get("secretKeyRef") == {"name": "hyperrec-database", "key": "url"}, \
+                f"{overlay}: {where}: {var}"
+    mentions = [str(path.relative_to(ROOT)) for path in MANIFESTS.rglob("*")
+                if path.is_file() and EVENT_TYPES_CONFIG_MAP in path.read_text(errors="replace")]
+    assert not mentions, f"{EVENT_TYPES_CONFIG_MAP} is gone (the event types come with the world): {mentions}"
+    assert EVENT_TYPES_CONFIG_MAP not in yaml.safe_dump_all(build(overlay)), overlay
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -9,8 +9,14 @@ the recent engaged items the stream keeps, and so in the feedback stages that re
 Weight 0 keeps a type on record without making it a positive.
 
 The declaration travels with the data: `hyperrec data import` writes it into the world's
-meta.json, `features build` copies it into the workspace (HOME/event_types.json), where the
-server's ingestion, the stream processor and training read it.
+meta.json, and training and the feature views read it from the world they are given. The
+roles that take events (the server's ingestion, the stream processor, the Kafka consumers,
+the offline sink) read it once, at start, with `EventTypes.for_settings`:
+- on a cluster (a database_url with a world published there, `hyperrec data publish`): from
+  the published world's meta (table world.meta), so no pod needs a file of its own; restart
+  the roles after publishing a world with new event types;
+- embedded (no database_url, or no world published in it): from the workspace's copy,
+  HOME/event_types.json, which `features build` writes from the world.
 """
 
 from __future__ import annotations
@@ -20,8 +26,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hyperrec.data.schemas import EVENT_TYPES
+
+if TYPE_CHECKING:
+    from hyperrec.config import Settings
 
 CANONICAL_WEIGHTS: dict[str, float] = {"view": 0.0, "click": 1.0, "add_to_cart": 1.0, "purchase": 1.0,
                                        "rating": 1.0}
@@ -82,6 +92,25 @@ class EventTypes:
     @classmethod
     def for_workspace(cls, home: Path) -> EventTypes:
         return cls.load(Path(home) / FILE_NAME)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> EventTypes:
+        """What a role takes: the published world's declaration when `settings.database_url`
+        holds one, else the workspace's file (`for_workspace`). An unreachable database is
+        an error, not the canonical set: a wrong set would dead-letter real events."""
+        if settings.database_url:
+            import psycopg
+
+            from hyperrec.data.world_db import published_meta  # lazily: world_db -> world -> this module
+
+            try:
+                meta = published_meta(settings.database_url)
+            except psycopg.Error as e:
+                raise RuntimeError("the event types: cannot read the published world from the database "
+                                   f"(HYPERREC_DATABASE_URL): {e}") from e
+            if meta is not None:
+                return cls.of_world(meta)
+        return cls.for_workspace(settings.home)
 
     @classmethod
     def of_world(cls, meta: dict) -> EventTypes:

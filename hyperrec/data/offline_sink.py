@@ -309,7 +309,7 @@ def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str = GROUP, sto
 
     stop = stop or threading.Event()
     sink = OfflineSink(bootstrap, settings.offline_events_dir, topic, group_id,
-                       suppress=ErasureWatch(settings), event_types=EventTypes.for_workspace(settings.home).known,
+                       suppress=ErasureWatch(settings), event_types=EventTypes.for_settings(settings).known,
                        database_url=settings.database_url, **consumer_config)
     where = f"PostgreSQL table {sink.events.table.as_string(sink.events.conn)}" if sink.events else \
         settings.offline_events_dir

@@ -134,6 +134,16 @@ def recorded_events(settings: Settings) -> pd.DataFrame:
     return pd.read_parquet(path) if path.exists() else pd.DataFrame()
 
 
+def published_meta(database_url: str, connect_timeout_s: int = 10) -> dict | None:
+    """The published world's meta (its `event_types` among it); None when no world is
+    published. Raises psycopg.Error (OperationalError) when the database cannot be reached."""
+    import psycopg
+
+    with psycopg.connect(database_url, connect_timeout=connect_timeout_s) as conn:
+        found = _meta(conn)
+    return None if found is None else found[0]
+
+
 def _meta(conn) -> tuple[dict, dict] | None:
     """The published world's meta and its columns' dtypes; None when no world is published."""
     return conn.execute(f"SELECT meta, dtypes FROM {SCHEMA}.meta").fetchone() if _exists(conn) else None

@@ -423,7 +423,7 @@ class StreamReplica:
         from hyperrec.privacy import ErasureWatch
 
         self.erasures = ErasureWatch(settings)
-        types = EventTypes.for_workspace(settings.home)
+        types = EventTypes.for_settings(settings)
         store = open_store(settings)
         self.letters = KafkaEventLog(bootstrap)  # its dead-letter topic: no file of ours
         past = recorded_events(settings)
@@ -481,7 +481,7 @@ def _run_alone(settings, bootstrap: str, topic: str, stop: threading.Event, log,
     from hyperrec.privacy import ErasureWatch
 
     erasures = ErasureWatch(settings)
-    types = EventTypes.for_workspace(settings.home)
+    types = EventTypes.for_settings(settings)
     events = EventLog(settings.event_log, suppress=erasures, event_types=types.known)
     processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only,
                                 users_changed=invalidator(settings), engaged=types.engaged)

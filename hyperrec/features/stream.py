@@ -183,7 +183,7 @@ def run(settings, stop: threading.Event | None = None, log=print, batch_only: Ca
 
     stop = stop or threading.Event()
     erasures = ErasureWatch(settings)
-    types = EventTypes.for_workspace(settings.home)
+    types = EventTypes.for_settings(settings)
     events = EventLog(settings.event_log, suppress=erasures, event_types=types.known)
     follow(settings, events, new_log)
     processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only,
