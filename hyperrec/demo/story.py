@@ -287,18 +287,19 @@ def run_demo(settings: Settings, console: Console, users: int, items: int, days:
                               for key in ("ctr_trough_ratio", "drifted_pclick_trough_ratio",
                                           "hours_drift_to_first_retrain")
                               for value in [story.get(key)]))
+    hours = first_hours_summary(from_home(settings, world))
+    story["first_hours"] = hours
+    blind = ", ".join(f"{r['blind_share']:.2f}" for r in hours["spans"])
+    console.print("ceilings of lists built from each drifted user's own evidence (hyperrec.demo.first_hours, read "
+                  "with the truth): lowest 6-hour hidden P(click) ratio, "
+                  f"drifted {hours['drifted_ratio_ceiling_min']:.3f}, everyone {hours['all_ratio_ceiling_min']:.3f}; "
+                  f"share of drifted users' lists served before any evidence, by 6-hour span: {blind}")
     console.print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
                   + f"; total {time.monotonic() - t0:.0f}s")
     console.print(f"plot: {png}")
     console.print("dashboards: make ui (Evidently, http://127.0.0.1:8000); "
                   f"MLflow: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}")
     console.print(f"decisions: {settings.monitoring_dir / 'decisions.jsonl'}; logs: {settings.home / 'logs'}")
-    hours = first_hours_summary(from_home(settings, world))
-    story["first_hours"] = hours
-    console.print("what each user's own evidence could buy at most (hyperrec.demo.first_hours): hidden P(click) "
-                  f"ratio ceilings, drifted {hours['drifted_ratio_ceiling_min']:.3f}, "
-                  f"everyone {hours['all_ratio_ceiling_min']:.3f}; blind share of drifted users' lists by 6-hour span "
-                  + ", ".join(f"{r['blind_share']:.2f}" for r in hours["spans"]))
     summary = write_summary(settings.home / "bench" / "closed_loop.json", story, arms, timings,
                             time.monotonic() - t0, retrains, result["trials"], result.get("open_trial"))
     console.print(f"summary for BENCHMARKS.md: {summary}")
