@@ -96,8 +96,8 @@ def serve(args: argparse.Namespace) -> None:
 
     import hyperrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF loads)
     from hyperrec.config import load_settings
-    from hyperrec.data.event_types import EventTypes
     from hyperrec.data.eventlog import EventLog
+    from hyperrec.data.world_db import role_event_types
     from hyperrec.privacy import ErasureWatch
     from serving.app import install
     from serving.auth import authenticator_for
@@ -115,7 +115,7 @@ def serve(args: argparse.Namespace) -> None:
     model = RecommenderModel(args.model_name, settings, as_of=args.as_of, config=config,
                              experiment=EXPERIMENTS[args.experiment])
     model.load()
-    types = EventTypes.for_settings(model.settings)
+    types = role_event_types(model.settings)
     if model.settings.kafka_bootstrap:  # a cluster: events go to the Kafka topic (hyperrec.data.kafka_log)
         from hyperrec.data.kafka_log import KafkaEventLog
 

@@ -793,7 +793,7 @@ def test_the_artifact_store_is_where_the_settings_put_it(overlay):
 
 
 EVENT_TYPES_CONFIG_MAP = "hyperrec-event-types"  # what the operator once made and replaced by hand
-# the code that reads the event types a role accepts (EventTypes.for_settings) -> the pod running it
+# the code that reads the event types a role accepts (world_db.role_event_types) -> the pod running it
 EVENT_TYPES_READERS = {"hyperrec/features/kafka_source.py": ("hyperrec", "stream"),
                        "hyperrec/data/offline_sink.py": ("hyperrec", "sink"),
                        "serving/__main__.py": ("python", "-m", "serving")}
@@ -808,12 +808,13 @@ def calling(call: str) -> set[str]:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_event_types_come_from_the_published_world(overlay):
     """The roles read the event types of the world published in PostgreSQL
-    (EventTypes.for_settings, with HYPERREC_DATABASE_URL from the Secret hyperrec-database),
-    not a file in their emptyDir home: no role code calls EventTypes.for_workspace, and
-    nothing under manifests/ refers to the ConfigMap hyperrec-event-types any more."""
-    assert not calling("EventTypes.for_workspace("), "the roles read EventTypes.for_settings(settings)"
+    (world_db.role_event_types, with HYPERREC_DATABASE_URL from the Secret hyperrec-database),
+    not a file in their emptyDir home: only role_event_types calls EventTypes.for_workspace
+    (its embedded fallback), and nothing under manifests/ refers to the ConfigMap
+    hyperrec-event-types any more."""
+    assert calling("EventTypes.for_workspace(") == {"hyperrec/data/world_db.py"}, "roles read role_event_types"
     embedded_only = {"hyperrec/features/stream.py"}  # `hyperrec stream` without --kafka: the embedded log
-    readers = calling("EventTypes.for_settings(") - {"hyperrec/data/event_types.py"}
+    readers = calling("role_event_types(") - {"hyperrec/data/world_db.py"}
     assert readers - embedded_only == set(EVENT_TYPES_READERS), f"readers of the event types: {sorted(readers)}"
     for prefix in EVENT_TYPES_READERS.values():
         found = by_command(overlay, *prefix)

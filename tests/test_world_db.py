@@ -97,30 +97,29 @@ def test_the_database_world_needs_a_database(world, settings):
 
 
 def test_a_role_takes_the_event_types_of_the_published_world(world, cluster_settings):
-    """`EventTypes.for_settings`: with a database_url, the published world's declaration; with
+    """`role_event_types`: with a database_url, the published world's declaration; with
     none published there, the workspace's file (a role's home on a cluster is empty)."""
     from hyperrec.data.event_types import EventTypes
 
     assert not (cluster_settings.home / "event_types.json").exists()
-    assert EventTypes.for_settings(cluster_settings) == EventTypes()  # neither a world nor a file
+    assert world_db.role_event_types(cluster_settings) == EventTypes()  # neither a world nor a file
     EventTypes({"shared": 0.5}).save(cluster_settings.home / "event_types.json")
-    assert EventTypes.for_settings(cluster_settings).declared == {"shared": 0.5}  # no world published: the file
+    assert world_db.role_event_types(cluster_settings).declared == {"shared": 0.5}  # no world published: the file
 
     declared = dataclasses.replace(world, meta={**world.meta, "event_types": {"favourite": 2.0}})
     world_db.publish_world(cluster_settings.database_url, declared)
     (cluster_settings.home / "event_types.json").unlink()  # a role's emptyDir home
-    types = EventTypes.for_settings(cluster_settings)
+    types = world_db.role_event_types(cluster_settings)
     assert types.declared == {"favourite": 2.0}
     assert "favourite" in types.known and "favourite" in types.engaged
     assert world_db.published_meta(cluster_settings.database_url)["event_types"] == {"favourite": 2.0}
 
 
 def test_an_unreachable_database_is_an_error_not_the_canonical_types(tmp_path, monkeypatch):
-    from hyperrec.data.event_types import EventTypes
     from hyperrec.services import free_port
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("HYPERREC_DATABASE_URL", f"postgresql://hyperrec@127.0.0.1:{free_port()}/nowhere")
     settings = load_settings(tmp_path / "home")
     with pytest.raises(RuntimeError, match="cannot read the published world"):
-        EventTypes.for_settings(settings)
+        world_db.role_event_types(settings)

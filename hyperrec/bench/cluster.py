@@ -117,11 +117,9 @@ def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:
 
 
 def _configure(role: Role, source: Role) -> None:
-    """What a pod gets from its ConfigMap and Secrets: the workspace's event types and the
-    API keys (copies, not a shared volume)."""
-    from hyperrec.data.event_types import FILE_NAME as EVENT_TYPES_FILE
-
-    for relative in (EVENT_TYPES_FILE, "auth/keys.json", "auth/jwt.secret"):
+    """What a pod gets from its Secrets: the API keys (copies, not a shared volume). The
+    event types come from the world published in PostgreSQL (world_db.role_event_types)."""
+    for relative in ("auth/keys.json", "auth/jwt.secret"):
         src = source.home / relative
         if src.exists():
             (role.home / relative).parent.mkdir(parents=True, exist_ok=True)

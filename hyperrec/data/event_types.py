@@ -11,7 +11,7 @@ Weight 0 keeps a type on record without making it a positive.
 The declaration travels with the data: `hyperrec data import` writes it into the world's
 meta.json, and training and the feature views read it from the world they are given. The
 roles that take events (the server's ingestion, the stream processor, the Kafka consumers,
-the offline sink) read it once, at start, with `EventTypes.for_settings`:
+the offline sink) read it once, at start, with `hyperrec.data.world_db.role_event_types`:
 - on a cluster (a database_url with a world published there, `hyperrec data publish`): from
   the published world's meta (table world.meta), so no pod needs a file of its own; restart
   the roles after publishing a world with new event types;
@@ -26,12 +26,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hyperrec.data.schemas import EVENT_TYPES
-
-if TYPE_CHECKING:
-    from hyperrec.config import Settings
 
 CANONICAL_WEIGHTS: dict[str, float] = {"view": 0.0, "click": 1.0, "add_to_cart": 1.0, "purchase": 1.0,
                                        "rating": 1.0}
@@ -92,25 +88,6 @@ class EventTypes:
     @classmethod
     def for_workspace(cls, home: Path) -> EventTypes:
         return cls.load(Path(home) / FILE_NAME)
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> EventTypes:
-        """What a role takes: the published world's declaration when `settings.database_url`
-        holds one, else the workspace's file (`for_workspace`). An unreachable database is
-        an error, not the canonical set: a wrong set would dead-letter real events."""
-        if settings.database_url:
-            import psycopg
-
-            from hyperrec.data.world_db import published_meta  # lazily: world_db -> world -> this module
-
-            try:
-                meta = published_meta(settings.database_url)
-            except psycopg.Error as e:
-                raise RuntimeError("the event types: cannot read the published world from the database "
-                                   f"(HYPERREC_DATABASE_URL): {e}") from e
-            if meta is not None:
-                return cls.of_world(meta)
-        return cls.for_workspace(settings.home)
 
     @classmethod
     def of_world(cls, meta: dict) -> EventTypes:

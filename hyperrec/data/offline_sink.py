@@ -304,12 +304,12 @@ def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str = GROUP, sto
         log=print, ready_file: Path | None = None, **consumer_config) -> None:
     """`hyperrec sink`: Kafka -> offline event files (with a database_url: the table), until
     `stop`. `ready_file` is created once the sink holds partitions of the topic."""
-    from hyperrec.data.event_types import EventTypes
+    from hyperrec.data.world_db import role_event_types
     from hyperrec.privacy import ErasureWatch
 
     stop = stop or threading.Event()
     sink = OfflineSink(bootstrap, settings.offline_events_dir, topic, group_id,
-                       suppress=ErasureWatch(settings), event_types=EventTypes.for_settings(settings).known,
+                       suppress=ErasureWatch(settings), event_types=role_event_types(settings).known,
                        database_url=settings.database_url, **consumer_config)
     where = f"PostgreSQL table {sink.events.table.as_string(sink.events.conn)}" if sink.events else \
         settings.offline_events_dir

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from hyperrec.config import Settings
+from hyperrec.data.event_types import EventTypes
 from hyperrec.data.schemas import Event, Item, User, validate_frame
 from hyperrec.data.world import World, load_world
 
@@ -113,8 +114,6 @@ def load_world_db(database_url: str, validate: bool = True) -> World:
         meta, dtypes = found
         users, items, events = (_read_table(conn, name, dtypes[name]) for name in TABLES)
     if validate:
-        from hyperrec.data.event_types import EventTypes
-
         users = validate_frame(users, User, "users")
         items = validate_frame(items, Item, "items")
         events = validate_frame(events, Event, "events", {"event_type": EventTypes.of_world(meta).known})
@@ -142,6 +141,24 @@ def published_meta(database_url: str, connect_timeout_s: int = 10) -> dict | Non
     with psycopg.connect(database_url, connect_timeout=connect_timeout_s) as conn:
         found = _meta(conn)
     return None if found is None else found[0]
+
+
+def role_event_types(settings: Settings) -> EventTypes:
+    """The event types a role takes (hyperrec.data.event_types): the published world's
+    declaration when `settings.database_url` holds one, else the workspace's file. An
+    unreachable database is an error, not the canonical set: a wrong set would dead-letter
+    real events."""
+    if settings.database_url:
+        import psycopg
+
+        try:
+            meta = published_meta(settings.database_url)
+        except psycopg.Error as e:
+            raise RuntimeError("the event types: cannot read the published world from the database "
+                               f"(HYPERREC_DATABASE_URL): {e}") from e
+        if meta is not None:
+            return EventTypes.of_world(meta)
+    return EventTypes.for_workspace(settings.home)
 
 
 def _meta(conn) -> tuple[dict, dict] | None:

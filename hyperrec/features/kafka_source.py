@@ -415,15 +415,14 @@ class StreamReplica:
         """One replica of `hyperrec stream --kafka`: a user follower in `group_id` and an item
         follower in `group_id + ".items"`, over one online store and one erasure watch.
         `journal`: a path where both followers record every fold (`FoldJournal`)."""
-        from hyperrec.data.event_types import EventTypes
         from hyperrec.data.kafka_log import KafkaEventLog
-        from hyperrec.data.world_db import recorded_events
+        from hyperrec.data.world_db import recorded_events, role_event_types
         from hyperrec.features.store import open_store
         from hyperrec.online.recs_cache import invalidator
         from hyperrec.privacy import ErasureWatch
 
         self.erasures = ErasureWatch(settings)
-        types = EventTypes.for_settings(settings)
+        types = role_event_types(settings)
         store = open_store(settings)
         self.letters = KafkaEventLog(bootstrap)  # its dead-letter topic: no file of ours
         past = recorded_events(settings)
@@ -473,15 +472,15 @@ def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str | None = GRO
 
 
 def _run_alone(settings, bootstrap: str, topic: str, stop: threading.Event, log, batch_only) -> None:
-    from hyperrec.data.event_types import EventTypes
     from hyperrec.data.eventlog import EventLog
+    from hyperrec.data.world_db import role_event_types
     from hyperrec.features.store import open_store
     from hyperrec.features.stream import history
     from hyperrec.online.recs_cache import invalidator
     from hyperrec.privacy import ErasureWatch
 
     erasures = ErasureWatch(settings)
-    types = EventTypes.for_settings(settings)
+    types = role_event_types(settings)
     events = EventLog(settings.event_log, suppress=erasures, event_types=types.known)
     processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only,
                                 users_changed=invalidator(settings), engaged=types.engaged)

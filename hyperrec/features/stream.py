@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from hyperrec.data.event_types import EventTypes
 from hyperrec.data.eventlog import EventLog, LogUnavailable
+from hyperrec.data.world_db import role_event_types
 from hyperrec.features.views import FEATURE_VIEWS
 from hyperrec.features.windows import ENGAGED, StreamFolds
 
@@ -183,7 +183,7 @@ def run(settings, stop: threading.Event | None = None, log=print, batch_only: Ca
 
     stop = stop or threading.Event()
     erasures = ErasureWatch(settings)
-    types = EventTypes.for_settings(settings)
+    types = role_event_types(settings)
     events = EventLog(settings.event_log, suppress=erasures, event_types=types.known)
     follow(settings, events, new_log)
     processor = StreamProcessor(open_store(settings), events, erasures=erasures, batch_only=batch_only,
