@@ -112,10 +112,11 @@ def crash_after_next_push(replica, crashed: dict) -> None:
 
 
 def serve(replica, stop: threading.Event, errors: list) -> threading.Thread:
+    """The replica as `hyperrec stream --kafka` runs it (StreamReplica.serve: a thread per
+    follower), in a thread of the test's."""
     def loop():
         try:
-            while not stop.is_set():
-                replica.run_once(timeout_ms=250)
+            replica.serve(stop, timeout_ms=250)
         except Exception as exc:  # noqa: BLE001  (the test reads it)
             errors.append(exc)
 

@@ -445,6 +445,37 @@ class StreamReplica:
         self.items.run_once(timeout_ms=timeout_ms)
         return counts
 
+    def serve(self, stop: threading.Event, timeout_ms: int = 500) -> None:
+        """Poll each follower from a thread of its own until `stop` (or until one fails,
+        which stops the other and is raised). Polled in turn from one thread, a follower
+        waiting in its group's join held up the other: replica A's users follower waited
+        for B's users member to rejoin while B's thread waited, in its items join, for A's
+        items member, which could not poll; `hyperrec bench cluster` lost events to it."""
+        errors: list[BaseException] = []
+
+        def follow(follower: PartitionFollower) -> None:
+            try:
+                while not stop.is_set():
+                    follower.run_once(timeout_ms=timeout_ms)
+            except BaseException as exc:  # noqa: BLE001  (raised in the caller's thread below)
+                errors.append(exc)
+                stop.set()
+
+        threads = [threading.Thread(target=follow, args=(f,), name=f"follow-{f.scope}", daemon=True)
+                   for f in (self.users, self.items)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.5)
+        finally:  # interrupted too: the followers stop before anyone closes their consumers
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+        if errors:
+            raise errors[0]
+
     def close(self) -> None:
         self.users.close()
         self.items.close()
@@ -465,8 +496,7 @@ def run(settings, bootstrap: str, topic: str = TOPIC, group_id: str | None = GRO
     replica = StreamReplica(settings, bootstrap, topic, group_id, batch_only=batch_only, journal=journal)
     log(f"kafka consumer on {bootstrap} topic {topic} group {group_id} (item popularity: {group_id}.items)")
     try:
-        while not stop.is_set():
-            replica.run_once(timeout_ms=250)
+        replica.serve(stop)
     finally:
         replica.close()
 
