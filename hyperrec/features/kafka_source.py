@@ -17,6 +17,8 @@ state can follow the partition (`PartitionFollower`):
 Item popularity counts every user's events, so it cannot be split by user: each replica runs a
 second follower in the group `GROUP + ".items"`, whose assignor gives every partition to one
 member; the others stand by, and one of them rebuilds and takes over when the owner leaves.
+The two followers poll from a thread each (`StreamReplica.serve`): a follower waiting in its
+group's join must not keep the other from answering its own.
 
 The members write no file: the state is in memory, dead letters go to the dead-letter topic.
 They read the workspace (event types, the erasure list, Feast's registry) and the world's history
