@@ -27,7 +27,8 @@ event once, and every replica writes to the same table.
 What the sink does not keep: records that fail the event door (the stream processor
 dead-letters them, and the server already sent its own to the dead-letter topic) and
 events of erased users (dropped and counted). `hyperrec.training.retrain.snapshot_world`
-adds these events to the world a retrain learns from (`read_sunk_events`); `hyperrec privacy
+adds these events to the world a retrain learns from (`read_sunk_events`), and a stream
+consumer's rebuild reads those the topic's retention trimmed (`sunk_events_below`); `hyperrec privacy
 erase` removes a user's rows from them like from every parquet file under home (and from the
 table, hyperrec.features.postgres.erase_user).
 """
@@ -138,6 +139,8 @@ class PostgresEvents:
             self.conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.table, sql.SQL(", ").join(
                 sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in _PG_COLUMNS.items())))
             self.conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS events_ts ON {} (ts)").format(self.table))
+            self.conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS events_offsets ON {} (kafka_partition, kafka_offset)")
+                              .format(self.table))
 
     def append(self, rows: list[dict]) -> int:
         """Insert the rows (first offset wins within the batch) in one transaction; returns how
@@ -177,10 +180,51 @@ def read_postgres_events(database_url: str) -> pd.DataFrame:
         cur = conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY ts, kafka_partition, kafka_offset").format(
             sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), sql.Identifier(SCHEMA, EVENTS_TABLE)))
         frame = pd.DataFrame(cur.fetchall(), columns=list(COLUMNS))
+    return _typed(frame)
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
     for c in ("dwell_s", "rating"):
         frame[c] = frame[c].astype("float64")
     return frame
+
+
+def sunk_events_below(settings, topic: str, before: dict[int, int]) -> pd.DataFrame:
+    """The sunk events of each partition `p` of `before` at offsets below `before[p]`, each
+    event_id once (its first offset), sorted by time, with their `kafka_partition`: once the
+    topic's retention has trimmed a partition to `before[p]`, the only copy of those events
+    (hyperrec.features.kafka_source rebuilds a partition's state from them). The table holds
+    the sink's one topic; the files are named by theirs."""
+    columns = [*COLUMNS, "kafka_partition", "kafka_offset"]
+    wanted = {int(p): int(o) for p, o in before.items() if o}
+    if not wanted:
+        return pd.DataFrame(columns=columns)
+    if settings.database_url:
+        import psycopg
+        from psycopg import sql
+
+        from hyperrec.features.postgres import SCHEMA
+
+        with psycopg.connect(settings.database_url) as conn:
+            if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{EVENTS_TABLE}",)).fetchone()[0] is None:
+                return pd.DataFrame(columns=columns)
+            cur = conn.execute(sql.SQL(
+                "SELECT {} FROM {} JOIN unnest(%s::int[], %s::bigint[]) AS upto(p, o) "
+                "ON kafka_partition = upto.p AND kafka_offset < upto.o").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(SCHEMA, EVENTS_TABLE)),
+                (list(wanted), list(wanted.values())))
+            frame = pd.DataFrame(cur.fetchall(), columns=columns)
+    else:
+        import pyarrow.parquet as pq
+
+        files = [f for p, o in wanted.items() for f in Path(settings.offline_events_dir).glob(
+            f"date=*/hour=*/{topic}+{p}+*.parquet") if int(f.stem.rsplit("+", 1)[1].split("-")[0]) < o]
+        frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True) if files else \
+            pd.DataFrame(columns=columns)
+        frame = frame[frame["kafka_offset"] < frame["kafka_partition"].map(wanted)]
+    frame = frame.sort_values(["kafka_partition", "kafka_offset"], kind="stable").drop_duplicates("event_id")
+    return _typed(frame.sort_values("ts", kind="stable").reset_index(drop=True))[columns]
 
 
 def read_sunk_events(settings) -> pd.DataFrame:

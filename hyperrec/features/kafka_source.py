@@ -4,8 +4,9 @@ A consumer group (`GROUP`) of any number of replicas shares the event topic's pa
 topic is keyed by user, so a user's events are all in one partition and the per-user window
 state can follow the partition (`PartitionFollower`):
 - Assigned a partition, a member rebuilds its users' state without pushing: the world's
-  recorded history of those users, then the partition's records from its start up to the
-  group's committed offset. Only then does it fold and push what follows.
+  recorded history of those users, the offline sink's copy of the events the topic's
+  retention trimmed from the partition, then the partition's records from its first retained
+  offset up to the group's committed offset. Only then does it fold and push what follows.
 - A partition still owned after a rebalance, whose committed offset did not move, keeps its
   state; one that went elsewhere is dropped.
 - Each poll: a record below the partition's applied offset is already in the state and is
@@ -171,14 +172,17 @@ class PartitionFollower:
     def __init__(self, processor: StreamProcessor, bootstrap: str, topic: str, group_id: str,
                  history: pd.DataFrame | None = None, event_types: Collection[str] | None = None,
                  suppress: Container[str] = frozenset(), check: Callable[[Event], str | None] | None = None,
-                 journal: Callable[[dict], None] | None = None, **consumer_config):
+                 journal: Callable[[dict], None] | None = None,
+                 trimmed: Callable[[dict[int, int]], pd.DataFrame] | None = None, **consumer_config):
         """One member's share of the stream: the partitions the group gives it, and the state
         that follows them (the module's docstring says how). `processor.folds.scope` says
         which: "users" shares the partitions among the members, "items" gives them all to
         one. `history`: the world's recorded events, folded before the topic's. Dead letters
         go to `processor.log`. `journal(entry)`: told the event ids of every fold, with the
         partition, the state's generation and whether it was a rebuild or a live (pushed)
-        fold: an audit of exactly-once (`hyperrec stream --journal`)."""
+        fold: an audit of exactly-once (`hyperrec stream --journal`). `trimmed(before)`: the
+        offline sink's events of each partition below `before[partition]`, the offset the
+        topic's retention has trimmed it to (hyperrec.data.offline_sink.sunk_events_below)."""
         from kafka import ConsumerRebalanceListener, KafkaConsumer
         from kafka.coordinator.assignors.range import RangePartitionAssignor
 
@@ -188,7 +192,7 @@ class PartitionFollower:
         self.scope = processor.folds.scope
         self.history = history if history is not None else pd.DataFrame()
         self.event_types = tuple(event_types or EVENT_TYPES)
-        self.suppress, self.check, self.journal = suppress, check, journal
+        self.suppress, self.check, self.journal, self.trimmed = suppress, check, journal, trimmed
         self._generations = 0
         self.partitions: dict = {}  # TopicPartition -> _Partition
         self.counts: Counter = Counter()
@@ -307,21 +311,33 @@ class PartitionFollower:
             self.processor.folds.items.state.clear()
 
     def _rebuild(self, tps: list, committed: dict) -> None:
-        """Fold, without pushing, the history of `tps`' users and each partition's records
-        below its committed offset."""
+        """Fold, without pushing, the history of `tps`' users, then each partition's events
+        below its committed offset: those the retention trimmed from the topic (from the
+        offline sink) and the records it still holds."""
         started = time.monotonic()
         counts: Counter = Counter()
         frames, parts = [], {}
         erased = erased_now(self.suppress)
-        for tp, raws in self._read(committed).items():
+        first = self._first_offsets(tps)
+        past = self._history_of([tp.partition for tp in tps])
+        lost = self._trimmed_events(first, erased, known=past)
+        for tp, raws in self._read(committed, first).items():
             self._generations += 1
             part = parts[tp] = _Partition(applied=committed[tp] or 0, generation=self._generations)
+            mine = lost[lost["kafka_partition"] == tp.partition]
+            for event_id in mine["event_id"]:  # a repeat of a trimmed event in the records is one
+                part.event_ids.add(event_id)
+            if not mine.empty:
+                self._journal("rebuild", tp, part, mine["event_id"].tolist())
+                frames.append(self.processor.streamed(mine.drop(columns=["kafka_partition", "kafka_offset"])))
+                if self.scope == "users":
+                    part.users |= set(mine["user_id"])
             events = [e for e in (self._door(part, raw, counts, dead_letter=False, erased=erased) for raw in raws)
                       if e is not None]
             self._journal("rebuild", tp, part, [e.event_id for e in events])
-            part.users = {e.user_id for e in events} if self.scope == "users" else set()
+            if self.scope == "users":
+                part.users |= {e.user_id for e in events}
             frames.append(self.processor.streamed(_frame(events)))
-        past = self._history_of([tp.partition for tp in tps])
         if self.scope == "users" and not past.empty:
             by_partition = self._partition_of_users(past)
             for tp, part in parts.items():
@@ -333,19 +349,35 @@ class PartitionFollower:
             self.processor.folds.fold_frame(pd.concat(frames, ignore_index=True), failed)
         self.partitions.update(parts)
         self.rebuilds.append({"partitions": [tp.partition for tp in tps], "records": records, "history": len(past),
-                              "seconds": time.monotonic() - started, **counts})
-        log.info("%s state of partitions %s rebuilt: %d records and %d history rows in %.2f s", self.scope,
-                 [tp.partition for tp in tps], records, len(past), time.monotonic() - started)
+                              "trimmed": len(lost), "seconds": time.monotonic() - started, **counts})
+        log.info("%s state of partitions %s rebuilt: %d records (%d trimmed from the topic) and %d history rows"
+                 " in %.2f s", self.scope, [tp.partition for tp in tps], records, len(lost), len(past),
+                 time.monotonic() - started)
 
-    def _read(self, upto: dict, patience_s: float = 30.0) -> dict:
-        """Each partition's record values from its start up to (not including) `upto[tp]`."""
+    def _first_offsets(self, tps: list) -> dict:
+        """Each partition's first offset the broker still holds (above 0 once retention trimmed it)."""
+        return self.reader.beginning_offsets(list(tps))
+
+    def _trimmed_events(self, first: dict, erased, known: pd.DataFrame) -> pd.DataFrame:
+        """The offline sink's events below each partition's `first` offset, less erased users'
+        and those the world's history holds already (a world published from a snapshot)."""
+        lost = self.trimmed({tp.partition: o for tp, o in first.items()}) if self.trimmed else None
+        if lost is None or lost.empty:
+            return pd.DataFrame(columns=["event_id", "user_id", "kafka_partition"])
+        lost = lost[~lost["user_id"].isin(erased)] if len(erased) else lost
+        if "event_id" in known:
+            lost = lost[~lost["event_id"].isin(known["event_id"])]
+        return lost.dropna(axis=1, how="all")
+
+    def _read(self, upto: dict, first: dict, patience_s: float = 30.0) -> dict:
+        """Each partition's record values from `first[tp]` up to (not including) `upto[tp]`."""
         wanted = {tp: o for tp, o in upto.items() if o}
         out = {tp: [] for tp in upto}
         if not wanted:
             return out
         self.reader.assign(list(wanted))
-        for tp, start in self.reader.beginning_offsets(list(wanted)).items():
-            self.reader.seek(tp, start)
+        for tp in wanted:
+            self.reader.seek(tp, first[tp])
         deadline = time.monotonic() + patience_s
         while any(self.reader.position(tp) < o for tp, o in wanted.items()):
             got = self.reader.poll(timeout_ms=500, max_records=50_000)
@@ -418,6 +450,7 @@ class StreamReplica:
         follower in `group_id + ".items"`, over one online store and one erasure watch.
         `journal`: a path where both followers record every fold (`FoldJournal`)."""
         from hyperrec.data.kafka_log import KafkaEventLog
+        from hyperrec.data.offline_sink import sunk_events_below
         from hyperrec.data.world_db import recorded_events, role_event_types
         from hyperrec.features.store import open_store
         from hyperrec.online.recs_cache import invalidator
@@ -436,7 +469,7 @@ class StreamReplica:
         items = StreamProcessor(store, _NoLetters(), batch_only=batch_only, engaged=types.engaged, scope="items")
         self.journal = FoldJournal(journal) if journal else None
         common = {"history": past, "event_types": types.known, "suppress": self.erasures, "journal": self.journal,
-                  **consumer_config}
+                  "trimmed": lambda before: sunk_events_below(settings, topic, before), **consumer_config}
         self.users = PartitionFollower(users, bootstrap, topic, group_id, **common)
         self.items = PartitionFollower(items, bootstrap, topic, f"{group_id}.items", **common)
 

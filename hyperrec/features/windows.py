@@ -188,7 +188,7 @@ class StreamFolds:
         if failed is not None and events["ts"].isna().any():
             failed += [(i, ValueError("ts: missing")) for i in events.index[events["ts"].isna()]]
             events = events[events["ts"].notna()]
-        ts_ms = (events["ts"].astype("int64") // 1_000_000).to_numpy()  # ns -> ms
+        ts_ms = events["ts"].dt.as_unit("ms").astype("int64").to_numpy()  # any unit: parquet's are us
         dwell = pd.to_numeric(events["dwell_s"], errors="coerce").fillna(0.0).to_numpy() if "dwell_s" in events \
             else np.zeros(len(events))
         rows = {"user_activity": [], "item_popularity": [], "user_recent_items": [], "user_purchases": [],
@@ -322,7 +322,7 @@ def replay(events: pd.DataFrame, engaged: tuple[str, ...] = ENGAGED) -> dict[str
     """The snapshots StreamFolds.for_types(engaged).fold_frame(events) would produce, computed
     at once. `engaged`: the types kept as recent engaged items (hyperrec.data.event_types)."""
     events = events.sort_values("ts", kind="stable").reset_index(drop=True)
-    ts_ms = (events["ts"].astype("int64") // 1_000_000).to_numpy()
+    ts_ms = events["ts"].dt.as_unit("ms").astype("int64").to_numpy()
     dwell = np.where(events["event_type"].to_numpy() == "click",
                      events["dwell_s"].fillna(0.0).to_numpy() if "dwell_s" in events else 0.0, 0.0)
     folds = StreamFolds.for_types(engaged)
