@@ -318,7 +318,8 @@ def _probe(known: list[str], world) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_registered_versions_their_copies_and_the_servers_downloads_forget_the_user(trained, tmp_path):
+def test_registered_versions_their_copies_and_the_servers_downloads_forget_the_user(trained, tmp_path, monkeypatch):
+    import hyperrec.privacy.models as models
     from hyperrec.models.recommender import Recommender
     from hyperrec.models.two_tower import NEW_USER
     from hyperrec.online.hotswap import load_shared
@@ -333,8 +334,17 @@ def test_registered_versions_their_copies_and_the_servers_downloads_forget_the_u
     before = old.user_embeddings(probe)
     as_stranger = old.user_embeddings(probe.assign(user_id=[NEW_USER] * len(probe)))
 
+    redacting, tag = {}, models._tag  # what a download would see while the files are rewritten
+
+    def tag_and_look(settings, version):
+        redacting[version] = configure(settings).get_model_version(settings.model_name, str(version)).tags.get(
+            models.REDACTING_TAG)
+        tag(settings, version)
+
+    monkeypatch.setattr(models, "_tag", tag_and_look)
     report = erase_user(settings, gone, "ticket GAP-6")
     assert report.status == "done"
+    assert sorted(redacting) == sorted(versions) and all(redacting.values())  # downloads waited then
     for version in versions:
         model_dir = model_version_dir(settings, version, tmp_path / str(version))
         vocab = json.loads((model_dir / "warm_start" / "user_tower.vocab.json").read_text())
@@ -342,7 +352,7 @@ def test_registered_versions_their_copies_and_the_servers_downloads_forget_the_u
         for path in (model_dir / "user_tower").rglob("*"):
             assert not path.is_file() or gone.encode() not in path.read_bytes(), path
         tags = configure(settings).get_model_version(settings.model_name, str(version)).tags
-        assert tags["erasure_redactions"] == "1"
+        assert tags["erasure_redactions"] == "1" and models.REDACTING_TAG not in tags
     assert (report.removed["models.versions"], report.removed["models.copies"],
             report.removed["models.serving_cache"]) == (2, 1, 1)
     # the server's next load downloads the redacted version: the same model for everyone else
@@ -351,8 +361,14 @@ def test_registered_versions_their_copies_and_the_servers_downloads_forget_the_u
     after = new.user_embeddings(probe)
     np.testing.assert_allclose(after[1:], before[1:], atol=1e-5)
     np.testing.assert_allclose(after[0], as_stranger[0], atol=1e-5)  # the erased user is now a stranger
+    # an erasure stopped after writing every file of versions[0] left its tag: the next one
+    # counts that redaction (servers fetch the version again) and clears the tag
+    configure(settings).set_model_version_tag(settings.model_name, str(versions[0]), models.REDACTING_TAG,
+                                              "2026-12-07T10:00:00+00:00")
     again = erase_user(settings, gone, "ticket GAP-6 (repeat)")
     assert not any(v for k, v in again.removed.items() if k.startswith("models."))
+    tags = configure(settings).get_model_version(settings.model_name, str(versions[0])).tags
+    assert models.REDACTING_TAG not in tags and tags["erasure_redactions"] == "2"
 
 
 @pytest.mark.slow

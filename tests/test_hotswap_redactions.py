@@ -142,3 +142,74 @@ def test_a_server_on_another_node_reloads_the_version_an_erasure_redacted(champi
         marker = (downloads / str(built["version"]) / ".complete").read_text().splitlines()
         assert marker[1] == "1" and swaps() == 2, (marker, swaps())
         print(f"erase_user {erased_s:.1f} s, then the server served the redacted unit after {reloaded_s:.1f} s")
+
+
+def fake_version(settings, tmp_path, text: str):
+    """(version, its source folder, a client): a registered version whose files are an MLmodel
+    naming `model_dir` and one file in it."""
+    from mlflow import MlflowClient
+
+    from hyperrec.registry.model_registry import configure
+
+    source = tmp_path / "source"
+    (source / "model_dir").mkdir(parents=True)
+    (source / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: x\n"
+                                    "    artifacts:\n      model_dir:\n        path: model_dir\n")
+    (source / "model_dir" / "tower.txt").write_text(text)
+    configure(settings)
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    client.create_registered_model(settings.model_name)
+    return int(client.create_model_version(settings.model_name, str(source)).version), source, client
+
+
+def test_a_download_waits_out_a_redaction_and_takes_the_redacted_files(settings, tmp_path):
+    """An erasure rewrites a version's files one by one (hyperrec.privacy.models): while the
+    version is tagged as being redacted, no download is taken."""
+    import threading
+
+    from hyperrec.privacy.models import REDACTING_TAG, REDACTIONS_TAG
+    from hyperrec.registry.model_registry import model_version_dir
+
+    version, source, client = fake_version(settings, tmp_path, "old")
+    client.set_model_version_tag(settings.model_name, str(version), REDACTING_TAG, "2026-12-07T10:00:00+00:00")
+    got, done = {}, threading.Event()
+
+    def download():
+        got["dir"] = model_version_dir(settings, version, tmp_path / "download", wait_s=0.1)
+        done.set()
+
+    thread = threading.Thread(target=download, daemon=True)
+    thread.start()
+    assert not done.wait(1.5), "downloaded while the version was being redacted"
+    (source / "model_dir" / "tower.txt").write_text("redacted")
+    client.set_model_version_tag(settings.model_name, str(version), REDACTIONS_TAG, "1")
+    client.delete_model_version_tag(settings.model_name, str(version), REDACTING_TAG)
+    assert done.wait(30)
+    assert (got["dir"] / "tower.txt").read_text() == "redacted"
+
+
+def test_a_download_a_redaction_overlapped_is_fetched_again(settings, tmp_path, monkeypatch):
+    """A redaction that began and ended inside one download (its count moved) may have mixed
+    the files: they are fetched again, and a file only the first download had does not stay."""
+    import mlflow
+
+    from hyperrec.privacy.models import REDACTIONS_TAG
+    from hyperrec.registry.model_registry import model_version_dir
+
+    version, source, client = fake_version(settings, tmp_path, "old")
+    (source / "model_dir" / "stale.txt").write_text("a file the redaction deletes")
+    real, calls = mlflow.artifacts.download_artifacts, []
+
+    def overlapped(*args, **kwargs):
+        local = real(*args, **kwargs)
+        calls.append(local)
+        if len(calls) == 1:  # an erasure ran meanwhile: new files, a grown count
+            (source / "model_dir" / "tower.txt").write_text("redacted")
+            (source / "model_dir" / "stale.txt").unlink()
+            client.set_model_version_tag(settings.model_name, str(version), REDACTIONS_TAG, "1")
+        return local
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", overlapped)
+    model_dir = model_version_dir(settings, version, tmp_path / "download", wait_s=0.1)
+    assert len(calls) == 2
+    assert (model_dir / "tower.txt").read_text() == "redacted" and not (model_dir / "stale.txt").exists()

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +41,9 @@ import pandas as pd
 from hyperrec.config import Settings
 
 USER_VOCAB = Path("warm_start") / "user_tower.vocab.json"  # hyperrec.models.two_tower.WARM_START_DIR
+log = logging.getLogger(__name__)
 REDACTIONS_TAG = "erasure_redactions"
+REDACTING_TAG = "hyperrec.redacting"  # while an erasure rewrites the version's files: when it began
 
 
 class RedactionError(RuntimeError):
@@ -62,10 +66,12 @@ def erase_from_models(settings: Settings, user_id: str) -> dict[str, int]:
         versions = registered_versions(settings, user_id, Path(scratch))
         touched = [v for v in versions if holds_user(v.model_dir, user_id)]
         for version in touched:
-            redact(version.model_dir)
-            if version.store is not None:
-                _write_back(version)
-            _tag(settings, version.number)
+            with _redacting(settings, version.number):
+                redact(version.model_dir)
+                if version.store is not None:
+                    _write_back(version)
+                _tag(settings, version.number)
+        _finish_stopped(settings, [v for v in versions if v not in touched])
         downloads = _drop_downloads(settings.home / "serving" / "versions", user_id)
         skip = {v.model_dir.resolve() for v in versions}
         copies = [d for root in settings.data_roots for d in _model_dirs(root) if d.resolve() not in skip
@@ -138,7 +144,8 @@ def _write_back(version: RegisteredVersion) -> None:
     """Upload a redacted download's user tower and warm-start files over the version's own,
     through the tracking server, in the order `_install` swaps them locally (the tower's files,
     then stale ones deleted, then the warm-start files). Not atomic: a server that downloads
-    this version during the upload (seconds) can get a mix of old and new files."""
+    this version during the upload (seconds) could get a mix of old and new files, so the
+    upload runs inside `_redacting`."""
     store, path, model_dir = version.store, version.path, version.model_dir
     tower = model_dir / "user_tower"
     new = {f.relative_to(tower).as_posix() for f in tower.rglob("*") if f.is_file()}
@@ -166,6 +173,48 @@ def _local_path(uri: str) -> Path:
     if parsed.scheme in ("", "file"):
         return Path(url2pathname(parsed.path) if parsed.scheme else uri)
     raise NotImplementedError(f"erasure from model artifacts in a {parsed.scheme!r} store")
+
+
+@contextmanager
+def _redacting(settings: Settings, version: int):
+    """Tag the version REDACTING_TAG while its files are rewritten (they are, file by file, in
+    the artifact store or through the tracking server): a download meanwhile would mix old
+    and new files, so hyperrec.registry.model_registry.model_version_dir waits it out. The
+    tag goes after the redaction count has grown, and when the redaction fails."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    client.set_model_version_tag(settings.model_name, str(version), REDACTING_TAG,
+                                 datetime.now(UTC).isoformat(timespec="seconds"))
+    try:
+        yield
+    finally:
+        client.delete_model_version_tag(settings.model_name, str(version), REDACTING_TAG)
+
+
+def _finish_stopped(settings: Settings, versions: list[RegisteredVersion]) -> None:
+    """Clear the REDACTING_TAG an erasure that stopped half way left (erasures run one at a
+    time, hyperrec.privacy.PrivacyDB.erasing: any tag found now is left over). A version that
+    holds no erased user had every file written: its redaction is counted, so servers fetch
+    it again, and the tag goes. One that still holds one keeps the tag (downloads of a mix
+    stay refused) until that user's erasure runs again."""
+    from mlflow import MlflowClient
+
+    from hyperrec.privacy.erasure import erased_users
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    erased = None
+    for version in versions:
+        if REDACTING_TAG not in client.get_model_version(settings.model_name, str(version.number)).tags:
+            continue
+        erased = erased_users(settings) if erased is None else erased
+        vocab = version.model_dir / USER_VOCAB
+        if vocab.exists() and erased & set(json.loads(vocab.read_text()).get("user_id_lookup", [])):
+            log.warning("v%s was left half redacted by an erasure that stopped: run that erasure again",
+                        version.number)
+            continue
+        _tag(settings, version.number)
+        client.delete_model_version_tag(settings.model_name, str(version.number), REDACTING_TAG)
 
 
 def _tag(settings: Settings, version: int) -> None:

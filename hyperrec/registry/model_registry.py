@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -337,14 +339,44 @@ def champion_model_dir(settings: Settings) -> Path | None:
     return None if version is None else model_version_dir(settings, version)
 
 
-def model_version_dir(settings: Settings, version: int, dst: Path | None = None) -> Path:
+def model_version_dir(settings: Settings, version: int, dst: Path | None = None, patience_s: float = 600.0,
+                      wait_s: float = 1.0) -> Path:
     """Download one registered version's files (into `dst`, default a temporary folder) and
     return its exported model folder. Files only: loading the pyfunc would build the whole
-    TF model just to find its folder."""
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}",
-                                                     dst_path=str(dst) if dst else None))
-    flavor = mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]
-    return local / flavor["artifacts"]["model_dir"]["path"]
+    TF model just to find its folder.
+
+    An erasure rewrites a version's files in place, file by file (hyperrec.privacy.models), so
+    a download is taken only outside one: never while the version is tagged REDACTING_TAG,
+    and fetched again when the tag or the redaction count differs after the download from
+    before it (the files may mix two redactions). Raises TimeoutError after `patience_s` of
+    redactions (a tag a crashed erasure left: run the erasure again)."""
+    client = configure(settings)
+    deadline, mixed = time.monotonic() + patience_s, False
+    while True:
+        before = _redaction_state(client, settings, version)
+        if before[0] is None:
+            if mixed and dst is not None:  # no file of the mixed download stays
+                shutil.rmtree(dst, ignore_errors=True)
+                dst.mkdir(parents=True)
+            local = Path(mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}",
+                                                             dst_path=str(dst) if dst else None))
+            if _redaction_state(client, settings, version) == before:
+                flavor = mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]
+                return local / flavor["artifacts"]["model_dir"]["path"]
+            log.info("v%s was redacted during its download: fetching it again", version)
+            mixed = True
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"v{version} is being redacted by an erasure since {before[0]} ({patience_s:g} s): "
+                               "if none is running, one stopped half way; run `hyperrec privacy erase` again")
+        time.sleep(wait_s)
+
+
+def _redaction_state(client: MlflowClient, settings: Settings, version: int) -> tuple[str | None, str]:
+    """(when the erasure now rewriting the version started, or None; its redaction count)."""
+    from hyperrec.privacy.models import REDACTING_TAG, REDACTIONS_TAG
+
+    tags = client.get_model_version(settings.model_name, str(version)).tags
+    return tags.get(REDACTING_TAG), tags.get(REDACTIONS_TAG, "0")
 
 
 def load_champion(settings: Settings, alias: str = CHAMPION):
