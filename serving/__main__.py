@@ -117,10 +117,13 @@ def serve(args: argparse.Namespace) -> None:
     model.load()
     types = role_event_types(model.settings)
     if model.settings.kafka_bootstrap:  # a cluster: events go to the Kafka topic (hyperrec.data.kafka_log)
-        from hyperrec.data.kafka_log import KafkaEventLog
+        from hyperrec.data.kafka_log import KafkaEventLog, SeenEventIds
+        from hyperrec.services import redis_client
 
+        seen_ids = (SeenEventIds(redis_client(model.settings.redis_url, timeout_s=0.5))
+                if model.settings.online_store == "redis" else None)  # the servers' shared Redis
         events = KafkaEventLog(model.settings.kafka_bootstrap, suppress=ErasureWatch(model.settings),
-                               event_types=types.known, ack_timeout_s=args.ingest_wait_s)
+                               event_types=types.known, ack_timeout_s=args.ingest_wait_s, seen_ids=seen_ids)
     else:
         events = EventLog(model.settings.event_log, suppress=ErasureWatch(model.settings), event_types=types.known,
                           busy_wait_s=args.ingest_wait_s)

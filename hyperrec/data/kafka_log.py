@@ -15,14 +15,21 @@ kept with its raw bytes and the error. The differences:
   `BrokerUnavailable` (a `LogBusy`: the server answers 503 with Retry-After and claims
   nothing stored). Some of the batch may have reached the topic anyway; the client's retry
   sends them again, and the consumers store each `event_id` once.
-- Duplicates: the broker keeps no index of event ids, so a replayed `event_id` is counted as
-  a duplicate only within one request; across requests it is produced again and counted
-  `stored` (= acknowledged by the broker), and every consumer dedupes on `event_id`: the stream
-  processor through its event log, the offline sink when the training data is read.
+- Duplicates: the broker keeps no index of event ids. A repeat within one request is counted
+  a duplicate. Across requests (a client's retry after a timeout, a replayed batch), the
+  servers share `SeenEventIds` in Redis when they have one (the cluster's online store):
+  an event_id acknowledged in the last day is counted a duplicate and not produced again.
+  Without it, or when Redis does not answer, a repeat is produced again and counted
+  `stored` (= acknowledged by the broker). Either way every consumer dedupes on `event_id`
+  (the stream per partition, the offline sink by the table's key), so a repeat that gets
+  through has no second effect; the check runs before the produce and the ids are recorded
+  only after the acknowledgement, so it never turns an event away that was not stored.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
 from collections.abc import Callable, Collection, Container, Iterable
 from datetime import UTC, datetime
@@ -39,6 +46,7 @@ from hyperrec.data.eventlog import (
 )
 from hyperrec.data.schemas import EVENT_TYPES, Event
 
+log = logging.getLogger(__name__)
 TOPIC = "hyperrec.events"  # one typed topic: every event type, keyed by user (per-user order)
 DEAD_LETTER_TOPIC = "hyperrec.events.dead-letters"  # what failed the door: raw bytes, `error` header
 
@@ -50,12 +58,55 @@ class BrokerUnavailable(LogBusy):
     kind = "broker_unavailable"
 
 
+class SeenEventIds:
+    """The event ids the broker acknowledged in the last `ttl_s`, in Redis, shared by every
+    server: `seen` before a produce, `remember` after its acknowledgement. Keys are a hash of
+    the id (a client's ids may name its users), values empty. A Redis that does not answer
+    costs the dedupe, never an event: `seen` then says none (counted in `failures`)."""
+
+    PREFIX = "hyperrec:event-seen:"
+
+    def __init__(self, client, ttl_s: int = 86_400):
+        self.client, self.ttl_s, self.failures = client, ttl_s, 0
+
+    def _key(self, event_id: str) -> str:
+        return self.PREFIX + hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
+
+    def seen(self, event_ids: list[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        try:
+            found = self.client.mget([self._key(i) for i in event_ids])
+        except Exception as exc:  # noqa: BLE001  (any Redis failure: the consumers still dedupe)
+            self._failed("read", exc)
+            return set()
+        return {i for i, value in zip(event_ids, found) if value is not None}
+
+    def remember(self, event_ids: list[str]) -> None:
+        if not event_ids:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for event_id in event_ids:
+                pipe.set(self._key(event_id), b"", ex=self.ttl_s)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001
+            self._failed("write", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.failures += 1
+        log.warning("event-id dedupe: Redis %s failed (%s: %s); repeats across requests are produced again "
+                    "and deduped by the consumers", what, type(exc).__name__, exc)
+
+
 class KafkaEventLog:
     def __init__(self, bootstrap: str, topic: str = TOPIC, dead_letter_topic: str = DEAD_LETTER_TOPIC,
                  suppress: Container[str] = frozenset(), event_types: Collection[str] = EVENT_TYPES,
-                 ack_timeout_s: float = 10.0, **producer_config):
+                 ack_timeout_s: float = 10.0, seen_ids: SeenEventIds | None = None, **producer_config):
         """`ack_timeout_s`: the longest an append waits for the broker's acknowledgements
-        (and for its metadata, when it has none yet) before BrokerUnavailable."""
+        (and for its metadata, when it has none yet) before BrokerUnavailable. `seen_ids`: the
+        ids acknowledged lately, across requests and servers (None: within a request only)."""
+        self.seen_ids = seen_ids
         self.bootstrap, self.topic, self.dead_letter_topic = bootstrap, topic, dead_letter_topic
         self.suppress, self.event_types = suppress, tuple(event_types)
         self.ack_timeout_s = ack_timeout_s
@@ -120,8 +171,14 @@ class KafkaEventLog:
             else:
                 seen.add(event.event_id)
                 events.append(event)
+        if self.seen_ids is not None and events:
+            before = self.seen_ids.seen([e.event_id for e in events])
+            dup += len(before)
+            events = [e for e in events if e.event_id not in before]
         self._produce([(self.topic, e.user_id.encode(), e.model_dump_json().encode(), None) for e in events]
                       + [self._letter(raw, error) for raw, error in letters])
+        if self.seen_ids is not None:
+            self.seen_ids.remember([e.event_id for e in events])
         stored = len(events)
         return AppendResult(received, stored, dup, dead, errors, suppressed)
 
