@@ -167,3 +167,31 @@ def test_a_replica_rebuilding_trimmed_partitions_folds_what_its_predecessor_fold
     # without the sink's copy the trimmed events are gone, but for the retried one: its second
     # record, no longer a repeat of anything this member saw, stands in for it
     assert lost == sum(half.values()) - 1
+
+
+def test_the_sinks_files_give_the_events_below_each_partitions_offset(settings):
+    """Without a database the sink's parquet files answer the same question: per partition,
+    the events below an offset, each event_id once (its first offset), in time order."""
+    import pyarrow as pa
+
+    from hyperrec.data.offline_sink import _schema, file_name, write_durably
+
+    at = pd.Timestamp("2026-01-01T00:00:00Z")
+    root = settings.offline_events_dir
+
+    def file(partition: int, offsets: range, ids: list[str]):
+        rows = pd.DataFrame({"event_id": ids, "user_id": "u1", "item_id": "i1", "event_type": "view",
+                             "ts": [at + timedelta(seconds=o * 10 + partition) for o in offsets],
+                             "dwell_s": np.nan, "rating": np.nan, "session_id": None, "device": None,
+                             "request_id": None, "kafka_partition": partition, "kafka_offset": list(offsets)})
+        path = root / "date=2026-01-01" / "hour=00" / file_name(TOPIC, partition, offsets[0], offsets[-1])
+        write_durably(pa.Table.from_pandas(rows, schema=_schema(), preserve_index=False), path)
+
+    file(0, range(0, 4), ["a0", "a1", "a2", "a3"])
+    file(0, range(4, 8), ["a4", "a1", "a6", "a7"])  # a1 again at offset 5: a client's retry
+    file(1, range(0, 3), ["b0", "b1", "b2"])
+    file(1, range(3, 6), ["b3", "b4", "b5"])  # wholly above partition 1's offset: not read
+    got = sunk_events_below(settings, TOPIC, {0: 6, 1: 2, 2: 5})
+    assert got["event_id"].tolist() == ["a0", "b0", "a1", "b1", "a2", "a3", "a4"]
+    assert got["kafka_offset"].tolist() == [0, 0, 1, 1, 2, 3, 4]
+    assert sunk_events_below(settings, TOPIC, {0: 0}).empty
