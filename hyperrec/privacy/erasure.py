@@ -457,7 +457,7 @@ def _erase(settings: Settings, db, user_id: str, reason: str, token: str, event_
         if cache:
             removed |= _erase_recs_cache(cache, user_id)
         removed["consent"] = db.execute("DELETE FROM consent WHERE user_id = ?", (user_id,), retry=True)
-        removed |= erase_from_models(settings, user_id)
+        removed |= erase_from_models(settings, user_id, lambda: erased_users(settings))
         status = "done"
     except Exception as exc:
         status = f"failed: {type(exc).__name__}"  # not the message: it may quote the user

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -57,10 +58,11 @@ def holds_user(model_dir: Path, user_id: str) -> bool:
     return vocab.exists() and user_id in json.loads(vocab.read_text()).get("user_id_lookup", [])
 
 
-def erase_from_models(settings: Settings, user_id: str) -> dict[str, int]:
+def erase_from_models(settings: Settings, user_id: str, erased: Callable[[], set[str]]) -> dict[str, int]:
     """Redact the user from every registered version and every other model folder under home
     and the artifact store (Settings.data_roots), and delete the server's downloads that hold
-    them. Counts: versions redacted, other folders redacted, downloads deleted."""
+    them. `erased()`: every user erased so far (for `_finish_stopped`). Counts: versions
+    redacted, other folders redacted, downloads deleted."""
     redact = _Redactor(user_id)
     with tempfile.TemporaryDirectory(prefix="hyperrec-erase-") as scratch:
         versions = registered_versions(settings, user_id, Path(scratch))
@@ -71,7 +73,7 @@ def erase_from_models(settings: Settings, user_id: str) -> dict[str, int]:
                 if version.store is not None:
                     _write_back(version)
                 _tag(settings, version.number)
-        _finish_stopped(settings, [v for v in versions if v not in touched])
+        _finish_stopped(settings, [v for v in versions if v not in touched], erased)
         downloads = _drop_downloads(settings.home / "serving" / "versions", user_id)
         skip = {v.model_dir.resolve() for v in versions}
         copies = [d for root in settings.data_roots for d in _model_dirs(root) if d.resolve() not in skip
@@ -192,7 +194,7 @@ def _redacting(settings: Settings, version: int):
         client.delete_model_version_tag(settings.model_name, str(version), REDACTING_TAG)
 
 
-def _finish_stopped(settings: Settings, versions: list[RegisteredVersion]) -> None:
+def _finish_stopped(settings: Settings, versions: list[RegisteredVersion], erased_now: Callable[[], set[str]]) -> None:
     """Clear the REDACTING_TAG an erasure that stopped half way left (erasures run one at a
     time, hyperrec.privacy.PrivacyDB.erasing: any tag found now is left over). A version that
     holds no erased user had every file written: its redaction is counted, so servers fetch
@@ -200,14 +202,12 @@ def _finish_stopped(settings: Settings, versions: list[RegisteredVersion]) -> No
     stay refused) until that user's erasure runs again."""
     from mlflow import MlflowClient
 
-    from hyperrec.privacy.erasure import erased_users
-
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     erased = None
     for version in versions:
         if REDACTING_TAG not in client.get_model_version(settings.model_name, str(version.number)).tags:
             continue
-        erased = erased_users(settings) if erased is None else erased
+        erased = erased_now() if erased is None else erased
         vocab = version.model_dir / USER_VOCAB
         if vocab.exists() and erased & set(json.loads(vocab.read_text()).get("user_id_lookup", [])):
             log.warning("v%s was left half redacted by an erasure that stopped: run that erasure again",
