@@ -194,7 +194,7 @@ def _redacting(settings: Settings, version: int):
         client.delete_model_version_tag(settings.model_name, str(version), REDACTING_TAG)
 
 
-def _finish_stopped(settings: Settings, versions: list[RegisteredVersion], erased_now: Callable[[], set[str]]) -> None:
+def _finish_stopped(settings: Settings, versions: list[RegisteredVersion], erased: Callable[[], set[str]]) -> None:
     """Clear the REDACTING_TAG an erasure that stopped half way left (erasures run one at a
     time, hyperrec.privacy.PrivacyDB.erasing: any tag found now is left over). A version that
     holds no erased user had every file written: its redaction is counted, so servers fetch
@@ -203,13 +203,13 @@ def _finish_stopped(settings: Settings, versions: list[RegisteredVersion], erase
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    erased = None
+    gone = None  # read once, and only when a tag is found
     for version in versions:
         if REDACTING_TAG not in client.get_model_version(settings.model_name, str(version.number)).tags:
             continue
-        erased = erased_now() if erased is None else erased
+        gone = erased() if gone is None else gone
         vocab = version.model_dir / USER_VOCAB
-        if vocab.exists() and erased & set(json.loads(vocab.read_text()).get("user_id_lookup", [])):
+        if vocab.exists() and gone & set(json.loads(vocab.read_text()).get("user_id_lookup", [])):
             log.warning("v%s was left half redacted by an erasure that stopped: run that erasure again",
                         version.number)
             continue

@@ -351,20 +351,21 @@ def model_version_dir(settings: Settings, version: int, dst: Path | None = None,
     before it (the files may mix two redactions). Raises TimeoutError after `patience_s` of
     redactions (a tag a crashed erasure left: run the erasure again)."""
     client = configure(settings)
-    deadline, mixed = time.monotonic() + patience_s, False
+    deadline, mixed = time.monotonic() + patience_s, None  # mixed: where a download a redaction overlapped is
     while True:
         before = _redaction_state(client, settings, version)
         if before[0] is None:
-            if mixed and dst is not None:  # no file of the mixed download stays
-                shutil.rmtree(dst, ignore_errors=True)
-                dst.mkdir(parents=True)
+            if mixed is not None:  # no file of the mixed download stays
+                shutil.rmtree(mixed, ignore_errors=True)
+                if dst is not None:
+                    dst.mkdir(parents=True, exist_ok=True)
             local = Path(mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}",
                                                              dst_path=str(dst) if dst else None))
             if _redaction_state(client, settings, version) == before:
                 flavor = mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]
                 return local / flavor["artifacts"]["model_dir"]["path"]
             log.info("v%s was redacted during its download: fetching it again", version)
-            mixed = True
+            mixed = local
         if time.monotonic() > deadline:
             raise TimeoutError(f"v{version} is being redacted by an erasure since {before[0]} ({patience_s:g} s): "
                                "if none is running, one stopped half way; run `hyperrec privacy erase` again")
