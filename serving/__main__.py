@@ -119,9 +119,11 @@ def serve(args: argparse.Namespace) -> None:
     if model.settings.kafka_bootstrap:  # a cluster: events go to the Kafka topic (hyperrec.data.kafka_log)
         from hyperrec.data.kafka_log import KafkaEventLog, SeenEventIds
         from hyperrec.services import redis_client
+        from serving import metrics
 
-        seen_ids = (SeenEventIds(redis_client(model.settings.redis_url, timeout_s=0.5))
-                if model.settings.online_store == "redis" else None)  # the servers' shared Redis
+        seen_ids = (SeenEventIds(redis_client(model.settings.redis_url, timeout_s=0.5),
+                                 on_failure=lambda what: metrics.DEGRADED.labels("event-dedupe").inc())
+                    if model.settings.online_store == "redis" else None)  # the servers' shared Redis
         events = KafkaEventLog(model.settings.kafka_bootstrap, suppress=ErasureWatch(model.settings),
                                event_types=types.known, ack_timeout_s=args.ingest_wait_s, seen_ids=seen_ids)
     else:

@@ -32,7 +32,7 @@ SWAPS = Counter("hyperrec_model_swaps_total", "model versions swapped in")
 CACHE = Counter("hyperrec_recs_cache_total", "cacheable requests by cache outcome (HYPERREC_RECS_CACHE)",
                 ["outcome"])  # hit | miss | fenced (invalidated while computed, not stored) | error
 DEGRADED = Counter("hyperrec_degraded_total", "responses made without a part, by part (online-features, "
-                   "recs-cache)", ["part"])
+                   "recs-cache, event-dedupe)", ["part"])
 LOAD_FAILURES = Counter("hyperrec_model_load_failures_total", "model versions that failed to load")
 FEEDBACK = Counter("hyperrec_bandit_feedback_total", "exploration feedback received", ["outcome"])
 EVENTS = Counter("hyperrec_events_total", "events received on POST /v1/events, by outcome",

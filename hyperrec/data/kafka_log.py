@@ -62,12 +62,13 @@ class SeenEventIds:
     """The event ids the broker acknowledged in the last `ttl_s`, in Redis, shared by every
     server: `seen` before a produce, `remember` after its acknowledgement. Keys are a hash of
     the id (a client's ids may name its users), values empty. A Redis that does not answer
-    costs the dedupe, never an event: `seen` then says none (counted in `failures`)."""
+    costs the dedupe, never an event: `seen` then says none (counted in `failures`, and told
+    to `on_failure(what)`: the server's degraded-responses metric)."""
 
     PREFIX = "hyperrec:event-seen:"
 
-    def __init__(self, client, ttl_s: int = 86_400):
-        self.client, self.ttl_s, self.failures = client, ttl_s, 0
+    def __init__(self, client, ttl_s: int = 86_400, on_failure: Callable[[str], None] | None = None):
+        self.client, self.ttl_s, self.on_failure, self.failures = client, ttl_s, on_failure, 0
 
     def _key(self, event_id: str) -> str:
         return self.PREFIX + hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
@@ -95,6 +96,8 @@ class SeenEventIds:
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.failures += 1
+        if self.on_failure is not None:
+            self.on_failure(what)
         log.warning("event-id dedupe: Redis %s failed (%s: %s); repeats across requests are produced again "
                     "and deduped by the consumers", what, type(exc).__name__, exc)
 
