@@ -15,6 +15,30 @@ def settings(tmp_path, monkeypatch):
     return load_settings(tmp_path / "home")
 
 
+def read_topic(bootstrap: str, topic: str) -> list:
+    """Every record of partition 0 of `topic`, read from the start without a group."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        out: list = []
+        for _ in range(8):
+            got = [r for batch in consumer.poll(timeout_ms=500).values() for r in batch]
+            out += got
+            if not got and out:
+                break
+        return out
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def topic_records():
+    """`read_topic(bootstrap, topic)`: a topic's records as a consumer outside any group sees them."""
+    return read_topic
+
+
 @pytest.fixture
 def free_port() -> int:
     with socket.socket() as s:

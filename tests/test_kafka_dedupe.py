@@ -22,30 +22,17 @@ def events(first: int, last: int) -> list[dict]:
              "ts": (at + timedelta(seconds=i)).isoformat()} for i in range(first, last)]
 
 
-def topic_ids(bootstrap) -> list[str]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
-    try:
-        consumer.assign([TopicPartition(TOPIC, 0)])
-        out: list[str] = []
-        for _ in range(8):
-            got = [json.loads(r.value)["event_id"] for batch in consumer.poll(timeout_ms=500).values() for r in batch]
-            out += got
-            if not got and out:
-                break
-        return out
-    finally:
-        consumer.close()
-
-
-def test_a_batch_sent_again_to_another_server_is_counted_duplicates_and_not_produced_again():
+def test_a_batch_sent_again_to_another_server_is_counted_duplicates_and_not_produced_again(topic_records):
     from kafka.admin import KafkaAdminClient, NewTopic
 
     with kafka_broker() as bootstrap, redis_server() as url:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         admin.create_topics([NewTopic(TOPIC, 1, 1)])
         admin.close()
+
+        def topic_ids(bootstrap):
+            return [json.loads(r.value)["event_id"] for r in topic_records(bootstrap, TOPIC)]
+
         server_a, server_b = (KafkaEventLog(bootstrap, topic=TOPIC, seen_ids=SeenEventIds(redis_client(url, 0.5)))
                               for _ in range(2))
         try:

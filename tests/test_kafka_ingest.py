@@ -18,24 +18,6 @@ import requests
 from hyperrec.data.kafka_log import DEAD_LETTER_TOPIC, TOPIC
 
 
-def records(bootstrap, topic):
-    """Every record of partition 0 of `topic`, read from the start without a group."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
-    try:
-        consumer.assign([TopicPartition(topic, 0)])
-        out = []
-        for _ in range(6):
-            got = [r for batch in consumer.poll(timeout_ms=500).values() for r in batch]
-            out += got
-            if not got and out:
-                break
-        return out
-    finally:
-        consumer.close()
-
-
 @pytest.fixture(scope="module")
 def kafka_server(champion_server):
     """A broker with the two topics, and a server whose workspace says HYPERREC_KAFKA_BOOTSTRAP;
@@ -74,7 +56,7 @@ def unseen_item_and_events(world, n_users: int = 5):
 
 
 @pytest.mark.slow
-def test_posted_events_reach_the_topic_once_acknowledged(kafka_server):
+def test_posted_events_reach_the_topic_once_acknowledged(kafka_server, topic_records):
     srv, bootstrap = kafka_server, kafka_server["bootstrap"]
     item, events = unseen_item_and_events(srv["world"])
     bad = {"event_id": "no-item", "user_id": events[0]["user_id"], "event_type": "view",
@@ -85,15 +67,15 @@ def test_posted_events_reach_the_topic_once_acknowledged(kafka_server):
     assert (counts["received"], counts["stored"], counts["duplicates"], counts["dead_lettered"],
             counts["suppressed"]) == (len(events) + 2, len(events), 1, 1, 0)
     # acknowledged = on the broker: every record is readable the moment the answer arrives
-    got = records(bootstrap, TOPIC)
+    got = topic_records(bootstrap, TOPIC)
     assert sorted(json.loads(r.value)["event_id"] for r in got) == sorted(e["event_id"] for e in events)
     assert all(r.key.decode() == json.loads(r.value)["user_id"] for r in got)  # keyed by user
-    letters = records(bootstrap, DEAD_LETTER_TOPIC)
+    letters = topic_records(bootstrap, DEAD_LETTER_TOPIC)
     assert len(letters) == 1 and json.loads(letters[0].value) == bad
     assert "item_id" in dict(letters[0].headers)["error"].decode()
     # a body that is not a batch is dead-lettered whole, to the topic too
     assert requests.post(f"{srv['url']}/v1/events", data=b"{not json", timeout=30).status_code == 400
-    assert [r.value for r in records(bootstrap, DEAD_LETTER_TOPIC)][-1] == b"{not json"
+    assert [r.value for r in topic_records(bootstrap, DEAD_LETTER_TOPIC)][-1] == b"{not json"
     # nothing went to the SQLite log: the broker is the log
     assert not (srv["settings"].event_log.exists() and _logged(srv["settings"]))
 
