@@ -93,6 +93,7 @@ class RegisteredVersion:
     model_dir: Path
     store: Any = None
     path: str = ""
+    redacting: bool = False  # tagged REDACTING_TAG when listed: an erasure is rewriting it, or stopped doing so
 
 
 def registered_versions(settings: Settings, user_id: str, scratch: Path) -> list[RegisteredVersion]:
@@ -114,6 +115,8 @@ def registered_versions(settings: Settings, user_id: str, scratch: Path) -> list
                 found.append(RegisteredVersion(int(mv.version), root / _model_dir_path(root / "MLmodel")))
         elif (version := _download_version(settings, uri, int(mv.version), user_id, scratch)) is not None:
             found.append(version)
+        if found and found[-1].number == int(mv.version):
+            found[-1].redacting = REDACTING_TAG in mv.tags
     return found
 
 
@@ -204,9 +207,7 @@ def _finish_stopped(settings: Settings, versions: list[RegisteredVersion], erase
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     gone = None  # read once, and only when a tag is found
-    for version in versions:
-        if REDACTING_TAG not in client.get_model_version(settings.model_name, str(version.number)).tags:
-            continue
+    for version in (v for v in versions if v.redacting):
         gone = erased() if gone is None else gone
         vocab = version.model_dir / USER_VOCAB
         if vocab.exists() and gone & set(json.loads(vocab.read_text()).get("user_id_lookup", [])):
