@@ -109,11 +109,13 @@ def read_offline_events(root: Path) -> pd.DataFrame:
     files = sorted(Path(root).glob("date=*/hour=*/*.parquet"))
     if not files:
         return pd.DataFrame(columns=list(COLUMNS))
-    frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
-    frame = frame.sort_values(["kafka_partition", "kafka_offset"], kind="stable")
-    frame = frame.drop_duplicates("event_id", keep="first")
-    frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
-    return frame[list(COLUMNS)]
+    return _first_of_each(pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True))[list(COLUMNS)]
+
+
+def _first_of_each(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each event_id once, at its first offset, in time order."""
+    frame = frame.sort_values(["kafka_partition", "kafka_offset"], kind="stable").drop_duplicates("event_id")
+    return frame.sort_values("ts", kind="stable").reset_index(drop=True)
 
 
 EVENTS_TABLE = "events"  # in hyperrec.features.postgres.SCHEMA, next to the Feast offline tables
@@ -175,12 +177,19 @@ def read_postgres_events(database_url: str) -> pd.DataFrame:
     from hyperrec.features.postgres import SCHEMA
 
     with psycopg.connect(database_url) as conn:
-        if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{EVENTS_TABLE}",)).fetchone()[0] is None:
+        if not _table_exists(conn):
             return pd.DataFrame(columns=list(COLUMNS))
         cur = conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY ts, kafka_partition, kafka_offset").format(
             sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), sql.Identifier(SCHEMA, EVENTS_TABLE)))
         frame = pd.DataFrame(cur.fetchall(), columns=list(COLUMNS))
     return _typed(frame)
+
+
+def _table_exists(conn) -> bool:
+    """Whether the sink ever made `offline.events` (it creates the table on start)."""
+    from hyperrec.features.postgres import SCHEMA
+
+    return conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{EVENTS_TABLE}",)).fetchone()[0] is not None
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -207,7 +216,7 @@ def sunk_events_below(settings, topic: str, before: dict[int, int]) -> pd.DataFr
         from hyperrec.features.postgres import SCHEMA
 
         with psycopg.connect(settings.database_url) as conn:
-            if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{EVENTS_TABLE}",)).fetchone()[0] is None:
+            if not _table_exists(conn):
                 return pd.DataFrame(columns=columns)
             cur = conn.execute(sql.SQL(
                 "SELECT {} FROM {} JOIN unnest(%s::int[], %s::bigint[]) AS upto(p, o) "
@@ -223,8 +232,7 @@ def sunk_events_below(settings, topic: str, before: dict[int, int]) -> pd.DataFr
         frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True) if files else \
             pd.DataFrame(columns=columns)
         frame = frame[frame["kafka_offset"] < frame["kafka_partition"].map(wanted)]
-    frame = frame.sort_values(["kafka_partition", "kafka_offset"], kind="stable").drop_duplicates("event_id")
-    return _typed(frame.sort_values("ts", kind="stable").reset_index(drop=True))[columns]
+    return _typed(_first_of_each(frame))[columns]
 
 
 def read_sunk_events(settings) -> pd.DataFrame:
